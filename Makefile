@@ -1,0 +1,30 @@
+# The two commands of the README: `make run` (the demo, end to end) and `make test`.
+# Each one creates the virtual environment and installs the project on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= out
+SEED ?= 42
+
+.PHONY: run test compile bench clean
+
+$(BIN)/finops-ml: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/finops-ml
+
+run: $(BIN)/finops-ml
+	$(BIN)/finops-ml run --seed $(SEED) --out $(OUT)
+
+test: $(BIN)/finops-ml
+	$(BIN)/pytest -q
+
+compile: $(BIN)/finops-ml
+	$(BIN)/finops-ml compile --output $(OUT)/training_pipeline.yaml
+
+bench: $(BIN)/finops-ml
+	$(BIN)/python benchmarks/pipeline_timings.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

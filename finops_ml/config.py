@@ -1,0 +1,116 @@
+"""Typed configuration loaded from `configs/*.yaml`; a wrong key or value names the file and the key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from finops_ml.errors import FinopsError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeneratorConfig(_Strict):
+    start: str = "2025-08-01"
+    months: int = Field(15, ge=6, le=60)
+    plants: int = Field(5, ge=1, le=12)
+    resources_per_project: int = Field(9, ge=2, le=2000)
+    unlabelled_share: float = Field(0.2, ge=0.0, le=0.9)
+    anomaly_share: float = Field(0.1, ge=0.0, le=0.5)
+    # An injected anomaly makes a daily cell "anomalous" in the ground truth when it adds at least this
+    # share of the cell's expected cost: the first days of a slow drift are not yet a cost anomaly.
+    material_share: float = Field(0.25, gt=0.0, le=5.0)
+
+
+class ForecastConfig(_Strict):
+    holdout_months: int = Field(3, ge=1, le=12)
+    horizon_months: int = Field(3, ge=1, le=12)
+    candidates: list[Literal["linear", "random_forest", "xgboost"]] = ["linear", "random_forest", "xgboost"]
+    interval: float = Field(0.8, gt=0.0, lt=1.0)
+    backtest_origins: int = Field(3, ge=1, le=12)
+
+
+class AnomalyConfig(_Strict):
+    holdout_months: int = Field(3, ge=1, le=12)
+    window_days: int = Field(28, ge=7, le=120)
+    n_estimators: int = Field(200, ge=10, le=2000)
+
+
+class LabelerConfig(_Strict):
+    targets: list[Literal["owner", "cost_center", "plant"]] = ["owner", "cost_center", "plant"]
+    confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    test_share: float = Field(0.25, gt=0.0, lt=1.0)
+
+
+class GatesConfig(_Strict):
+    forecast_accuracy: float = Field(0.90, ge=0.0, le=1.0)
+    anomaly_f1: float = Field(0.85, ge=0.0, le=1.0)
+    label_accuracy: float = Field(0.90, ge=0.0, le=1.0)
+    label_compliance_after: float = Field(0.95, ge=0.0, le=1.0)
+
+
+class RegistryConfig(_Strict):
+    # A directory; relative paths are taken relative to the run's output directory.
+    path: str = "registry"
+
+
+class PipelineConfig(_Strict):
+    name: str = "finops-ml-training"
+    pipeline_root: str = ""
+
+
+class Config(_Strict):
+    environment: Literal["local", "dev", "prod"] = "local"
+    seed: int = 42
+    generator: GeneratorConfig = GeneratorConfig()
+    forecast: ForecastConfig = ForecastConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
+    labeler: LabelerConfig = LabelerConfig()
+    gates: GatesConfig = GatesConfig()
+    registry: RegistryConfig = RegistryConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    def digest(self) -> str:
+        """A short hash of the configuration, stored with every registered model."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls.model_validate(json.loads(text))
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate a YAML config; with no path, `configs/local.yaml` (or the built-in defaults)."""
+    if path is None:
+        path = CONFIG_DIR / "local.yaml"
+        if not path.exists():
+            return Config()
+    path = Path(path)
+    if not path.exists():
+        raise FinopsError(f"Config file {path} does not exist; pass an existing file with --config.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise FinopsError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.") from None
+    if not isinstance(raw, dict):
+        raise FinopsError(f"Config file {path} must hold a mapping of keys at its top level.")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise FinopsError(f"Config file {path}: unknown key '{key}'; remove it or check its spelling.") from None
+        raise FinopsError(f"Config file {path}: key '{key}' is invalid: {err['msg']}.") from None

@@ -1,0 +1,545 @@
+"""Synthetic billing data of an industrial organisation migrating its plants to Google Cloud.
+
+Daily line items per (resource, SKU) with credits, taxes, adjustments, weekly and month-end seasonality,
+migration waves and growth, resources that come and go, ~20% unlabelled resources and injected anomalies
+(spikes, level shifts, slow drifts, new SKUs). The ground truth is written beside the events:
+
+  events.jsonl | events.parquet   the billing events (Cloud Billing export shape)
+  control_totals.csv              net cost per invoice month, as the invoice states it (ingest reconciles to it)
+  truth/anomalies.csv             one row per injected anomaly (kind, series, window, magnitude, cause)
+  truth/anomaly_cells.csv         daily cells (day x service x project) an anomaly touched, and whether it is material
+  truth/resources.csv             every resource with its true owner / cost_center / plant and which labels it carries
+
+Everything is drawn from one seeded generator: the same config and seed give the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from finops_ml.config import GeneratorConfig
+from finops_ml.errors import FinopsError
+from finops_ml.events import ARROW_SCHEMA
+from finops_ml.fileio import atomic_dir
+from finops_ml.org import (
+    APPS,
+    BILLING_ACCOUNT_ID,
+    COMPANY_DOMAIN,
+    CORPORATE,
+    NEW_SKUS,
+    PLANTS,
+    SERVICE_BY_KEY,
+    WORKLOADS,
+    SkuSpec,
+)
+
+LABEL_KEYS = ("owner", "cost_center", "plant")
+TAX_RATES = {"IN": 0.18, "MX": 0.16, "BR": 0.12, "JP": 0.10}  # withheld / local taxes billed per project
+CREDIT_RATES = {"SUSTAINED_USAGE_DISCOUNT": (0.08, 0.20), "COMMITTED_USAGE_DISCOUNT": (0.2, 0.3)}
+ANOMALY_KINDS = ("spike", "level_shift", "drift", "new_sku")
+
+
+@dataclass
+class _Resource:
+    name: str
+    project_id: str
+    project_name: str
+    project_number: str
+    workload: str
+    env: str
+    service: str
+    region: str
+    country: str
+    plant: str
+    owner: str
+    cost_center: str
+    start: int
+    end: int  # exclusive day index
+    base: float
+    weekend: float
+    labelled: tuple[str, ...]
+
+
+def _days(cfg: GeneratorConfig) -> pd.DatetimeIndex:
+    start = pd.Timestamp(cfg.start, tz="UTC")
+    end = start + pd.DateOffset(months=cfg.months)
+    return pd.date_range(start, end, freq="D", inclusive="left")
+
+
+def _alias_name(rng: np.random.Generator, pattern: str, plant_aliases: tuple[str, ...], app: str, n: int) -> str:
+    alias = plant_aliases[rng.integers(len(plant_aliases))]
+    name = pattern.format(p=alias.lower(), P=alias.upper(), a=app, n=f"{n:02d}")
+    if rng.random() < 0.15:  # imperfect conventions: separators and case drift
+        name = name.replace("-", "_") if rng.random() < 0.5 else name.upper()
+    return name
+
+
+def build_organisation(cfg: GeneratorConfig, rng: np.random.Generator, n_days: int) -> list[_Resource]:
+    """Projects per plant (MES, historian, quality) and corporate projects, each with its resources."""
+    plants = PLANTS[: cfg.plants]
+    projects = []  # (project_id, name, workload, env, plant or None, wave_start_day)
+    wave_span = max(1, int(n_days * 0.55))
+    for i, plant in enumerate(plants):
+        wave = 0 if i == 0 else int(rng.integers(0, wave_span))
+        for workload, env in (("mes", "prod"), ("historian", "prod"), ("quality", "dev" if i % 3 == 2 else "prod")):
+            pid = f"acme-{plant.aliases[1]}-{workload}-{'prd' if env == 'prod' else env}"
+            projects.append((pid, f"{plant.city} {workload.upper()} {env}", workload, env, plant, wave))
+    for workload in CORPORATE:
+        projects.append((f"acme-corp-{workload}", f"Corporate {workload}", workload, "prod", None, 0))
+
+    resources: list[_Resource] = []
+    used_names: set[str] = set()
+    for p_idx, (pid, pname, workload, env, plant, wave) in enumerate(projects):
+        services = WORKLOADS[workload]
+        for r in range(cfg.resources_per_project):
+            # Every workload service appears at least once, then draws weighted towards the first ones.
+            if r < len(services):
+                svc_key, role = services[r]
+            else:
+                weights = np.linspace(2.0, 1.0, len(services))
+                svc_key, role = services[rng.choice(len(services), p=weights / weights.sum())]
+            spec = SERVICE_BY_KEY[svc_key]
+            app = APPS[workload][rng.integers(len(APPS[workload]))]
+            if plant is not None:
+                aliases, region, plant_label = plant.aliases, plant.region, plant.code
+                owner = plant.people[role]
+                cost_center = plant.cost_center_eng if workload == "quality" else plant.cost_center_ops
+            else:
+                # Corporate resources serve a plant when their name says so, otherwise the whole company.
+                cost_center, people, plant_label = CORPORATE[workload]
+                owner = people[role]
+                region = "europe-west1"
+                aliases = ("corp", "hq", "CORP", "global")
+                if workload == "data-platform" and rng.random() < 0.5:
+                    served = plants[rng.integers(len(plants))]
+                    aliases, plant_label = served.aliases, served.code
+                    cost_center = served.cost_center_eng
+            pattern = spec.name_patterns[rng.integers(len(spec.name_patterns))]
+            for n in range(1, 1000):
+                name = _alias_name(rng, pattern, aliases, app, n)
+                if name not in used_names:
+                    break
+            used_names.add(name)
+            if rng.random() < 0.03:  # a few resources are owned by a colleague: irreducible label noise
+                owner = (plant.people if plant is not None else CORPORATE[workload][1])[rng.integers(3)]
+            # Migration: resources arrive with their plant's wave; a quarter arrive later; some leave.
+            if plant is None and rng.random() < 0.8:
+                start = 0
+            elif rng.random() < 0.75:
+                start = wave + int(rng.integers(0, 90))
+            else:
+                start = int(rng.integers(wave, max(wave + 1, n_days - 60)))
+            start = min(start, n_days - 30)
+            end = n_days
+            if rng.random() < 0.08 and start + 150 < n_days:
+                end = int(rng.integers(start + 120, n_days))
+            lo, hi = spec.daily_cost
+            base = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+            labelled = LABEL_KEYS
+            if rng.random() < cfg.unlabelled_share:
+                if rng.random() < 0.6:
+                    labelled = ()
+                else:
+                    missing = set(rng.choice(LABEL_KEYS, size=int(rng.integers(1, 3)), replace=False))
+                    labelled = tuple(k for k in LABEL_KEYS if k not in missing)
+            resources.append(
+                _Resource(
+                    name=name, project_id=pid, project_name=pname, project_number=f"{700000000000 + p_idx * 7919}",
+                    workload=workload, env=env, service=svc_key, region=region, country=plant.country if plant else "BE", plant=plant_label,
+                    owner=f"{owner}@{COMPANY_DOMAIN}".replace("@", "_at_").replace(".", "_"),
+                    cost_center=cost_center, start=start, end=end, base=base,
+                    weekend=float(np.clip(spec.weekend_factor + rng.normal(0, 0.05), 0.3, 1.05)), labelled=labelled,
+                )
+            )
+    return resources
+
+
+def _series_costs(cfg, rng, resources, days):
+    """Normal (anomaly-free) daily cost per (resource, SKU): returns the series table and a cost matrix."""
+    n_days = len(days)
+    t = np.arange(n_days)
+    weekend = np.asarray(days.dayofweek >= 5)
+    month_end = np.asarray(days.day > days.days_in_month - 2)
+    rows = []
+    costs = []
+    for r_idx, res in enumerate(resources):
+        spec = SERVICE_BY_KEY[res.service]
+        active = (t >= res.start) & (t < res.end)
+        ramp = np.clip(0.3 + 0.7 * (t - res.start) / 21.0, 0.3, 1.0)
+        growth = (1.0 + spec.monthly_growth * rng.uniform(0.5, 1.5)) ** (np.maximum(t - res.start, 0) / 30.4)
+        level = res.base * ramp * growth * active
+        for s_idx, sku in enumerate(spec.skus):
+            season = np.where(weekend, res.weekend, 1.0)
+            if s_idx == 0 and spec.month_end_factor != 1.0:
+                season = season * np.where(month_end, spec.month_end_factor, 1.0)
+            noise = rng.lognormal(0.0, 0.06, n_days)
+            costs.append(level * sku.share * season * noise)
+            rows.append((r_idx, sku))
+    return rows, np.vstack(costs)
+
+
+def _inject_anomalies(cfg, rng, resources, series, cost, days):
+    """Add anomalies to ~anomaly_share of the series; return extra cost per series, new-SKU series and the truth."""
+    n_series, n_days = cost.shape
+    extra = np.zeros_like(cost)
+    cell_of = [(resources[r].service, resources[r].project_id) for r, _ in series]
+    cell_keys = sorted(set(cell_of))
+    cell_index = {k: i for i, k in enumerate(cell_keys)}
+    series_cell = np.array([cell_index[c] for c in cell_of])
+    cell_cost = np.zeros((len(cell_keys), n_days))
+    np.add.at(cell_cost, series_cell, cost)
+
+    first_sku = [i for i, (r, _) in enumerate(series) if i == 0 or series[i - 1][0] != r]
+    n_anomalous = max(1, int(round(cfg.anomaly_share * n_series)))
+    chosen = rng.choice(first_sku, size=min(n_anomalous, len(first_sku)), replace=False)
+    anomalies, new_sku_series = [], []
+    for s in chosen:
+        res = resources[series[s][0]]
+        lo, hi = max(res.start + 45, 60), res.end - 3
+        if hi - lo < 30:
+            continue
+        busy = np.zeros(n_days, bool)
+        for _ in range(int(rng.integers(1, 4))):
+            kind = ANOMALY_KINDS[rng.choice(4, p=[0.35, 0.25, 0.25, 0.15])]
+            length = {"spike": rng.integers(1, 4), "level_shift": rng.integers(5, 15), "drift": rng.integers(12, 26),
+                      "new_sku": rng.integers(3, 11)}[kind]
+            start = int(rng.integers(lo, hi - length))
+            window = slice(start, start + int(length))
+            if busy[max(0, start - 14): start + length + 14].any():
+                continue
+            busy[window] = True
+            base_cell = cell_cost[series_cell[s], window]
+            if kind == "spike":
+                delta = base_cell * rng.uniform(1.0, 4.0)
+            elif kind == "level_shift":
+                delta = base_cell * rng.uniform(0.5, 1.5) * rng.lognormal(0, 0.05, int(length))
+            elif kind == "drift":
+                delta = base_cell * rng.uniform(0.8, 2.0) * np.linspace(1.0 / length, 1.0, int(length))
+            else:
+                delta = base_cell * rng.uniform(0.6, 2.0) * rng.lognormal(0, 0.05, int(length))
+            sku = series[s][1]
+            if kind == "new_sku":
+                sku = NEW_SKUS[rng.integers(len(NEW_SKUS))]
+                row = np.zeros(n_days)
+                row[window] = delta
+                new_sku_series.append((series[s][0], sku, row))
+            else:
+                extra[s, window] += delta
+            anomalies.append(
+                dict(anomaly_id=f"an-{len(anomalies) + 1:04d}", kind=kind, service=SERVICE_BY_KEY[res.service].description,
+                     project_id=res.project_id, resource=res.name, sku=sku.description,
+                     start=days[start].date().isoformat(), end=days[start + int(length) - 1].date().isoformat(),
+                     injected_cost=round(float(delta.sum()), 2), _cell=series_cell[s], _window=window, _delta=delta)
+            )
+    cell_delta = np.zeros_like(cell_cost)
+    cell_rows = []
+    for a in anomalies:
+        cell_delta[a["_cell"], a["_window"]] += a["_delta"]
+    for a in anomalies:
+        c, w = a.pop("_cell"), a.pop("_window")
+        a.pop("_delta")
+        for d in range(w.start, w.stop):
+            expected = cell_cost[c, d]
+            cell_rows.append(
+                dict(date=days[d].date().isoformat(), service=SERVICE_BY_KEY[cell_keys[c][0]].description,
+                     project_id=cell_keys[c][1], anomaly_id=a["anomaly_id"], kind=a["kind"],
+                     injected_cost=round(float(cell_delta[c, d]), 4), expected_cost=round(float(expected), 4),
+                     material=bool(cell_delta[c, d] >= cfg.material_share * expected))
+            )
+    return extra, new_sku_series, pd.DataFrame(anomalies), pd.DataFrame(cell_rows)
+
+
+def _labels_of(res: _Resource) -> list[dict]:
+    true = {"owner": res.owner, "cost_center": res.cost_center, "plant": res.plant}
+    labels = [{"key": k, "value": true[k]} for k in res.labelled]
+    labels.append({"key": "env", "value": res.env})
+    return labels
+
+
+def _line_items(cfg, rng, resources, series, cost, days) -> pa.Table:
+    """Turn the cost matrix into export line items (only the days a series has cost)."""
+    s_idx, d_idx = np.nonzero(cost > 0)
+    n = len(s_idx)
+    gross = np.round(cost[s_idx, d_idx], 6)
+    res_of_series = np.array([r for r, _ in series])
+    r_idx = res_of_series[s_idx]
+    skus = [sku for _, sku in series]
+
+    # Per-series strings, taken into rows with numpy (no Python loop over rows).
+    s_take, r_take = pa.array(s_idx), pa.array(r_idx)
+
+    def per_series(values, type=None):
+        return pa.array(values, type).take(s_take)
+
+    def per_resource(values, type=None):
+        return pa.array(values, type).take(r_take)
+
+    start_ts = days.tz_localize(None).to_numpy()[d_idx]
+    end_ts = start_ts + np.timedelta64(1, "D")
+    export_ts = end_ts + (rng.integers(4, 30, n) * np.timedelta64(1, "h"))
+    invoice = pd.DatetimeIndex(start_ts).strftime("%Y%m").to_numpy()
+
+    credit_type = np.asarray([s.credit or "" for s in skus], dtype=object)[s_idx]
+    erp = np.asarray([r.workload == "erp" for r in resources])[r_idx]
+    credit_type = np.where((credit_type == "SUSTAINED_USAGE_DISCOUNT") & erp, "COMMITTED_USAGE_DISCOUNT", credit_type)
+    rate = np.zeros(n)
+    for kind, (lo, hi) in CREDIT_RATES.items():
+        series_rate = rng.uniform(lo, hi, len(series))[s_idx]
+        rate = np.where(credit_type == kind, series_rate, rate)
+    normal = np.round(gross, 6)
+    credit_amount = -np.round(normal * rate, 6)
+    free_tier = credit_type == "FREE_TIER"
+    credit_amount = np.where(free_tier, -np.round(np.minimum(normal, 0.5), 6), credit_amount)
+    has_credit = credit_amount < 0
+    credit_names = {"SUSTAINED_USAGE_DISCOUNT": "Sustained usage discount",
+                    "COMMITTED_USAGE_DISCOUNT": "Committed use discount: CPU", "FREE_TIER": "Free tier"}
+    credits = [
+        [{"name": credit_names[t], "amount": float(a), "full_name": None, "id": None, "type": t}] if h else []
+        for t, a, h in zip(credit_type, credit_amount, has_credit)
+    ]
+    unit_price = np.asarray([s.unit_price for s in skus])[s_idx]
+    amount_pricing = gross / unit_price
+    label_type = ARROW_SCHEMA.field("labels").type
+    table = pa.table(
+        {
+            "billing_account_id": pa.array(np.full(n, BILLING_ACCOUNT_ID)),
+            "service": pa.StructArray.from_arrays(
+                [per_resource([SERVICE_BY_KEY[r.service].id for r in resources]),
+                 per_resource([SERVICE_BY_KEY[r.service].description for r in resources])],
+                names=["id", "description"]),
+            "sku": pa.StructArray.from_arrays(
+                [per_series([s.id for s in skus]), per_series([s.description for s in skus])],
+                names=["id", "description"]),
+            "usage_start_time": _utc_array(start_ts),
+            "usage_end_time": _utc_array(end_ts),
+            "project": pa.StructArray.from_arrays(
+                [per_resource([r.project_id for r in resources]),
+                 per_resource([r.project_number for r in resources]),
+                 per_resource([r.project_name for r in resources]),
+                 per_resource([[{"key": "env", "value": r.env}, {"key": "workload", "value": r.workload}]
+                               for r in resources], label_type),
+                 per_resource([f"/{r.project_number}/880011223344/" for r in resources])],
+                names=["id", "number", "name", "labels", "ancestry_numbers"]),
+            "labels": per_resource([_labels_of(r) for r in resources], label_type),
+            "system_labels": per_resource([[{"key": "goog-resource-type", "value": SERVICE_BY_KEY[r.service].kind}]
+                                           for r in resources], label_type),
+            "location": pa.StructArray.from_arrays(
+                [per_resource([r.region for r in resources]),
+                 per_resource([r.country for r in resources]),
+                 per_resource([r.region for r in resources]),
+                 per_resource([f"{r.region}-b" for r in resources])],
+                names=["location", "country", "region", "zone"]),
+            "resource": pa.StructArray.from_arrays(
+                [per_resource([r.name for r in resources]),
+                 per_resource([f"//{r.service}.googleapis.com/projects/{r.project_id}/{r.name}" for r in resources])],
+                names=["name", "global_name"]),
+            "export_time": _utc_array(export_ts),
+            "cost": pa.array(gross),
+            "currency": pa.array(np.full(n, "USD")),
+            "currency_conversion_rate": pa.array(np.ones(n)),
+            "usage": pa.StructArray.from_arrays(
+                [pa.array(np.round(amount_pricing * 3600.0, 3)), per_series([s.unit for s in skus]),
+                 pa.array(np.round(amount_pricing, 6)), per_series([s.pricing_unit for s in skus])],
+                names=["amount", "unit", "amount_in_pricing_units", "pricing_unit"]),
+            "credits": pa.array(credits, ARROW_SCHEMA.field("credits").type),
+            "invoice": pa.StructArray.from_arrays([pa.array(invoice)], names=["month"]),
+            "cost_type": pa.array(np.full(n, "regular")),
+            "adjustment_info": pa.nulls(n, ARROW_SCHEMA.field("adjustment_info").type),
+            "cost_at_list": pa.array(np.round(gross / (1.0 - rate * 0.5), 6)),
+            "transaction_type": pa.array(np.full(n, "GOOGLE")),
+            "seller_name": pa.array(np.full(n, "Google")),
+        }
+    )
+    return table
+
+
+def _utc_array(values: np.ndarray) -> pa.Array:
+    return pa.array(values.astype("datetime64[us]"), pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
+
+
+def _billing_rows(cfg, rng, resources, items: pa.Table, days) -> pa.Table:
+    """Taxes per project and month, a few adjustments and rounding errors, as the export has them."""
+    df = pd.DataFrame({
+        "project": items.column("project").combine_chunks().field("id").to_numpy(zero_copy_only=False),
+        "month": items.column("invoice").combine_chunks().field("month").to_numpy(zero_copy_only=False),
+        "cost": items.column("cost").to_numpy(),
+    })
+    project_country = {}
+    for r in resources:
+        plant = next((p for p in PLANTS if p.code == r.plant), None)
+        project_country[r.project_id] = plant.country if plant else "US"
+    rows = []
+    month_end = {m: pd.Timestamp(datetime.strptime(m, "%Y%m"), tz="UTC") + pd.offsets.MonthEnd(0) for m in df.month.unique()}
+
+    def row(project, month, cost, cost_type, sku, adjustment=None):
+        start = pd.Timestamp(datetime.strptime(month, "%Y%m"), tz="UTC")
+        end = month_end[month] + pd.Timedelta(days=1)
+        return {
+            "billing_account_id": BILLING_ACCOUNT_ID,
+            "service": {"id": "0000-0000-0000", "description": "Invoice"},
+            "sku": {"id": sku[0], "description": sku[1]},
+            "usage_start_time": start.to_pydatetime(), "usage_end_time": end.to_pydatetime(),
+            "project": {"id": project, "number": None, "name": None, "labels": [], "ancestry_numbers": None},
+            "labels": [], "system_labels": [], "location": None, "resource": None,
+            "export_time": (end + pd.Timedelta(hours=6)).to_pydatetime(),
+            "cost": float(round(cost, 6)), "currency": "USD", "currency_conversion_rate": 1.0, "usage": None,
+            "credits": [], "invoice": {"month": month}, "cost_type": cost_type, "adjustment_info": adjustment,
+            "cost_at_list": None, "transaction_type": "GOOGLE", "seller_name": "Google",
+        }
+
+    for (project, month), cost in df.groupby(["project", "month"]).cost.sum().items():
+        tax = TAX_RATES.get(project_country.get(project, "US"))
+        if tax:
+            rows.append(row(project, month, cost * tax, "tax", ("TAX-LOCAL", "Local sales tax")))
+    months = sorted(df.month.unique())
+    for m in months:
+        rows.append(row("", m, float(rng.uniform(-0.004, 0.004)), "rounding_error", ("ROUNDING", "Rounding error")))
+    projects = sorted(df.project.unique())
+    for k in range(3):
+        m = months[int(rng.integers(1, len(months)))]
+        p = projects[int(rng.integers(len(projects)))]
+        rows.append(row(p, m, -float(round(rng.uniform(50, 500), 2)), "adjustment", ("ADJUSTMENT", "Billing adjustment"),
+                        {"id": f"adj-{k + 1:03d}", "description": "Service credit for an incident",
+                         "mode": "MANUAL_ADJUSTMENT", "type": "GENERAL_ADJUSTMENT"}))
+    schema = pa.schema([f for f in ARROW_SCHEMA if f.name != "event_id"])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "jsonl") -> dict:
+    """Generate the organisation's billing events and ground truth into `out_dir` (replaced only on success)."""
+    if fmt not in ("jsonl", "parquet"):
+        raise FinopsError(f"Unknown output format '{fmt}'; use jsonl or parquet.")
+    rng = np.random.default_rng(seed)
+    days = _days(cfg)
+    resources = build_organisation(cfg, rng, len(days))
+    series, cost = _series_costs(cfg, rng, resources, days)
+    extra, new_skus, anomalies, anomaly_cells = _inject_anomalies(cfg, rng, resources, series, cost, days)
+    items = _line_items(cfg, rng, resources, series, cost + extra, days)
+    if new_skus:
+        new_series = [(r, sku) for r, sku, _ in new_skus]
+        items = pa.concat_tables([items, _line_items(cfg, rng, resources, new_series,
+                                                     np.vstack([row for _, _, row in new_skus]), days)])
+    items = pa.concat_tables([items, _billing_rows(cfg, rng, resources, items, days)])
+    table = items.sort_by([("usage_start_time", "ascending")])
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        truth = tmp / "truth"
+        truth.mkdir()
+        events_path = tmp / f"events.{fmt}"
+        if fmt == "parquet":
+            pq.write_table(table, events_path, row_group_size=256_000)
+        else:
+            write_jsonl(table, events_path)
+        _control_totals(table).to_csv(tmp / "control_totals.csv", index=False)
+        anomalies.to_csv(truth / "anomalies.csv", index=False)
+        anomaly_cells.to_csv(truth / "anomaly_cells.csv", index=False)
+        pd.DataFrame(
+            [dict(resource=r.name, project_id=r.project_id, service=SERVICE_BY_KEY[r.service].description,
+                  owner=r.owner, cost_center=r.cost_center, plant=r.plant, labelled=";".join(r.labelled))
+             for r in resources]
+        ).to_csv(truth / "resources.csv", index=False)
+        meta = {"seed": seed, "rows": table.num_rows, "resources": len(resources), "series": len(series),
+                "anomalies": len(anomalies), "days": len(days), "start": str(days[0].date()),
+                "end": str(days[-1].date()), "events": events_path.name, "config": cfg.model_dump()}
+        (tmp / "generation.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _control_totals(table: pa.Table) -> pd.DataFrame:
+    """Net cost (cost + credits) per invoice month, as the invoice states it, to the cent."""
+    credits = table.column("credits").combine_chunks()
+    credit_sum = np.zeros(table.num_rows)
+    np.add.at(credit_sum, pc.list_parent_indices(credits).to_numpy(),
+              pc.struct_field(pc.list_flatten(credits), "amount").to_numpy(zero_copy_only=False))
+    month = table.column("invoice").combine_chunks().field("month").to_numpy(zero_copy_only=False)
+    totals = pd.Series(table.column("cost").to_numpy() + credit_sum).groupby(month).sum().round(2)
+    return totals.rename("net_cost").rename_axis("invoice_month").reset_index()
+
+
+def write_jsonl(table: pa.Table, path: Path) -> None:
+    """One export row per line, timestamps in ISO 8601 UTC."""
+    with open(path, "w") as f:
+        for batch in table.to_batches(max_chunksize=50_000):
+            for row in batch.to_pylist():
+                f.write(json.dumps(row, default=_iso, separators=(",", ":")))
+                f.write("\n")
+
+
+def _iso(value):
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    raise TypeError(type(value))
+
+
+def generate_from_monthly(csv_path: str | Path, cfg: GeneratorConfig, seed: int, out_dir: str | Path,
+                          fmt: str = "jsonl") -> dict:
+    """Events whose net cost per (month, service) equals a historical monthly CSV to the cent.
+
+    The CSV has columns month (YYYY-MM or YYYYMM), service (a service description) and cost. The synthetic
+    organisation gives each service its daily shape; each month is then scaled to the CSV and rounded to
+    cents, the last line item of a (month, service) absorbing the rounding remainder.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.exists():
+        raise FinopsError(f"Monthly cost file {csv_path} does not exist.")
+    hist = pd.read_csv(csv_path, dtype={"month": str})
+    missing = {"month", "service", "cost"} - set(hist.columns)
+    if missing:
+        raise FinopsError(f"{csv_path} lacks the column(s) {sorted(missing)}; it needs month, service, cost.")
+    hist["invoice_month"] = hist.month.str.replace("-", "").str.slice(0, 6)
+    known = {s.description: s for s in SERVICE_BY_KEY.values()}
+    unknown = sorted(set(hist.service) - set(known))
+    if unknown:
+        raise FinopsError(f"{csv_path} names unknown services {unknown}; use one of {sorted(known)}.")
+    months = sorted(hist.invoice_month.unique())
+    first = datetime.strptime(months[0], "%Y%m")
+    span = (datetime.strptime(months[-1], "%Y%m").year - first.year) * 12 + datetime.strptime(months[-1], "%Y%m").month - first.month + 1
+    cfg = cfg.model_copy(update={"start": first.strftime("%Y-%m-01"), "months": max(span, 6), "anomaly_share": 0.0})
+    rng = np.random.default_rng(seed)
+    days = _days(cfg)
+    resources = build_organisation(cfg, rng, len(days))
+    for r in resources:  # history describes what was already running: every resource from the first day
+        r.start, r.end = 0, len(days)
+    series, cost = _series_costs(cfg, rng, resources, days)
+    month_of_day = days.strftime("%Y%m").to_numpy()
+    svc_of_series = np.array([SERVICE_BY_KEY[resources[r].service].description for r, _ in series])
+    target = hist.groupby(["invoice_month", "service"]).cost.sum().round(2)
+    for (month, service), amount in target.items():
+        rows = np.nonzero(svc_of_series == service)[0]
+        cols = np.nonzero(month_of_day == month)[0]
+        if len(rows) == 0:
+            raise FinopsError(f"{csv_path}: the synthetic organisation has no {service} resource to carry its cost.")
+        block = cost[np.ix_(rows, cols)]
+        block = np.round(block * (amount / block.sum()), 2)
+        block[-1, -1] = round(block[-1, -1] + round(amount - block.sum(), 2), 2)
+        cost[np.ix_(rows, cols)] = block
+    keep = np.isin(month_of_day, list(target.index.get_level_values(0)))
+    present = np.isin(svc_of_series, hist.service.unique())
+    cost = np.where(present[:, None] & keep[None, :], cost, 0.0)
+    table = _line_items(cfg, rng, resources, series, cost, days)
+    # History is net cost: no credits, so that cost + credits reconciles with the CSV as given.
+    table = table.set_column(table.schema.get_field_index("credits"), "credits",
+                             pa.array([[]] * table.num_rows, ARROW_SCHEMA.field("credits").type))
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        events_path = tmp / f"events.{fmt}"
+        if fmt == "parquet":
+            pq.write_table(table, events_path)
+        else:
+            write_jsonl(table, events_path)
+        target.groupby(level=0).sum().round(2).rename("net_cost").rename_axis("invoice_month").reset_index().to_csv(
+            tmp / "control_totals.csv", index=False)
+        meta = {"seed": seed, "rows": table.num_rows, "source": str(csv_path), "events": events_path.name}
+        (tmp / "generation.json").write_text(json.dumps(meta, indent=2))
+    return meta
