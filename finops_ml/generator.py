@@ -376,8 +376,8 @@ def _billing_rows(cfg, rng, resources, items: pa.Table, days) -> pa.Table:
     })
     project_country = {}
     for r in resources:
-        plant = next((p for p in PLANTS if p.code == r.plant), None)
-        project_country[r.project_id] = plant.country if plant else "US"
+        # The project's own country (not the plant a corporate resource's label names), so tax is per project.
+        project_country[r.project_id] = r.country
     rows = []
     month_end = {m: pd.Timestamp(datetime.strptime(m, "%Y%m"), tz="UTC") + pd.offsets.MonthEnd(0) for m in df.month.unique()}
 
@@ -524,9 +524,11 @@ def generate_from_monthly(csv_path: str | Path, cfg: GeneratorConfig, seed: int,
         block = np.round(block * (amount / block.sum()), 2)
         block[-1, -1] = round(block[-1, -1] + round(amount - block.sum(), 2), 2)
         cost[np.ix_(rows, cols)] = block
-    keep = np.isin(month_of_day, list(target.index.get_level_values(0)))
-    present = np.isin(svc_of_series, hist.service.unique())
-    cost = np.where(present[:, None] & keep[None, :], cost, 0.0)
+    # Only the (month, service) cells the CSV names carry cost: a service absent from a month costs nothing there.
+    keep = np.zeros(cost.shape, dtype=bool)
+    for month, service in target.index:
+        keep[np.ix_(svc_of_series == service, month_of_day == month)] = True
+    cost = np.where(keep, cost, 0.0)
     table = _line_items(cfg, rng, resources, series, cost, days)
     # History is net cost: no credits, so that cost + credits reconciles with the CSV as given.
     table = table.set_column(table.schema.get_field_index("credits"), "credits",

@@ -49,9 +49,9 @@ class CostAnomalyDetector:
         daily["month_end"] = daily.day.dt.day > daily.day.dt.days_in_month - 2
         out = []
         for key, g in daily.groupby(KEYS, sort=False):
-            dow, me = self.factors_.get(key) or _seasonal_factors(g.assign(net_cost=established_cost(g)))
+            dow, me = self.factors_.get(key) or _seasonal_factors(g)
             season = dow[g.day.dt.dayofweek.to_numpy()] * np.where(g.month_end, me, 1.0)
-            y = established_cost(g)
+            y = g.net_cost.to_numpy()
             flat = pd.Series(y / season)
             # The baseline ends a week before the cell, so a shift or drift in progress does not hide itself.
             past = flat.shift(BASELINE_GAP_DAYS).rolling(self.window_days, min_periods=7)
@@ -73,7 +73,7 @@ class CostAnomalyDetector:
         """Learn seasonal factors and the forest on the training cells; pick the threshold with the labels."""
         daily = daily.assign(day=pd.to_datetime(daily["day"]))
         daily["month_end"] = daily.day.dt.day > daily.day.dt.days_in_month - 2
-        self.factors_ = {key: _seasonal_factors(g.assign(net_cost=established_cost(g))) for key, g in daily.groupby(KEYS)}
+        self.factors_ = {key: _seasonal_factors(g) for key, g in daily.groupby(KEYS)}
         cells = self.features(daily)
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed, n_jobs=1)
         self.forest_.fit(cells[FEATURES].to_numpy())
@@ -93,15 +93,8 @@ class CostAnomalyDetector:
         cells = self.features(daily)
         cells["score"] = self._score(cells)
         cells["is_anomaly"] = cells.score >= self.threshold_
-        cells["impact"] = np.where(cells.is_anomaly, established_cost(cells) - cells.expected, 0.0)
+        cells["impact"] = np.where(cells.is_anomaly, cells.net_cost - cells.expected, 0.0)
         return cells
-
-
-def established_cost(cells: pd.DataFrame) -> np.ndarray:
-    """The cost the detector watches: a new resource's first weeks are new spend, reported, not an anomaly."""
-    if "new_resource_cost" in cells:
-        return (cells.net_cost - cells.new_resource_cost).to_numpy()
-    return cells.net_cost.to_numpy()
 
 
 def label_cells(cells: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
