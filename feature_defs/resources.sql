@@ -13,7 +13,8 @@ WITH items AS (
     (SELECT l.value FROM UNNEST(labels) AS t(l) WHERE l.key = 'owner') AS owner,
     (SELECT l.value FROM UNNEST(labels) AS t(l) WHERE l.key = 'cost_center') AS cost_center,
     (SELECT l.value FROM UNNEST(labels) AS t(l) WHERE l.key = 'plant') AS plant,
-    (SELECT l.value FROM UNNEST(labels) AS t(l) WHERE l.key = 'env') AS env
+    (SELECT l.value FROM UNNEST(labels) AS t(l) WHERE l.key = 'env') AS env,
+    (SELECT l.value FROM UNNEST(project.labels) AS t(l) WHERE l.key = 'workload') AS workload
   FROM events
   WHERE cost_type = 'regular' AND resource.name IS NOT NULL
 )
@@ -25,6 +26,7 @@ SELECT
   MAX(region) AS region,
   STRING_AGG(DISTINCT sku, ' | ') AS skus,
   MAX(env) AS env,
+  MAX(workload) AS workload,
   SUM(net_cost) AS net_cost,
   MIN(day) AS first_day,
   MAX(day) AS last_day,

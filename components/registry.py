@@ -1,0 +1,23 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model
+
+from components.image import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def check_gate(evaluation: Input[Artifact]) -> bool:
+    """Whether every gate of a model passed (computed by the training step from held-out metrics)."""
+    from finops_ml.steps import gate_step
+
+    return gate_step(evaluation.path)
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def register_model(model: Input[Model], evaluation: Input[Artifact], registry_dir: str, config_json: str,
+                   run_id: str) -> str:
+    """Register a model that passed its gate; it becomes champion only if not worse than the current one."""
+    from finops_ml.config import Config
+    from finops_ml.steps import register_step
+
+    entry = register_step(model.path, evaluation.path, registry_dir, Config.from_json(config_json), run_id)
+    return f"{entry['name']}:v{entry['version']}"

@@ -1,0 +1,24 @@
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Output
+
+from components.image import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def build_report(events: Input[Dataset], forecast_evaluation: Input[Artifact], anomaly_evaluation: Input[Artifact],
+                 labeler_evaluation: Input[Artifact], report: Output[HTML], summary: Output[Artifact]):
+    """The run's HTML report (plots) and summary JSON, shown in the Vertex AI console."""
+    import json
+    import os
+    from pathlib import Path
+
+    from finops_ml.fileio import read_json
+    from finops_ml.report import build_summary, write_report
+
+    dirs = {"cost-forecast": Path(forecast_evaluation.path), "cost-anomaly": Path(anomaly_evaluation.path),
+            "resource-labeler": Path(labeler_evaluation.path)}
+    evaluations = {name: read_json(d / "evaluation.json") for name, d in dirs.items()}
+    result = build_summary(read_json(os.path.join(events.path, "ingest_summary.json")), evaluations)
+    write_report(result, dirs, report.path)
+    with open(summary.path, "w") as f:
+        json.dump(result, f, indent=2)

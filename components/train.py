@@ -1,0 +1,51 @@
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.image import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def train_forecast(daily_cost: Input[Dataset], config_json: str, model: Output[Model],
+                   evaluation: Output[Artifact], metrics: Output[Metrics]):
+    """Backtest linear / random forest / XGBoost, evaluate the best on the holdout, refit and forecast."""
+    from finops_ml.config import Config
+    from finops_ml.steps import train_forecast_step
+
+    result = train_forecast_step(daily_cost.path, Config.from_json(config_json), model.path, evaluation.path)
+    for key in ("forecast_accuracy", "naive_accuracy", "mape", "mase", "interval_coverage"):
+        metrics.log_metric(key, result["metrics"][key])
+    model.metadata["algorithm"] = result["metrics"]["model"]
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def train_anomaly_detector(daily_cost: Input[Dataset], anomaly_labels: str, config_json: str, model: Output[Model],
+                           evaluation: Output[Artifact], metrics: Output[Metrics]):
+    """Isolation Forest on robust features; threshold from the training window's labels."""
+    from finops_ml.config import Config
+    from finops_ml.steps import train_anomaly_step
+
+    result = train_anomaly_step(daily_cost.path, anomaly_labels, Config.from_json(config_json), model.path,
+                                evaluation.path)
+    for key in ("anomaly_f1", "precision", "recall", "event_f1", "mean_detection_delay_days"):
+        metrics.log_metric(key, result["metrics"][key])
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: str, model: Output[Model],
+                  evaluation: Output[Artifact], metrics: Output[Metrics],
+                  plant_confusion: Output[ClassificationMetrics]):
+    """TF-IDF + logistic regression per label; confident predictions applied, the rest to review."""
+    import json
+    import os
+
+    from finops_ml.config import Config
+    from finops_ml.steps import train_labeler_step
+
+    result = train_labeler_step(resources.path, resource_truth, Config.from_json(config_json), model.path,
+                                evaluation.path)
+    for key, value in result["metrics"].items():
+        if isinstance(value, (int, float)) and value == value:
+            metrics.log_metric(key, value)
+    confusion = json.load(open(os.path.join(evaluation.path, "confusion.json")))
+    if "plant" in confusion:
+        plant_confusion.log_confusion_matrix(confusion["plant"]["labels"], confusion["plant"]["matrix"])

@@ -1,0 +1,1 @@
+"""The `finops-ml` command line: on top of the library and the pipelines."""

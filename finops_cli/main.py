@@ -1,0 +1,191 @@
+"""`finops-ml`: generate data, ingest, run the training pipeline locally, compile it for Vertex AI."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from finops_ml.config import Config, load_config
+from finops_ml.errors import FinopsError
+from finops_ml.fileio import read_json, write_json
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ML for cloud FinOps on Google Cloud: cost forecast, anomalies, auto-labelling.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _config(path: Optional[Path], seed: Optional[int]) -> Config:
+    cfg = load_config(path)
+    return cfg.model_copy(update={"seed": seed}) if seed is not None else cfg
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(Path("out/data"), help="Directory for events, control totals and ground truth."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: the config's)."),
+    config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml)."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or parquet."),
+    resources_per_project: Optional[int] = typer.Option(None, help="Scale: resources per project (~600 rows each)."),
+    plants: Optional[int] = typer.Option(None, help="Scale: number of plants (3 projects each)."),
+    from_monthly_csv: Optional[Path] = typer.Option(None, help="CSV month,service,cost to reconcile to the cent."),
+):
+    """Generate the synthetic organisation's billing events and their ground truth."""
+    from finops_ml.generator import generate as gen, generate_from_monthly
+
+    try:
+        cfg = _config(config, seed)
+        update = {k: v for k, v in {"resources_per_project": resources_per_project, "plants": plants}.items() if v}
+        gcfg = cfg.generator.model_copy(update=update)
+        t0 = time.perf_counter()
+        if from_monthly_csv:
+            meta = generate_from_monthly(from_monthly_csv, gcfg, cfg.seed, out, fmt)
+        else:
+            meta = gen(gcfg, cfg.seed, out, fmt)
+    except FinopsError as exc:
+        _fail(str(exc))
+    console.print(f"generated {meta['rows']:,} line items into {out} in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+def ingest(
+    source: str = typer.Argument(..., help="JSONL or Parquet file (or a glob) of billing events."),
+    out: Path = typer.Option(Path("out/ingest"), help="Directory for events.parquet, quarantine, summary."),
+    control_totals: Optional[Path] = typer.Option(None, help="CSV invoice_month,net_cost to reconcile with."),
+):
+    """Validate, quarantine, dedupe and reconcile billing events into the events table."""
+    from finops_ml.ingest import ingest as run_ingest
+
+    try:
+        t0 = time.perf_counter()
+        s = run_ingest(source, out, control_totals)
+    except FinopsError as exc:
+        _fail(str(exc))
+    console.print(f"ingested {s['rows']:,} rows ({s['quarantined']:,} quarantined, {s['duplicates']:,} duplicates) "
+                  f"in {time.perf_counter() - t0:.1f} s; reconciliation diff: {s['reconciliation_diff']}")
+
+
+@app.command()
+def run(
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: the config's)."),
+    out: Path = typer.Option(Path("out"), help="Output directory: report.html, summary.json, registry, data."),
+    config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml)."),
+    source: Optional[str] = typer.Option(None, help="Billing events to train on; default: generate the demo data."),
+):
+    """Run the whole training pipeline on this machine with the KFP local runner."""
+    try:
+        cfg = _config(config, seed)
+    except FinopsError as exc:
+        _fail(str(exc))
+    from finops_ml.generator import generate as gen
+    from pipelines.local import run_local
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "report.html"):  # a failed run must not leave the last run's results looking new
+        (out / stale).unlink(missing_ok=True)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    data = out / "data"
+    arguments = {"config_json": cfg.to_json(), "registry_dir": str((out / cfg.registry.path).resolve()),
+                 "run_id": f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"}
+    try:
+        if source:
+            arguments["source"] = source
+        else:
+            console.print(f"[bold]generate[/] synthetic organisation (seed {cfg.seed}) ...")
+            t0 = time.perf_counter()
+            meta = gen(cfg.generator, cfg.seed, data)
+            timings["generate"] = round(time.perf_counter() - t0, 2)
+            console.print(f"  {meta['rows']:,} line items, {meta['resources']} resources, "
+                          f"{meta['anomalies']} injected anomalies  [dim]{timings['generate']:.1f} s[/]")
+            arguments.update(source=str(data / "events.jsonl"), control_totals=str(data / "control_totals.csv"),
+                             anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
+                             resource_truth=str(data / "truth" / "resources.csv"))
+    except FinopsError as exc:
+        _fail(str(exc))
+
+    progress = Console(file=sys.stdout)  # bound now: the runner's own output is captured into pipeline.log
+
+    def on_event(task: str, what: str, seconds: float | None) -> None:
+        if what == "start":
+            progress.print(f"[bold]{task}[/] ...")
+        else:
+            color = "green" if what == "success" else "red"
+            progress.print(f"  [{color}]{what}[/]  [dim]{seconds:.1f} s[/]")
+
+    root = out / "pipeline_root"
+    log_path = out / "pipeline.log"
+    before = set(root.glob("*")) if root.exists() else set()
+    _, step_timings, failed = run_local(arguments, root, log_path, on_event)
+    timings.update(step_timings)
+    if failed:
+        _fail(f"pipeline step(s) {', '.join(failed)} failed; see {log_path} for the step's error.")
+    run_dir = max(set(root.glob("*")) - before, key=lambda p: p.stat().st_mtime)
+    summary = read_json(run_dir / "build-report" / "summary")
+    from finops_ml.registry import LocalRegistry
+
+    registry = LocalRegistry(arguments["registry_dir"])
+    registered = []
+    for name in ("cost-forecast", "cost-anomaly", "resource-labeler"):
+        for v in registry.versions(name):
+            e = registry.entry(name, v)
+            if e["run_id"] == arguments["run_id"]:
+                aliases = [a for a, n in registry.aliases(name).items() if n == v]
+                registered.append({"name": name, "version": v, "aliases": aliases})
+    timings["total"] = round(time.perf_counter() - t_start, 2)
+    summary.update(registered=registered, timings_s=timings, run_id=arguments["run_id"], seed=cfg.seed,
+                   config_digest=cfg.digest())
+    shutil.copyfile(run_dir / "build-report" / "report", out / ".report.html.partial")
+    (out / ".report.html.partial").replace(out / "report.html")
+    write_json(out / "summary.json", summary)
+    _print_gates(summary)
+    console.print(f"report: {out / 'report.html'}\nsummary: {out / 'summary.json'}  "
+                  f"[dim](total {timings['total']:.1f} s)[/]")
+
+
+def _print_gates(summary: dict) -> None:
+    table = Table(title="Evaluation gates (held-out data)")
+    for col in ("gate", "value", "threshold", "result"):
+        table.add_column(col)
+    for gate, g in summary["gates"].items():
+        value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
+        table.add_row(gate, value, f"{g['threshold']:.2f}", "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]")
+    console.print(table)
+    console.print(f"label compliance before: {summary['label_compliance_before']:.4f}; rows {summary['rows']}; "
+                  f"reconciliation diff {summary['reconciliation_diff']}")
+    regs = ", ".join(f"{r['name']} v{r['version']} ({'/'.join(r['aliases'])})" for r in summary["registered"])
+    console.print(f"registered: {regs or 'nothing (no gate passed)'}")
+
+
+@app.command("compile")
+def compile_cmd(output: Path = typer.Option(Path("out/training_pipeline.yaml"), help="Where to write the YAML.")):
+    """Compile the training pipeline to the YAML that Vertex AI Pipelines accepts."""
+    from pipelines.local import compile_pipeline
+
+    console.print(f"compiled {compile_pipeline(output)}")
+
+
+def main() -> None:
+    try:
+        app()
+    except FinopsError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

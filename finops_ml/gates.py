@@ -1,0 +1,35 @@
+"""Evaluation gates: metrics computed on held-out data compared with thresholds from the config."""
+
+from __future__ import annotations
+
+from finops_ml.config import Config
+
+MODEL_GATES = {
+    "cost-forecast": ("forecast_accuracy",),
+    "cost-anomaly": ("anomaly_f1",),
+    "resource-labeler": ("label_accuracy_owner", "label_accuracy_cost_center", "label_accuracy_plant",
+                         "label_compliance_after"),
+}
+
+
+def threshold(cfg: Config, gate: str) -> float:
+    if gate.startswith("label_accuracy_"):
+        return cfg.gates.label_accuracy
+    return getattr(cfg.gates, gate)
+
+
+def check(model_name: str, metrics: dict, cfg: Config) -> dict[str, dict]:
+    """Each gate of a model: value, threshold, passed (a missing or NaN metric fails)."""
+    results = {}
+    for gate in MODEL_GATES[model_name]:
+        if gate.startswith("label_accuracy_") and gate.removeprefix("label_accuracy_") not in cfg.labeler.targets:
+            continue
+        value = metrics.get(gate)
+        limit = threshold(cfg, gate)
+        passed = value is not None and value == value and value >= limit
+        results[gate] = {"value": value, "threshold": limit, "passed": bool(passed)}
+    return results
+
+
+def passed(model_name: str, metrics: dict, cfg: Config) -> bool:
+    return all(g["passed"] for g in check(model_name, metrics, cfg).values())

@@ -1,0 +1,140 @@
+"""The run's report: `summary.json` for machines, `report.html` (with plots) for people."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from finops_ml.fileio import atomic_path, read_json  # noqa: E402
+
+GATE_ORDER = ("forecast_accuracy", "anomaly_f1", "label_accuracy_owner", "label_accuracy_cost_center",
+              "label_accuracy_plant", "label_compliance_after")
+
+
+def build_summary(ingest_summary: dict, evaluations: dict[str, dict]) -> dict:
+    gates = {}
+    for evaluation in evaluations.values():
+        gates.update(evaluation["gates"])
+    labeler = evaluations["resource-labeler"]["metrics"]
+    return {
+        "gates": {g: gates[g] for g in GATE_ORDER if g in gates},
+        "all_gates_passed": all(g["passed"] for g in gates.values()),
+        "label_compliance_before": labeler["label_compliance_before"],
+        "rows": {"read": ingest_summary["read"], "ingested": ingest_summary["rows"],
+                 "quarantined": ingest_summary["quarantined"], "duplicates": ingest_summary["duplicates"]},
+        "reconciliation_diff": ingest_summary["reconciliation_diff"],
+        "total_net_cost": ingest_summary["total_net_cost"],
+        "metrics": {name: e["metrics"] for name, e in evaluations.items()},
+        "data_window": evaluations["cost-forecast"]["data_window"],
+    }
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "<img src='data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + "'/>"
+
+
+def _forecast_figure(d: Path) -> str:
+    history, holdout_curve = pd.read_parquet(d / "history.parquet"), pd.read_parquet(d / "holdout_curve.parquet")
+    future, holdout = pd.read_parquet(d / "future_curve.parquet"), pd.read_parquet(d / "holdout.parquet")
+    fc = pd.read_parquet(d / "forecast.parquet")
+    lo_q, hi_q = read_json(d / "evaluation.json")["metrics"]["interval_ratio"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 4))
+    a.plot(history.day, history.actual, color="#333", lw=0.8, label="actual (daily net cost)")
+    a.plot(holdout_curve.day, holdout_curve.forecast, color="#1f77b4", lw=1.2, label="holdout forecast")
+    a.plot(future.day, future.forecast, color="#ff7f0e", lw=1.2, label="next 3 months")
+    a.set_title("Daily total cost: actuals and forecasts")
+    a.legend(fontsize=8)
+    monthly_actual = history.assign(month=history.day.dt.strftime("%Y-%m")).groupby("month").actual.sum()
+    h = holdout.groupby("month")[["actual", "forecast"]].sum()
+    f = fc.groupby("month")[["forecast", "lo", "hi"]].sum()
+    b.plot(monthly_actual.index, monthly_actual.values, "o-", color="#333", label="actual")
+    b.errorbar(h.index, h.forecast, yerr=[h.forecast * (1 - lo_q), h.forecast * (hi_q - 1)], fmt="s",
+               color="#1f77b4", capsize=4, label="holdout forecast + interval")
+    b.errorbar(f.index, f.forecast, yerr=[f.forecast - f.lo, f.hi - f.forecast], fmt="s", color="#ff7f0e",
+               capsize=4, label="forecast + interval")
+    b.tick_params(axis="x", rotation=60, labelsize=7)
+    b.set_title("Monthly total cost")
+    b.legend(fontsize=8)
+    return _png(fig)
+
+
+def _anomaly_figure(d: Path, n: int = 4) -> str:
+    cells = pd.read_parquet(d / "cells.parquet")
+    top = cells[cells.is_anomaly].groupby(["service", "project_id"]).impact.sum().nlargest(n).index
+    fig, axes = plt.subplots(1, len(top), figsize=(4 * max(len(top), 1), 3.2), squeeze=False)
+    for ax, (service, project) in zip(axes[0], top):
+        s = cells[(cells.service == service) & (cells.project_id == project)]
+        ax.plot(s.day, s.net_cost, color="#333", lw=0.7, label="net cost")
+        ax.plot(s.day, s.expected, color="#2ca02c", lw=0.7, label="expected")
+        ax.scatter(s.day[s.truth], s.net_cost[s.truth], marker="x", color="#9467bd", s=30, label="injected")
+        ax.scatter(s.day[s.is_anomaly], s.net_cost[s.is_anomaly], facecolors="none", edgecolors="#d62728", s=40,
+                   label="detected")
+        ax.set_title(f"{service}\n{project}", fontsize=8)
+        ax.tick_params(axis="x", rotation=60, labelsize=6)
+    axes[0][0].legend(fontsize=7)
+    return _png(fig)
+
+
+def _labels_figure(metrics: dict, backtest: dict) -> str:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
+    a.bar(["before", "after"], [metrics["label_compliance_before"], metrics["label_compliance_after"]],
+          color=["#aaa", "#2ca02c"])
+    a.set_ylim(0, 1)
+    a.set_title("Label compliance (share of cost fully labelled)")
+    b.bar(list(backtest), list(backtest.values()), color="#1f77b4")
+    b.set_ylim(min(backtest.values()) - 0.05, 1)
+    b.set_title("Forecast models: backtest accuracy (1 - WAPE)")
+    return _png(fig)
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_report(summary: dict, eval_dirs: dict[str, Path], html_path: str | Path) -> None:
+    gate_rows = [[g, _fmt(v["value"]), v["threshold"], "PASS" if v["passed"] else "FAIL"]
+                 for g, v in summary["gates"].items()]
+    metric_rows = [[m, k, _fmt(v)] for m, ms in summary["metrics"].items() for k, v in ms.items()
+                   if not isinstance(v, (dict, list))]
+    confusion = json.loads((eval_dirs["resource-labeler"] / "confusion.json").read_text())
+    conf_html = "".join(
+        f"<h3>Confusion matrix: {t}</h3>" + _table([[lab, *row] for lab, row in zip(c["labels"], c["matrix"])],
+                                                   ["true \\ predicted", *c["labels"]])
+        for t, c in confusion.items() if t != "owner")
+    body = f"""
+<h1>finops-ml training run</h1>
+<p>Data window {summary['data_window']['start']} to {summary['data_window']['end']}; rows ingested
+{summary['rows']['ingested']}, quarantined {summary['rows']['quarantined']}, duplicates {summary['rows']['duplicates']};
+reconciliation difference {summary['reconciliation_diff']}.</p>
+<h2>Gates</h2>{_table(gate_rows, ['gate', 'value', 'threshold', 'result'])}
+<h2>Forecast</h2>{_forecast_figure(eval_dirs['cost-forecast'])}
+<h2>Anomalies (holdout and training windows)</h2>{_anomaly_figure(eval_dirs['cost-anomaly'])}
+<h2>Labels and model comparison</h2>
+{_labels_figure(summary['metrics']['resource-labeler'], summary['metrics']['cost-forecast']['backtest_accuracy'])}
+{conf_html}
+<h2>All metrics (held-out data)</h2>{_table(metric_rows, ['model', 'metric', 'value'])}
+"""
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>finops-ml report</title><style>"
+            "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}</style></head><body>"
+            + body + "</body></html>")
+    with atomic_path(html_path) as tmp:
+        tmp.write_text(page)

@@ -1,0 +1,108 @@
+"""One function per pipeline step: read inputs from paths, call the library, write outputs to paths.
+
+KFP components (in `components/`) are a few lines around these, so every step is testable without KFP
+and the same code runs on the local runner and on Vertex AI. Each training step writes:
+  MODEL_DIR/model.joblib          the fitted model
+  EVAL_DIR/metrics.json           held-out metrics (what the gates read)
+  EVAL_DIR/*.parquet              small tables the report plots
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import pandas as pd
+
+from finops_ml import gates
+from finops_ml.config import Config
+from finops_ml.fileio import read_json, write_json
+from finops_ml.ingest import ingest
+from finops_ml.models import anomaly, forecast, labeler
+from finops_ml.registry import LocalRegistry
+from finops_ml.warehouse import run_feature_view
+
+
+def _dirs(*paths: str | Path) -> list[Path]:
+    out = []
+    for p in paths:
+        p = Path(p)
+        p.mkdir(parents=True, exist_ok=True)
+        out.append(p)
+    return out
+
+
+def ingest_step(source: str, control_totals: str, events_dir: str) -> dict:
+    return ingest(source, events_dir, control_totals or None)
+
+
+def features_step(events_dir: str, daily_cost_path: str, resources_path: str) -> dict:
+    events = Path(events_dir) / "events.parquet"
+    daily = run_feature_view("daily_cost", events)
+    resources = run_feature_view("resources", events)
+    daily.to_parquet(daily_cost_path, index=False)
+    resources.to_parquet(resources_path, index=False)
+    return {"daily_cells": len(daily), "series": int(daily.groupby(["service", "project_id"]).ngroups),
+            "resources": len(resources), "first_day": str(daily.day.min()), "last_day": str(daily.day.max())}
+
+
+def train_forecast_step(daily_cost_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
+    model_dir, eval_dir = _dirs(model_dir, eval_dir)
+    daily = pd.read_parquet(daily_cost_path)
+    f = cfg.forecast
+    result = forecast.train_and_evaluate(daily, f.candidates, f.holdout_months, f.horizon_months,
+                                         f.backtest_origins, f.interval, cfg.seed)
+    joblib.dump(result["model"], model_dir / "model.joblib")
+    result["forecast"].to_csv(model_dir / "forecast.csv", index=False)
+    for name in ("holdout", "forecast", "history", "holdout_curve", "future_curve"):
+        result[name].to_parquet(eval_dir / f"{name}.parquet", index=False)
+    return _finish(eval_dir, "cost-forecast", result["metrics"], cfg, daily)
+
+
+def train_anomaly_step(daily_cost_path: str, labels_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
+    model_dir, eval_dir = _dirs(model_dir, eval_dir)
+    daily = pd.read_parquet(daily_cost_path)
+    truth = pd.read_csv(labels_path)
+    a = cfg.anomaly
+    result = anomaly.train_and_evaluate(daily, truth, a.holdout_months, a.window_days, a.n_estimators, cfg.seed)
+    joblib.dump(result["model"], model_dir / "model.joblib")
+    cells = result["cells"]
+    cols = ["day", "service", "project_id", "net_cost", "expected", "score", "is_anomaly", "impact", "truth"]
+    cells[cols].to_parquet(eval_dir / "cells.parquet", index=False)
+    return _finish(eval_dir, "cost-anomaly", result["metrics"], cfg, daily)
+
+
+def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
+    model_dir, eval_dir = _dirs(model_dir, eval_dir)
+    resources = pd.read_parquet(resources_path)
+    truth = pd.read_csv(truth_path) if truth_path else None
+    lc = cfg.labeler
+    result = labeler.train_and_evaluate(resources, lc.targets, lc.confidence_threshold, lc.test_share, cfg.seed, truth)
+    joblib.dump(result["model"], model_dir / "model.joblib")
+    result["review"].to_csv(model_dir / "review_list.csv", index=False)
+    result["labelled"].to_parquet(eval_dir / "labelled.parquet", index=False)
+    result["review"].to_csv(eval_dir / "review_list.csv", index=False)
+    (eval_dir / "confusion.json").write_text(json.dumps(result["confusion"]))
+    metrics = result["metrics"]
+    metrics["label_accuracy_min"] = min(metrics[f"label_accuracy_{t}"] for t in lc.targets)
+    return _finish(eval_dir, "resource-labeler", metrics, cfg, resources.rename(columns={"first_day": "day"}))
+
+
+def _finish(eval_dir: Path, model_name: str, metrics: dict, cfg: Config, data: pd.DataFrame) -> dict:
+    days = pd.to_datetime(data["day"])
+    evaluation = {"model_name": model_name, "metrics": metrics, "gates": gates.check(model_name, metrics, cfg),
+                  "passed": gates.passed(model_name, metrics, cfg),
+                  "data_window": {"start": str(days.min().date()), "end": str(days.max().date())}}
+    write_json(eval_dir / "evaluation.json", evaluation)
+    return evaluation
+
+
+def gate_step(eval_dir: str) -> bool:
+    return bool(read_json(Path(eval_dir) / "evaluation.json")["passed"])
+
+
+def register_step(model_dir: str, eval_dir: str, registry_dir: str, cfg: Config, run_id: str) -> dict:
+    evaluation = read_json(Path(eval_dir) / "evaluation.json")
+    return LocalRegistry(registry_dir).register(evaluation["model_name"], model_dir, evaluation["metrics"],
+                                                cfg.digest(), evaluation["data_window"], run_id)

@@ -1,0 +1,1 @@
+"""Pipeline definitions and how to run them: locally (KFP local runner) or compiled for Vertex AI."""

@@ -1,0 +1,73 @@
+"""Run the training pipeline with the KFP local runner, and compile it for Vertex AI Pipelines."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+from kfp import compiler, local
+
+from pipelines.training import training_pipeline
+
+_START = re.compile(r"Executing task '?\x1b?\[?[0-9;]*m?'?([\w-]+)")
+_END = re.compile(r"Task '?\x1b?\[?[0-9;]*m?'?([\w-]+).*finished with status.*?(SUCCESS|FAILURE)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class StepLog(io.TextIOBase):
+    """Captures the local runner's output into a log file and reports task starts and ends with timings."""
+
+    def __init__(self, log_file, on_event: Callable[[str, str, float | None], None]):
+        self.log_file, self.on_event = log_file, on_event
+        self.started: dict[str, float] = {}
+        self.timings: dict[str, float] = {}
+        self.failed: list[str] = []
+        self._buffer = ""
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self._buffer += text
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            self._line(_ANSI.sub("", line))
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if line.startswith(" "):  # output of the task's own process
+            return
+        m = re.search(r"Executing task '([\w-]+)'", line)
+        if m:
+            self.started[m.group(1)] = time.perf_counter()
+            self.on_event(m.group(1), "start", None)
+            return
+        m = re.search(r"Task '([\w-]+)' finished with status (\w+)", line)
+        if m:
+            name, status = m.group(1), m.group(2)
+            seconds = time.perf_counter() - self.started.get(name, time.perf_counter())
+            self.timings[name] = round(seconds, 2)
+            if status != "SUCCESS":
+                self.failed.append(name)
+            self.on_event(name, status.lower(), seconds)
+
+
+def run_local(arguments: dict, pipeline_root: Path, log_path: Path,
+              on_event: Callable[[str, str, float | None], None]) -> tuple[object, dict[str, float], list[str]]:
+    """Run the pipeline on this machine; returns (the run's task, per-step seconds, failed steps)."""
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+               raise_on_error=False)
+    with open(log_path, "w") as log:
+        step_log = StepLog(log, on_event)
+        with contextlib.redirect_stdout(step_log), contextlib.redirect_stderr(step_log):
+            task = training_pipeline(**arguments)
+    return task, step_log.timings, step_log.failed
+
+
+def compile_pipeline(path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(training_pipeline, package_path=str(path))
+    return path

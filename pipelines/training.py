@@ -1,0 +1,42 @@
+"""The training pipeline: ingest -> features -> train three models -> gates -> register -> report."""
+
+from kfp import dsl
+
+from components.features import build_features
+from components.ingest import ingest_events
+from components.registry import check_gate, register_model
+from components.report import build_report
+from components.train import train_anomaly_detector, train_forecast, train_labeler
+
+PIPELINE_NAME = "finops-ml-training"
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Cost forecast, cost anomaly detection and auto-labelling.")
+def training_pipeline(
+    source: str,
+    config_json: str,
+    registry_dir: str,
+    control_totals: str = "",
+    anomaly_labels: str = "",
+    resource_truth: str = "",
+    run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+):
+    ingest = ingest_events(source=source, control_totals=control_totals).set_display_name("ingest")
+    features = build_features(events=ingest.outputs["events"]).set_display_name("features")
+    daily = features.outputs["daily_cost"]
+    trained = {
+        "forecast": train_forecast(daily_cost=daily, config_json=config_json),
+        "anomaly": train_anomaly_detector(daily_cost=daily, anomaly_labels=anomaly_labels, config_json=config_json),
+        "labeler": train_labeler(resources=features.outputs["resources"], resource_truth=resource_truth,
+                                 config_json=config_json),
+    }
+    for name, task in trained.items():
+        task.set_display_name(f"train-{name}")
+        gate = check_gate(evaluation=task.outputs["evaluation"]).set_display_name(f"gate-{name}")
+        with dsl.If(gate.output == True, name=f"{name}-gate-passed"):  # noqa: E712 (KFP condition)
+            register_model(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
+                           registry_dir=registry_dir, config_json=config_json,
+                           run_id=run_id).set_display_name(f"register-{name}")
+    build_report(events=ingest.outputs["events"], forecast_evaluation=trained["forecast"].outputs["evaluation"],
+                 anomaly_evaluation=trained["anomaly"].outputs["evaluation"],
+                 labeler_evaluation=trained["labeler"].outputs["evaluation"]).set_display_name("report")
