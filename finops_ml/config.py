@@ -23,7 +23,7 @@ class GeneratorConfig(_Strict):
     start: str = "2025-08-01"
     months: int = Field(15, ge=6, le=60)
     plants: int = Field(5, ge=1, le=12)
-    resources_per_project: int = Field(9, ge=2, le=2000)
+    resources_per_project: int = Field(20, ge=2, le=2000)
     unlabelled_share: float = Field(0.2, ge=0.0, le=0.9)
     anomaly_share: float = Field(0.1, ge=0.0, le=0.5)
     # An injected anomaly makes a daily cell "anomalous" in the ground truth when it adds at least this

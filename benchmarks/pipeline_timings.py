@@ -1,0 +1,76 @@
+"""Seconds per step (generate, ingest, features, each model) and in total, at the demo size and at 1M line items.
+
+Runs the library steps directly (what each pipeline component calls), in one process, and prints a table.
+    python benchmarks/pipeline_timings.py [--sizes demo,1m] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from finops_ml.config import load_config
+from finops_ml.generator import generate
+from finops_ml.steps import (features_step, ingest_step, train_anomaly_step, train_forecast_step,
+                             train_labeler_step)
+
+# resources_per_project giving about 1M line items with the default 5 plants (18 projects)
+SIZES = {"demo": None, "1m": 120}
+
+
+def run(size: str, workdir: Path) -> dict:
+    cfg = load_config()
+    if SIZES[size]:
+        cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(
+            update={"resources_per_project": SIZES[size]})})
+    d = workdir / size
+    timings = {}
+
+    def step(name, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        timings[name] = time.perf_counter() - t0
+        return result
+
+    meta = step("generate", generate, cfg.generator, cfg.seed, d / "data", "parquet")
+    step("ingest", ingest_step, str(d / "data" / "events.parquet"), str(d / "data" / "control_totals.csv"),
+         str(d / "events"))
+    step("features", features_step, str(d / "events"), str(d / "daily.parquet"), str(d / "resources.parquet"))
+    step("train_forecast", train_forecast_step, str(d / "daily.parquet"), cfg, str(d / "m1"), str(d / "e1"))
+    step("train_anomaly", train_anomaly_step, str(d / "daily.parquet"),
+         str(d / "data" / "truth" / "anomaly_cells.csv"), cfg, str(d / "m2"), str(d / "e2"))
+    step("train_labeler", train_labeler_step, str(d / "resources.parquet"),
+         str(d / "data" / "truth" / "resources.csv"), cfg, str(d / "m3"), str(d / "e3"))
+    timings["total"] = sum(timings.values())
+    return {"rows": meta["rows"], "timings": timings,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="demo,1m")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="finops-bench-"))
+    results = {size: run(size, workdir) for size in args.sizes.split(",")}
+    table = Table(title="finops-ml step timings (seconds)")
+    table.add_column("step")
+    for size, r in results.items():
+        table.add_column(f"{size} ({r['rows']:,} rows)", justify="right")
+    for name in next(iter(results.values()))["timings"]:
+        table.add_row(name, *(f"{r['timings'][name]:.1f}" for r in results.values()))
+    table.add_row("peak RSS (GiB, cumulative)", *(f"{r['peak_rss_gib']:.2f}" for r in results.values()))
+    Console().print(table)
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
