@@ -1,12 +1,14 @@
 -- Daily net cost per service and project: the series of the forecast and of the anomaly detector.
 -- net_cost = (cost + sum of credits) / currency_conversion_rate, in US dollars; regular usage only
 -- (taxes, adjustments and rounding errors are billing-level: reconciled at ingest, not forecast).
+-- resources counts the distinct resources in the cell: a cost rise that comes with new resources is new spend.
 SELECT
   CAST(usage_start_time AS DATE) AS day,
   service.description AS service,
   project.id AS project_id,
   SUM((cost + IFNULL((SELECT SUM(c.amount) FROM UNNEST(credits) AS t(c)), 0)) / currency_conversion_rate) AS net_cost,
-  COUNT(*) AS line_items
+  COUNT(*) AS line_items,
+  COUNT(DISTINCT resource.name) AS resources
 FROM events
 WHERE cost_type = 'regular'
 GROUP BY 1, 2, 3

@@ -60,7 +60,10 @@ class CostAnomalyDetector:
             expected = base * season
             scale = np.maximum(spread * season, 0.03 * expected + 0.5)
             log_ratio = np.log((y + 1.0) / (expected + 1.0))
+            # Resources that were not in the baseline explain a rise: new spend (reported), not an anomaly.
+            known = g.resources.shift(BASELINE_GAP_DAYS).rolling(self.window_days, min_periods=1).max()
             out.append(g.assign(
+                new_resources=(g.resources - known.fillna(g.resources)).clip(lower=0).to_numpy(),
                 expected=expected,
                 robust_z=np.clip((y - expected) / scale, -50, 50),
                 log_ratio=log_ratio,
@@ -87,7 +90,8 @@ class CostAnomalyDetector:
 
     def _score(self, cells: pd.DataFrame) -> np.ndarray:
         raw = -self.forest_.score_samples(cells[FEATURES].to_numpy())
-        return np.where(cells.log_ratio > 0, raw, 0.0)  # cost anomalies are increases
+        # Cost anomalies are increases of established spend.
+        return np.where((cells.log_ratio > 0) & (cells.new_resources == 0), raw, 0.0)
 
     def score(self, daily: pd.DataFrame) -> pd.DataFrame:
         cells = self.features(daily)
