@@ -8,12 +8,16 @@ from components.image import PIPELINE_IMAGE
 def train_forecast(daily_cost: Input[Dataset], config_json: str, model: Output[Model],
                    evaluation: Output[Artifact], metrics: Output[Metrics]):
     """Backtest linear / random forest / XGBoost, evaluate the best on the holdout, refit and forecast."""
+    import math
+
     from finops_ml.config import Config
     from finops_ml.steps import train_forecast_step
 
     result = train_forecast_step(daily_cost.path, Config.from_json(config_json), model.path, evaluation.path)
     for key in ("forecast_accuracy", "naive_accuracy", "mape", "mase", "interval_coverage"):
-        metrics.log_metric(key, result["metrics"][key])
+        value = result["metrics"][key]
+        if value is not None and math.isfinite(value):  # NaN/inf would make executor_output.json invalid JSON
+            metrics.log_metric(key, value)
     model.metadata["algorithm"] = result["metrics"]["model"]
 
 
@@ -21,13 +25,17 @@ def train_forecast(daily_cost: Input[Dataset], config_json: str, model: Output[M
 def train_anomaly_detector(daily_cost: Input[Dataset], anomaly_labels: str, config_json: str, model: Output[Model],
                            evaluation: Output[Artifact], metrics: Output[Metrics]):
     """Isolation Forest on robust features; threshold from the training window's labels."""
+    import math
+
     from finops_ml.config import Config
     from finops_ml.steps import train_anomaly_step
 
     result = train_anomaly_step(daily_cost.path, anomaly_labels, Config.from_json(config_json), model.path,
                                 evaluation.path)
     for key in ("anomaly_f1", "precision", "recall", "event_f1", "mean_detection_delay_days"):
-        metrics.log_metric(key, result["metrics"][key])
+        value = result["metrics"][key]  # the delay is NaN when no anomalous event was detected
+        if value is not None and math.isfinite(value):  # NaN would make executor_output.json invalid JSON
+            metrics.log_metric(key, value)
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)

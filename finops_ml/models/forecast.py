@@ -241,7 +241,9 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
     }
     # Production model: refit on everything, forecast the next months.
     final = CostForecaster(best, seed, horizon_days).fit(panel)
-    future = final.predict(panel, days=horizon_days)
+    # Exactly the next `horizon_months` calendar months (31 * months days would spill into one more month).
+    last = panel.days[-1]
+    future = final.predict(panel, days=(last + pd.offsets.MonthEnd(horizon_months) - last).days)
     future_monthly = monthly(future, "forecast", by=("service", "project_id")).rename("forecast").reset_index()
     future_monthly = future_monthly.rename(columns={"day": "month"})
     future_monthly["lo"] = future_monthly.forecast * lo_q

@@ -1,0 +1,170 @@
+"""`finops-ml` as a user runs it: the installed console script in a subprocess (exit codes, stdout, stderr)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finops_ml.config import GeneratorConfig
+from finops_ml.gates import MODEL_GATES
+from finops_ml.generator import generate
+from finops_ml.registry import LocalRegistry
+from pipelines.training import PIPELINE_NAME
+
+SCRIPT = Path(sys.executable).parent / "finops-ml"
+# Small enough for seconds per step, long enough for the forecast (3 holdout months + 1 backtest origin).
+SMALL_CONFIG = {
+    "seed": 42,
+    "generator": {"months": 11, "plants": 1, "resources_per_project": 2},
+    "forecast": {"candidates": ["linear"], "backtest_origins": 1},
+    "anomaly": {"n_estimators": 50},
+}
+GATES = ["forecast_accuracy", "anomaly_f1", "label_accuracy_owner", "label_accuracy_cost_center",
+         "label_accuracy_plant", "label_compliance_after"]
+
+
+def finops_ml(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "from finops_cli.main import main; main()"]
+    env = {**os.environ, "COLUMNS": "400"}  # so that rich does not wrap a one-sentence error over several lines
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _one_error_sentence(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def events_file(tmp_path_factory) -> Path:
+    """A small generated events.jsonl (the smallest organisation the generator makes)."""
+    out = tmp_path_factory.mktemp("cli-data") / "generated"
+    generate(GeneratorConfig(plants=1, resources_per_project=2, months=6), 3, out)
+    return out / "events.jsonl"
+
+
+# ---- errors --------------------------------------------------------------------------------------------------------
+
+def test_run_with_an_unknown_config_key_names_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**SMALL_CONFIG, "generator": {**SMALL_CONFIG["generator"], "plantz": 2}}))
+    out = tmp_path / "out"
+
+    result = finops_ml("run", "--config", str(bad), "--out", str(out))
+
+    line = _one_error_sentence(result)
+    assert result.returncode == 1
+    assert str(bad) in line and "'generator.plantz'" in line and "unknown key" in line
+    assert not (out / "summary.json").exists() and not (out / "report.html").exists()
+    assert not (out / "pipeline_root").exists()
+
+
+def test_run_with_an_invalid_config_value_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"gates": {"anomaly_f1": 1.5}}))
+    line = _one_error_sentence(finops_ml("run", "--config", str(bad), "--out", str(tmp_path / "out")))
+    assert str(bad) in line and "'gates.anomaly_f1'" in line
+
+
+def test_ingest_of_a_missing_file_is_one_clear_sentence(tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    out = tmp_path / "ingest"
+
+    line = _one_error_sentence(finops_ml("ingest", str(missing), "--out", str(out)))
+
+    assert str(missing) in line and "does not exist" in line
+    assert not (out / "events.parquet").exists()
+
+
+def test_ingest_quarantines_an_unparseable_line_and_succeeds(tmp_path, events_file):
+    good = events_file.read_text().splitlines()[:40]
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join([*good[:20], '{"billing_account_id": "01A2B3", "cost": ', *good[20:]]) + "\n")
+    out = tmp_path / "ingest"
+
+    result = finops_ml("ingest", str(source), "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "ingested 40 rows (1 quarantined, 0 duplicates)" in " ".join(result.stdout.split())
+    summary = json.loads((out / "ingest_summary.json").read_text())
+    assert summary["read"] == 41 and summary["rows"] == 40 and summary["quarantined"] == 1
+    (quarantined,) = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert quarantined["line"] == 21 and quarantined["reason"]
+
+
+def test_compile_writes_the_pipeline_yaml(tmp_path):
+    output = tmp_path / "nested" / "x.yaml"
+    result = finops_ml("compile", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert str(output) in " ".join(result.stdout.split())
+    assert yaml.safe_load(output.read_text())["pipelineInfo"]["name"] == PIPELINE_NAME
+
+
+# ---- the demo, end to end ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    base = tmp_path_factory.mktemp("cli-run")
+    config = base / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL_CONFIG))
+    out = base / "out"
+    return finops_ml("run", "--config", str(config), "--out", str(out), timeout=300), out
+
+
+def test_run_end_to_end_writes_summary_and_report(demo_run):
+    result, out = demo_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+
+    assert list(summary["gates"]) == GATES
+    for gate, g in summary["gates"].items():
+        assert set(g) == {"value", "threshold", "passed"}, gate
+        assert 0.0 <= g["value"] <= 1.0 and g["passed"] == (g["value"] >= g["threshold"]), gate
+    assert summary["gates"]["forecast_accuracy"]["threshold"] == 0.90  # the defaults: the config sets none
+    assert 0.0 <= summary["label_compliance_before"] <= 1.0
+    rows = summary["rows"]
+    assert {"ingested", "quarantined", "duplicates"} <= set(rows)
+    generated = json.loads((out / "data" / "generation.json").read_text())
+    assert rows["ingested"] == generated["rows"] and rows["quarantined"] == 0 and rows["duplicates"] == 0
+    assert summary["reconciliation_diff"] == 0.0
+    assert summary["seed"] == 42
+
+    html = (out / "report.html").read_text()
+    assert "<img" in html and "forecast_accuracy" in html
+
+
+def test_run_registers_exactly_the_models_whose_gates_passed(demo_run):
+    result, out = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    passed = {model for model, gates in MODEL_GATES.items()
+              if all(summary["gates"][g]["passed"] for g in gates)}
+
+    registry = LocalRegistry(out / "registry")
+    assert {r["name"] for r in summary["registered"]} == passed
+    for r in summary["registered"]:
+        assert r["version"] == 1 and sorted(r["aliases"]) == ["champion", "latest"]
+        assert registry.entry(r["name"], "champion")["run_id"] == summary["run_id"]
+    assert ("nothing (no gate passed)" in result.stdout) == (not passed)
+
+
+def test_run_reports_progress_and_timings(demo_run):
+    result, out = demo_run
+    timings = json.loads((out / "summary.json").read_text())["timings_s"]
+    steps = {"ingest-events", "build-features", "train-forecast", "train-anomaly-detector", "train-labeler",
+             "check-gate", "check-gate-2", "check-gate-3", "build-report"}
+    assert steps | {"generate", "total"} <= set(timings)
+    assert timings["total"] >= sum(v for k, v in timings.items() if k != "total") * 0.9
+    for step in steps:
+        assert f"{step} ..." in result.stdout
+    assert "Evaluation gates" in result.stdout and "report:" in result.stdout
+    assert (out / "pipeline.log").exists() and not (out / ".report.html.partial").exists()
