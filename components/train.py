@@ -5,15 +5,17 @@ from components.image import PIPELINE_IMAGE
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
-def train_forecast(daily_cost: Input[Dataset], config_json: str, model: Output[Model],
-                   evaluation: Output[Artifact], metrics: Output[Metrics]):
-    """Backtest linear / random forest / XGBoost, evaluate the best on the holdout, refit and forecast."""
+def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifact], config_json: str,
+                   model: Output[Model], evaluation: Output[Artifact], metrics: Output[Metrics]):
+    """Backtest linear / random forest / XGBoost on the anomaly-adjusted history, evaluate the best on the
+    holdout, refit and forecast."""
     import math
 
     from finops_ml.config import Config
     from finops_ml.steps import train_forecast_step
 
-    result = train_forecast_step(daily_cost.path, Config.from_json(config_json), model.path, evaluation.path)
+    result = train_forecast_step(daily_cost.path, anomaly_evaluation.path, Config.from_json(config_json), model.path,
+                                 evaluation.path)
     for key in ("forecast_accuracy", "naive_accuracy", "mape", "mase", "interval_coverage"):
         value = result["metrics"][key]
         if value is not None and math.isfinite(value):  # NaN/inf would make executor_output.json invalid JSON

@@ -47,12 +47,16 @@ def features_step(events_dir: str, daily_cost_path: str, resources_path: str) ->
             "resources": len(resources), "first_day": str(daily.day.min()), "last_day": str(daily.day.max())}
 
 
-def train_forecast_step(daily_cost_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
+def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config, model_dir: str,
+                        eval_dir: str) -> dict:
+    """Forecast trained on the history adjusted for the anomalies the detector flagged (its `cells.parquet`)."""
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     daily = pd.read_parquet(daily_cost_path)
+    cells = Path(anomaly_eval_dir) / "cells.parquet" if anomaly_eval_dir else None
+    anomalies = pd.read_parquet(cells) if cells and cells.exists() else None
     f = cfg.forecast
     result = forecast.train_and_evaluate(daily, f.candidates, f.holdout_months, f.horizon_months,
-                                         f.backtest_origins, f.interval, cfg.seed)
+                                         f.backtest_origins, f.interval, cfg.seed, anomalies)
     joblib.dump(result["model"], model_dir / "model.joblib")
     result["forecast"].to_csv(model_dir / "forecast.csv", index=False)
     for name in ("holdout", "forecast", "history", "holdout_curve", "future_curve"):

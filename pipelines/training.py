@@ -24,9 +24,12 @@ def training_pipeline(
     ingest = ingest_events(source=source, control_totals=control_totals).set_display_name("ingest")
     features = build_features(events=ingest.outputs["events"]).set_display_name("features")
     daily = features.outputs["daily_cost"]
+    anomaly = train_anomaly_detector(daily_cost=daily, anomaly_labels=anomaly_labels, config_json=config_json)
     trained = {
-        "forecast": train_forecast(daily_cost=daily, config_json=config_json),
-        "anomaly": train_anomaly_detector(daily_cost=daily, anomaly_labels=anomaly_labels, config_json=config_json),
+        # The forecast learns from the history adjusted for the anomalies the detector flagged.
+        "forecast": train_forecast(daily_cost=daily, anomaly_evaluation=anomaly.outputs["evaluation"],
+                                   config_json=config_json),
+        "anomaly": anomaly,
         "labeler": train_labeler(resources=features.outputs["resources"], resource_truth=resource_truth,
                                  config_json=config_json),
     }

@@ -27,6 +27,7 @@ FEATURES = ["h", "season_mult", "is_weekend", "is_month_end", "growth", "h_growt
 MIN_HISTORY = 56
 ORIGIN_STEP = 7
 HORIZON_STEP = 2
+RECENCY_HALF_LIFE_DAYS = 90
 
 
 def make_regressor(name: str, seed: int):
@@ -132,16 +133,21 @@ class CostForecaster:
         xs, ys = [], []
         for t in range(MIN_HISTORY, last - self.horizon_days + 1, ORIGIN_STEP):
             x, y = _examples(panel, t, horizons, codes, with_target=True)
+            x["_age"] = last - self.horizon_days - t
             xs.append(x)
             ys.append(y)
         if not xs:
             raise ValueError("not enough history to fit the forecast (needs 56 days + the horizon)")
         x, y = pd.concat(xs, ignore_index=True), np.concatenate(ys)
-        y = np.clip(y, 0.0, 10.0)
+        # Log ratio: the model learns the typical (median-like) path, which is what WAPE rewards, and a few
+        # new resources arriving after an origin do not drag every forecast up.
+        y = np.log(np.clip(y, 0.05, 20.0))
+        # Recent origins weigh more: the organisation's growth changes as its migration waves end.
+        weight = x["_level"].to_numpy() * 0.5 ** (x["_age"].to_numpy() / RECENCY_HALF_LIFE_DAYS)
         self.regressor_ = make_regressor(self.model, self.seed)
-        fit_kw = {"sample_weight": x["_level"].to_numpy()}
+        fit_kw = {"sample_weight": weight}
         if self.model == "linear":
-            fit_kw = {"ridge__sample_weight": x["_level"].to_numpy()}
+            fit_kw = {"ridge__sample_weight": weight}
         self.regressor_.fit(x[FEATURES], y, **fit_kw)
         return self
 
@@ -150,7 +156,7 @@ class CostForecaster:
         days = days or self.horizon_days
         t = panel.values.shape[1] - 1
         x, _ = _examples(panel, t, np.arange(1, days + 1), self._codes(panel), with_target=False)
-        ratio = np.clip(self.regressor_.predict(x[FEATURES]), 0.0, None)
+        ratio = np.exp(self.regressor_.predict(x[FEATURES]))
         keys = panel.keys.iloc[x["_series"].to_numpy()].reset_index(drop=True)
         return pd.DataFrame({"service": keys["service"], "project_id": keys["project_id"], "day": x["_day"],
                              "forecast": ratio * x["_level"].to_numpy()})
@@ -167,10 +173,12 @@ def _full_months_after(days: pd.DatetimeIndex, t: int, n: int) -> int:
     return int(np.searchsorted(days, end))
 
 
-def _score_window(panel: SeriesPanel, t: int, n_months: int, forecaster: CostForecaster) -> pd.DataFrame:
-    """Forecast from origin t and compare with the actuals of the next n full months, per (service, month)."""
+def _score_window(history: SeriesPanel, panel: SeriesPanel, t: int, n_months: int,
+                  forecaster: CostForecaster) -> pd.DataFrame:
+    """Forecast from origin t (inputs from `history`) and compare with the actuals of `panel` in the next n full
+    months, per (service, month)."""
     end = _full_months_after(panel.days, t, n_months)
-    fc = forecaster.predict(panel.until(t), days=end - t)
+    fc = forecaster.predict(history.until(t), days=end - t)
     actual = pd.DataFrame({
         "service": np.repeat(panel.keys["service"].to_numpy(), end - t),
         "project_id": np.repeat(panel.keys["project_id"].to_numpy(), end - t),
@@ -189,12 +197,34 @@ def month_end_index(days: pd.DatetimeIndex, months_before_end: int) -> int:
     return int(np.searchsorted(days, target))
 
 
+def adjust_for_anomalies(daily: pd.DataFrame, anomalies: pd.DataFrame | None) -> pd.DataFrame:
+    """The cost of cells the anomaly detector flagged, replaced by their expected cost.
+
+    A forecast should extend the normal path: a drift that was caught and fixed must not be extrapolated.
+    The detector's flags are causal, so a cell is only ever adjusted with what was known on its day.
+    """
+    daily = daily.assign(day=pd.to_datetime(daily["day"]))
+    if anomalies is None or not anomalies["is_anomaly"].any():
+        return daily
+    flagged = anomalies.loc[anomalies["is_anomaly"], ["day", "service", "project_id", "expected"]]
+    flagged = flagged.assign(day=pd.to_datetime(flagged["day"]))
+    out = daily.merge(flagged, on=["day", "service", "project_id"], how="left")
+    out["net_cost"] = out["expected"].fillna(out["net_cost"])
+    return out.drop(columns="expected")
+
+
 def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_months: int, horizon_months: int,
-                       backtest_origins: int, interval: float, seed: int) -> dict:
-    """Select by backtest, evaluate on the holdout, refit on all data and forecast the next months."""
+                       backtest_origins: int, interval: float, seed: int,
+                       anomalies: pd.DataFrame | None = None) -> dict:
+    """Select by backtest, evaluate on the holdout, refit on all data and forecast the next months.
+
+    Models learn from the anomaly-adjusted history (see `adjust_for_anomalies`); they are always scored
+    against the actual cost.
+    """
     panel = SeriesPanel.from_daily(daily)
+    clean = SeriesPanel.from_daily(adjust_for_anomalies(daily, anomalies))
     cutoff = month_end_index(panel.days, holdout_months)
-    train = panel.until(cutoff)
+    train = clean.until(cutoff)
     horizon_days = 31 * horizon_months
     backtests = {}
     errors = {}
@@ -203,7 +233,8 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
         for k in range(backtest_origins):
             origin = month_end_index(train.days, horizon_months + k)
             model = CostForecaster(name, seed, horizon_days).fit(train.until(origin))
-            frames.append(_score_window(train, origin, horizon_months, model).assign(origin=str(train.days[origin].date())))
+            scored = _score_window(train, panel, origin, horizon_months, model)
+            frames.append(scored.assign(origin=str(train.days[origin].date())))
         scored = pd.concat(frames, ignore_index=True)
         backtests[name] = forecast_accuracy(scored.actual, scored.forecast)
         errors[name] = scored
@@ -214,7 +245,7 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
 
     # Holdout: fit on the training window only, forecast the holdout months, score once.
     model = CostForecaster(best, seed, horizon_days).fit(train)
-    holdout = _score_window(panel, cutoff, holdout_months, model)
+    holdout = _score_window(train, panel, cutoff, holdout_months, model)
     covered = (holdout.actual >= holdout.forecast * lo_q) & (holdout.actual <= holdout.forecast * hi_q)
     total_hist = panel.values[:, : cutoff + 1].sum(axis=0)
     total_actual = panel.values[:, cutoff + 1:].sum(axis=0)
@@ -240,10 +271,10 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
         "train_end": str(panel.days[cutoff].date()),
     }
     # Production model: refit on everything, forecast the next months.
-    final = CostForecaster(best, seed, horizon_days).fit(panel)
+    final = CostForecaster(best, seed, horizon_days).fit(clean)
     # Exactly the next `horizon_months` calendar months (31 * months days would spill into one more month).
     last = panel.days[-1]
-    future = final.predict(panel, days=(last + pd.offsets.MonthEnd(horizon_months) - last).days)
+    future = final.predict(clean, days=(last + pd.offsets.MonthEnd(horizon_months) - last).days)
     future_monthly = monthly(future, "forecast", by=("service", "project_id")).rename("forecast").reset_index()
     future_monthly = future_monthly.rename(columns={"day": "month"})
     future_monthly["lo"] = future_monthly.forecast * lo_q
