@@ -39,17 +39,20 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="Random seed (default: the config's)."),
     config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml)."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl or parquet."),
+    rows: Optional[int] = typer.Option(None, help="Scale: about this many line items (sets resources per project)."),
     resources_per_project: Optional[int] = typer.Option(None, help="Scale: resources per project (~600 rows each)."),
     plants: Optional[int] = typer.Option(None, help="Scale: number of plants (3 projects each)."),
     from_monthly_csv: Optional[Path] = typer.Option(None, help="CSV month,service,cost to reconcile to the cent."),
 ):
     """Generate the synthetic organisation's billing events and their ground truth."""
-    from finops_ml.generator import generate as gen, generate_from_monthly
+    from finops_ml.generator import generate as gen, generate_from_monthly, resources_for_rows
 
     try:
         cfg = _config(config, seed)
         update = {k: v for k, v in {"resources_per_project": resources_per_project, "plants": plants}.items() if v}
         gcfg = cfg.generator.model_copy(update=update)
+        if rows:
+            gcfg = gcfg.model_copy(update={"resources_per_project": resources_for_rows(gcfg, rows)})
         t0 = time.perf_counter()
         if from_monthly_csv:
             meta = generate_from_monthly(from_monthly_csv, gcfg, cfg.seed, out, fmt)
@@ -91,6 +94,7 @@ def run(
     except FinopsError as exc:
         _fail(str(exc))
     from finops_ml.generator import generate as gen
+    from finops_ml.ingest import resolve_files
     from pipelines.local import run_local
 
     out = out.resolve()
@@ -104,6 +108,7 @@ def run(
                  "run_id": f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"}
     try:
         if source:
+            resolve_files(source)  # a missing source is the user's to fix: say so before any step runs
             arguments["source"] = source
         else:
             console.print(f"[bold]generate[/] synthetic organisation (seed {cfg.seed}) ...")
@@ -133,7 +138,8 @@ def run(
     _, step_timings, failed = run_local(arguments, root, log_path, on_event)
     timings.update(step_timings)
     if failed:
-        _fail(f"pipeline step(s) {', '.join(failed)} failed; see {log_path} for the step's error.")
+        reason = _step_error(log_path)
+        _fail(f"pipeline step {', '.join(failed)} failed{': ' + reason if reason else ''}; the full log is {log_path}.")
     run_dir = max(set(root.glob("*")) - before, key=lambda p: p.stat().st_mtime)
     summary = read_json(run_dir / "build-report" / "summary")
     from finops_ml.registry import LocalRegistry
@@ -155,6 +161,14 @@ def run(
     _print_gates(summary)
     console.print(f"report: {out / 'report.html'}\nsummary: {out / 'summary.json'}  "
                   f"[dim](total {timings['total']:.1f} s)[/]")
+
+
+def _step_error(log_path: Path) -> str:
+    """The user-facing error a failed step raised, if it was one (FinopsError), from the run's log."""
+    for line in reversed(log_path.read_text().splitlines()):
+        if "FinopsError: " in line:
+            return line.split("FinopsError: ", 1)[1].strip()
+    return ""
 
 
 def _print_gates(summary: dict) -> None:

@@ -415,6 +415,16 @@ def _billing_rows(cfg, rng, resources, items: pa.Table, days) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+ROWS_PER_RESOURCE = 600  # measured: about 600 daily line items per resource over 15 months (SKUs, arrivals)
+
+
+def resources_for_rows(cfg: GeneratorConfig, rows: int) -> int:
+    """Resources per project that give about `rows` line items for this config's plants and months."""
+    projects = 3 * cfg.plants + len(CORPORATE)
+    per_resource = ROWS_PER_RESOURCE * cfg.months / 15
+    return max(2, round(rows / (projects * per_resource)))
+
+
 def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "jsonl") -> dict:
     """Generate the organisation's billing events and ground truth into `out_dir` (replaced only on success)."""
     if fmt not in ("jsonl", "parquet"):
