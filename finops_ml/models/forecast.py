@@ -241,7 +241,9 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
     best = max(backtests, key=backtests.get)
     ratios = (errors[best].actual / errors[best].forecast.replace(0, np.nan)).dropna()
     alpha = (1.0 - interval) / 2.0
-    lo_q, hi_q = float(np.quantile(ratios, alpha)), float(np.quantile(ratios, 1.0 - alpha))
+    # The interval always contains the point forecast, even when the backtests erred mostly one way.
+    lo_q = min(float(np.quantile(ratios, alpha)), 1.0)
+    hi_q = max(float(np.quantile(ratios, 1.0 - alpha)), 1.0)
 
     # Holdout: fit on the training window only, forecast the holdout months, score once.
     model = CostForecaster(best, seed, horizon_days).fit(train)
