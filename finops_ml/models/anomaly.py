@@ -1,14 +1,29 @@
 """Cost anomaly detection on daily cells (day x service x project).
 
-Robust statistics give each cell an expected cost from its own recent past only: the median of the
-`window_days` de-seasonalised values that end a week before the cell (weekday and month-end factors learnt per series), and a
-robust spread (IQR). An Isolation Forest, fitted on the training cells, scores how unusual a cell's
-(robust z, log ratio, 3-day log ratio) is; only cost increases count. The decision threshold is the one
-that maximises F1 against the labelled anomalies of the training window; it is never tuned on the holdout.
+A cell's expected cost is built bottom-up from its resources (the `resource_names` / `resource_costs` arrays of
+the daily_cost view; without them a cell is one resource):
+
+- each resource has weekday and month-end factors and a noise scale learnt in `fit` (a resource the fit never saw
+  borrows its service's);
+- an established resource's expected cost is the median of its last `baseline_days` *accepted* de-seasonalised
+  days times today's season. A day is accepted into the baseline only when it lies within `reject_sigmas` noise
+  scales of it, so a level shift or a drift in progress does not leak into the baseline that judges it; a change
+  that persists for `accept_after_days` is accepted as the new normal (the baseline restarts from recent days);
+- a resource younger than `warmup_days` is new spend (it ramps up): its cost is its own expectation, reported but
+  not an anomaly.
+
+Everything is causal (a recursive filter over days: a cell only sees its past, with factors fixed in `fit`), so
+the same detector can run event by event. The cell's robust statistics (the log ratio of its cost to the bottom-up
+expectation, its 3-day mean, and a robust z of the excess from the resources' noise scales) are the features of an
+Isolation Forest fitted on the training cells. The final score of a rise of established spend is the forest's
+anomaly score times the log ratio (the forest saturates beyond its training data; the size of the rise orders
+those cells), and the decision threshold is the one that maximises F1 against the labelled anomalies of the
+training window. It is never tuned on the holdout.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,79 +34,249 @@ from finops_ml.metrics import event_metrics, precision_recall_f1
 
 FEATURES = ["robust_z", "log_ratio", "log_ratio_3d"]
 KEYS = ["service", "project_id"]
-BASELINE_GAP_DAYS = 7
+RESOURCE_KEYS = ["service", "project_id", "resource"]
+MIN_BASELINE_DAYS = 5
 
 
-def _seasonal_factors(g: pd.DataFrame) -> tuple[np.ndarray, float]:
-    """Weekday factors (7) and a month-end factor of one series, robustly, from positive days."""
-    pos = g[g.net_cost > 0]
-    if len(pos) < 28:
-        return np.ones(7), 1.0
-    overall = pos.net_cost.median()
-    dow = pos.groupby(pos.day.dt.dayofweek).net_cost.median().reindex(range(7)).fillna(overall) / overall
-    normal, me = pos[~pos.month_end], pos[pos.month_end]
-    month_end = float(np.clip(me.net_cost.median() / normal.net_cost.median(), 0.5, 5.0)) if len(me) >= 3 else 1.0
-    return np.clip(dow.to_numpy(), 0.2, 3.0), month_end
+@dataclass
+class ResourcePanel:
+    """Daily net cost per resource as a matrix (resources x days, NaN where a resource has no cost line)."""
+
+    days: pd.DatetimeIndex
+    resources: pd.DataFrame  # service, project_id, resource; row i is matrix row i
+    cost: np.ndarray
+
+    @classmethod
+    def from_daily(cls, daily: pd.DataFrame) -> "ResourcePanel":
+        daily = daily.assign(day=pd.to_datetime(daily["day"]))
+        detail = "resource_costs" in daily.columns and "resource_names" in daily.columns
+        names, costs = [], []
+        for n, c, total in zip(daily["resource_names"] if detail else [None] * len(daily),
+                               daily["resource_costs"] if detail else [None] * len(daily), daily["net_cost"]):
+            if isinstance(c, (list, tuple, np.ndarray)) and len(c) > 0:
+                names.append(np.asarray(n, object))
+                costs.append(np.asarray(c, float))
+            else:  # no per-resource detail: the cell is one resource
+                names.append(np.array([""], object))
+                costs.append(np.array([total], float))
+        rows = np.repeat(np.arange(len(daily)), [len(c) for c in costs])
+        flat = pd.DataFrame({
+            "service": daily["service"].to_numpy()[rows], "project_id": daily["project_id"].to_numpy()[rows],
+            "resource": np.concatenate(names) if names else np.array([], object),
+            "day": daily["day"].to_numpy()[rows], "cost": np.concatenate(costs) if costs else np.array([]),
+        })
+        flat = flat.groupby([*RESOURCE_KEYS, "day"], sort=True, as_index=False)["cost"].sum()
+        days = pd.date_range(flat["day"].min(), flat["day"].max(), freq="D")
+        keys = flat[RESOURCE_KEYS].drop_duplicates().reset_index(drop=True)
+        r_idx = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(flat[RESOURCE_KEYS]))
+        t_idx = ((flat["day"] - days[0]) // pd.Timedelta(days=1)).to_numpy()
+        cost = np.full((len(keys), len(days)), np.nan)
+        cost[r_idx, t_idx] = flat["cost"].to_numpy()
+        return cls(days, keys, cost)
+
+
+def _month_end(days: pd.DatetimeIndex) -> np.ndarray:
+    return np.asarray(days.day > days.days_in_month - 2)
+
+
+def _learn_factors(panel: ResourcePanel, warmup_days: int) -> pd.DataFrame:
+    """Weekday factors, month-end factor and noise scale (log space) of each resource, robustly, from its history."""
+    x = pd.DataFrame(panel.cost.T)  # days x resources
+    weekday = np.asarray(panel.days.dayofweek)
+    month_end = _month_end(panel.days)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        # A centred week holds every weekday once: the ratio to its mean is the weekday factor.
+        ratio = (x / x.rolling(7, center=True, min_periods=7).mean()).to_numpy()
+        dow = np.full((x.shape[1], 7), np.nan)
+        for w in range(7):
+            sel = ratio[(weekday == w) & ~month_end]
+            ok = np.sum(np.isfinite(sel), axis=0) >= 4
+            dow[ok, w] = np.nanmedian(sel[:, ok], axis=0)
+        dow = dow / np.nanmean(dow, axis=1, keepdims=True)
+        flat = x.to_numpy() / dow.T[weekday]
+        level = pd.DataFrame(np.where(month_end[:, None], np.nan, flat)).rolling(15, center=True, min_periods=5).median()
+        level = level.to_numpy()
+        me_ratio = (flat / level)[month_end]
+        me = np.where(np.sum(np.isfinite(me_ratio), axis=0) >= 3, np.nanmedian(me_ratio, axis=0), np.nan)
+        # Noise: log residual around the centred level, once the resource has settled.
+        age = np.arange(x.shape[0])[:, None] - np.argmax(np.isfinite(x.to_numpy()), axis=0)[None, :]
+        expected = level * np.where(month_end[:, None], np.nan_to_num(me, nan=1.0), 1.0)
+        resid = np.log((flat + 1.0) / (expected + 1.0))
+        resid[(age < warmup_days) | month_end[:, None]] = np.nan
+        enough = np.sum(np.isfinite(resid), axis=0) >= 20
+        med = np.nanmedian(resid[:, enough], axis=0)
+        sigma = np.full(x.shape[1], np.nan)
+        sigma[enough] = 1.4826 * np.nanmedian(np.abs(resid[:, enough] - med), axis=0)
+    out = panel.resources.copy()
+    for w in range(7):
+        out[f"dow{w}"] = dow[:, w]
+    out["month_end"] = me
+    out["sigma"] = sigma
+    return out
+
+
+def _fill_factors(factors: pd.DataFrame, resources: pd.DataFrame) -> pd.DataFrame:
+    """Factors for `resources`: their own where learnt, else their service's median, else neutral."""
+    cols = [f"dow{w}" for w in range(7)] + ["month_end", "sigma"]
+    own = resources.merge(factors, on=RESOURCE_KEYS, how="left")
+    by_service = factors.groupby("service")[cols].median()
+    svc = by_service.reindex(own["service"]).reset_index(drop=True)
+    neutral = {**{f"dow{w}": 1.0 for w in range(7)}, "month_end": 1.0,
+               "sigma": float(np.nanmedian(factors["sigma"])) if factors["sigma"].notna().any() else 0.05}
+    for c in cols:
+        own[c] = own[c].fillna(svc[c]).fillna(neutral[c])
+    own[[f"dow{w}" for w in range(7)]] = own[[f"dow{w}" for w in range(7)]].clip(0.2, 3.0)
+    own["month_end"] = own["month_end"].clip(0.5, 5.0)
+    own["sigma"] = own["sigma"].clip(0.01, 1.0)
+    return own
+
+
+def _robust_baseline(flat: np.ndarray, sigma: np.ndarray, baseline_days: int, warmup_days: int,
+                     reject_sigmas: float, accept_after_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Causal outlier-rejecting baseline of de-seasonalised costs (resources x days).
+
+    Returns the baseline (NaN where the resource is absent or not established yet) and whether each day was
+    established. Day t's baseline is the median of the last `baseline_days` accepted values before t.
+    """
+    n_res, n_days = flat.shape
+    accepted = np.full((n_res, baseline_days), np.nan)
+    recent = np.full((n_res, baseline_days), np.nan)
+    pos_acc = np.zeros(n_res, int)
+    pos_rec = np.zeros(n_res, int)
+    rejected_run = np.zeros(n_res, int)
+    age = np.full(n_res, -1)
+    base_out = np.full((n_res, n_days), np.nan)
+    established_out = np.zeros((n_res, n_days), bool)
+    rows = np.arange(n_res)
+    for t in range(n_days):
+        x = flat[:, t]
+        present = np.isfinite(x)
+        age = np.where(age >= 0, age + 1, np.where(present, 0, -1))
+        n_acc = np.sum(np.isfinite(accepted), axis=1)
+        srt = np.sort(accepted, axis=1)  # NaN last
+        lo_idx = np.maximum((n_acc - 1) // 2, 0)
+        hi_idx = np.maximum(n_acc // 2, 0)
+        base = 0.5 * (srt[rows, lo_idx] + srt[rows, hi_idx])
+        base = np.where(n_acc >= MIN_BASELINE_DAYS, base, np.nan)
+        established = present & (age >= warmup_days) & np.isfinite(base)
+        base_out[:, t] = np.where(present, base, np.nan)
+        established_out[:, t] = established
+        dev = np.abs(np.log((np.maximum(x, 0.0) + 1.0) / (np.maximum(base, 0.0) + 1.0)))
+        ok = present & (~established | (dev <= reject_sigmas * sigma))
+        rejected_run = np.where(present & ~ok, rejected_run + 1, np.where(ok, 0, rejected_run))
+        # record every observed value; accept the normal ones
+        recent[rows[present], pos_rec[present]] = x[present]
+        pos_rec = np.where(present, (pos_rec + 1) % baseline_days, pos_rec)
+        accepted[rows[ok], pos_acc[ok]] = x[ok]
+        pos_acc = np.where(ok, (pos_acc + 1) % baseline_days, pos_acc)
+        # A change that has lasted `accept_after_days` is the new normal: restart from the recent days.
+        reset = rejected_run >= accept_after_days
+        if reset.any():
+            accepted[reset] = recent[reset]
+            pos_acc[reset] = pos_rec[reset]
+            rejected_run[reset] = 0
+    return base_out, established_out
 
 
 @dataclass
 class CostAnomalyDetector:
-    window_days: int = 28
+    window_days: int = 28  # a resource's history window: its warm-up, and (half of it) its baseline
     n_estimators: int = 200
     seed: int = 42
+    reject_sigmas: float = 3.0
+    accept_after_days: int = 28
     threshold_: float = float("nan")
     forest_: IsolationForest | None = None
-    factors_: dict = field(default_factory=dict)
+    factors_: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def warmup_days(self) -> int:
+        """A new resource ramps up: it is new spend, not judged, until it has a window of history and a week."""
+        return self.window_days + 7
+
+    @property
+    def baseline_days(self) -> int:
+        """The baseline is the median of this many accepted days (all of them after the warm-up's ramp)."""
+        return max(self.window_days // 2, MIN_BASELINE_DAYS)
 
     def features(self, daily: pd.DataFrame) -> pd.DataFrame:
-        """Per-cell features from each series' own past (causal: a cell never sees itself or the future)."""
-        daily = daily.assign(day=pd.to_datetime(daily["day"])).sort_values([*KEYS, "day"]).reset_index(drop=True)
-        daily["month_end"] = daily.day.dt.day > daily.day.dt.days_in_month - 2
-        out = []
-        for key, g in daily.groupby(KEYS, sort=False):
-            dow, me = self.factors_.get(key) or _seasonal_factors(g)
-            season = dow[g.day.dt.dayofweek.to_numpy()] * np.where(g.month_end, me, 1.0)
-            y = g.net_cost.to_numpy()
-            flat = pd.Series(y / season)
-            # The baseline ends a week before the cell, so a shift or drift in progress does not hide itself.
-            past = flat.shift(BASELINE_GAP_DAYS).rolling(self.window_days, min_periods=7)
-            base = past.median().to_numpy()
-            spread = ((past.quantile(0.75) - past.quantile(0.25)) / 1.349).to_numpy()
-            expected = base * season
-            scale = np.maximum(spread * season, 0.03 * expected + 0.5)
-            log_ratio = np.log((y + 1.0) / (expected + 1.0))
-            # Resources that were not in the baseline explain a rise: new spend (reported), not an anomaly.
-            known = g.resources.shift(BASELINE_GAP_DAYS).rolling(self.window_days, min_periods=1).max()
-            out.append(g.assign(
-                new_resources=(g.resources - known.fillna(g.resources)).clip(lower=0).to_numpy(),
-                expected=expected,
-                robust_z=np.clip((y - expected) / scale, -50, 50),
-                log_ratio=log_ratio,
-                log_ratio_3d=pd.Series(log_ratio).rolling(3, min_periods=1).mean().to_numpy(),
-            ))
-        cells = pd.concat(out, ignore_index=True)
-        return cells[cells.expected.notna()].reset_index(drop=True)
-
-    def fit(self, daily: pd.DataFrame, truth: pd.Series | None = None) -> "CostAnomalyDetector":
-        """Learn seasonal factors and the forest on the training cells; pick the threshold with the labels."""
+        """Per-cell expected cost and features from each resource's own past (causal)."""
         daily = daily.assign(day=pd.to_datetime(daily["day"]))
-        daily["month_end"] = daily.day.dt.day > daily.day.dt.days_in_month - 2
-        self.factors_ = {key: _seasonal_factors(g) for key, g in daily.groupby(KEYS)}
+        panel = ResourcePanel.from_daily(daily)
+        if self.factors_ is None:
+            raise ValueError("CostAnomalyDetector.features needs a fitted detector: call fit first.")
+        factors = _fill_factors(self.factors_, panel.resources)
+        weekday = np.asarray(panel.days.dayofweek)
+        dow = factors[[f"dow{w}" for w in range(7)]].to_numpy()
+        season = dow[:, weekday] * np.where(_month_end(panel.days)[None, :], factors["month_end"].to_numpy()[:, None], 1.0)
+        x = panel.cost
+        sigma = factors["sigma"].to_numpy()
+        base, established = _robust_baseline(x / season, sigma, self.baseline_days, self.warmup_days,
+                                              self.reject_sigmas, self.accept_after_days)
+        expected_r = np.where(established, base * season, x)  # new resources explain themselves
+        excess_r = np.where(established, x - expected_r, 0.0)
+        var_r = np.where(established, (sigma[:, None] * (expected_r + 1.0)) ** 2, 0.0)
+        new_r = np.where(present := np.isfinite(x), np.where(established, 0.0, x), 0.0)
+
+        # Resources -> cells
+        cell_keys = daily[KEYS].drop_duplicates().reset_index(drop=True)
+        cell_of_res = pd.MultiIndex.from_frame(cell_keys).get_indexer(pd.MultiIndex.from_frame(panel.resources[KEYS]))
+        n_cells, n_days = len(cell_keys), len(panel.days)
+
+        def to_cells(m: np.ndarray) -> np.ndarray:
+            out = np.zeros((n_cells, n_days))
+            np.add.at(out, cell_of_res, np.where(present, m, 0.0))
+            return out
+
+        actual_c = to_cells(np.nan_to_num(x))
+        expected_c, excess_c, var_c, new_c = (to_cells(expected_r), to_cells(excess_r), to_cells(var_r), to_cells(new_r))
+        log_ratio = np.log((np.maximum(expected_c + excess_c, 0.0) + 1.0) / (np.maximum(expected_c, 0.0) + 1.0))
+        z = np.clip(excess_c / np.sqrt(var_c + 1.0), -50, 50)
+        lr = pd.DataFrame(log_ratio.T)
+        log_ratio_3d = lr.rolling(3, min_periods=1).mean().to_numpy().T
+
+        c_idx = pd.MultiIndex.from_frame(cell_keys).get_indexer(pd.MultiIndex.from_frame(daily[KEYS]))
+        t_idx = ((daily["day"] - panel.days[0]) // pd.Timedelta(days=1)).to_numpy()
+        cells = daily.assign(
+            expected=expected_c[c_idx, t_idx],
+            established_cost=actual_c[c_idx, t_idx] - new_c[c_idx, t_idx],
+            new_cost=new_c[c_idx, t_idx],
+            excess=excess_c[c_idx, t_idx],
+            robust_z=z[c_idx, t_idx],
+            log_ratio=log_ratio[c_idx, t_idx],
+            log_ratio_3d=log_ratio_3d[c_idx, t_idx],
+        )
+        return cells.sort_values([*KEYS, "day"]).reset_index(drop=True)
+
+    def fit(self, daily: pd.DataFrame, truth: pd.DataFrame | None = None) -> "CostAnomalyDetector":
+        """Learn resource factors and the forest on the training cells; pick the threshold with the labels."""
+        daily = daily.assign(day=pd.to_datetime(daily["day"]))
+        self.factors_ = _learn_factors(ResourcePanel.from_daily(daily), self.warmup_days)
         cells = self.features(daily)
+        judged = cells[cells.established_cost > 0]
+        judged = judged if len(judged) else cells
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed, n_jobs=1)
-        self.forest_.fit(cells[FEATURES].to_numpy())
+        self.forest_.fit(judged[FEATURES].to_numpy())
         scores = self._score(cells)
         if truth is None:
             self.threshold_ = float(np.quantile(scores, 0.98))
             return self
         labels = label_cells(cells, truth)
-        self.threshold_ = best_threshold(scores, labels)
+        # Without a labelled anomaly in the training window, flag the top 2% as without labels.
+        self.threshold_ = best_threshold(scores, labels) if labels.any() else float(np.quantile(scores, 0.98))
         return self
 
     def _score(self, cells: pd.DataFrame) -> np.ndarray:
+        """The forest's anomaly score of a cell, scaled by the size of its rise (log of actual over expected).
+
+        The forest says how unusual the cell's robust statistics are among the training cells; its score saturates
+        for everything beyond the training data, so the size of the rise orders the clearly unusual cells. Only
+        increases of established spend count.
+        """
         raw = -self.forest_.score_samples(cells[FEATURES].to_numpy())
-        # Cost anomalies are increases of established spend.
-        return np.where((cells.log_ratio > 0) & (cells.new_resources == 0), raw, 0.0)
+        rise = (cells.log_ratio > 0) & (cells.established_cost > 0)
+        return np.where(rise, raw * cells.log_ratio, 0.0)
 
     def score(self, daily: pd.DataFrame) -> pd.DataFrame:
         cells = self.features(daily)
@@ -110,9 +295,25 @@ def label_cells(cells: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    candidates = np.unique(np.quantile(scores[scores > 0], np.linspace(0.5, 0.999, 300)))
-    f1s = [precision_recall_f1(labels, scores >= c)[2] for c in candidates]
-    return float(candidates[int(np.argmax(f1s))])
+    """The score threshold with the best F1 on labelled cells (every distinct positive score is a candidate).
+
+    The threshold sits halfway between the lowest flagged score and the next one down, so that a new cell scoring
+    like the training cells on the boundary is decided the same way.
+    """
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    pos = scores > 0
+    if not pos.any():
+        return float("inf")
+    order = np.argsort(-scores[pos], kind="stable")
+    s, y = scores[pos][order], labels[pos][order]
+    last = np.r_[s[1:] != s[:-1], True]  # flag every cell scoring >= s[i]: ties go together
+    tp = np.cumsum(y)[last]
+    flagged = np.arange(1, len(s) + 1)[last]
+    f1 = 2 * tp / (flagged + labels.sum())
+    i = int(np.argmax(f1))
+    distinct = s[last]
+    below = distinct[i + 1] if i + 1 < len(distinct) else 0.0
+    return float(0.5 * (distinct[i] + below))
 
 
 def train_and_evaluate(daily: pd.DataFrame, truth: pd.DataFrame, holdout_months: int, window_days: int,
