@@ -67,7 +67,7 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
 def train_anomaly_step(daily_cost_path: str, labels_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     daily = pd.read_parquet(daily_cost_path)
-    truth = pd.read_csv(labels_path)
+    truth = pd.read_csv(labels_path) if labels_path else None  # labels: the generator's truth or user feedback
     a = cfg.anomaly
     result = anomaly.train_and_evaluate(daily, truth, a.holdout_months, a.window_days, a.n_estimators, cfg.seed)
     joblib.dump(result["model"], model_dir / "model.joblib")

@@ -179,3 +179,10 @@ def test_best_threshold_maximises_training_f1():
     assert 0.2 < t <= 0.25
     assert ((scores >= t) == np.array([0, 0, 0, 1, 1, 1, 1, 1], bool)).all()
     assert best_threshold(np.zeros(3), np.ones(3, bool)) == float("inf")  # nothing rose: flag nothing
+
+
+def test_without_labels_the_detector_trains_but_f1_is_not_measured(scenario):
+    _, daily, _, _, _ = scenario
+    result = train_and_evaluate(daily, None, HOLDOUT, 28, 50, 0)
+    assert np.isnan(result["metrics"]["anomaly_f1"])  # nothing to measure: the gate cannot pass
+    assert 0 < result["model"].threshold_ < np.inf
