@@ -17,19 +17,19 @@ from rich.console import Console
 from rich.table import Table
 
 from finops_ml.config import load_config
-from finops_ml.generator import generate
+from finops_ml.generator import generate, resources_for_rows
 from finops_ml.steps import (features_step, ingest_step, train_anomaly_step, train_forecast_step,
                              train_labeler_step)
 
-# resources_per_project giving about 1M line items with the default 5 plants (18 projects)
-SIZES = {"demo": None, "1m": 120}
+SIZES = {"demo": None, "1m": 1_000_000, "10m": 10_000_000}  # target line items (None: the config's demo size)
 
 
 def run(size: str, workdir: Path) -> dict:
     cfg = load_config()
     if SIZES[size]:
+        per_project = resources_for_rows(cfg.generator, SIZES[size])
         cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(
-            update={"resources_per_project": SIZES[size]})})
+            update={"resources_per_project": per_project})})
     d = workdir / size
     timings = {}
 
