@@ -206,6 +206,10 @@ ARROW_SCHEMA = pa.schema(
 )
 
 
+# The export's own columns (what a source yields); the events table adds event_id in front.
+EXPORT_SCHEMA = pa.schema([f for f in ARROW_SCHEMA if f.name != "event_id"])
+
+
 def _ts_key(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
