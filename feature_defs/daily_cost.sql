@@ -5,6 +5,8 @@
 --   resource_names / resource_costs   the cell's net cost per resource (parallel arrays ordered by name; '' holds
 --                   line items without a resource, as in the standard export), so the anomaly detector can build a
 --                   cell's expected cost bottom-up and tell new resources from a rise of established ones
+-- Dialect: DuckDB SQL that sqlglot transpiles to BigQuery (finops_ml.warehouse.feature_sql_for). Aggregates' ORDER BY
+--   spells out NULLS FIRST (BigQuery's only order for them) so both engines agree.
 WITH per_resource AS (
   SELECT
     CAST(usage_start_time AS DATE) AS day,
@@ -24,8 +26,8 @@ SELECT
   SUM(net_cost) AS net_cost,
   SUM(line_items) AS line_items,
   COUNT(DISTINCT NULLIF(resource_name, '')) AS resources,
-  ARRAY_AGG(resource_name ORDER BY resource_name) AS resource_names,
-  ARRAY_AGG(net_cost ORDER BY resource_name) AS resource_costs
+  ARRAY_AGG(resource_name ORDER BY resource_name NULLS FIRST) AS resource_names,
+  ARRAY_AGG(net_cost ORDER BY resource_name NULLS FIRST) AS resource_costs
 FROM per_resource
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3

@@ -1,5 +1,7 @@
 -- One row per resource: the text and metadata the labelers read, its cost, and the labels it carries.
 -- owner / cost_center / plant are NULL where the resource lacks the label (what auto-labelling fills).
+-- Dialect: DuckDB SQL that sqlglot transpiles to BigQuery (finops_ml.warehouse.feature_sql_for). Aggregates' ORDER BY
+--   spells out NULLS FIRST (BigQuery's only order for them) so both engines agree.
 WITH items AS (
   SELECT
     resource.name AS resource_name,
@@ -24,7 +26,7 @@ SELECT
   MAX(project_name) AS project_name,
   MAX(service) AS service,
   MAX(region) AS region,
-  STRING_AGG(DISTINCT sku, ' | ') AS skus,
+  STRING_AGG(DISTINCT sku, ' | ' ORDER BY sku NULLS FIRST) AS skus,
   MAX(env) AS env,
   MAX(workload) AS workload,
   SUM(net_cost) AS net_cost,

@@ -65,7 +65,8 @@ def generate(
 
 @app.command()
 def ingest(
-    source: str = typer.Argument(..., help="JSONL or Parquet file (or a glob) of billing events."),
+    source: str = typer.Argument(..., help="Billing events: a JSONL / Parquet / CSV (FOCUS) file or glob, "
+                                           "bq://project.dataset.table or kafka://host:port/topic."),
     out: Path = typer.Option(Path("out/ingest"), help="Directory for events.parquet, quarantine, summary."),
     control_totals: Optional[Path] = typer.Option(None, help="CSV invoice_month,net_cost to reconcile with."),
 ):
@@ -77,8 +78,29 @@ def ingest(
         s = run_ingest(source, out, control_totals)
     except FinopsError as exc:
         _fail(str(exc))
-    console.print(f"ingested {s['rows']:,} rows ({s['quarantined']:,} quarantined, {s['duplicates']:,} duplicates) "
-                  f"in {time.perf_counter() - t0:.1f} s; reconciliation diff: {s['reconciliation_diff']}")
+    seconds = time.perf_counter() - t0
+    console.print(f"read {s['read']:,} records in {seconds:.1f} s ({s['read'] / max(seconds, 1e-9):,.0f}/s): "
+                  f"{s['rows']:,} new events, {s['quarantined']:,} quarantined, {s['duplicates']:,} duplicates; "
+                  f"table {s['table_rows']:,} rows, net cost {s['total_net_cost']:,.2f} USD; "
+                  f"reconciliation diff: {s['reconciliation_diff']}\nsummary: {out / 'ingest_summary.json'}")
+
+
+@app.command()
+def replay(
+    file: Path = typer.Argument(..., help="JSONL or Parquet file of billing events."),
+    bootstrap: str = typer.Option(..., help="Kafka bootstrap servers, HOST:PORT."),
+    topic: str = typer.Option(..., help="Topic to publish to (created if missing)."),
+    partitions: int = typer.Option(3, help="Partitions of the topic if it has to be created."),
+):
+    """Publish billing events to a Kafka topic, keyed by event id (replaying twice is safe: ingest dedupes)."""
+    from finops_ml.kafka_io import replay as run_replay
+
+    try:
+        s = run_replay(file, bootstrap, topic, partitions=partitions)
+    except FinopsError as exc:
+        _fail(str(exc))
+    console.print(f"sent {s['sent']:,} events to {topic} on {bootstrap} ({s['invalid']:,} not valid billing events) "
+                  f"in {s['seconds']:.1f} s: {s['events_per_s']:,} events/s")
 
 
 @app.command()
@@ -94,7 +116,7 @@ def run(
     except FinopsError as exc:
         _fail(str(exc))
     from finops_ml.generator import generate as gen
-    from finops_ml.ingest import resolve_files
+    from finops_ml.sources.files import resolve_files
     from pipelines.local import run_local
 
     out = out.resolve()
@@ -108,7 +130,8 @@ def run(
                  "run_id": f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"}
     try:
         if source:
-            resolve_files(source)  # a missing source is the user's to fix: say so before any step runs
+            if "://" not in source:
+                resolve_files(source)  # a missing file is the user's to fix: say so before any step runs
             arguments["source"] = source
         else:
             console.print(f"[bold]generate[/] synthetic organisation (seed {cfg.seed}) ...")

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from finops_ml.config import GeneratorConfig
 from finops_ml.errors import FinopsError
-from finops_ml.events import ARROW_SCHEMA
+from finops_ml.events import ARROW_SCHEMA, EXPORT_SCHEMA
 from finops_ml.fileio import atomic_dir
 from finops_ml.org import (
     APPS,
@@ -129,6 +129,8 @@ def build_organisation(cfg: GeneratorConfig, rng: np.random.Generator, n_days: i
                 name = _alias_name(rng, pattern, aliases, app, n)
                 if name not in used_names:
                     break
+            if name in used_names:  # a pattern without a number runs out of names at scale
+                name = f"{name}-{len(used_names)}"
             used_names.add(name)
             if rng.random() < 0.03:  # a few resources are owned by a colleague: irreducible label noise
                 owner = (plant.people if plant is not None else CORPORATE[workload][1])[rng.integers(3)]
@@ -367,13 +369,19 @@ def _utc_array(values: np.ndarray) -> pa.Array:
     return pa.array(values.astype("datetime64[us]"), pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
 
 
-def _billing_rows(cfg, rng, resources, items: pa.Table, days) -> pa.Table:
-    """Taxes per project and month, a few adjustments and rounding errors, as the export has them."""
+def _project_month_cost(items: pa.Table) -> pd.Series:
+    """Gross cost per (project, invoice month) of line items: what taxes are computed on."""
     df = pd.DataFrame({
         "project": items.column("project").combine_chunks().field("id").to_numpy(zero_copy_only=False),
         "month": items.column("invoice").combine_chunks().field("month").to_numpy(zero_copy_only=False),
         "cost": items.column("cost").to_numpy(),
     })
+    return df.groupby(["project", "month"]).cost.sum()
+
+
+def _billing_rows(cfg, rng, resources, project_month_cost: pd.Series, days) -> pa.Table:
+    """Taxes per project and month, a few adjustments and rounding errors, as the export has them."""
+    df = project_month_cost.rename("cost").reset_index()
     project_country = {}
     for r in resources:
         # The project's own country (not the plant a corporate resource's label names), so tax is per project.
@@ -397,7 +405,7 @@ def _billing_rows(cfg, rng, resources, items: pa.Table, days) -> pa.Table:
             "cost_at_list": None, "transaction_type": "GOOGLE", "seller_name": "Google",
         }
 
-    for (project, month), cost in df.groupby(["project", "month"]).cost.sum().items():
+    for (project, month), cost in project_month_cost.items():
         tax = TAX_RATES.get(project_country.get(project, "US"))
         if tax:
             rows.append(row(project, month, cost * tax, "tax", ("TAX-LOCAL", "Local sales tax")))
@@ -411,8 +419,7 @@ def _billing_rows(cfg, rng, resources, items: pa.Table, days) -> pa.Table:
         rows.append(row(p, m, -float(round(rng.uniform(50, 500), 2)), "adjustment", ("ADJUSTMENT", "Billing adjustment"),
                         {"id": f"adj-{k + 1:03d}", "description": "Service credit for an incident",
                          "mode": "MANUAL_ADJUSTMENT", "type": "GENERAL_ADJUSTMENT"}))
-    schema = pa.schema([f for f in ARROW_SCHEMA if f.name != "event_id"])
-    return pa.Table.from_pylist(rows, schema=schema)
+    return pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA)
 
 
 ROWS_PER_RESOURCE = 600  # measured: about 600 daily line items per resource over 15 months (SKUs, arrivals)
@@ -425,8 +432,14 @@ def resources_for_rows(cfg: GeneratorConfig, rows: int) -> int:
     return max(2, round(rows / (projects * per_resource)))
 
 
+SERIES_PER_CHUNK = 4000  # line items are built and written this many series at a time (about 1M rows)
+
+
 def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "jsonl") -> dict:
-    """Generate the organisation's billing events and ground truth into `out_dir` (replaced only on success)."""
+    """Generate the organisation's billing events and ground truth into `out_dir` (replaced only on success).
+
+    Line items are built and written in chunks of series, so tens of millions of rows need bounded memory.
+    """
     if fmt not in ("jsonl", "parquet"):
         raise FinopsError(f"Unknown output format '{fmt}'; use jsonl or parquet.")
     rng = np.random.default_rng(seed)
@@ -434,24 +447,34 @@ def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "j
     resources = build_organisation(cfg, rng, len(days))
     series, cost = _series_costs(cfg, rng, resources, days)
     extra, new_skus, anomalies, anomaly_cells = _inject_anomalies(cfg, rng, resources, series, cost, days)
-    items = _line_items(cfg, rng, resources, series, cost + extra, days)
-    if new_skus:
-        new_series = [(r, sku) for r, sku, _ in new_skus]
-        items = pa.concat_tables([items, _line_items(cfg, rng, resources, new_series,
-                                                     np.vstack([row for _, _, row in new_skus]), days)])
-    items = pa.concat_tables([items, _billing_rows(cfg, rng, resources, items, days)])
-    table = items.sort_by([("usage_start_time", "ascending")])
+    cost += extra
+
+    def item_chunks():
+        for lo in range(0, len(series), SERIES_PER_CHUNK):
+            yield _line_items(cfg, rng, resources, series[lo: lo + SERIES_PER_CHUNK],
+                              cost[lo: lo + SERIES_PER_CHUNK], days)
+        if new_skus:
+            yield _line_items(cfg, rng, resources, [(r, sku) for r, sku, _ in new_skus],
+                              np.vstack([row for _, _, row in new_skus]), days)
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         truth = tmp / "truth"
         truth.mkdir()
         events_path = tmp / f"events.{fmt}"
-        if fmt == "parquet":
-            pq.write_table(table, events_path, row_group_size=256_000)
-        else:
-            write_jsonl(table, events_path)
-        _control_totals(table).to_csv(tmp / "control_totals.csv", index=False)
+        rows, project_month, net_by_month = 0, [], []
+        with _EventWriter(events_path, fmt) as writer:
+            for items in item_chunks():
+                writer.write(items.sort_by([("usage_start_time", "ascending")]))
+                rows += items.num_rows
+                project_month.append(_project_month_cost(items))
+                net_by_month.append(_control_totals(items))
+            billing = _billing_rows(cfg, rng, resources, pd.concat(project_month).groupby(level=[0, 1]).sum(), days)
+            writer.write(billing)
+            rows += billing.num_rows
+            net_by_month.append(_control_totals(billing))
+        control = pd.concat(net_by_month).groupby("invoice_month").net_cost.sum().round(2).reset_index()
+        control.to_csv(tmp / "control_totals.csv", index=False)
         anomalies.to_csv(truth / "anomalies.csv", index=False)
         anomaly_cells.to_csv(truth / "anomaly_cells.csv", index=False)
         pd.DataFrame(
@@ -459,11 +482,35 @@ def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "j
                   owner=r.owner, cost_center=r.cost_center, plant=r.plant, labelled=";".join(r.labelled))
              for r in resources]
         ).to_csv(truth / "resources.csv", index=False)
-        meta = {"seed": seed, "rows": table.num_rows, "resources": len(resources), "series": len(series),
+        meta = {"seed": seed, "rows": rows, "resources": len(resources), "series": len(series),
                 "anomalies": len(anomalies), "days": len(days), "start": str(days[0].date()),
                 "end": str(days[-1].date()), "events": events_path.name, "config": cfg.model_dump()}
         (tmp / "generation.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+class _EventWriter:
+    """Appends export rows to a Parquet or JSONL file, batch by batch."""
+
+    def __init__(self, path: Path, fmt: str):
+        self.path, self.fmt = path, fmt
+        self._parquet = pq.ParquetWriter(path, EXPORT_SCHEMA) if fmt == "parquet" else None
+        self._jsonl = open(path, "w") if fmt == "jsonl" else None
+
+    def write(self, table: pa.Table) -> None:
+        if self._parquet is not None:
+            self._parquet.write_table(table.cast(EXPORT_SCHEMA), row_group_size=256_000)
+        else:
+            _write_jsonl_rows(table, self._jsonl)
+
+    def __enter__(self) -> "_EventWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
 
 
 def _control_totals(table: pa.Table) -> pd.DataFrame:
@@ -473,17 +520,21 @@ def _control_totals(table: pa.Table) -> pd.DataFrame:
     np.add.at(credit_sum, pc.list_parent_indices(credits).to_numpy(),
               pc.struct_field(pc.list_flatten(credits), "amount").to_numpy(zero_copy_only=False))
     month = table.column("invoice").combine_chunks().field("month").to_numpy(zero_copy_only=False)
-    totals = pd.Series(table.column("cost").to_numpy() + credit_sum).groupby(month).sum().round(2)
+    totals = pd.Series(table.column("cost").to_numpy() + credit_sum).groupby(month).sum()  # round once, at the end
     return totals.rename("net_cost").rename_axis("invoice_month").reset_index()
 
 
 def write_jsonl(table: pa.Table, path: Path) -> None:
     """One export row per line, timestamps in ISO 8601 UTC."""
     with open(path, "w") as f:
-        for batch in table.to_batches(max_chunksize=50_000):
-            for row in batch.to_pylist():
-                f.write(json.dumps(row, default=_iso, separators=(",", ":")))
-                f.write("\n")
+        _write_jsonl_rows(table, f)
+
+
+def _write_jsonl_rows(table: pa.Table, f) -> None:
+    for batch in table.to_batches(max_chunksize=50_000):
+        for row in batch.to_pylist():
+            f.write(json.dumps(row, default=_iso, separators=(",", ":")))
+            f.write("\n")
 
 
 def _iso(value):

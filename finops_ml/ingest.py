@@ -1,63 +1,125 @@
-"""Ingest: parse -> validate (quarantine bad records with a reason) -> dedupe by event id -> reconcile -> Parquet.
+"""Ingest: read a source -> validate (quarantine bad records with a reason) -> event ids -> dedupe -> reconcile.
 
-Outputs in the target directory, written so that a crash leaves no file that looks complete:
-  events.parquet        the events table (export shape + event_id)
-  quarantine.jsonl      one line per rejected record: source, line/row, reason, the raw record
-  ingest_summary.json   rows, quarantined, duplicates, cost_by_invoice_month, reconciliation
+Outputs in the target directory, each replaced only when the ingest succeeds:
+  events.parquet        the events table (export shape + event_id); an existing table is merged with the new
+                        events, so re-ingesting the same window adds nothing
+  quarantine.jsonl      one line per rejected record: source, location (line, row or partition:offset), reason,
+                        the raw record
+  ingest_summary.json   read = rows (new events) + quarantined + duplicates; cost_by_invoice_month and the
+                        reconciliation against control totals are those of the resulting events table
+
+Validation and event ids are computed per batch by DuckDB over Arrow (no Python loop over rows); batches stream
+through a staging file, and the dedupe runs in DuckDB, so memory stays bounded whatever the source's size.
 """
 
 from __future__ import annotations
 
-import glob
 import json
-from collections import defaultdict
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from finops_ml.errors import FinopsError
-from finops_ml.events import ARROW_SCHEMA, net_cost_usd, parse_event
+from finops_ml.events import ARROW_SCHEMA, COST_TYPES, CURRENCIES, EXPORT_SCHEMA, parse_event
 from finops_ml.fileio import atomic_path, write_json
+from finops_ml.sources import Rejected, SourceBatch, read_events
+from finops_ml.sources.files import resolve_files  # noqa: F401  (re-exported: the CLI checks sources with it)
 
-JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
-PARQUET_SUFFIXES = (".parquet", ".pq")
+# The same parts, in the same order, as finops_ml.events.event_id (which the tests compare with this).
+EVENT_ID_SQL = "md5(concat_ws('|', " + ", ".join([
+    "billing_account_id", "service.id", "sku.id", "coalesce(project.id, '')",
+    "coalesce(nullif(resource.global_name, ''), nullif(resource.name, ''), '')", "coalesce(location.location, '')",
+    "epoch_us(usage_start_time)", "epoch_us(usage_end_time)", "cost_type", "invoice.month",
+    "coalesce(adjustment_info.id, '')", "epoch_us(export_time)",
+]) + "))"
+
+_CURRENCY_LIST = ", ".join(f"'{c}'" for c in sorted(CURRENCIES))
+_COST_TYPE_LIST = ", ".join(f"'{c}'" for c in COST_TYPES)
+REASON_SQL = f"""CASE
+  WHEN billing_account_id IS NULL OR billing_account_id = '' THEN 'billing_account_id: missing'
+  WHEN service IS NULL OR coalesce(service.id, '') = '' OR coalesce(service.description, '') = ''
+    THEN 'service: id and description are required'
+  WHEN sku IS NULL OR coalesce(sku.id, '') = '' OR coalesce(sku.description, '') = ''
+    THEN 'sku: id and description are required'
+  WHEN usage_start_time IS NULL THEN 'usage_start_time: missing'
+  WHEN usage_end_time IS NULL THEN 'usage_end_time: missing'
+  WHEN export_time IS NULL THEN 'export_time: missing'
+  WHEN cost IS NULL OR isnan(cost) OR isinf(cost) THEN 'cost: missing or not a finite number'
+  WHEN currency IS NULL THEN 'currency: missing'
+  WHEN currency NOT IN ({_CURRENCY_LIST}) THEN 'record: unknown currency ''' || currency || ''''
+  WHEN currency_conversion_rate IS NULL OR NOT currency_conversion_rate > 0
+    THEN 'currency_conversion_rate: must be greater than 0'
+  WHEN invoice IS NULL OR invoice.month IS NULL OR NOT regexp_full_match(invoice.month, '\\d{{4}}(0[1-9]|1[0-2])')
+    THEN 'invoice.month: must be YYYYMM'
+  WHEN cost_type IS NULL OR cost_type NOT IN ({_COST_TYPE_LIST})
+    THEN 'cost_type: must be one of {", ".join(COST_TYPES)}'
+  WHEN usage_end_time < usage_start_time THEN 'record: usage_end_time is before usage_start_time'
+  WHEN cost_type = 'regular' AND usage.amount < 0 THEN 'record: negative usage.amount on a regular line item'
+  WHEN len(list_filter(credits, c -> c.amount IS NULL OR NOT c.amount <= 0)) > 0
+    THEN 'credits: every credit amount must be a number <= 0'
+END"""
+NET_COST_USD_SQL = "(cost + IFNULL(list_sum(list_transform(credits, c -> c.amount)), 0)) / currency_conversion_rate"
 
 
-def resolve_files(source: str) -> list[Path]:
-    """The files a source names: one path or a glob."""
-    paths = sorted(Path(p) for p in glob.glob(source)) if any(c in source for c in "*?[") else [Path(source)]
-    if not paths or not all(p.exists() for p in paths):
-        raise FinopsError(f"Source {source} does not exist; give an existing JSONL or Parquet file (or a glob).")
-    for p in paths:
-        if not p.name.endswith(JSON_SUFFIXES + PARQUET_SUFFIXES):
-            raise FinopsError(f"Source file {p} is neither JSONL (.jsonl, .ndjson, .json) nor Parquet (.parquet).")
-    return paths
+def _conform(array: pa.Array | pa.ChunkedArray, target: pa.DataType) -> pa.Array:
+    """An array in the export type: struct fields matched by name (missing ones null), then cast."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.type == target:
+        return array
+    if pa.types.is_null(array.type):
+        return pa.nulls(len(array), target)
+    if pa.types.is_struct(target) and pa.types.is_struct(array.type):
+        names = {array.type.field(i).name for i in range(array.type.num_fields)}
+        children = [_conform(array.field(f.name), f.type) if f.name in names else pa.nulls(len(array), f.type)
+                    for f in target]
+        return pa.StructArray.from_arrays(children, fields=list(target), mask=array.is_null())
+    if pa.types.is_list(target) and (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
+        values = _conform(array.values, target.value_type)
+        offsets = array.offsets.cast(pa.int32())
+        return pa.ListArray.from_arrays(offsets, values, type=target, mask=array.is_null())
+    return array.cast(target)
 
 
-def read_records(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield (line or row number, record, parse error) from one file."""
-    if path.name.endswith(PARQUET_SUFFIXES):
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise FinopsError(f"Parquet file {path} cannot be read ({exc}); is it a complete Parquet file?") from None
-        n = 0
-        for batch in pf.iter_batches(batch_size=20_000):
-            for record in batch.to_pylist():
-                n += 1
-                yield n, record, None
-        return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield n, line.rstrip("\n"), f"invalid JSON: {exc.msg} at column {exc.colno}"
+def conform(table: pa.Table) -> pa.Table:
+    """A reader's table in EXPORT_SCHEMA; raises pa.ArrowInvalid when a value cannot be cast."""
+    n = table.num_rows
+    columns = [_conform(table.column(f.name), f.type) if f.name in table.column_names else pa.nulls(n, f.type)
+               for f in EXPORT_SCHEMA]
+    return pa.Table.from_arrays(columns, schema=EXPORT_SCHEMA)
+
+
+def _rowwise(batch: SourceBatch) -> SourceBatch:
+    """Slow path for a batch Arrow cannot cast: validate each row with the pydantic schema."""
+    rows, keep, rejected = [], [], list(batch.rejected)
+    for i, record in enumerate(batch.table.to_pylist()):
+        row, reason = parse_event(record)
+        if reason:
+            rejected.append(Rejected(batch.source, batch.location(i), reason, record))
+        else:
+            row.pop("event_id")
+            rows.append(row)
+            keep.append(batch.location(i))
+    return SourceBatch(pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA), rejected, batch.source, locations=keep)
+
+
+class _Quarantine:
+    def __init__(self, file):
+        self.file, self.count, self.reasons = file, 0, Counter()
+
+    def add(self, source: str, location: str, reason: str, record) -> None:
+        self.count += 1
+        self.reasons[reason.split(":")[0]] += 1
+        self.file.write(json.dumps({"source": source, "location": location, "reason": reason, "record": record},
+                                   default=str) + "\n")
 
 
 def read_control_totals(path: str | Path) -> dict[str, float]:
@@ -71,64 +133,101 @@ def read_control_totals(path: str | Path) -> dict[str, float]:
     return {str(m): float(v) for m, v in zip(df.invoice_month, df.net_cost)}
 
 
-def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None = None,
-           batch_size: int = 50_000) -> dict:
+def _connect(workdir: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET temp_directory = '{workdir.as_posix()}'")
+    con.execute("SET memory_limit = '2GB'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None = None, **source_options) -> dict:
     """Read, validate, dedupe and write the events table; return the ingest summary."""
-    files = resolve_files(source)
+    started = time.perf_counter()
+    source = str(source)
     control = read_control_totals(control_totals) if control_totals else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seen: set[str] = set()
-    stats = {"read": 0, "rows": 0, "quarantined": 0, "duplicates": 0}
-    reasons: dict[str, int] = defaultdict(int)
-    by_month: dict[str, float] = defaultdict(float)
+    events_path = out_dir / "events.parquet"
+    work = Path(tempfile.mkdtemp(prefix=".ingest.", dir=out_dir))
+    try:
+        con = _connect(work)
+        staging = work / "staging.parquet"
+        read = staged = 0
+        with atomic_path(out_dir / "quarantine.jsonl") as q_tmp, open(q_tmp, "w") as q_file:
+            quarantine = _Quarantine(q_file)
+            writer = pq.ParquetWriter(staging, ARROW_SCHEMA)
+            for batch in read_events(source, **source_options):
+                read += batch.table.num_rows + len(batch.rejected)
+                try:
+                    table = conform(batch.table)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                    batch = _rowwise(batch)
+                    table = batch.table
+                for r in batch.rejected:
+                    quarantine.add(r.source, r.location, r.reason, r.record)
+                if table.num_rows == 0:
+                    continue
+                # Only the id and the verdict come back from DuckDB: the rows stay in Arrow.
+                con.register("batch", table)
+                checked = con.execute(f"SELECT {EVENT_ID_SQL} AS event_id, {REASON_SQL} AS reason FROM batch").arrow()
+                checked = checked.read_all() if hasattr(checked, "read_all") else checked
+                con.unregister("batch")
+                invalid = pa.compute.is_valid(checked.column("reason"))
+                if pa.compute.any(invalid).as_py():
+                    for i in pa.compute.indices_nonzero(invalid).to_pylist():
+                        quarantine.add(batch.source, batch.location(i), checked.column("reason")[i].as_py(),
+                                       table.slice(i, 1).to_pylist()[0])
+                good = table.add_column(0, "event_id", checked.column("event_id").cast(pa.string()))
+                good = good.filter(pa.compute.invert(invalid))
+                writer.write_table(good)
+                staged += good.num_rows
+            writer.close()
 
-    with atomic_path(out_dir / "events.parquet") as events_tmp, atomic_path(out_dir / "quarantine.jsonl") as q_tmp:
-        writer = pq.ParquetWriter(events_tmp, ARROW_SCHEMA)
-        with open(q_tmp, "w") as quarantine:
-            batch: list[dict] = []
-            for path in files:
-                for n, record, error in read_records(path):
-                    stats["read"] += 1
-                    row, reason = (None, error) if error else parse_event(record)
-                    if reason:
-                        stats["quarantined"] += 1
-                        reasons[reason.split(":")[0]] += 1
-                        quarantine.write(json.dumps({"source": str(path), "line": n, "reason": reason,
-                                                     "record": record}, default=str) + "\n")
-                        continue
-                    if row["event_id"] in seen:
-                        stats["duplicates"] += 1
-                        continue
-                    seen.add(row["event_id"])
-                    by_month[row["invoice"]["month"]] += net_cost_usd(row)
-                    batch.append(row)
-                    if len(batch) >= batch_size:
-                        writer.write_table(pa.Table.from_pylist(batch, schema=ARROW_SCHEMA))
-                        stats["rows"] += len(batch)
-                        batch = []
-            if batch:
-                writer.write_table(pa.Table.from_pylist(batch, schema=ARROW_SCHEMA))
-                stats["rows"] += len(batch)
-        writer.close()
+            existing = pq.ParquetFile(events_path).metadata.num_rows if events_path.exists() else 0
+            staged_ids = f"SELECT event_id FROM read_parquet('{staging.as_posix()}')"
+            repeated = con.execute(f"SELECT count(*) - count(DISTINCT event_id) FROM ({staged_ids})").fetchone()[0]
+            table_tmp = work / "events.parquet"
+            if not existing and not repeated:
+                os.replace(staging, table_tmp)  # nothing to dedupe: the staged rows are the table
+            else:
+                union = f"SELECT *, 1 AS _src FROM read_parquet('{staging.as_posix()}')"
+                if existing:
+                    union = f"SELECT *, 0 AS _src FROM read_parquet('{events_path.as_posix()}') UNION ALL " + union
+                con.execute(f"""COPY (SELECT * EXCLUDE (_src) FROM ({union})
+                                QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY _src) = 1)
+                                TO '{table_tmp.as_posix()}' (FORMAT PARQUET, ROW_GROUP_SIZE 256000)""")
+            table_rows = con.execute(f"SELECT count(*) FROM read_parquet('{table_tmp.as_posix()}')").fetchone()[0]
+            by_month = dict(con.execute(f"""SELECT invoice.month, round(sum({NET_COST_USD_SQL}), 2)
+                                            FROM read_parquet('{table_tmp.as_posix()}') GROUP BY 1 ORDER BY 1""")
+                            .fetchall())
+            con.close()
+            os.replace(table_tmp, events_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-    cost_by_month = {m: round(v, 2) for m, v in sorted(by_month.items())}
+    new_rows = table_rows - existing
     reconciliation = None
     if control is not None:
-        months = sorted(set(control) | set(cost_by_month))
-        per_month = {m: round(cost_by_month.get(m, 0.0) - control.get(m, 0.0), 2) for m in months}
+        months = sorted(set(control) | set(by_month))
+        per_month = {m: round(by_month.get(m, 0.0) - control.get(m, 0.0), 2) for m in months}
         reconciliation = {"control_totals": str(control_totals), "diff_by_invoice_month": per_month,
                           "diff": round(sum(abs(v) for v in per_month.values()), 2)}
     summary = {
         "source": source,
-        "files": [str(p) for p in files],
-        **stats,
-        "quarantine_reasons": dict(reasons),
-        "cost_by_invoice_month": cost_by_month,
+        "read": read,
+        "rows": new_rows,
+        "quarantined": quarantine.count,
+        "duplicates": staged - new_rows,
+        "table_rows": table_rows,
+        "quarantine_reasons": dict(quarantine.reasons),
+        "cost_by_invoice_month": by_month,
         "total_net_cost": round(sum(by_month.values()), 2),
         "reconciliation": reconciliation,
         "reconciliation_diff": reconciliation["diff"] if reconciliation else None,
-        "events": str(out_dir / "events.parquet"),
+        "seconds": round(time.perf_counter() - started, 2),
+        "events": str(events_path),
         "quarantine": str(out_dir / "quarantine.jsonl"),
     }
     write_json(out_dir / "ingest_summary.json", summary)

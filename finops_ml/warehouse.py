@@ -1,11 +1,22 @@
-"""Feature views: the SQL in `feature_defs/` run by DuckDB over the events table (BigQuery runs the same views)."""
+"""Feature views: the SQL in `feature_defs/` run by DuckDB over the events table, or by BigQuery over an export table.
+
+The SQL files are written in DuckDB's dialect, kept to the part of it that sqlglot transpiles to valid BigQuery
+(`feature_sql_for(name, "bigquery", table)`): `UNNEST(x) AS t(c)` becomes `UNNEST(x) AS c`, `IFNULL` becomes
+`COALESCE`; `ARRAY_AGG(x ORDER BY y)`, `STRING_AGG(DISTINCT x, sep ORDER BY x)`, `CAST(ts AS DATE)` (the UTC day
+in both: DuckDB runs with TimeZone UTC here), `NULLIF` and `COUNT(DISTINCT ...)` pass unchanged. The aggregates'
+ORDER BY spells out NULLS FIRST (BigQuery's only order there; DuckDB's default is NULLS LAST), so sqlglot has
+nothing it cannot translate and both engines order alike.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import sqlglot
+from sqlglot import exp
 
 from finops_ml.errors import FinopsError
 
@@ -25,10 +36,64 @@ def run_feature_view(name: str, events_path: str | Path) -> pd.DataFrame:
     con = duckdb.connect()
     try:
         con.execute("SET threads TO 2")
+        con.execute("SET TimeZone = 'UTC'")  # CAST(timestamptz AS DATE) takes the UTC day, as BigQuery does
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{Path(events_path).as_posix()}')")
         return con.execute(feature_sql(name)).df()
     finally:
         con.close()
+
+
+# A standard usage cost export has no `resource` column: the views read it as a NULL record there.
+_NULL_RESOURCE = "CAST(NULL AS STRUCT<name STRING, global_name STRING>) AS resource"
+_BQ_TABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:.\-]*\.[A-Za-z0-9_]+\.[^`.\s]+$")
+
+
+def feature_sql_for(name: str, dialect: str = "duckdb", table: str = "events", null_resource: bool = False) -> str:
+    """A feature view's SQL for `dialect` ("duckdb" or "bigquery") reading `table` instead of `events`.
+
+    For DuckDB over the `events` view it is the file as it is. For BigQuery, `table` is `project.dataset.table`
+    (backticks optional) and the text is sqlglot's transpilation; `null_resource` reads a standard export (no
+    `resource` column) through `(SELECT *, NULL resource FROM table)`.
+    """
+    if dialect not in ("duckdb", "bigquery"):
+        raise FinopsError(f"Unknown SQL dialect '{dialect}' for feature view {name}; use duckdb or bigquery.")
+    sql = feature_sql(name)
+    if dialect == "duckdb" and table == "events" and not null_resource:
+        return sql
+    if dialect == "bigquery":
+        table = table.strip("`")
+        if not _BQ_TABLE.match(table):
+            raise FinopsError(f"BigQuery table '{table}' is not of the form project.dataset.table.")
+        source = f"`{table}`"
+    else:
+        source = table
+    if null_resource:
+        source = f"(SELECT *, {_NULL_RESOURCE} FROM {source})"
+    replacement = sqlglot.parse_one(f"SELECT * FROM {source} AS events", read=dialect).args["from_"].this
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    for node in list(tree.find_all(exp.Table)):
+        if node.name == "events" and not node.db:
+            node.replace(replacement.copy())
+    return tree.sql(dialect=dialect, pretty=True)
+
+
+def run_feature_view_bigquery(name: str, table: str, client) -> pd.DataFrame:
+    """Run one feature view in BigQuery over a billing export table: only the view's rows come back.
+
+    `table` is `project.dataset.table` (or `bq://project.dataset.table`); `client` a google.cloud.bigquery.Client.
+    The table's schema (one tables.get) tells a standard export, read with a NULL `resource`, from a detailed one.
+    """
+    from google.api_core import exceptions as gexc
+
+    table = table.removeprefix("bq://").strip("`")
+    try:
+        columns = {f.name for f in client.get_table(table).schema}
+        sql = feature_sql_for(name, "bigquery", table, null_resource="resource" not in columns)
+        rows = client.query(sql).result().to_arrow(create_bqstorage_client=False)
+    except gexc.GoogleAPICallError as exc:
+        raise FinopsError(f"Feature view {name} failed in BigQuery on {table}: {exc.message}") from None
+    # DATE columns as datetime64 and arrays as numpy arrays, like DuckDB's .df() of the same view
+    return rows.to_pandas(date_as_object=False)
 
 
 def complete_daily_grid(daily: pd.DataFrame) -> pd.DataFrame:

@@ -95,11 +95,12 @@ def test_ingest_quarantines_an_unparseable_line_and_succeeds(tmp_path, events_fi
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert "ingested 40 rows (1 quarantined, 0 duplicates)" in " ".join(result.stdout.split())
+    assert "read 41 records" in result.stdout
+    assert "40 new events, 1 quarantined, 0 duplicates" in " ".join(result.stdout.split())
     summary = json.loads((out / "ingest_summary.json").read_text())
     assert summary["read"] == 41 and summary["rows"] == 40 and summary["quarantined"] == 1
     (quarantined,) = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
-    assert quarantined["line"] == 21 and quarantined["reason"]
+    assert quarantined["location"] == "21" and quarantined["reason"].startswith("invalid JSON")
 
 
 def test_compile_writes_the_pipeline_yaml(tmp_path):

@@ -98,11 +98,11 @@ def test_crash_keeps_previous_output(small_generated, small_generator_config, mo
     out.mkdir()
     (out / "events.jsonl").write_text("previous\n")
 
-    def boom(table, path):
-        Path(path).write_text("half")
+    def boom(table, f):
+        f.write("half")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(gen, "write_jsonl", boom)
+    monkeypatch.setattr(gen, "_write_jsonl_rows", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         generate(small_generator_config, 3, out)
     assert (out / "events.jsonl").read_text() == "previous\n"

@@ -35,7 +35,11 @@ class SourceBatch:
     table: pa.Table  # rows in the export shape; may have zero rows
     rejected: list[Rejected] = field(default_factory=list)
     source: str = ""  # where the rows come from (for quarantine and summaries)
-    first_location: int = 0  # line / row number of the table's first row in its source (1-based)
+    first_location: int = 1  # line / row number of the table's first row in its source (1-based)
+    locations: list | None = None  # per-row locations when they are not consecutive from first_location
+
+    def location(self, i: int) -> str:
+        return str(self.locations[i]) if self.locations is not None else str(self.first_location + i)
 
 
 def read_events(source: str, **options) -> Iterator[SourceBatch]:

@@ -1,0 +1,179 @@
+"""Publishing billing events to Kafka: `replay` sends a JSONL or Parquet file of export rows to a topic.
+
+Each message is keyed by the event's stable id (`finops_ml.events.event_id`), so a re-sent file lands on the same
+partitions with the same keys and ingest dedupes it; the value is the export row as one line of JSON, the form the
+generator writes. Records that are not valid billing events are sent too (with no key): ingest quarantines them
+with their reason, and `replay` reports how many there were.
+
+The producer is idempotent with acks=all, so a retry inside the client never duplicates a message.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import ValidationError
+
+from finops_ml.errors import FinopsError
+from finops_ml.events import BillingEvent, event_id
+
+CONNECT_TIMEOUT_S = 5.0  # how long a broker may take to answer the first metadata request
+DEFAULT_PARTITIONS = 3  # partitions of a topic that replay creates
+
+
+def client_config(bootstrap: str) -> dict[str, Any]:
+    """Settings every client of this module shares."""
+    return {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT_S * 1000),
+            "log_level": 0}  # client logs off: an unreachable broker is reported once, as a FinopsError
+
+
+def check_reachable(bootstrap: str, timeout_s: float = CONNECT_TIMEOUT_S, client=None):
+    """Cluster metadata, or a FinopsError when no broker answers within `timeout_s`."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    client = client or AdminClient(client_config(bootstrap))
+    try:
+        return client.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise FinopsError(f"No Kafka broker at {bootstrap} answered within {timeout_s:g} s ({exc.args[0].str()}); "
+                          f"check the bootstrap address and that the broker is running.") from None
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int = DEFAULT_PARTITIONS,
+                 timeout_s: float = CONNECT_TIMEOUT_S) -> int:
+    """Create `topic` if the cluster lacks it; return its number of partitions."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(client_config(bootstrap))
+    meta = check_reachable(bootstrap, timeout_s, admin)
+    if topic in meta.topics and meta.topics[topic].error is None:
+        return len(meta.topics[topic].partitions)
+    future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic]
+    try:
+        future.result(timeout_s)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise FinopsError(f"Topic {topic} cannot be created on {bootstrap} ({exc.args[0].str()}); "
+                              f"create it first or check the broker's permissions.") from None
+    return partitions
+
+
+def _json_lines(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
+    """(key, value) per non-empty line: the line as it is, keyed by its event id (None if it is no valid event)."""
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            try:
+                key = event_id(BillingEvent.model_validate_json(line)).encode()
+            except (ValidationError, ValueError):
+                key = None
+            yield key, line
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
+    """(key, value) per row: the row as one line of JSON (DuckDB writes it, far faster than via Python objects)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+        columns = con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
+    except duckdb.Error as exc:
+        raise FinopsError(f"Parquet file {path} cannot be read ({str(exc).splitlines()[0]}); "
+                          f"is it a complete Parquet file?") from None
+    # Timestamps as the generator writes them: ISO 8601 UTC, sub-second digits only where there are some.
+    iso = [f"CASE WHEN microsecond(\"{name}\") % 1000000 = 0 THEN strftime(\"{name}\", '%Y-%m-%dT%H:%M:%SZ') "
+           f"ELSE strftime(\"{name}\", '%Y-%m-%dT%H:%M:%S.%fZ') END AS \"{name}\""
+           for name, type_, *_ in columns if type_.startswith("TIMESTAMP")]
+    select = f"SELECT * REPLACE ({', '.join(iso)})" if iso else "SELECT *"
+    cursor = con.execute(f"SELECT to_json(t)::VARCHAR FROM ({select} FROM read_parquet(?)) t", [str(path)])
+    while rows := cursor.fetchmany(20_000):
+        for (text,) in rows:
+            value = text.encode()
+            try:
+                key = event_id(BillingEvent.model_validate_json(value)).encode()
+            except (ValidationError, ValueError):
+                key = None
+            yield key, value
+    con.close()
+
+
+def replay(events_path: str | Path, bootstrap: str, topic: str, batch: int = 10_000, *,
+           partitions: int = DEFAULT_PARTITIONS, timeout_s: float = 60.0) -> dict:
+    """Publish the events of a JSONL or Parquet file to `topic` (created with `partitions` if missing).
+
+    Returns {"sent", "invalid", "seconds", "events_per_s"}: messages sent (every record, valid or not), how many of
+    them are not valid billing events (sent without a key; ingest quarantines them), and the time taken including
+    the final flush. `batch` is the number of messages between two waits for delivery reports.
+    """
+    from confluent_kafka import KafkaException, Producer
+
+    path = Path(events_path)
+    if not path.is_file():
+        raise FinopsError(f"Events file {path} does not exist; give a JSONL or Parquet file of billing events.")
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        records = _parquet_rows(path)
+    elif name.endswith((".jsonl", ".ndjson", ".json")):
+        records = _json_lines(path)
+    else:
+        raise FinopsError(f"Events file {path} is neither JSONL (.jsonl, .ndjson, .json) nor Parquet (.parquet).")
+
+    ensure_topic(bootstrap, topic, partitions)
+    errors: list[str] = []
+
+    def on_delivery(err, msg) -> None:  # called for failed messages only (delivery.report.only.error)
+        if err is not None:
+            errors.append(err.str())
+
+    producer = Producer({
+        **client_config(bootstrap),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "batch.num.messages": 10_000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 500_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "message.timeout.ms": int(timeout_s * 1000),
+        "delivery.report.only.error": True,
+        "on_delivery": on_delivery,
+    })
+    sent = invalid = 0
+    t0 = time.perf_counter()
+    produce, poll = producer.produce, producer.poll
+    try:
+        for key, value in records:
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain
+                    poll(0.05)
+            sent += 1
+            invalid += key is None
+            if sent % batch == 0:
+                poll(0)
+                if errors:
+                    break
+        remaining = producer.flush(timeout_s)
+    except KafkaException as exc:
+        raise FinopsError(f"Sending to topic {topic} on {bootstrap} failed ({exc.args[0].str()}).") from None
+    seconds = time.perf_counter() - t0
+    if errors:
+        raise FinopsError(f"{len(errors):,} message(s) to topic {topic} on {bootstrap} were not delivered "
+                          f"(first error: {errors[0]}); the topic may hold part of {path.name}, and replaying it "
+                          f"again is safe (messages are keyed by event id).")
+    if remaining:
+        raise FinopsError(f"{remaining:,} message(s) to topic {topic} on {bootstrap} were still undelivered after "
+                          f"{timeout_s:g} s; check that the broker is up and replay again (it is safe to).")
+    return {"sent": sent, "invalid": invalid, "seconds": round(seconds, 3),
+            "events_per_s": round(sent / seconds) if seconds > 0 else 0}

