@@ -133,6 +133,15 @@ def read_control_totals(path: str | Path) -> dict[str, float]:
     return {str(m): float(v) for m, v in zip(df.invoice_month, df.net_cost)}
 
 
+def reconcile(cost_by_month: dict[str, float], control_totals: str | Path) -> dict:
+    """Differences, to the cent, between net cost per invoice month and the control totals (the invoice)."""
+    control = read_control_totals(control_totals)
+    months = sorted(set(control) | set(cost_by_month))
+    per_month = {m: round(cost_by_month.get(m, 0.0) - control.get(m, 0.0), 2) for m in months}
+    return {"control_totals": str(control_totals), "diff_by_invoice_month": per_month,
+            "diff": round(sum(abs(v) for v in per_month.values()), 2)}
+
+
 def _connect(workdir: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -146,7 +155,8 @@ def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None =
     """Read, validate, dedupe and write the events table; return the ingest summary."""
     started = time.perf_counter()
     source = str(source)
-    control = read_control_totals(control_totals) if control_totals else None
+    if control_totals:
+        read_control_totals(control_totals)  # a bad control file fails before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     events_path = out_dir / "events.parquet"
@@ -208,12 +218,7 @@ def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None =
         shutil.rmtree(work, ignore_errors=True)
 
     new_rows = table_rows - existing
-    reconciliation = None
-    if control is not None:
-        months = sorted(set(control) | set(by_month))
-        per_month = {m: round(by_month.get(m, 0.0) - control.get(m, 0.0), 2) for m in months}
-        reconciliation = {"control_totals": str(control_totals), "diff_by_invoice_month": per_month,
-                          "diff": round(sum(abs(v) for v in per_month.values()), 2)}
+    reconciliation = reconcile(by_month, control_totals) if control_totals else None
     summary = {
         "source": source,
         "read": read,

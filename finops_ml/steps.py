@@ -18,7 +18,7 @@ import pandas as pd
 from finops_ml import gates
 from finops_ml.config import Config
 from finops_ml.fileio import read_json, write_json
-from finops_ml.ingest import ingest
+from finops_ml.ingest import ingest, reconcile
 from finops_ml.models import anomaly, forecast, labeler
 from finops_ml.registry import LocalRegistry
 from finops_ml.warehouse import run_feature_view
@@ -33,14 +33,42 @@ def _dirs(*paths: str | Path) -> list[Path]:
     return out
 
 
+BIGQUERY_SOURCE = "bigquery_source.json"  # in the events artifact: the rows stay in BigQuery
+
+
 def ingest_step(source: str, control_totals: str, events_dir: str) -> dict:
-    return ingest(source, events_dir, control_totals or None)
+    """The events table; for a BigQuery export, only its totals: the feature views will run in BigQuery."""
+    if not source.startswith("bq://"):
+        return ingest(source, events_dir, control_totals or None)
+    from finops_ml.sources.bigquery import summarise_bigquery
+
+    (events_dir,) = _dirs(events_dir)
+    totals = summarise_bigquery(source)
+    reconciliation = reconcile(totals["cost_by_invoice_month"], control_totals) if control_totals else None
+    summary = {"source": source, "read": totals["rows"], "rows": totals["rows"], "quarantined": 0, "duplicates": 0,
+               "table_rows": totals["rows"], "cost_by_invoice_month": totals["cost_by_invoice_month"],
+               "total_net_cost": round(sum(totals["cost_by_invoice_month"].values()), 2),
+               "reconciliation": reconciliation,
+               "reconciliation_diff": reconciliation["diff"] if reconciliation else None}
+    write_json(events_dir / BIGQUERY_SOURCE, {"source": source})
+    write_json(events_dir / "ingest_summary.json", summary)
+    return summary
 
 
 def features_step(events_dir: str, daily_cost_path: str, resources_path: str) -> dict:
-    events = Path(events_dir) / "events.parquet"
-    daily = run_feature_view("daily_cost", events)
-    resources = run_feature_view("resources", events)
+    """The feature views, run by DuckDB over the events table, or by BigQuery over a BigQuery source."""
+    bigquery_source = Path(events_dir) / BIGQUERY_SOURCE
+    if bigquery_source.exists():
+        from finops_ml.sources.bigquery import default_client, parse_bq_uri
+        from finops_ml.warehouse import run_feature_view_bigquery
+
+        source = read_json(bigquery_source)["source"]
+        client = default_client(parse_bq_uri(source)[0])
+        daily, resources = (run_feature_view_bigquery(name, source, client) for name in ("daily_cost", "resources"))
+    else:
+        events = Path(events_dir) / "events.parquet"
+        daily = run_feature_view("daily_cost", events)
+        resources = run_feature_view("resources", events)
     daily.to_parquet(daily_cost_path, index=False)
     resources.to_parquet(resources_path, index=False)
     return {"daily_cells": len(daily), "series": int(daily.groupby(["service", "project_id"]).ngroups),

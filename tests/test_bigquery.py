@@ -28,6 +28,7 @@ import sqlglot
 from sqlglot import exp
 
 from finops_ml.events import EXPORT_SCHEMA
+from finops_ml.ingest import ingest
 from finops_ml.warehouse import FEATURE_VIEWS, feature_sql_for, run_feature_view, run_feature_view_bigquery
 
 bigquery = pytest.importorskip("google.cloud.bigquery")
@@ -514,3 +515,25 @@ def test_the_fake_server_is_not_trivially_agreeing(server):
     server.tables[DETAILED] = (server.tables[DETAILED][0].slice(0, 100), True)
     b = run_feature_view_bigquery("daily_cost", f"bq://{DETAILED}", server.client())
     assert len(b) < len(a)
+
+
+def test_pipeline_steps_push_the_features_down_to_bigquery(server, events_parquet, events, tmp_path, monkeypatch):
+    """With a bq:// source the ingest step keeps only the table's totals and the features step runs the feature
+    views in BigQuery: what comes back equals the same views run by DuckDB over the same rows."""
+    from finops_ml.steps import features_step, ingest_step
+
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", server.endpoint)
+    control = tmp_path / "control.csv"
+    by_month = ingest(str(events_parquet), tmp_path / "local")["cost_by_invoice_month"]
+    pd.DataFrame({"invoice_month": list(by_month), "net_cost": list(by_month.values())}).to_csv(control, index=False)
+
+    summary = ingest_step(f"bq://{DETAILED}", str(control), str(tmp_path / "events"))
+    assert summary["rows"] == events.num_rows and summary["reconciliation_diff"] == 0.0
+    assert not (tmp_path / "events" / "events.parquet").exists()  # no row was pulled
+    sent = [q["query"] for q in server.queries()]
+    assert len(sent) == 1 and "GROUP BY" in sent[0] and "SELECT `billing_account_id`" not in sent[0]
+
+    features_step(str(tmp_path / "events"), str(tmp_path / "daily.parquet"), str(tmp_path / "resources.parquet"))
+    for name, path in (("daily_cost", "daily.parquet"), ("resources", "resources.parquet")):
+        expected = run_feature_view(name, tmp_path / "local" / "events.parquet")
+        assert _normalise(pd.read_parquet(tmp_path / path)) == _normalise(expected), name

@@ -193,3 +193,27 @@ def read_bigquery(source: str, start_date: str | None = None, end_date: str | No
         ) from None
     except gexc.GoogleAPICallError as exc:
         raise FinopsError(f"Reading BigQuery table {table_id} failed: {exc.message}") from None
+
+
+def summarise_bigquery(source: str, client=None) -> dict:
+    """Line items and net cost (USD) per invoice month of an export table, aggregated in BigQuery (one query).
+
+    What the pipeline keeps of a BigQuery source instead of pulling every row: the feature views run in BigQuery
+    too (`finops_ml.warehouse.run_feature_view_bigquery`), and these totals reconcile with the invoice.
+    """
+    from google.api_core import exceptions as gexc
+
+    project, dataset, table = parse_bq_uri(source)
+    client = client if client is not None else default_client(project)
+    table_id = f"{project}.{dataset}.{table}"
+    sql = (f"SELECT invoice.month AS invoice_month, COUNT(*) AS line_items, SUM((cost + IFNULL((SELECT SUM(c.amount) "
+           f"FROM UNNEST(credits) AS c), 0)) / currency_conversion_rate) AS net_cost FROM `{table_id}` "
+           "GROUP BY invoice_month ORDER BY invoice_month")
+    try:
+        rows = list(client.query(sql).result())
+    except gexc.NotFound as exc:
+        raise FinopsError(f"BigQuery table {table_id} was not found ({exc.message}); check the bq:// URI.") from None
+    except gexc.GoogleAPICallError as exc:
+        raise FinopsError(f"Summarising BigQuery table {table_id} failed: {exc.message}") from None
+    return {"rows": int(sum(r["line_items"] for r in rows)),
+            "cost_by_invoice_month": {r["invoice_month"]: round(float(r["net_cost"]), 2) for r in rows}}
