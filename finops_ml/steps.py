@@ -21,7 +21,7 @@ from finops_ml.fileio import read_json, write_json
 from finops_ml.ingest import ingest, reconcile
 from finops_ml.models import anomaly, forecast, labeler
 from finops_ml.registry import LocalRegistry
-from finops_ml.warehouse import run_feature_view
+from finops_ml.warehouse import export_feature_view
 
 
 def _dirs(*paths: str | Path) -> list[Path]:
@@ -64,15 +64,16 @@ def features_step(events_dir: str, daily_cost_path: str, resources_path: str) ->
 
         source = read_json(bigquery_source)["source"]
         client = default_client(parse_bq_uri(source)[0])
-        daily, resources = (run_feature_view_bigquery(name, source, client) for name in ("daily_cost", "resources"))
+        run_feature_view_bigquery("daily_cost", source, client).to_parquet(daily_cost_path, index=False)
+        run_feature_view_bigquery("resources", source, client).to_parquet(resources_path, index=False)
     else:
         events = Path(events_dir) / "events.parquet"
-        daily = run_feature_view("daily_cost", events)
-        resources = run_feature_view("resources", events)
-    daily.to_parquet(daily_cost_path, index=False)
-    resources.to_parquet(resources_path, index=False)
+        export_feature_view("daily_cost", events, daily_cost_path)
+        export_feature_view("resources", events, resources_path)
+    daily = pd.read_parquet(daily_cost_path, columns=["day", "service", "project_id"])
     return {"daily_cells": len(daily), "series": int(daily.groupby(["service", "project_id"]).ngroups),
-            "resources": len(resources), "first_day": str(daily.day.min()), "last_day": str(daily.day.max())}
+            "resources": len(pd.read_parquet(resources_path, columns=["resource_name"])),
+            "first_day": str(daily.day.min()), "last_day": str(daily.day.max())}
 
 
 def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config, model_dir: str,

@@ -48,6 +48,22 @@ _NULL_RESOURCE = "CAST(NULL AS STRUCT<name STRING, global_name STRING>) AS resou
 _BQ_TABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:.\-]*\.[A-Za-z0-9_]+\.[^`.\s]+$")
 
 
+def export_feature_view(name: str, events_path: str | Path, out_path: str | Path) -> int:
+    """Run one feature view over an events Parquet file and write its rows to Parquet; return the row count.
+
+    DuckDB writes the result itself (no round trip through pandas), so building features costs what the query costs.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads TO 2")
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{Path(events_path).as_posix()}')")
+        con.execute(f"COPY ({feature_sql(name)}) TO '{Path(out_path).as_posix()}' (FORMAT PARQUET)")
+        return con.execute(f"SELECT count(*) FROM read_parquet('{Path(out_path).as_posix()}')").fetchone()[0]
+    finally:
+        con.close()
+
+
 def feature_sql_for(name: str, dialect: str = "duckdb", table: str = "events", null_resource: bool = False) -> str:
     """A feature view's SQL for `dialect` ("duckdb" or "bigquery") reading `table` instead of `events`.
 
