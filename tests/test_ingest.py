@@ -685,7 +685,7 @@ def _crashing_after(n: int, real, exc=RuntimeError("killed mid-ingest")):
 
 def test_crash_in_batch_processing_leaves_no_outputs(small_generated, monkeypatch, tmp_path):
     out = tmp_path / "out"
-    monkeypatch.setattr(files_mod, "JSON_BATCH_LINES", 1000)
+    monkeypatch.setattr(files_mod, "JSON_BLOCK_BYTES", 64 << 10)  # a clean file: blocks of whole lines
     crashing = _crashing_after(5, ingest_mod.conform)
     monkeypatch.setattr(ingest_mod, "conform", crashing)
     with pytest.raises(RuntimeError, match="killed mid-ingest"):
@@ -714,7 +714,7 @@ def test_crash_keeps_previous_run_intact(mixed_jsonl, billing_record, monkeypatc
     before = {name: (out / name).read_bytes() for name in OUTPUTS}
     new = _write_jsonl(tmp_path / "new.jsonl", [billing_record(cost=float(c), export_time=f"2025-09-{c:02d}T07:00:00Z")
                                                 for c in range(3, 9)])
-    monkeypatch.setattr(files_mod, "JSON_BATCH_LINES", 2)
+    monkeypatch.setattr(files_mod, "JSON_BLOCK_BYTES", 1024)  # a clean file: about one line per block
     monkeypatch.setattr(ingest_mod, "conform", _crashing_after(2, ingest_mod.conform))
     with pytest.raises(RuntimeError):
         ingest(str(new), out)

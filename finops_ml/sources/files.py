@@ -20,7 +20,8 @@ from finops_ml.sources import Rejected, SourceBatch
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
-JSON_BATCH_LINES = 50_000
+JSON_BLOCK_BYTES = 64 << 20  # JSONL is parsed in blocks of whole lines of about this size
+JSON_BATCH_LINES = 50_000  # lines of a refused block validated one by one, per batch
 PARQUET_BATCH_ROWS = 200_000
 _JSON_OPTIONS = pj.ParseOptions(explicit_schema=EXPORT_SCHEMA, unexpected_field_behavior="ignore")
 
@@ -62,24 +63,47 @@ def read_parquet(path: Path) -> Iterator[SourceBatch]:
 
 
 def read_jsonl(path: Path) -> Iterator[SourceBatch]:
-    """Chunks of lines parsed by Arrow in one go; a chunk Arrow refuses is parsed line by line, so one bad line
-    costs one chunk's speed, and every bad line is rejected with its number and reason."""
+    """Blocks of whole lines parsed by Arrow in one go (multi-threaded); a block Arrow refuses, or one with blank
+    lines, is parsed line by line, so one bad line costs one block's speed, and every bad line is rejected with
+    its number and reason."""
+    first_line = 1
+    rest = b""
     with open(path, "rb") as f:
-        lines, numbers = [], []
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                lines.append(line if line.endswith(b"\n") else line + b"\n")
-                numbers.append(n)
-            if len(lines) >= JSON_BATCH_LINES:
-                yield _json_chunk(path, lines, numbers)
-                lines, numbers = [], []
-        if lines:
-            yield _json_chunk(path, lines, numbers)
+        while True:
+            data = f.read(JSON_BLOCK_BYTES)
+            block = rest + data
+            if not data:
+                if block.strip():
+                    yield from _json_block(path, block if block.endswith(b"\n") else block + b"\n", first_line)
+                return
+            cut = block.rfind(b"\n") + 1
+            block, rest = block[:cut], block[cut:]
+            if block:
+                yield from _json_block(path, block, first_line)
+                first_line += block.count(b"\n")
+
+
+def _json_block(path: Path, block: bytes, first_line: int) -> Iterator[SourceBatch]:
+    n_lines = block.count(b"\n")
+    try:
+        table = pj.read_json(io.BytesIO(block), parse_options=_JSON_OPTIONS)
+        if table.num_rows == n_lines:  # no blank line: row i is line first_line + i
+            yield SourceBatch(table, source=str(path), first_location=first_line)
+            return
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    lines, numbers = [], []
+    for i, line in enumerate(block.split(b"\n")[:n_lines]):
+        if line.strip():
+            lines.append(line)
+            numbers.append(first_line + i)
+    for lo in range(0, len(lines), JSON_BATCH_LINES):
+        yield _json_chunk(path, lines[lo: lo + JSON_BATCH_LINES], numbers[lo: lo + JSON_BATCH_LINES])
 
 
 def _json_chunk(path: Path, lines: list[bytes], numbers: list[int]) -> SourceBatch:
     try:
-        table = pj.read_json(io.BytesIO(b"".join(lines)), parse_options=_JSON_OPTIONS)
+        table = pj.read_json(io.BytesIO(b"\n".join(lines) + b"\n"), parse_options=_JSON_OPTIONS)
         if table.num_rows == len(lines):
             return SourceBatch(table, source=str(path), locations=numbers)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
