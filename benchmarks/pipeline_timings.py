@@ -42,8 +42,9 @@ def run(size: str, workdir: Path) -> dict:
     meta = step("generate", generate, cfg.generator, cfg.seed, d / "data", "parquet")
     step("ingest", ingest_step, str(d / "data" / "events.parquet"), str(d / "data" / "control_totals.csv"),
          str(d / "events"))
-    step("features", features_step, str(d / "events"), str(d / "daily.parquet"), str(d / "resources.parquet"))
-    step("train_anomaly", train_anomaly_step, str(d / "daily.parquet"),
+    step("features", features_step, str(d / "events"), str(d / "daily.parquet"), str(d / "resource_daily.parquet"),
+         str(d / "resources.parquet"))
+    step("train_anomaly", train_anomaly_step, str(d / "resource_daily.parquet"),
          str(d / "data" / "truth" / "anomaly_cells.csv"), cfg, str(d / "m2"), str(d / "e2"))
     step("train_forecast", train_forecast_step, str(d / "daily.parquet"), str(d / "e2"), cfg, str(d / "m1"),
          str(d / "e1"))

@@ -55,8 +55,11 @@ def ingest_step(source: str, control_totals: str, events_dir: str) -> dict:
     return summary
 
 
-def features_step(events_dir: str, daily_cost_path: str, resources_path: str) -> dict:
+def features_step(events_dir: str, daily_cost_path: str, resource_daily_cost_path: str,
+                  resources_path: str) -> dict:
     """The feature views, run by DuckDB over the events table, or by BigQuery over a BigQuery source."""
+    outputs = {"daily_cost": daily_cost_path, "resource_daily_cost": resource_daily_cost_path,
+               "resources": resources_path}
     bigquery_source = Path(events_dir) / BIGQUERY_SOURCE
     if bigquery_source.exists():
         from finops_ml.sources.bigquery import default_client, parse_bq_uri
@@ -64,12 +67,11 @@ def features_step(events_dir: str, daily_cost_path: str, resources_path: str) ->
 
         source = read_json(bigquery_source)["source"]
         client = default_client(parse_bq_uri(source)[0])
-        run_feature_view_bigquery("daily_cost", source, client).to_parquet(daily_cost_path, index=False)
-        run_feature_view_bigquery("resources", source, client).to_parquet(resources_path, index=False)
+        for name, path in outputs.items():
+            run_feature_view_bigquery(name, source, client).to_parquet(path, index=False)
     else:
-        events = Path(events_dir) / "events.parquet"
-        export_feature_view("daily_cost", events, daily_cost_path)
-        export_feature_view("resources", events, resources_path)
+        for name, path in outputs.items():
+            export_feature_view(name, Path(events_dir) / "events.parquet", path)
     daily = pd.read_parquet(daily_cost_path, columns=["day", "service", "project_id"])
     return {"daily_cells": len(daily), "series": int(daily.groupby(["service", "project_id"]).ngroups),
             "resources": len(pd.read_parquet(resources_path, columns=["resource_name"])),
@@ -93,9 +95,11 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
     return _finish(eval_dir, "cost-forecast", result["metrics"], cfg, daily)
 
 
-def train_anomaly_step(daily_cost_path: str, labels_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
+def train_anomaly_step(resource_daily_cost_path: str, labels_path: str, cfg: Config, model_dir: str,
+                       eval_dir: str) -> dict:
+    """The detector on daily cost per resource (it judges the cells they add up to)."""
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
-    daily = pd.read_parquet(daily_cost_path)
+    daily = pd.read_parquet(resource_daily_cost_path)
     truth = pd.read_csv(labels_path) if labels_path else None  # labels: the generator's truth or user feedback
     a = cfg.anomaly
     result = anomaly.train_and_evaluate(daily, truth, a.holdout_months, a.window_days, a.n_estimators, cfg.seed)

@@ -21,7 +21,8 @@ from sqlglot import exp
 from finops_ml.errors import FinopsError
 
 FEATURE_DIR = Path(__file__).resolve().parent.parent / "feature_defs"
-FEATURE_VIEWS = ("daily_cost", "resources")
+FEATURE_VIEWS = ("daily_cost", "resource_daily_cost", "resources")
+MEMORY_LIMIT = "3GB"
 
 
 def feature_sql(name: str) -> str:
@@ -48,15 +49,24 @@ _NULL_RESOURCE = "CAST(NULL AS STRUCT<name STRING, global_name STRING>) AS resou
 _BQ_TABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:.\-]*\.[A-Za-z0-9_]+\.[^`.\s]+$")
 
 
+def _connect(spill_dir: Path) -> duckdb.DuckDBPyConnection:
+    """DuckDB with bounded memory: past `MEMORY_LIMIT` it spills to `spill_dir`."""
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    con.execute("SET TimeZone = 'UTC'")  # CAST(timestamptz AS DATE) takes the UTC day, as BigQuery does
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET temp_directory = '{(spill_dir / '.duckdb_spill').as_posix()}'")
+    return con
+
+
 def export_feature_view(name: str, events_path: str | Path, out_path: str | Path) -> int:
     """Run one feature view over an events Parquet file and write its rows to Parquet; return the row count.
 
     DuckDB writes the result itself (no round trip through pandas), so building features costs what the query costs.
     """
-    con = duckdb.connect()
+    con = _connect(Path(out_path).parent)
     try:
-        con.execute("SET threads TO 2")
-        con.execute("SET TimeZone = 'UTC'")
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{Path(events_path).as_posix()}')")
         con.execute(f"COPY ({feature_sql(name)}) TO '{Path(out_path).as_posix()}' (FORMAT PARQUET)")
         return con.execute(f"SELECT count(*) FROM read_parquet('{Path(out_path).as_posix()}')").fetchone()[0]

@@ -13,9 +13,9 @@ from kfp import compiler, local
 
 from pipelines.training import training_pipeline
 
-_START = re.compile(r"Executing task '?\x1b?\[?[0-9;]*m?'?([\w-]+)")
-_END = re.compile(r"Task '?\x1b?\[?[0-9;]*m?'?([\w-]+).*finished with status.*?(SUCCESS|FAILURE)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([\w-]+)'")
+_FINISHED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
 
 
 class StepLog(io.TextIOBase):
@@ -39,12 +39,12 @@ class StepLog(io.TextIOBase):
     def _line(self, line: str) -> None:
         if line.startswith(" "):  # output of the task's own process
             return
-        m = re.search(r"Executing task '([\w-]+)'", line)
+        m = _STARTED.search(line)
         if m:
             self.started[m.group(1)] = time.perf_counter()
             self.on_event(m.group(1), "start", None)
             return
-        m = re.search(r"Task '([\w-]+)' finished with status (\w+)", line)
+        m = _FINISHED.search(line)
         if m:
             name, status = m.group(1), m.group(2)
             seconds = time.perf_counter() - self.started.get(name, time.perf_counter())

@@ -57,17 +57,17 @@ class Org:
 
     def daily(self, detail: bool = True) -> pd.DataFrame:
         rows = []
+        """Daily cost per resource (the resource_daily_cost view), or per cell when `detail` is False."""
         cells = sorted({c for c, _ in self.res})
         for c in cells:
             names = sorted(r for cc, r in self.res if cc == c)
             for i, day in enumerate(self.days):
                 present = [(n, self.res[(c, n)][i]) for n in names if np.isfinite(self.res[(c, n)][i])]
-                row = dict(day=day, service="svc", project_id=f"p{c}", net_cost=sum(v for _, v in present),
-                           resources=len(present))
                 if detail:
-                    row["resource_names"] = np.array([n for n, _ in present], object)
-                    row["resource_costs"] = np.array([v for _, v in present])
-                rows.append(row)
+                    rows += [dict(day=day, service="svc", project_id=f"p{c}", resource_name=n, net_cost=v)
+                             for n, v in present]
+                else:
+                    rows.append(dict(day=day, service="svc", project_id=f"p{c}", net_cost=sum(v for _, v in present)))
         return pd.DataFrame(rows)
 
     def truth_frame(self) -> pd.DataFrame:
@@ -149,11 +149,8 @@ def test_features_are_causal(scenario):
     changed = daily.copy()
     future = changed.day >= cut
     changed.loc[future, "net_cost"] *= 3.0
-    changed.loc[future, "resource_costs"] = changed.loc[future, "resource_costs"].map(lambda a: a * 3.0)
-    changed.loc[changed.day == cut + pd.Timedelta(days=5), "resource_costs"] = (
-        changed.loc[changed.day == cut + pd.Timedelta(days=5), "resource_costs"].map(lambda a: np.append(a, 500.0)))
-    changed.loc[changed.day == cut + pd.Timedelta(days=5), "resource_names"] = (
-        changed.loc[changed.day == cut + pd.Timedelta(days=5), "resource_names"].map(lambda a: np.append(a, "zz")))
+    newcomer = changed[changed.day == cut + pd.Timedelta(days=5)].assign(resource_name="zz", net_cost=500.0)
+    changed = pd.concat([changed, newcomer.drop_duplicates(["day", "service", "project_id"])], ignore_index=True)
     after = detector.score(changed)
     cols = ["expected", "robust_z", "log_ratio", "log_ratio_3d", "score", "is_anomaly"]
     past_before = before[before.day < cut].reset_index(drop=True)

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 import joblib
+import numpy as np
 import pandas as pd
 import pytest
 from kfp import dsl, local
@@ -51,6 +52,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a ta
 
 class _Features(NamedTuple):
     daily_cost: Dataset
+    resource_daily_cost: Dataset
     resources: Dataset
 
 
@@ -58,7 +60,8 @@ class _Features(NamedTuple):
 def features_from(events_uri: str) -> _Features:
     events = dsl.importer(artifact_uri=events_uri, artifact_class=Dataset)
     task = build_features(events=events.output)
-    return _Features(daily_cost=task.outputs["daily_cost"], resources=task.outputs["resources"])
+    return _Features(daily_cost=task.outputs["daily_cost"], resource_daily_cost=task.outputs["resource_daily_cost"],
+                     resources=task.outputs["resources"])
 
 
 class _Trained(NamedTuple):
@@ -78,9 +81,10 @@ def forecast_from(daily_cost_uri: str, anomaly_evaluation_uri: str, config_json:
 
 
 @dsl.pipeline
-def anomaly_from(daily_cost_uri: str, anomaly_labels: str, config_json: str) -> _Trained:
-    daily = dsl.importer(artifact_uri=daily_cost_uri, artifact_class=Dataset)
-    task = train_anomaly_detector(daily_cost=daily.output, anomaly_labels=anomaly_labels, config_json=config_json)
+def anomaly_from(resource_daily_cost_uri: str, anomaly_labels: str, config_json: str) -> _Trained:
+    daily = dsl.importer(artifact_uri=resource_daily_cost_uri, artifact_class=Dataset)
+    task = train_anomaly_detector(resource_daily_cost=daily.output, anomaly_labels=anomaly_labels,
+                                  config_json=config_json)
     return _Trained(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
                     metrics=task.outputs["metrics"])
 
@@ -145,7 +149,7 @@ def chain(tmp_path_factory) -> SimpleNamespace:
     events = ingest.outputs["events"]
     features = features_from(events_uri=events.uri)
     daily_uri = features.outputs["daily_cost"].uri
-    anomaly = anomaly_from(daily_cost_uri=daily_uri, anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
+    anomaly = anomaly_from(resource_daily_cost_uri=features.outputs["resource_daily_cost"].uri, anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
                            config_json=cfg_json)
     trained = {
         "cost-forecast": forecast_from(daily_cost_uri=daily_uri,
@@ -200,6 +204,11 @@ def test_build_features_writes_daily_cost_and_resources(chain):
     assert (days.max().year - days.min().year) * 12 + days.max().month - days.min().month + 1 == GENERATOR.months
     assert not daily.duplicated(["day", "service", "project_id"]).any()
     assert len(resources) == len(truth) > 0
+    # the resources of a cell add up to the cell
+    per_resource = pd.read_parquet(chain.features.outputs["resource_daily_cost"].path)
+    summed = per_resource.groupby(["day", "service", "project_id"]).net_cost.sum()
+    np.testing.assert_allclose(daily.set_index(["day", "service", "project_id"]).net_cost.sort_index(),
+                               summed.sort_index())
 
 
 # ---- trainers ------------------------------------------------------------------------------------------------------

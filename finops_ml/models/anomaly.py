@@ -1,7 +1,7 @@
 """Cost anomaly detection on daily cells (day x service x project).
 
-A cell's expected cost is built bottom-up from its resources (the `resource_names` / `resource_costs` arrays of
-the daily_cost view; without them a cell is one resource):
+A cell's expected cost is built bottom-up from its resources (the daily cost per resource of the
+resource_daily_cost view; given daily cost per cell only, a cell is one resource):
 
 - each resource has weekday and month-end factors and a noise scale learnt in `fit` (a resource the fit never saw
   borrows its service's);
@@ -48,23 +48,11 @@ class ResourcePanel:
 
     @classmethod
     def from_daily(cls, daily: pd.DataFrame) -> "ResourcePanel":
-        daily = daily.assign(day=pd.to_datetime(daily["day"]))
-        detail = "resource_costs" in daily.columns and "resource_names" in daily.columns
-        names, costs = [], []
-        for n, c, total in zip(daily["resource_names"] if detail else [None] * len(daily),
-                               daily["resource_costs"] if detail else [None] * len(daily), daily["net_cost"]):
-            if isinstance(c, (list, tuple, np.ndarray)) and len(c) > 0:
-                names.append(np.asarray(n, object))
-                costs.append(np.asarray(c, float))
-            else:  # no per-resource detail: the cell is one resource
-                names.append(np.array([""], object))
-                costs.append(np.array([total], float))
-        rows = np.repeat(np.arange(len(daily)), [len(c) for c in costs])
-        flat = pd.DataFrame({
-            "service": daily["service"].to_numpy()[rows], "project_id": daily["project_id"].to_numpy()[rows],
-            "resource": np.concatenate(names) if names else np.array([], object),
-            "day": daily["day"].to_numpy()[rows], "cost": np.concatenate(costs) if costs else np.array([]),
-        })
+        """From daily cost per resource (day, service, project_id, resource_name, net_cost: the
+        resource_daily_cost view), or per cell (no resource_name: each cell is one resource)."""
+        names = daily["resource_name"].fillna("") if "resource_name" in daily.columns else ""
+        flat = pd.DataFrame({"service": daily["service"], "project_id": daily["project_id"], "resource": names,
+                             "day": pd.to_datetime(daily["day"]), "cost": daily["net_cost"].astype(float)})
         flat = flat.groupby([*RESOURCE_KEYS, "day"], sort=True, as_index=False)["cost"].sum()
         days = pd.date_range(flat["day"].min(), flat["day"].max(), freq="D")
         keys = flat[RESOURCE_KEYS].drop_duplicates().reset_index(drop=True)
@@ -179,6 +167,13 @@ def _robust_baseline(flat: np.ndarray, sigma: np.ndarray, baseline_days: int, wa
     return base_out, established_out
 
 
+def cell_costs(daily: pd.DataFrame) -> pd.DataFrame:
+    """Daily cost per cell (day, service, project_id, net_cost) from cost per resource, or as it is."""
+    if "resource_name" not in daily.columns:
+        return daily
+    return daily.groupby(["day", *KEYS], as_index=False, sort=True)["net_cost"].sum()
+
+
 @dataclass
 class CostAnomalyDetector:
     window_days: int = 28  # a resource's history window: its warm-up, and (half of it) its baseline
@@ -204,6 +199,7 @@ class CostAnomalyDetector:
         """Per-cell expected cost and features from each resource's own past (causal)."""
         daily = daily.assign(day=pd.to_datetime(daily["day"]))
         panel = ResourcePanel.from_daily(daily)
+        daily = cell_costs(daily)
         if self.factors_ is None:
             raise ValueError("CostAnomalyDetector.features needs a fitted detector: call fit first.")
         factors = _fill_factors(self.factors_, panel.resources)
