@@ -31,7 +31,6 @@ from finops_ml.errors import FinopsError
 from finops_ml.events import ARROW_SCHEMA, COST_TYPES, CURRENCIES, EXPORT_SCHEMA, parse_event
 from finops_ml.fileio import atomic_path, write_json
 from finops_ml.sources import Rejected, SourceBatch, read_events
-from finops_ml.sources.files import resolve_files  # noqa: F401  (re-exported: the CLI checks sources with it)
 
 # The same parts, in the same order, as finops_ml.events.event_id (which the tests compare with this).
 EVENT_ID_SQL = "md5(concat_ws('|', " + ", ".join([

@@ -34,10 +34,8 @@ def feature_sql(name: str) -> str:
 
 def run_feature_view(name: str, events_path: str | Path) -> pd.DataFrame:
     """Run one feature view over an events Parquet file (or glob) and return its rows."""
-    con = duckdb.connect()
+    con = _connect(Path(events_path).parent)
     try:
-        con.execute("SET threads TO 2")
-        con.execute("SET TimeZone = 'UTC'")  # CAST(timestamptz AS DATE) takes the UTC day, as BigQuery does
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{Path(events_path).as_posix()}')")
         return con.execute(feature_sql(name)).df()
     finally:
@@ -120,16 +118,3 @@ def run_feature_view_bigquery(name: str, table: str, client) -> pd.DataFrame:
         raise FinopsError(f"Feature view {name} failed in BigQuery on {table}: {exc.message}") from None
     # DATE columns as datetime64 and arrays as numpy arrays, like DuckDB's .df() of the same view
     return rows.to_pandas(date_as_object=False)
-
-
-def complete_daily_grid(daily: pd.DataFrame) -> pd.DataFrame:
-    """Every (service, project) series on every day from its first day to the last day of the data, zeros filled."""
-    daily = daily.copy()
-    daily["day"] = pd.to_datetime(daily["day"])
-    last = daily["day"].max()
-    parts = []
-    for (service, project), g in daily.groupby(["service", "project_id"], sort=True):
-        idx = pd.date_range(g["day"].min(), last, freq="D")
-        s = g.set_index("day")["net_cost"].reindex(idx, fill_value=0.0)
-        parts.append(pd.DataFrame({"day": idx, "service": service, "project_id": project, "net_cost": s.to_numpy()}))
-    return pd.concat(parts, ignore_index=True)
