@@ -1,6 +1,6 @@
 """The CSV reader: FOCUS 1.0-1.2 files and flattened Cloud Billing export CSVs (finops_ml.sources.csv_files).
 
-The FOCUS sample under /work/shared/data/focus-1.0-sample is FinOps Foundation data (FOCUS-Sample-Data,
+The FOCUS sample under ../shared/data/focus-1.0-sample is FinOps Foundation data (FOCUS-Sample-Data,
 FOCUS-1.0/focus_sample.csv, first 1,000 rows), licensed CC BY 4.0; see its SOURCE.md.
 """
 
@@ -24,7 +24,8 @@ from finops_ml.events import EXPORT_SCHEMA, parse_event
 from finops_ml.generator import generate
 from finops_ml.sources.csv_files import read_csv_events
 
-SAMPLE = Path("/work/shared/data/focus-1.0-sample/focus_sample_1000.csv")
+# shared/ lies beside the repository (as in CI)
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "focus-1.0-sample" / "focus_sample_1000.csv"
 needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason="FOCUS sample data not present")
 
 
