@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -121,6 +122,31 @@ class _Quarantine:
                                    default=str) + "\n")
 
 
+def _valid_rows(con: duckdb.DuckDBPyConnection, batch: SourceBatch, quarantine: _Quarantine) -> pa.Table | None:
+    """The batch's valid rows with their event ids; every other record goes to quarantine with its reason."""
+    try:
+        table = conform(batch.table)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        batch = _rowwise(batch)
+        table = batch.table
+    for r in batch.rejected:
+        quarantine.add(r.source, r.location, r.reason, r.record)
+    if table.num_rows == 0:
+        return None
+    # Only the id and the verdict come back from DuckDB: the rows stay in Arrow.
+    con.register("batch", table)
+    checked = con.execute(f"SELECT {EVENT_ID_SQL} AS event_id, {REASON_SQL} AS reason FROM batch").arrow()
+    checked = checked.read_all() if hasattr(checked, "read_all") else checked
+    con.unregister("batch")
+    invalid = pa.compute.is_valid(checked.column("reason"))
+    if pa.compute.any(invalid).as_py():
+        for i in pa.compute.indices_nonzero(invalid).to_pylist():
+            quarantine.add(batch.source, batch.location(i), checked.column("reason")[i].as_py(),
+                           table.slice(i, 1).to_pylist()[0])
+    good = table.add_column(0, "event_id", checked.column("event_id").cast(pa.string()))
+    return good.filter(pa.compute.invert(invalid))
+
+
 def read_control_totals(path: str | Path) -> dict[str, float]:
     """Net cost per invoice month from a CSV with columns invoice_month, net_cost."""
     path = Path(path)
@@ -167,31 +193,21 @@ def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None =
         with atomic_path(out_dir / "quarantine.jsonl") as q_tmp, open(q_tmp, "w") as q_file:
             quarantine = _Quarantine(q_file)
             writer = pq.ParquetWriter(staging, ARROW_SCHEMA)
-            for batch in read_events(source, **source_options):
-                read += batch.table.num_rows + len(batch.rejected)
-                try:
-                    table = conform(batch.table)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                    batch = _rowwise(batch)
-                    table = batch.table
-                for r in batch.rejected:
-                    quarantine.add(r.source, r.location, r.reason, r.record)
-                if table.num_rows == 0:
-                    continue
-                # Only the id and the verdict come back from DuckDB: the rows stay in Arrow.
-                con.register("batch", table)
-                checked = con.execute(f"SELECT {EVENT_ID_SQL} AS event_id, {REASON_SQL} AS reason FROM batch").arrow()
-                checked = checked.read_all() if hasattr(checked, "read_all") else checked
-                con.unregister("batch")
-                invalid = pa.compute.is_valid(checked.column("reason"))
-                if pa.compute.any(invalid).as_py():
-                    for i in pa.compute.indices_nonzero(invalid).to_pylist():
-                        quarantine.add(batch.source, batch.location(i), checked.column("reason")[i].as_py(),
-                                       table.slice(i, 1).to_pylist()[0])
-                good = table.add_column(0, "event_id", checked.column("event_id").cast(pa.string()))
-                good = good.filter(pa.compute.invert(invalid))
-                writer.write_table(good)
-                staged += good.num_rows
+            # Batch k is written on a second thread while batch k+1 is read and checked (Arrow and DuckDB release
+            # the GIL); at most one write is in flight, and its error surfaces here.
+            with ThreadPoolExecutor(max_workers=1) as pool:  # waits for the write in flight, even on error
+                pending = None
+                for batch in read_events(source, **source_options):
+                    read += batch.table.num_rows + len(batch.rejected)
+                    good = _valid_rows(con, batch, quarantine)
+                    if good is None:
+                        continue
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(writer.write_table, good)
+                    staged += good.num_rows
+                if pending is not None:
+                    pending.result()
             writer.close()
 
             existing = pq.ParquetFile(events_path).metadata.num_rows if events_path.exists() else 0
