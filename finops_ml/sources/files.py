@@ -24,6 +24,7 @@ JSON_BLOCK_BYTES = 64 << 20  # JSONL is parsed in blocks of whole lines of about
 JSON_BATCH_LINES = 50_000  # lines of a refused block validated one by one, per batch
 PARQUET_BATCH_ROWS = 200_000
 _JSON_OPTIONS = pj.ParseOptions(explicit_schema=EXPORT_SCHEMA, unexpected_field_behavior="ignore")
+_JSON_READ = pj.ReadOptions(block_size=4 << 20)  # Arrow parses a block in parallel chunks of this size
 
 
 def resolve_files(source: str) -> list[Path]:
@@ -74,19 +75,20 @@ def read_jsonl(path: Path) -> Iterator[SourceBatch]:
             block = rest + data
             if not data:
                 if block.strip():
-                    yield from _json_block(path, block if block.endswith(b"\n") else block + b"\n", first_line)
+                    block = block if block.endswith(b"\n") else block + b"\n"
+                    yield from _json_block(path, block, first_line, block.count(b"\n"))
                 return
             cut = block.rfind(b"\n") + 1
             block, rest = block[:cut], block[cut:]
             if block:
-                yield from _json_block(path, block, first_line)
-                first_line += block.count(b"\n")
+                n_lines = block.count(b"\n")
+                yield from _json_block(path, block, first_line, n_lines)
+                first_line += n_lines
 
 
-def _json_block(path: Path, block: bytes, first_line: int) -> Iterator[SourceBatch]:
-    n_lines = block.count(b"\n")
+def _json_block(path: Path, block: bytes, first_line: int, n_lines: int) -> Iterator[SourceBatch]:
     try:
-        table = pj.read_json(io.BytesIO(block), parse_options=_JSON_OPTIONS)
+        table = pj.read_json(pa.BufferReader(block), parse_options=_JSON_OPTIONS, read_options=_JSON_READ)
         if table.num_rows == n_lines:  # no blank line: row i is line first_line + i
             yield SourceBatch(table, source=str(path), first_location=first_line)
             return
