@@ -32,6 +32,7 @@ from finops_ml.errors import FinopsError
 from finops_ml.events import ARROW_SCHEMA, COST_TYPES, CURRENCIES, EXPORT_SCHEMA, parse_event
 from finops_ml.fileio import atomic_path, write_json
 from finops_ml.sources import Rejected, SourceBatch, read_events
+from finops_ml.warehouse import duckdb_connection
 
 # The same parts, in the same order, as finops_ml.events.event_id (which the tests compare with this).
 EVENT_ID_SQL = "md5(concat_ws('|', " + ", ".join([
@@ -167,15 +168,6 @@ def reconcile(cost_by_month: dict[str, float], control_totals: str | Path) -> di
             "diff": round(sum(abs(v) for v in per_month.values()), 2)}
 
 
-def _connect(workdir: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET temp_directory = '{workdir.as_posix()}'")
-    con.execute("SET memory_limit = '2GB'")
-    con.execute("SET preserve_insertion_order = false")
-    return con
-
-
 def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None = None, **source_options) -> dict:
     """Read, validate, dedupe and write the events table; return the ingest summary."""
     started = time.perf_counter()
@@ -187,7 +179,7 @@ def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None =
     events_path = out_dir / "events.parquet"
     work = Path(tempfile.mkdtemp(prefix=".ingest.", dir=out_dir))
     try:
-        con = _connect(work)
+        con = duckdb_connection(work)
         staging = work / "staging.parquet"
         read = staged = 0
         with atomic_path(out_dir / "quarantine.jsonl") as q_tmp, open(q_tmp, "w") as q_file:

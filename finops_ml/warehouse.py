@@ -34,7 +34,7 @@ def feature_sql(name: str) -> str:
 
 def run_feature_view(name: str, events_path: str | Path) -> pd.DataFrame:
     """Run one feature view over an events Parquet file (or glob) and return its rows."""
-    con = _connect(Path(events_path).parent)
+    con = duckdb_connection(Path(events_path).parent)
     try:
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{Path(events_path).as_posix()}')")
         return con.execute(feature_sql(name)).df()
@@ -47,7 +47,7 @@ _NULL_RESOURCE = "CAST(NULL AS STRUCT<name STRING, global_name STRING>) AS resou
 _BQ_TABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:.\-]*\.[A-Za-z0-9_]+\.[^`.\s]+$")
 
 
-def _connect(spill_dir: Path) -> duckdb.DuckDBPyConnection:
+def duckdb_connection(spill_dir: Path) -> duckdb.DuckDBPyConnection:
     """DuckDB with bounded memory: past `MEMORY_LIMIT` it spills to `spill_dir`."""
     con = duckdb.connect()
     con.execute("SET threads TO 2")
@@ -63,7 +63,7 @@ def export_feature_view(name: str, events_path: str | Path, out_path: str | Path
 
     DuckDB writes the result itself (no round trip through pandas), so building features costs what the query costs.
     """
-    con = _connect(Path(out_path).parent)
+    con = duckdb_connection(Path(out_path).parent)
     try:
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{Path(events_path).as_posix()}')")
         con.execute(f"COPY ({feature_sql(name)}) TO '{Path(out_path).as_posix()}' (FORMAT PARQUET)")
