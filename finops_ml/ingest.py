@@ -32,7 +32,7 @@ from finops_ml.errors import FinopsError
 from finops_ml.events import ARROW_SCHEMA, COST_TYPES, CURRENCIES, EXPORT_SCHEMA, parse_event
 from finops_ml.fileio import atomic_path, write_json
 from finops_ml.sources import Rejected, SourceBatch, read_events
-from finops_ml.warehouse import duckdb_connection
+from finops_ml.warehouse import duckdb_session
 
 # The same parts, in the same order, as finops_ml.events.event_id (which the tests compare with this).
 EVENT_ID_SQL = "md5(concat_ws('|', " + ", ".join([
@@ -179,10 +179,10 @@ def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None =
     events_path = out_dir / "events.parquet"
     work = Path(tempfile.mkdtemp(prefix=".ingest.", dir=out_dir))
     try:
-        con = duckdb_connection(work)
         staging = work / "staging.parquet"
         read = staged = 0
-        with atomic_path(out_dir / "quarantine.jsonl") as q_tmp, open(q_tmp, "w") as q_file:
+        with duckdb_session(work) as con, atomic_path(out_dir / "quarantine.jsonl") as q_tmp, \
+                open(q_tmp, "w") as q_file:
             quarantine = _Quarantine(q_file)
             writer = pq.ParquetWriter(staging, ARROW_SCHEMA)
             # Batch k is written on a second thread while batch k+1 is read and checked (Arrow and DuckDB release
@@ -219,7 +219,6 @@ def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None =
             by_month = dict(con.execute(f"""SELECT invoice.month, round(sum({NET_COST_USD_SQL}), 2)
                                             FROM read_parquet('{table_tmp.as_posix()}') GROUP BY 1 ORDER BY 1""")
                             .fetchall())
-            con.close()
             os.replace(table_tmp, events_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)

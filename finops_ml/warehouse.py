@@ -11,7 +11,11 @@ nothing it cannot translate and both engines order alike.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import pandas as pd
@@ -34,12 +38,9 @@ def feature_sql(name: str) -> str:
 
 def run_feature_view(name: str, events_path: str | Path) -> pd.DataFrame:
     """Run one feature view over an events Parquet file (or glob) and return its rows."""
-    con = duckdb_connection(Path(events_path).parent)
-    try:
+    with duckdb_session() as con:
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{Path(events_path).as_posix()}')")
         return con.execute(feature_sql(name)).df()
-    finally:
-        con.close()
 
 
 # A standard usage cost export has no `resource` column: the views read it as a NULL record there.
@@ -47,15 +48,24 @@ _NULL_RESOURCE = "CAST(NULL AS STRUCT<name STRING, global_name STRING>) AS resou
 _BQ_TABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:.\-]*\.[A-Za-z0-9_]+\.[^`.\s]+$")
 
 
-def duckdb_connection(spill_dir: Path) -> duckdb.DuckDBPyConnection:
-    """DuckDB with bounded memory: past `MEMORY_LIMIT` it spills to `spill_dir`."""
+@contextmanager
+def duckdb_session(spill_dir: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """DuckDB with bounded memory: past `MEMORY_LIMIT` it spills to `spill_dir` (default: a temporary directory,
+    removed afterwards, so nothing is left beside the outputs)."""
+    own = spill_dir is None
+    spill_dir = Path(tempfile.mkdtemp(prefix="finops-duckdb-")) if own else spill_dir
     con = duckdb.connect()
-    con.execute("SET threads TO 2")
-    con.execute("SET TimeZone = 'UTC'")  # CAST(timestamptz AS DATE) takes the UTC day, as BigQuery does
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-    con.execute("SET preserve_insertion_order = false")
-    con.execute(f"SET temp_directory = '{(spill_dir / '.duckdb_spill').as_posix()}'")
-    return con
+    try:
+        con.execute("SET threads TO 2")
+        con.execute("SET TimeZone = 'UTC'")  # CAST(timestamptz AS DATE) takes the UTC day, as BigQuery does
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET temp_directory = '{spill_dir.as_posix()}'")
+        yield con
+    finally:
+        con.close()
+        if own:
+            shutil.rmtree(spill_dir, ignore_errors=True)
 
 
 def export_feature_view(name: str, events_path: str | Path, out_path: str | Path) -> int:
@@ -63,13 +73,10 @@ def export_feature_view(name: str, events_path: str | Path, out_path: str | Path
 
     DuckDB writes the result itself (no round trip through pandas), so building features costs what the query costs.
     """
-    con = duckdb_connection(Path(out_path).parent)
-    try:
+    with duckdb_session() as con:
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{Path(events_path).as_posix()}')")
         con.execute(f"COPY ({feature_sql(name)}) TO '{Path(out_path).as_posix()}' (FORMAT PARQUET)")
         return con.execute(f"SELECT count(*) FROM read_parquet('{Path(out_path).as_posix()}')").fetchone()[0]
-    finally:
-        con.close()
 
 
 def feature_sql_for(name: str, dialect: str = "duckdb", table: str = "events", null_resource: bool = False) -> str:
