@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,6 @@ from finops_ml.org import (
     PLANTS,
     SERVICE_BY_KEY,
     WORKLOADS,
-    SkuSpec,
 )
 
 LABEL_KEYS = ("owner", "cost_center", "plant")
