@@ -216,6 +216,27 @@ ARROW_SCHEMA = pa.schema(
 EXPORT_SCHEMA = pa.schema([f for f in ARROW_SCHEMA if f.name != "event_id"])
 
 
+def conform_array(array: pa.Array | pa.ChunkedArray, target: pa.DataType) -> pa.Array:
+    """An array in an export type: struct fields matched by name (missing ones null, extra ones dropped), lists
+    element-wise, scalars cast; raises an Arrow error when a value cannot be cast."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.type == target:
+        return array
+    if pa.types.is_null(array.type):
+        return pa.nulls(len(array), target)
+    if pa.types.is_struct(target) and pa.types.is_struct(array.type):
+        names = {array.type.field(i).name for i in range(array.type.num_fields)}
+        children = [conform_array(array.field(f.name), f.type) if f.name in names
+                    else pa.nulls(len(array), f.type) for f in target]
+        return pa.StructArray.from_arrays(children, fields=list(target), mask=array.is_null())
+    if pa.types.is_list(target) and (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
+        values = conform_array(array.values, target.value_type)
+        offsets = array.offsets.cast(pa.int32())
+        return pa.ListArray.from_arrays(offsets, values, type=target, mask=array.is_null())
+    return array.cast(target)
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

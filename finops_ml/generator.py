@@ -523,12 +523,6 @@ def _control_totals(table: pa.Table) -> pd.DataFrame:
     return totals.rename("net_cost").rename_axis("invoice_month").reset_index()
 
 
-def write_jsonl(table: pa.Table, path: Path) -> None:
-    """One export row per line, timestamps in ISO 8601 UTC."""
-    with open(path, "w") as f:
-        _write_jsonl_rows(table, f)
-
-
 def _write_jsonl_rows(table: pa.Table, f) -> None:
     for batch in table.to_batches(max_chunksize=50_000):
         for row in batch.to_pylist():
@@ -596,10 +590,8 @@ def generate_from_monthly(csv_path: str | Path, cfg: GeneratorConfig, seed: int,
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         events_path = tmp / f"events.{fmt}"
-        if fmt == "parquet":
-            pq.write_table(table, events_path)
-        else:
-            write_jsonl(table, events_path)
+        with _EventWriter(events_path, fmt) as writer:
+            writer.write(table)
         target.groupby(level=0).sum().round(2).rename("net_cost").rename_axis("invoice_month").reset_index().to_csv(
             tmp / "control_totals.csv", index=False)
         meta = {"seed": seed, "rows": table.num_rows, "source": str(csv_path), "events": events_path.name}

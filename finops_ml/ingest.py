@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from finops_ml.errors import FinopsError
-from finops_ml.events import ARROW_SCHEMA, COST_TYPES, CURRENCIES, EXPORT_SCHEMA, parse_event
+from finops_ml.events import ARROW_SCHEMA, COST_TYPES, CURRENCIES, EXPORT_SCHEMA, conform_array, parse_event
 from finops_ml.fileio import atomic_path, write_json
 from finops_ml.sources import Rejected, SourceBatch, read_events
 from finops_ml.warehouse import duckdb_session
@@ -70,31 +70,11 @@ END"""
 NET_COST_USD_SQL = "(cost + IFNULL(list_sum(list_transform(credits, c -> c.amount)), 0)) / currency_conversion_rate"
 
 
-def _conform(array: pa.Array | pa.ChunkedArray, target: pa.DataType) -> pa.Array:
-    """An array in the export type: struct fields matched by name (missing ones null), then cast."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if array.type == target:
-        return array
-    if pa.types.is_null(array.type):
-        return pa.nulls(len(array), target)
-    if pa.types.is_struct(target) and pa.types.is_struct(array.type):
-        names = {array.type.field(i).name for i in range(array.type.num_fields)}
-        children = [_conform(array.field(f.name), f.type) if f.name in names else pa.nulls(len(array), f.type)
-                    for f in target]
-        return pa.StructArray.from_arrays(children, fields=list(target), mask=array.is_null())
-    if pa.types.is_list(target) and (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
-        values = _conform(array.values, target.value_type)
-        offsets = array.offsets.cast(pa.int32())
-        return pa.ListArray.from_arrays(offsets, values, type=target, mask=array.is_null())
-    return array.cast(target)
-
-
 def conform(table: pa.Table) -> pa.Table:
     """A reader's table in EXPORT_SCHEMA; raises pa.ArrowInvalid when a value cannot be cast."""
     n = table.num_rows
-    columns = [_conform(table.column(f.name), f.type) if f.name in table.column_names else pa.nulls(n, f.type)
-               for f in EXPORT_SCHEMA]
+    columns = [conform_array(table.column(f.name), f.type) if f.name in table.column_names
+               else pa.nulls(n, f.type) for f in EXPORT_SCHEMA]
     return pa.Table.from_arrays(columns, schema=EXPORT_SCHEMA)
 
 

@@ -29,7 +29,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from finops_ml.errors import FinopsError
-from finops_ml.events import EXPORT_SCHEMA
+from finops_ml.events import EXPORT_SCHEMA, conform_array
 from finops_ml.sources import SourceBatch
 
 # project ids may carry a domain ("example.com:proj"); datasets are [A-Za-z0-9_]; tables are looser but never
@@ -105,27 +105,6 @@ def build_query(table_id: str, columns: list[str], start: date | None, end: date
     return sql, params
 
 
-def _conform(arr: pa.Array, typ: pa.DataType) -> pa.Array:
-    """One column as the export schema types it: structs by field name, lists element-wise, scalars cast."""
-    if pa.types.is_struct(typ):
-        if not pa.types.is_struct(arr.type):
-            raise TypeError(f"expected a RECORD, got {arr.type}")
-        children = []
-        for f in typ:
-            i = arr.type.get_field_index(f.name)
-            children.append(_conform(arr.field(i), f.type) if i >= 0 else pa.nulls(len(arr), f.type))
-        mask = arr.is_null() if arr.null_count else None
-        return pa.StructArray.from_arrays(children, fields=list(typ), mask=mask)
-    if pa.types.is_list(typ):
-        if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
-            raise TypeError(f"expected a REPEATED field, got {arr.type}")
-        arr = arr.cast(pa.list_(arr.type.value_type)) if pa.types.is_large_list(arr.type) else arr
-        values = _conform(arr.values, typ.value_type)
-        mask = arr.is_null() if arr.null_count else None
-        return pa.ListArray.from_arrays(arr.offsets, values, type=typ, mask=mask)
-    return arr if arr.type == typ else arr.cast(typ)
-
-
 def conform_to_export(table: pa.Table) -> pa.Table:
     """The table's EXPORT_SCHEMA columns, in EXPORT_SCHEMA order and types (columns it lacks stay absent)."""
     names, arrays = [], []
@@ -134,14 +113,14 @@ def conform_to_export(table: pa.Table) -> pa.Table:
             continue
         col = table.column(field.name)
         try:
-            chunks = [_conform(c, field.type) for c in col.chunks]
+            array = conform_array(col, field.type)
         except (TypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise FinopsError(
                 f"Column '{field.name}' of the BigQuery table has type {col.type}, which does not match the "
                 f"billing export's {field.type} ({exc}); is this a Cloud Billing export table?"
             ) from None
         names.append(field.name)
-        arrays.append(pa.chunked_array(chunks, type=field.type))
+        arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=pa.schema([EXPORT_SCHEMA.field(n) for n in names]))
 
 
