@@ -1,14 +1,27 @@
 """Auto-labelling of resources that lack owner, cost_center or plant.
 
-One classifier per label: TF-IDF over character n-grams of the resource name, project id and name,
-service, SKUs, region and env, then a logistic regression. Resources that carry the label train it;
-accuracy is measured on labelled resources held out from training. Only predictions whose probability
-reaches the confidence threshold are applied; the others go to a review list.
+One classifier per label, a logistic regression over what a person reads to guess the label:
+
+- the resource name, project, service, SKUs and region as character n-grams (plant aliases and app names in
+  imperfect spellings);
+- whole metadata values and their pairs (project, service, project x service, workload x service, region, env):
+  an owner is usually "who runs this kind of thing here";
+- plant aliases learnt from the labelled resources: a word of a name that, among the other labelled resources,
+  always goes with one plant ("lyn", "stg", "corp") says that plant, alone and with the project and workload
+  (a shared data-platform resource that serves a plant says so in its name);
+- the resource's other known labels (its cost center says its plant, its plant and workload its cost center).
+  Rows are learnt both with and without them, since many unlabelled resources carry none.
+
+Resources that carry the label train it; accuracy is measured on labelled resources held out from training.
+Only predictions whose probability reaches the applying threshold are applied; the others go to a review list.
+That threshold is the configured confidence threshold, raised per label where cross-validation on the training
+resources shows that predictions at that confidence are right less often than `target_precision`.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,14 +30,23 @@ from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import make_pipeline
+from threadpoolctl import threadpool_limits
 
 TARGETS = ("owner", "cost_center", "plant")
+ALIAS_MIN_SUPPORT = 2  # a name word says a plant when at least this many other labelled resources agree ...
+ALIAS_MIN_PURITY = 0.9  # ... and at least this share of those carrying it have that plant
+TARGET_PRECISION = 0.98  # wanted precision of applied labels (the applying threshold is raised to reach it)
+CV_FOLDS = 4
 
 
 def _tokens(value) -> str:
     return re.sub(r"[^a-z0-9]+", " ", str(value).lower()).strip()
+
+
+def _words(value) -> list[str]:
+    return re.findall(r"[a-z]+", str(value).lower())
 
 
 def resource_text(resources: pd.DataFrame) -> pd.DataFrame:
@@ -43,12 +65,124 @@ def resource_text(resources: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"text": text, "context": context})
 
 
+class PlantAliases:
+    """Name words that say a plant, learnt from the resources that carry the plant label."""
+
+    def fit(self, resources: pd.DataFrame) -> "PlantAliases":
+        self.counts_: dict[str, Counter] = defaultdict(Counter)
+        if "plant" in resources.columns:
+            for name, plant in zip(resources.resource_name, resources.plant):
+                if isinstance(plant, str):
+                    for w in set(_words(name)):
+                        self.counts_[w][plant] += 1
+        return self
+
+    def plants(self, name: str, own_plant=None) -> list[str]:
+        """Plants the name's words say; `own_plant`: the resource's own label, left out of the evidence (a resource
+        the aliases were learnt from must not vote for itself)."""
+        out = set()
+        for w in set(_words(name)):
+            c = self.counts_.get(w)
+            if not c:
+                continue
+            if isinstance(own_plant, str) and c[own_plant] > 0:
+                c = c.copy()
+                c[own_plant] -= 1
+            total = sum(c.values())
+            if total == 0:
+                continue
+            plant, n = c.most_common(1)[0]
+            if n >= ALIAS_MIN_SUPPORT and n / total >= ALIAS_MIN_PURITY:
+                out.add(plant)
+        return sorted(out)
+
+
+def label_context(resources: pd.DataFrame, target: str, aliases: PlantAliases, learning: bool,
+                  own_labels: bool = True) -> pd.Series:
+    """Tokens beyond `resource_text`: the plant aliases of the name (with project and workload) and the resource's
+    other known labels. `learning`: the resources are the ones the aliases were learnt from."""
+    workload = resources.workload.fillna("none").to_numpy()
+    project = resources.project_id.to_numpy()
+    own_plant = resources["plant"].to_numpy() if learning and "plant" in resources.columns else [None] * len(resources)
+    others = [t for t in TARGETS if t != target and t in resources.columns] if own_labels else []
+    values = {t: resources[t].to_numpy() for t in others}
+    out = []
+    for i, name in enumerate(resources.resource_name.to_numpy()):
+        plants = aliases.plants(name, own_plant[i]) or ["none"]
+        tokens = [f"{k}alias={p}" for p in plants for k in ("", f"{project[i]}::", f"{workload[i]}::")]
+        for t in others:
+            v = values[t][i]
+            if isinstance(v, str):
+                tokens += [f"own_{t}={v}", f"{workload[i]}::own_{t}={v}"]
+        out.append(" ".join(tokens))
+    return pd.Series(out, index=resources.index)
+
+
 def make_classifier(seed: int):
     features = ColumnTransformer([
         ("text", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True), "text"),
         ("context", TfidfVectorizer(token_pattern=r"\S+", lowercase=False), "context"),
+        ("labels", TfidfVectorizer(token_pattern=r"\S+", lowercase=False), "labels"),
     ])
     return make_pipeline(features, LogisticRegression(C=20.0, max_iter=3000, random_state=seed))
+
+
+def _design(resources: pd.DataFrame, target: str, aliases: PlantAliases, learning: bool,
+            own_labels: bool = True) -> pd.DataFrame:
+    return resource_text(resources).assign(labels=label_context(resources, target, aliases, learning, own_labels))
+
+
+def _fit_target(resources: pd.DataFrame, target: str, seed: int):
+    """The classifier of one label and its plant aliases, from the resources that carry the label.
+
+    Each row is learnt twice when the resource has other labels: with them and without them.
+    """
+    known = resources[resources[target].notna()]
+    aliases = PlantAliases().fit(resources)
+    with_own = _design(known, target, aliases, learning=True)
+    without = _design(known, target, aliases, learning=True, own_labels=False)
+    has_other = with_own["labels"].str.contains("own_", regex=False)
+    x = pd.concat([with_own, without[has_other]], ignore_index=True)
+    y = pd.concat([known[target], known.loc[has_other.to_numpy(), target]], ignore_index=True)
+    with threadpool_limits(1):  # BLAS threads only slow a model this size down (and a lot on a busy machine)
+        model = make_classifier(seed).fit(x, y)
+    return model, aliases
+
+
+def _predict_target(model, aliases: PlantAliases, resources: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+    with threadpool_limits(1):
+        proba = model.predict_proba(_design(resources, target, aliases, learning=False))
+    return model.classes_[proba.argmax(axis=1)], proba.max(axis=1)
+
+
+def precision_threshold(resources: pd.DataFrame, target: str, floor: float, seed: int,
+                        target_precision: float = TARGET_PRECISION) -> float:
+    """The lowest confidence >= `floor` at which cross-validated predictions on the labelled resources are right
+    at least `target_precision` of the time (counting every prediction at or above it)."""
+    known = resources[resources[target].notna()]
+    counts = known[target].value_counts()
+    folds = min(CV_FOLDS, int(counts.max()))
+    if folds < 2 or len(known) < 20:
+        return floor
+    y = known[target].to_numpy()
+    strat = np.where(known[target].map(counts).to_numpy() >= folds, y, "_rare")
+    conf, right = np.empty(len(known)), np.empty(len(known), bool)
+    for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(known, strat):
+        train = resources.drop(index=known.index[test_idx])
+        model, aliases = _fit_target(train, target, seed)
+        test = known.iloc[test_idx].assign(**{target: None})
+        pred, c = _predict_target(model, aliases, test, target)
+        conf[test_idx], right[test_idx] = c, pred == y[test_idx]
+    order = np.argsort(-conf, kind="stable")
+    c, r = conf[order], right[order]
+    precision = np.cumsum(r) / np.arange(1, len(r) + 1)
+    ok = (precision >= target_precision) & (c >= floor)
+    # the loosest threshold whose predictions at or above it are precise enough; between two confidences
+    if not ok.any():
+        return max(floor, float(c[0]) + 1e-9)
+    i = int(np.nonzero(ok)[0].max())
+    below = c[i + 1] if i + 1 < len(c) else 0.0
+    return max(floor, float(0.5 * (c[i] + below)))
 
 
 @dataclass
@@ -56,25 +190,29 @@ class ResourceLabeler:
     targets: tuple[str, ...] = TARGETS
     confidence_threshold: float = 0.6
     seed: int = 42
+    target_precision: float | None = None  # None: apply at confidence_threshold; else raise it per label (CV)
     models_: dict = field(default_factory=dict)
+    aliases_: dict = field(default_factory=dict)
+    thresholds_: dict = field(default_factory=dict)
 
     def fit(self, resources: pd.DataFrame) -> "ResourceLabeler":
-        text = resource_text(resources)
         for target in self.targets:
             known = resources[target].notna()
             if resources.loc[known, target].nunique() == 1:
                 raise ValueError(f"label {target} has a single value; nothing to learn")
-            self.models_[target] = make_classifier(self.seed).fit(text[known], resources.loc[known, target])
+            self.models_[target], self.aliases_[target] = _fit_target(resources, target, self.seed)
+            self.thresholds_[target] = self.confidence_threshold if self.target_precision is None else (
+                precision_threshold(resources, target, self.confidence_threshold, self.seed, self.target_precision))
         return self
 
     def predict(self, resources: pd.DataFrame) -> pd.DataFrame:
-        """Per resource and target: predicted value and confidence."""
-        text = resource_text(resources)
+        """Per resource and target: predicted value and confidence (from the resource's other known labels too)."""
         out = resources[["resource_name", "project_id"]].copy()
         for target, model in self.models_.items():
-            proba = model.predict_proba(text)
-            out[f"{target}_predicted"] = model.classes_[proba.argmax(axis=1)]
-            out[f"{target}_confidence"] = proba.max(axis=1)
+            known = resources.assign(**{target: None}) if target in resources.columns else resources
+            pred, conf = _predict_target(model, self.aliases_[target], known, target)
+            out[f"{target}_predicted"] = pred
+            out[f"{target}_confidence"] = conf
         return out
 
     def apply(self, resources: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -84,7 +222,7 @@ class ResourceLabeler:
         review = []
         for target in self.models_:
             missing = labelled[target].isna()
-            confident = pred[f"{target}_confidence"] >= self.confidence_threshold
+            confident = pred[f"{target}_confidence"] >= self.thresholds_.get(target, self.confidence_threshold)
             labelled[f"{target}_applied"] = missing & confident
             labelled.loc[missing & confident, target] = pred.loc[missing & confident, f"{target}_predicted"]
             for i in np.nonzero((missing & ~confident).to_numpy())[0]:
@@ -104,18 +242,25 @@ def compliance(resources: pd.DataFrame, targets=TARGETS) -> float:
     return float(resources.net_cost.clip(lower=0)[complete].sum() / total) if total > 0 else float("nan")
 
 
+def holdout_split(resources: pd.DataFrame, target: str, test_share: float, seed: int
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) among the resources that carry `target`: the held-out resources accuracy is measured on."""
+    known = resources[resources[target].notna()]
+    counts = known[target].value_counts()
+    stratify = known[target] if counts.min() >= 2 and len(counts) <= len(known) * test_share else None
+    return train_test_split(known, test_size=test_share, random_state=seed, stratify=stratify)
+
+
 def train_and_evaluate(resources: pd.DataFrame, targets: list[str], confidence_threshold: float, test_share: float,
                        seed: int, truth: pd.DataFrame | None = None) -> dict:
     """Held-out accuracy per target, then the production labeler fitted on every labelled resource."""
     metrics: dict = {}
     confusion: dict = {}
     for target in targets:
-        known = resources[resources[target].notna()]
-        counts = known[target].value_counts()
-        stratify = known[target] if counts.min() >= 2 and len(counts) <= len(known) * test_share else None
-        train, test = train_test_split(known, test_size=test_share, random_state=seed, stratify=stratify)
+        train, test = holdout_split(resources, target, test_share, seed)
         model = ResourceLabeler((target,), confidence_threshold, seed).fit(train)
-        pred = model.predict(test)
+        # Judged from its name and metadata alone: the other labels hidden too (most unlabelled resources have none).
+        pred = model.predict(test.assign(**{t: None for t in TARGETS if t in test.columns}))
         y_true, y_pred = test[target].to_numpy(), pred[f"{target}_predicted"].to_numpy()
         confident = pred[f"{target}_confidence"].to_numpy() >= confidence_threshold
         metrics[f"label_accuracy_{target}"] = float(accuracy_score(y_true, y_pred))

@@ -1,0 +1,325 @@
+"""Model quality against the standard baselines, side by side, over generator seeds and organisation shapes.
+
+    python benchmarks/model_quality.py [--seeds 101-105] [--shapes small_stable,large_fast_migration]
+                                       [--tasks forecast,anomaly,labels] [--out out/model_quality]
+
+For each (seed, shape) it generates the organisation (finops_ml.generator, ORG_SHAPES), ingests it, builds the
+feature views as the pipeline does, then evaluates the baselines (benchmarks/baselines.py) and our models (their
+public train_and_evaluate, with the settings of configs/local.yaml) on the same holdout with the same metric
+functions (finops_ml.metrics). It prints one table per task (mean and worst over seeds x shapes) and one per shape,
+and writes every figure to OUT/results.csv (long format) and OUT/results.json.
+
+Metrics:
+- forecast, at (service, month) over the last `forecast.holdout_months` full months: accuracy = 1 - WAPE;
+  MASE = MAE / MAE of the seasonal-naive forecast (7-day season, repeated from the last training week) over the
+  same holdout cells (so the seasonal naive scores 1.0; below 1 is better); coverage = share of holdout cells whose
+  actual lies in the nominal 80% interval.
+- anomaly, on daily cells (day x service x project) after the training months (as anomaly.train_and_evaluate):
+  precision, recall, F1 against the generator's material anomaly cells; event-wise F1 and mean detection delay
+  (finops_ml.metrics.event_metrics).
+- labels, per target on the held-out labelled resources (labeler.holdout_split): accuracy, macro F1, coverage at
+  the confidence threshold; then fitted on every labelled resource and applied to the missing labels: precision
+  of the applied labels (against the generator's truth) and compliance before -> after (labeler.compliance).
+Seeds 1-20 are for development; 101-105 are held out for the reported figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baselines  # noqa: E402
+
+from finops_ml.config import load_config  # noqa: E402
+from finops_ml.fileio import atomic_path, write_json  # noqa: E402
+from finops_ml.generator import generate, shape_config  # noqa: E402
+from finops_ml.ingest import ingest  # noqa: E402
+from finops_ml.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape  # noqa: E402
+from finops_ml.models import anomaly, forecast, labeler  # noqa: E402
+from finops_ml.warehouse import export_feature_view  # noqa: E402
+
+TASKS = ("forecast", "anomaly", "labels")
+# Headline metrics per task: (column, higher is better).
+COLUMNS = {
+    "forecast": [("accuracy", True), ("mase", False), ("coverage", None), ("seconds", False)],
+    "anomaly": [("precision", True), ("recall", True), ("f1", True), ("event_f1", True), ("delay_days", False),
+                ("seconds", False)],
+    "labels": [("accuracy_owner", True), ("accuracy_cost_center", True), ("accuracy_plant", True),
+               ("macro_f1_owner", True), ("macro_f1_cost_center", True), ("macro_f1_plant", True),
+               ("coverage", True), ("applied_precision", True), ("compliance_before", None),
+               ("compliance_after", True), ("seconds", False)],
+}
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            seeds.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            seeds.append(int(part))
+    return seeds
+
+
+def prepare(shape: str, seed: int, cfg, workdir: Path) -> Path:
+    """Generate, ingest and build the feature views of one organisation, as the pipeline's first steps do."""
+    d = workdir / f"{shape}-{seed}"
+    generate(shape_config(shape, cfg.generator), seed, d / "data", "parquet")
+    ingest(str(d / "data" / "events.parquet"), d / "events", d / "data" / "control_totals.csv")
+    for view in ("daily_cost", "resource_daily_cost", "resources"):
+        export_feature_view(view, d / "events" / "events.parquet", d / f"{view}.parquet")
+    return d
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------------ anomaly
+
+
+def _cell_metrics(test: pd.DataFrame, predicted: np.ndarray) -> dict:
+    test = test.assign(predicted=np.asarray(predicted, bool))
+    precision, recall, f1 = precision_recall_f1(test.truth, test.predicted)
+    ev = event_metrics(test[["day", "service", "project_id", "truth", "predicted"]])
+    return {"precision": precision, "recall": recall, "f1": f1, "event_f1": ev["event_f1"],
+            "delay_days": ev["mean_detection_delay_days"]}
+
+
+def eval_anomaly(d: Path, cfg, seed: int) -> tuple[list[dict], pd.DataFrame]:
+    truth = pd.read_csv(d / "data" / "truth" / "anomaly_cells.csv")
+    a = cfg.anomaly
+    result, secs = _timed(anomaly.train_and_evaluate, pd.read_parquet(d / "resource_daily_cost.parquet"), truth,
+                          a.holdout_months, a.window_days, a.n_estimators, seed)
+    cells = result["cells"].copy()
+    cells["day"] = pd.to_datetime(cells["day"])
+    train_end = pd.Timestamp(result["metrics"]["train_end"])
+    test_mask = (cells.day > train_end).to_numpy()
+    test = cells[test_mask][["day", "service", "project_id", "truth"]]
+    rows = [{"model": "ours", **_cell_metrics(test, cells.is_anomaly.to_numpy()[test_mask]), "seconds": secs}]
+    flags = baselines.anomaly_baselines(cells[["day", "service", "project_id", "net_cost", "truth"]], train_end, seed)
+    for name, (pred, secs) in flags.items():
+        rows.insert(-1, {"model": name, **_cell_metrics(test, pred[test_mask]), "seconds": secs})
+    return rows, result["cells"]
+
+
+# ----------------------------------------------------------------------------------------------------- forecast
+
+
+def eval_forecast(d: Path, cfg, seed: int, anomaly_cells: pd.DataFrame | None) -> list[dict]:
+    f = cfg.forecast
+    daily = pd.read_parquet(d / "daily_cost.parquet")
+    daily["day"] = pd.to_datetime(daily["day"])
+    days = pd.date_range(daily.day.min(), daily.day.max(), freq="D")
+    train_end = days[forecast.month_end_index(days, f.holdout_months)]
+    hold = daily[daily.day > train_end]
+    actual = hold.groupby(["service", hold.day.dt.strftime("%Y-%m").rename("month")])["net_cost"].sum()
+    actual = actual.rename("actual").reset_index()
+
+    def score(fc: pd.DataFrame) -> dict:
+        both = actual.merge(fc, on=["service", "month"], how="left").fillna({"forecast": 0.0})
+        out = {"accuracy": forecast_accuracy(both.actual, both.forecast), "_wape": wape(both.actual, both.forecast)}
+        if {"lo", "hi"} <= set(both.columns):
+            out["coverage"] = float(((both.actual >= both.lo) & (both.actual <= both.hi)).mean())
+        return out
+
+    rows = []
+    for name, (fc, secs) in baselines.forecast_baselines(daily, train_end, f.interval).items():
+        rows.append({"model": name, **score(fc), "seconds": secs})
+    ours = {}
+    for name in f.candidates:  # each candidate alone: its own holdout figures
+        result, secs = _timed(forecast.train_and_evaluate, daily, [name], f.holdout_months, f.horizon_months,
+                              f.backtest_origins, f.interval, seed, anomaly_cells)
+        m = result["metrics"]
+        if m["train_end"] != str(train_end.date()):
+            raise RuntimeError(f"forecast holdout starts after {m['train_end']}, the benchmark's after {train_end}")
+        fc = result["holdout"][["service", "month", "forecast"]]
+        row = {"model": f"ours: {name}", **score(fc), "coverage": m.get("interval_coverage", np.nan), "seconds": secs}
+        ours[name] = (m["backtest_accuracy"][name], row)
+        rows.append(row)
+    # The selected model is the candidate with the best backtest accuracy, as train_and_evaluate selects it.
+    best = max(ours, key=lambda n: ours[n][0])
+    rows.append({**ours[best][1], "model": f"ours: selected ({best})",
+                 "seconds": sum(r["seconds"] for _, r in ours.values())})
+    naive = next(r["_wape"] for r in rows if r["model"] == "seasonal_naive")
+    for r in rows:
+        r["mase"] = r.pop("_wape") / naive if naive > 0 else np.nan
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------- labels
+
+
+def eval_labels(d: Path, cfg, seed: int) -> list[dict]:
+    lc = cfg.labeler
+    resources = pd.read_parquet(d / "resources.parquet")
+    truth = pd.read_csv(d / "data" / "truth" / "resources.csv").rename(columns={"resource": "resource_name"})
+    truth = truth.set_index(["resource_name", "project_id"])
+    result, secs = _timed(labeler.train_and_evaluate, resources, lc.targets, lc.confidence_threshold, lc.test_share,
+                          seed, truth.reset_index().rename(columns={"resource_name": "resource"}))
+    m = result["metrics"]
+    ours = {"model": "ours", "seconds": secs, "coverage": float(np.mean([m[f"label_coverage_{t}"] for t in lc.targets])),
+            "applied_precision": m.get("applied_label_precision", np.nan),
+            "compliance_before": m["label_compliance_before"], "compliance_after": m["label_compliance_after"]}
+    for t in lc.targets:
+        ours[f"accuracy_{t}"] = m[f"label_accuracy_{t}"]
+        ours[f"macro_f1_{t}"] = m[f"label_macro_f1_{t}"]
+    rows = []
+    for name, make in baselines.LABEL_BASELINES.items():
+        t0 = time.perf_counter()
+        row: dict = {"model": name}
+        coverage = []
+        labelled = resources.copy()
+        right = applied_total = 0
+        for t in lc.targets:
+            train, test = labeler.holdout_split(resources, t, lc.test_share, seed)
+            pred, conf = make().fit(train.resource_name, train[t]).predict(test.resource_name)
+            row[f"accuracy_{t}"] = float(np.mean(pred == test[t].to_numpy()))
+            from sklearn.metrics import f1_score
+
+            row[f"macro_f1_{t}"] = float(f1_score(test[t].to_numpy(), pred, average="macro"))
+            coverage.append(float(np.mean(conf >= lc.confidence_threshold)))
+            known = resources[t].notna()
+            model = make().fit(resources.resource_name[known], resources[t][known])
+            missing = resources[~known]
+            pred, conf = model.predict(missing.resource_name)
+            apply = conf >= lc.confidence_threshold
+            labelled.loc[missing.index[apply], t] = pred[apply]
+            expected = truth.reindex(list(zip(missing.resource_name, missing.project_id)))[t].to_numpy()
+            right += int((pred[apply] == expected[apply]).sum())
+            applied_total += int(apply.sum())
+        row.update(coverage=float(np.mean(coverage)),
+                   applied_precision=right / applied_total if applied_total else np.nan,
+                   compliance_before=labeler.compliance(resources, lc.targets),
+                   compliance_after=labeler.compliance(labelled, lc.targets), seconds=time.perf_counter() - t0)
+        rows.append(row)
+    rows.append(ours)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ tables
+
+
+def _fmt(v: float) -> str:
+    return "—" if v is None or not np.isfinite(v) else (f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}")
+
+
+def summary(df: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Mean (worst) per model over the rows of `df`, as text; worst = min where higher is better, max where lower."""
+    cols = [(c, hb) for c, hb in COLUMNS[task] if c in df.columns]
+    out = {}
+    for model, g in df.groupby("model", sort=False):
+        cells = {}
+        for c, hb in cols:
+            v = g[c].astype(float)
+            worst = v.min() if hb else v.max()
+            cells[c + ("" if hb is None else " ↑" if hb else " ↓")] = (
+                _fmt(v.mean()) if hb is None or c == "seconds" or len(v) == 1 else f"{_fmt(v.mean())} ({_fmt(worst)})")
+        out[model] = cells
+    return pd.DataFrame.from_dict(out, orient="index").rename_axis("model").reset_index()
+
+
+def rich_table(table: pd.DataFrame, title: str) -> Table:
+    t = Table(title=title)
+    for i, c in enumerate(table.columns):
+        t.add_column(c, justify="left" if i == 0 else "right")
+    for row in table.itertuples(index=False):
+        t.add_row(*map(str, row))
+    return t
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="101-105")
+    parser.add_argument("--shapes", default="small_stable,large_fast_migration")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--out", default="out/model_quality")
+    parser.add_argument("--config", default=None, help="model settings (default configs/local.yaml)")
+    parser.add_argument("--workdir", default=None, help="keep the generated data here (default: a temporary dir)")
+    args = parser.parse_args(argv)
+    seeds, shapes = parse_seeds(args.seeds), [s for s in args.shapes.split(",") if s]
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; use {', '.join(TASKS)}")
+    base = load_config(args.config)
+    console = Console(width=max(Console().width, 160))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="finops-quality-"))
+    records: list[dict] = []
+    started = time.perf_counter()
+    try:
+        for shape in shapes:
+            for seed in seeds:
+                cfg = base.model_copy(update={"seed": seed})
+                t0 = time.perf_counter()
+                d = prepare(shape, seed, cfg, workdir)
+                timing = {"prepare": time.perf_counter() - t0}
+                anomaly_cells = None
+                if "anomaly" in tasks or "forecast" in tasks:  # the forecast learns from the detector's flags
+                    t0 = time.perf_counter()
+                    rows, anomaly_cells = eval_anomaly(d, cfg, seed)
+                    if "anomaly" in tasks:
+                        records += [{"task": "anomaly", "shape": shape, "seed": seed, **r} for r in rows]
+                    timing["anomaly"] = time.perf_counter() - t0
+                if "forecast" in tasks:
+                    t0 = time.perf_counter()
+                    records += [{"task": "forecast", "shape": shape, "seed": seed, **r}
+                                for r in eval_forecast(d, cfg, seed, anomaly_cells)]
+                    timing["forecast"] = time.perf_counter() - t0
+                if "labels" in tasks:
+                    t0 = time.perf_counter()
+                    records += [{"task": "labels", "shape": shape, "seed": seed, **r} for r in eval_labels(d, cfg, seed)]
+                    timing["labels"] = time.perf_counter() - t0
+                if not args.workdir:
+                    shutil.rmtree(d, ignore_errors=True)
+                console.print(f"[bold]{shape} seed {seed}[/bold]: " + ", ".join(f"{k} {v:.1f} s" for k, v in timing.items())
+                              + f" (elapsed {time.perf_counter() - started:.0f} s)")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    df = pd.DataFrame(records)
+    n = len(seeds) * len(shapes)
+    md = []
+    for task in tasks:
+        t = df[df.task == task].dropna(axis=1, how="all")
+        parts = [(f"{task}: mean (worst) over {n} runs, seeds {args.seeds} x {', '.join(shapes)}", t)]
+        parts += [(f"{task} on {shape}: mean (worst) over seeds {args.seeds}", t[t["shape"] == shape]) for shape in shapes]
+        for title, part in parts:
+            table = summary(part, task)
+            console.print(rich_table(table, title))
+            md.append(f"**{title}**\n\n{markdown(table)}\n")
+    out = Path(args.out)
+    long = df.melt(id_vars=["task", "shape", "seed", "model"], var_name="metric").dropna(subset=["value"])
+    with atomic_path(out / "results.csv") as tmp:
+        long.to_csv(tmp, index=False)
+    with atomic_path(out / "tables.md") as tmp:
+        tmp.write_text("\n".join(md))
+    write_json(out / "results.json", {"seeds": seeds, "shapes": shapes, "tasks": tasks,
+                                      "seconds": time.perf_counter() - started,
+                                      "runs": df.replace({np.nan: None}).to_dict(orient="records")})
+    console.print(f"figures: {out / 'results.csv'}, {out / 'results.json'}, {out / 'tables.md'}; total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
