@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
 
 from finops_ml.config import load_config  # noqa: E402
-from finops_ml.fileio import atomic_path, write_json  # noqa: E402
+from finops_ml.fileio import atomic_path, read_json, write_json  # noqa: E402
 from finops_ml.generator import generate, shape_config  # noqa: E402
 from finops_ml.ingest import ingest  # noqa: E402
 from finops_ml.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape  # noqa: E402
@@ -55,8 +55,8 @@ COLUMNS = {
     "forecast": [("accuracy", True), ("mase", False), ("coverage", None), ("seconds", False)],
     "anomaly": [("precision", True), ("recall", True), ("f1", True), ("event_f1", True), ("delay_days", False),
                 ("seconds", False)],
-    "labels": [("accuracy_owner", True), ("accuracy_cost_center", True), ("accuracy_plant", True),
-               ("macro_f1_owner", True), ("macro_f1_cost_center", True), ("macro_f1_plant", True),
+    "labels": [("acc_owner", True), ("acc_cost_center", True), ("acc_plant", True),
+               ("f1_owner", True), ("f1_cost_center", True), ("f1_plant", True),
                ("coverage", True), ("applied_precision", True), ("compliance_before", None),
                ("compliance_after", True), ("seconds", False)],
 }
@@ -176,8 +176,8 @@ def eval_labels(d: Path, cfg, seed: int) -> list[dict]:
             "applied_precision": m.get("applied_label_precision", np.nan),
             "compliance_before": m["label_compliance_before"], "compliance_after": m["label_compliance_after"]}
     for t in lc.targets:
-        ours[f"accuracy_{t}"] = m[f"label_accuracy_{t}"]
-        ours[f"macro_f1_{t}"] = m[f"label_macro_f1_{t}"]
+        ours[f"acc_{t}"] = m[f"label_accuracy_{t}"]
+        ours[f"f1_{t}"] = m[f"label_macro_f1_{t}"]
     rows = []
     for name, make in baselines.LABEL_BASELINES.items():
         t0 = time.perf_counter()
@@ -188,10 +188,10 @@ def eval_labels(d: Path, cfg, seed: int) -> list[dict]:
         for t in lc.targets:
             train, test = labeler.holdout_split(resources, t, lc.test_share, seed)
             pred, conf = make().fit(train.resource_name, train[t]).predict(test.resource_name)
-            row[f"accuracy_{t}"] = float(np.mean(pred == test[t].to_numpy()))
+            row[f"acc_{t}"] = float(np.mean(pred == test[t].to_numpy()))
             from sklearn.metrics import f1_score
 
-            row[f"macro_f1_{t}"] = float(f1_score(test[t].to_numpy(), pred, average="macro"))
+            row[f"f1_{t}"] = float(f1_score(test[t].to_numpy(), pred, average="macro"))
             coverage.append(float(np.mean(conf >= lc.confidence_threshold)))
             known = resources[t].notna()
             model = make().fit(resources.resource_name[known], resources[t][known])
@@ -256,17 +256,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="out/model_quality")
     parser.add_argument("--config", default=None, help="model settings (default configs/local.yaml)")
     parser.add_argument("--workdir", default=None, help="keep the generated data here (default: a temporary dir)")
+    parser.add_argument("--from-results", default=None,
+                        help="comma-separated results.json files of earlier runs: print their tables, run nothing")
     args = parser.parse_args(argv)
     seeds, shapes = parse_seeds(args.seeds), [s for s in args.shapes.split(",") if s]
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         parser.error(f"unknown task(s) {unknown}; use {', '.join(TASKS)}")
-    base = load_config(args.config)
     console = Console(width=max(Console().width, 160))
+    started = time.perf_counter()
+    if args.from_results:
+        records = [r for f in args.from_results.split(",") for r in read_json(f)["runs"]]
+        tasks = [t for t in tasks if any(r["task"] == t for r in records)]
+        report(pd.DataFrame(records).fillna(value=np.nan), tasks, seeds, shapes, args, console, started)
+        return 0
+    base = load_config(args.config)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="finops-quality-"))
     records: list[dict] = []
-    started = time.perf_counter()
     try:
         for shape in shapes:
             for seed in seeds:
@@ -297,7 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    df = pd.DataFrame(records)
+    report(pd.DataFrame(records), tasks, seeds, shapes, args, console, started)
+    return 0
+
+
+def report(df: pd.DataFrame, tasks, seeds, shapes, args, console: Console, started: float) -> None:
+    """Tables per task (all runs, then per shape) on the console and in OUT/tables.md; every figure in OUT/."""
+    df = df[df["seed"].isin(seeds) & df["shape"].isin(shapes)]
     n = len(seeds) * len(shapes)
     md = []
     for task in tasks:
@@ -318,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
                                       "seconds": time.perf_counter() - started,
                                       "runs": df.replace({np.nan: None}).to_dict(orient="records")})
     console.print(f"figures: {out / 'results.csv'}, {out / 'results.json'}, {out / 'tables.md'}; total {time.perf_counter() - started:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ ALIAS_MIN_SUPPORT = 2  # a name word says a plant when at least this many other 
 ALIAS_MIN_PURITY = 0.9  # ... and at least this share of those carrying it have that plant
 TARGET_PRECISION = 0.98  # wanted precision of applied labels (the applying threshold is raised to reach it)
 CV_FOLDS = 4
+LR_C = 20.0
+PEER_WEIGHT = 1.0
 
 
 def _tokens(value) -> str:
@@ -66,7 +68,8 @@ def resource_text(resources: pd.DataFrame) -> pd.DataFrame:
 
 
 class PlantAliases:
-    """Name words that say a plant, learnt from the resources that carry the plant label."""
+    """Name words that say a plant, learnt from the resources that carry the plant label; and, per kind of
+    resource (workload x service), who owns it in each project (its owner's peers elsewhere)."""
 
     def fit(self, resources: pd.DataFrame) -> "PlantAliases":
         self.counts_: dict[str, Counter] = defaultdict(Counter)
@@ -75,7 +78,19 @@ class PlantAliases:
                 if isinstance(plant, str):
                     for w in set(_words(name)):
                         self.counts_[w][plant] += 1
+        self.owners_: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+        if "owner" in resources.columns:
+            for w, s, p, o in zip(resources.workload.fillna("none"), resources.service, resources.project_id,
+                                  resources.owner):
+                if isinstance(o, str):
+                    self.owners_[(w, s)][p].add(o)
         return self
+
+    def peers(self, workload: str, service: str, project: str) -> list[str]:
+        """Owners of the same kind of resource in the other projects: the roles of people are alike across
+        plants, so "owned by d elsewhere" says which of this project's people owns it."""
+        by_project = self.owners_.get((workload, service), {})
+        return sorted(set().union(*(o for p, o in by_project.items() if p != project)) if by_project else set())
 
     def plants(self, name: str, own_plant=None) -> list[str]:
         """Plants the name's words say; `own_plant`: the resource's own label, left out of the evidence (a resource
@@ -98,24 +113,27 @@ class PlantAliases:
 
 
 def label_context(resources: pd.DataFrame, target: str, aliases: PlantAliases, learning: bool,
-                  own_labels: bool = True) -> pd.Series:
+                  own_labels: bool = True) -> pd.DataFrame:
     """Tokens beyond `resource_text`: the plant aliases of the name (with project and workload) and the resource's
     other known labels. `learning`: the resources are the ones the aliases were learnt from."""
     workload = resources.workload.fillna("none").to_numpy()
     project = resources.project_id.to_numpy()
+    service = resources.service.to_numpy()
     own_plant = resources["plant"].to_numpy() if learning and "plant" in resources.columns else [None] * len(resources)
     others = [t for t in TARGETS if t != target and t in resources.columns] if own_labels else []
     values = {t: resources[t].to_numpy() for t in others}
-    out = []
+    out, peer_tokens = [], []
     for i, name in enumerate(resources.resource_name.to_numpy()):
         plants = aliases.plants(name, own_plant[i]) or ["none"]
         tokens = [f"{k}alias={p}" for p in plants for k in ("", f"{project[i]}::", f"{workload[i]}::")]
+        peers = [f"peer={o}" for o in aliases.peers(workload[i], service[i], project[i])] if target == "owner" else []
+        peer_tokens.append(" ".join(peers) or "peer=none")
         for t in others:
             v = values[t][i]
             if isinstance(v, str):
                 tokens += [f"own_{t}={v}", f"{workload[i]}::own_{t}={v}"]
         out.append(" ".join(tokens))
-    return pd.Series(out, index=resources.index)
+    return pd.DataFrame({"labels": out, "peers": peer_tokens}, index=resources.index)
 
 
 def make_classifier(seed: int):
@@ -123,13 +141,14 @@ def make_classifier(seed: int):
         ("text", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True), "text"),
         ("context", TfidfVectorizer(token_pattern=r"\S+", lowercase=False), "context"),
         ("labels", TfidfVectorizer(token_pattern=r"\S+", lowercase=False), "labels"),
-    ])
-    return make_pipeline(features, LogisticRegression(C=20.0, max_iter=3000, random_state=seed))
+        ("peers", TfidfVectorizer(token_pattern=r"\S+", lowercase=False), "peers"),
+    ], transformer_weights={"text": 1.0, "context": 1.0, "labels": 1.0, "peers": PEER_WEIGHT})
+    return make_pipeline(features, LogisticRegression(C=LR_C, max_iter=3000, random_state=seed))
 
 
 def _design(resources: pd.DataFrame, target: str, aliases: PlantAliases, learning: bool,
             own_labels: bool = True) -> pd.DataFrame:
-    return resource_text(resources).assign(labels=label_context(resources, target, aliases, learning, own_labels))
+    return pd.concat([resource_text(resources), label_context(resources, target, aliases, learning, own_labels)], axis=1)
 
 
 def _fit_target(resources: pd.DataFrame, target: str, seed: int):
