@@ -171,7 +171,7 @@ def eval_labels(d: Path, cfg, seed: int) -> list[dict]:
     truth = pd.read_csv(d / "data" / "truth" / "resources.csv").rename(columns={"resource": "resource_name"})
     truth = truth.set_index(["resource_name", "project_id"])
     result, secs = _timed(labeler.train_and_evaluate, resources, lc.targets, lc.confidence_threshold, lc.test_share,
-                          seed, truth.reset_index().rename(columns={"resource_name": "resource"}))
+                          seed, truth.reset_index().rename(columns={"resource_name": "resource"}), lc.target_precision)
     m = result["metrics"]
     ours = {"model": "ours", "seconds": secs, "coverage": float(np.mean([m[f"label_coverage_{t}"] for t in lc.targets])),
             "applied_precision": m.get("applied_label_precision", np.nan),

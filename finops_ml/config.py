@@ -53,6 +53,8 @@ class LabelerConfig(_Strict):
     targets: list[Literal["owner", "cost_center", "plant"]] = ["owner", "cost_center", "plant"]
     confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
     test_share: float = Field(0.25, gt=0.0, lt=1.0)
+    # > 0: raise the applying threshold per label until cross-validated precision reaches this (0: off).
+    target_precision: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class GatesConfig(_Strict):

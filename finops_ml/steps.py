@@ -115,7 +115,8 @@ def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_
     resources = pd.read_parquet(resources_path)
     truth = pd.read_csv(truth_path) if truth_path else None
     lc = cfg.labeler
-    result = labeler.train_and_evaluate(resources, lc.targets, lc.confidence_threshold, lc.test_share, cfg.seed, truth)
+    result = labeler.train_and_evaluate(resources, lc.targets, lc.confidence_threshold, lc.test_share, cfg.seed, truth,
+                                        lc.target_precision)
     joblib.dump(result["model"], model_dir / "model.joblib")
     result["review"].to_csv(model_dir / "review_list.csv", index=False)
     result["labelled"].to_parquet(eval_dir / "labelled.parquet", index=False)
