@@ -128,6 +128,17 @@ def test_train_and_evaluate_fills_missing_labels_and_measures_them():
                                               "net_cost"]
 
 
+def test_a_fitted_labeler_survives_a_round_trip_through_joblib(tmp_path):
+    import joblib
+
+    res = organisation()
+    model = ResourceLabeler(seed=1).fit(res)
+    joblib.dump(model, tmp_path / "model.joblib")
+    again = joblib.load(tmp_path / "model.joblib")
+    new = res.head(5).assign(owner=None, cost_center=None, plant=None)
+    pd.testing.assert_frame_equal(again.predict(new), model.predict(new))
+
+
 def test_precision_threshold_never_below_the_configured_one():
     res = organisation()
     t = precision_threshold(res, "owner", 0.6, 1, 0.99)

@@ -80,12 +80,15 @@ class PlantAliases:
                 if isinstance(plant, str):
                     for w in set(_words(name)):
                         self.counts_[w][plant] += 1
-        self.owners_: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+        owners: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
         if "owner" in resources.columns:
             for w, s, p, o in zip(resources.workload.fillna("none"), resources.service, resources.project_id,
                                   resources.owner):
                 if isinstance(o, str):
-                    self.owners_[(w, s)][p].add(o)
+                    owners[(w, s)][p].add(o)
+        # plain dicts: the fitted labeler is pickled with the model
+        self.counts_ = dict(self.counts_)
+        self.owners_ = {kind: dict(by_project) for kind, by_project in owners.items()}
         return self
 
     def peers(self, workload: str, service: str, project: str) -> list[str]:
