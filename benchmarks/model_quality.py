@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     timing["labels"] = time.perf_counter() - t0
                 if not args.workdir:
                     shutil.rmtree(d, ignore_errors=True)
+                write_json(Path(args.out) / "partial.json", {"runs": records})  # what is done survives a stop
                 console.print(f"[bold]{shape} seed {seed}[/bold]: " + ", ".join(f"{k} {v:.1f} s" for k, v in timing.items())
                               + f" (elapsed {time.perf_counter() - started:.0f} s)")
     finally:
