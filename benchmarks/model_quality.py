@@ -154,7 +154,7 @@ def eval_forecast(d: Path, cfg, seed: int, anomaly_cells: pd.DataFrame | None) -
         rows.append(row)
     # The selected model is the candidate with the best backtest accuracy, as train_and_evaluate selects it.
     best = max(ours, key=lambda n: ours[n][0])
-    rows.append({**ours[best][1], "model": f"ours: selected ({best})",
+    rows.append({**ours[best][1], "model": f"ours: selected ({best})", "selected": best,
                  "seconds": sum(r["seconds"] for _, r in ours.values())})
     naive = next(r["_wape"] for r in rows if r["model"] == "seasonal_naive")
     for r in rows:
@@ -316,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(df: pd.DataFrame, tasks, seeds, shapes, args, console: Console, started: float) -> None:
     """Tables per task (all runs, then per shape) on the console and in OUT/tables.md; every figure in OUT/."""
-    df = df[df["seed"].isin(seeds) & df["shape"].isin(shapes)]
+    df = df[df["seed"].isin(seeds) & df["shape"].isin(shapes)].copy()
+    # "ours: selected (xgboost)" -> one row "ours: selected" (which candidate was picked stays in the files)
+    df["model"] = df["model"].str.replace(r"^ours: selected \(.*\)$", "ours: selected", regex=True)
     n = len(seeds) * len(shapes)
     md = []
     for task in tasks:
