@@ -26,7 +26,8 @@ def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifac
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input[Dataset], anomaly_labels: str,
                            anomaly_feedback: str, config_json: str, model: Output[Model],
-                           evaluation: Output[Artifact], metrics: Output[Metrics]):
+                           evaluation: Output[Artifact], metrics: Output[Metrics],
+                           confusion: Output[ClassificationMetrics]):
     """Isolation Forest on robust features; threshold from the training window's labels (and users' feedback);
     each anomaly with its dollar impact and cause."""
     import math
@@ -40,6 +41,8 @@ def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input
         value = result["metrics"][key]  # the delay is NaN when no anomalous event was detected
         if value is not None and math.isfinite(value):  # NaN would make executor_output.json invalid JSON
             metrics.log_metric(key, value)
+    m = result["metrics"]
+    confusion.log_confusion_matrix(["normal", "anomaly"], m["confusion"])  # holdout cells: truth x predicted
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
