@@ -216,6 +216,11 @@ def compile_cmd(output: Path = typer.Option(Path("out/training_pipeline.yaml"), 
     console.print(f"compiled {compile_pipeline(output)}")
 
 
+from finops_cli import vertex as _vertex  # noqa: E402 (submit, schedule, promote)
+
+_vertex.register(app)
+
+
 def main() -> None:
     try:
         app()
