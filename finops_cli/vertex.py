@@ -7,6 +7,7 @@ file and the key, and nothing is sent.
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
@@ -71,6 +72,7 @@ def _google_errors(what: str) -> Iterator[None]:
         yield
     except exceptions.GoogleAPICallError as exc:
         reason = (exc.message or str(exc)).splitlines()[0].rstrip(".")
+        reason = re.sub(r"^(GET|POST|PUT|PATCH|DELETE) \S+: ", "", reason)  # the REST transport prefixes the URL
         raise FinopsError(f"{what} was refused by the Google API ({exc.code}: {reason}); check the project, region, "
                           "endpoint and the caller's IAM roles (README: Production on Vertex AI).") from None
 
