@@ -19,7 +19,6 @@ sent over plain http. Otherwise Application Default Credentials (the pipeline ru
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -345,7 +344,7 @@ def deploy_vertex(cfg: Config, name: str, version: int) -> dict:
                     traffic_split={i: kept.get(i, 0) for i in [*deployed, "0"]},
                     machine_type=d.machine_type, min_replica_count=d.min_replicas, max_replica_count=d.max_replicas,
                     service_account=d.service_account or None, sync=True)
-    endpoint._sync_gca_resource()
+    endpoint = aiplatform.Endpoint(endpoint.resource_name)  # as it is now
     (new_id,) = [m.id for m in endpoint.gca_resource.deployed_models if m.id not in deployed]
     deployed[new_id] = int(version)
     kept[new_id] = kept.pop("0")
@@ -464,8 +463,3 @@ def delete_schedule(cfg: Config, display_name: str) -> list[str]:
                           "`finops-ml schedule list` shows the existing ones.")
     return names
 
-
-def decode_scheduler_body(job) -> dict:
-    """The PipelineJob a Cloud Scheduler job posts (for `schedule list` and the tests)."""
-    body = job.http_target.body
-    return json.loads(body if isinstance(body, (bytes, str)) else base64.b64decode(body))

@@ -355,13 +355,13 @@ def test_register_and_deploy_components_with_the_vertex_backend(chain, monkeypat
     fake = FakeGCP()
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake.endpoint)  # the component processes inherit it
-        cfg = CONFIG.model_copy(update={
+        cfg = Config.model_validate({
+            **CONFIG.model_dump(),
             "registry": {"path": "registry", "backend": "vertex"},
             "gcp": {"project": "acme-finops-dev", "region": "europe-west1", "api_endpoint": fake.endpoint},
             "pipeline": {"pipeline_root": "gs://acme-finops-dev-pipelines/root"},
             "deploy": {"serving_image": "europe-west1-docker.pkg.dev/acme-finops-dev/finops-ml/serving:0.1.0",
                        "canary_percent": 10, "keep_versions": 2}})
-        cfg = Config.model_validate(cfg.model_dump())
         fc = chain.trained["cost-forecast"]
         registered = register_from(model_uri=fc.outputs["model"].uri, evaluation_uri=fc.outputs["evaluation"].uri,
                                    registry_dir="", config_json=cfg.to_json(), run_id=RUN_ID).output
@@ -377,7 +377,7 @@ def test_register_and_deploy_components_with_the_vertex_backend(chain, monkeypat
         assert imported["body"]["modelEvaluation"]["metrics"]["forecast_accuracy"] == \
             pytest.approx(metrics["forecast_accuracy"])
         objects = {name for _, name in fake.objects}
-        assert f"models/cost-forecast/{RUN_ID}/model.joblib" in objects
+        assert f"root/models/cost-forecast/{RUN_ID}/model.joblib" in objects  # PIPELINE_ROOT/models by default
         (deploy,) = [r for r in fake.requests if r["path"].endswith(":deployModel")]
         assert deploy["body"]["trafficSplit"] == {"0": 100}
     finally:
