@@ -233,6 +233,10 @@ from finops_cli import anomalies as _anomalies  # noqa: E402
 app.command()(_anomalies.detect)
 app.command()(_anomalies.feedback)
 
+from finops_cli import vertex as _vertex  # noqa: E402 (submit, schedule, promote)
+
+_vertex.register(app)
+
 
 def main() -> None:
     try:

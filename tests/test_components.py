@@ -24,7 +24,7 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Mod
 
 from components.features import build_features
 from components.ingest import ingest_events
-from components.registry import check_gate, register_model
+from components.registry import check_gate, deploy_model, register_model
 from components.report import build_report
 from components.train import train_anomaly_detector, train_forecast, train_labeler
 from finops_ml.config import Config, GeneratorConfig
@@ -341,6 +341,51 @@ def test_registry_keeps_the_champion_when_a_later_model_is_worse(tmp_path):
     assert registry.versions("cost-anomaly") == [1, 2, 3]
     for v in (1, 2, 3):
         assert (tmp_path / "registry" / "cost-anomaly" / f"v{v}" / "entry.json").exists()
+
+
+def test_deploy_model_serves_the_new_champion_from_the_local_endpoint(chain):
+    deployed = json.loads(deploy_model(registered=chain.registered, registry_dir=str(chain.registry_dir),
+                                       config_json=CONFIG.to_json()).output)
+    assert deployed["deployed"] is True and deployed["traffic"] == {"v1": 100}
+    state = json.loads((chain.registry_dir / "cost-forecast" / "endpoint.json").read_text())
+    assert state["model"] == "cost-forecast" and state["traffic"] == {"1": 100}
+
+
+def test_register_and_deploy_components_with_the_vertex_backend(chain, monkeypatch):
+    """The same two components, with `registry.backend: vertex`, call the real aiplatform SDK from their own
+    processes (here against the recording fake; on Vertex AI with the pipeline runner's identity)."""
+    from fake_gcp import FakeGCP
+
+    fake = FakeGCP()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake.endpoint)  # the component processes inherit it
+        cfg = Config.model_validate({
+            **CONFIG.model_dump(),
+            "registry": {"path": "registry", "backend": "vertex"},
+            "gcp": {"project": "acme-finops-dev", "region": "europe-west1", "api_endpoint": fake.endpoint},
+            "pipeline": {"pipeline_root": "gs://acme-finops-dev-pipelines/root"},
+            "deploy": {"serving_image": "europe-west1-docker.pkg.dev/acme-finops-dev/finops-ml/serving:0.1.0",
+                       "canary_percent": 10, "keep_versions": 2}})
+        fc = chain.trained["cost-forecast"]
+        registered = register_from(model_uri=fc.outputs["model"].uri, evaluation_uri=fc.outputs["evaluation"].uri,
+                                   registry_dir="", config_json=cfg.to_json(), run_id=RUN_ID).output
+        assert registered == "cost-forecast:v1"
+        deployed = json.loads(deploy_model(registered=registered, registry_dir="", config_json=cfg.to_json()).output)
+        assert deployed["deployed"] is True and deployed["traffic"] == {"v1": 100}
+
+        (upload,) = [r for r in fake.requests if r["path"].endswith("/models:upload")]
+        assert upload["body"]["model"]["displayName"] == "cost-forecast"
+        assert upload["body"]["model"]["labels"]["config_digest"] == cfg.digest()
+        (imported,) = [r for r in fake.requests if r["path"].endswith("/evaluations:import")]
+        metrics = _evaluation(chain, "cost-forecast")["metrics"]
+        assert imported["body"]["modelEvaluation"]["metrics"]["forecast_accuracy"] == \
+            pytest.approx(metrics["forecast_accuracy"])
+        objects = {name for _, name in fake.objects}
+        assert f"root/models/cost-forecast/{RUN_ID}/model.joblib" in objects  # PIPELINE_ROOT/models by default
+        (deploy,) = [r for r in fake.requests if r["path"].endswith(":deployModel")]
+        assert deploy["body"]["trafficSplit"] == {"0": 100}
+    finally:
+        fake.close()
 
 
 # ---- report --------------------------------------------------------------------------------------------------------
