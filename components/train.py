@@ -48,6 +48,8 @@ def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: str, model: Output[Model],
                   evaluation: Output[Artifact], metrics: Output[Metrics],
+                  owner_confusion: Output[ClassificationMetrics],
+                  cost_center_confusion: Output[ClassificationMetrics],
                   plant_confusion: Output[ClassificationMetrics]):
     """TF-IDF + logistic regression per label; confident predictions applied, the rest to review."""
     import json
@@ -62,5 +64,7 @@ def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: s
         if isinstance(value, (int, float)) and value == value:
             metrics.log_metric(key, value)
     confusion = json.load(open(os.path.join(evaluation.path, "confusion.json")))
-    if "plant" in confusion:
-        plant_confusion.log_confusion_matrix(confusion["plant"]["labels"], confusion["plant"]["matrix"])
+    for target, artifact in (("owner", owner_confusion), ("cost_center", cost_center_confusion),
+                             ("plant", plant_confusion)):
+        if target in confusion:  # held-out labelled resources: truth x predicted
+            artifact.log_confusion_matrix(confusion[target]["labels"], confusion[target]["matrix"])

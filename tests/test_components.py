@@ -80,22 +80,31 @@ def forecast_from(daily_cost_uri: str, anomaly_evaluation_uri: str, config_json:
                     metrics=task.outputs["metrics"])
 
 
+class _Anomaly(NamedTuple):
+    model: Model
+    evaluation: Artifact
+    metrics: Metrics
+    confusion: ClassificationMetrics
+
+
 @dsl.pipeline
 def anomaly_from(resource_daily_cost_uri: str, resources_uri: str, anomaly_labels: str, config_json: str,
-                 anomaly_feedback: str = "") -> _Trained:
+                 anomaly_feedback: str = "") -> _Anomaly:
     daily = dsl.importer(artifact_uri=resource_daily_cost_uri, artifact_class=Dataset)
     resources = dsl.importer(artifact_uri=resources_uri, artifact_class=Dataset)
     task = train_anomaly_detector(resource_daily_cost=daily.output, resources=resources.output,
                                   anomaly_labels=anomaly_labels, anomaly_feedback=anomaly_feedback,
                                   config_json=config_json)
-    return _Trained(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
-                    metrics=task.outputs["metrics"])
+    return _Anomaly(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
+                    metrics=task.outputs["metrics"], confusion=task.outputs["confusion"])
 
 
 class _Labeler(NamedTuple):
     model: Model
     evaluation: Artifact
     metrics: Metrics
+    owner_confusion: ClassificationMetrics
+    cost_center_confusion: ClassificationMetrics
     plant_confusion: ClassificationMetrics
 
 
@@ -104,7 +113,9 @@ def labeler_from(resources_uri: str, resource_truth: str, config_json: str) -> _
     resources = dsl.importer(artifact_uri=resources_uri, artifact_class=Dataset)
     task = train_labeler(resources=resources.output, resource_truth=resource_truth, config_json=config_json)
     return _Labeler(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
-                    metrics=task.outputs["metrics"], plant_confusion=task.outputs["plant_confusion"])
+                    metrics=task.outputs["metrics"], owner_confusion=task.outputs["owner_confusion"],
+                    cost_center_confusion=task.outputs["cost_center_confusion"],
+                    plant_confusion=task.outputs["plant_confusion"])
 
 
 @dsl.pipeline
@@ -274,12 +285,23 @@ def test_forecast_step_evaluates_on_a_three_month_holdout_and_forecasts_ahead(ch
     assert (forecast.lo <= forecast.forecast).all() and (forecast.forecast <= forecast.hi).all()
 
 
-def test_labeler_logs_a_plant_confusion_matrix(chain):
+def test_labeler_logs_a_confusion_matrix_per_label(chain):
     trained = chain.trained["resource-labeler"]
     confusion = json.loads((Path(trained.outputs["evaluation"].path) / "confusion.json").read_text())
-    logged = trained.outputs["plant_confusion"].metadata["confusionMatrix"]
-    assert [a["displayName"] for a in logged["annotationSpecs"]] == confusion["plant"]["labels"]
-    assert [row["row"] for row in logged["rows"]] == confusion["plant"]["matrix"]
+    for target in ("owner", "cost_center", "plant"):
+        logged = trained.outputs[f"{target}_confusion"].metadata["confusionMatrix"]
+        assert [a["displayName"] for a in logged["annotationSpecs"]] == confusion[target]["labels"]
+        assert [row["row"] for row in logged["rows"]] == confusion[target]["matrix"]
+
+
+def test_anomaly_detector_logs_its_holdout_confusion_matrix(chain):
+    trained = chain.trained["cost-anomaly"]
+    logged = trained.outputs["confusion"].metadata["confusionMatrix"]
+    assert [a["displayName"] for a in logged["annotationSpecs"]] == ["normal", "anomaly"]
+    matrix = [row["row"] for row in logged["rows"]]
+    metrics = _evaluation(chain, "cost-anomaly")["metrics"]
+    assert matrix[1][1] + matrix[0][1] == metrics["flagged_cells"]
+    assert matrix[1][0] + matrix[1][1] == metrics["holdout_anomalous_cells"]
 
 
 # ---- gates and registry --------------------------------------------------------------------------------------------
