@@ -216,6 +216,11 @@ def compile_cmd(output: Path = typer.Option(Path("out/training_pipeline.yaml"), 
     console.print(f"compiled {compile_pipeline(output)}")
 
 
+from finops_cli.serve import serve  # noqa: E402
+
+app.command()(serve)
+
+
 def main() -> None:
     try:
         app()

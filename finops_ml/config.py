@@ -68,6 +68,13 @@ class PipelineConfig(_Strict):
     pipeline_root: str = ""
 
 
+class ServingConfig(_Strict):
+    # `finops-ml serve` defaults; in a container the AIP_* and FINOPS_* variables decide (finops_ml/serving.py).
+    alias: str = "champion"
+    max_body_bytes: int = Field(1_500_000, ge=1_000, le=100_000_000)  # Vertex AI's own limit is 1.5 MB
+    workers: int = Field(1, ge=1, le=64)
+
+
 class Config(_Strict):
     environment: Literal["local", "dev", "prod"] = "local"
     seed: int = 42
@@ -78,6 +85,7 @@ class Config(_Strict):
     gates: GatesConfig = GatesConfig()
     registry: RegistryConfig = RegistryConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    serving: ServingConfig = ServingConfig()
 
     def digest(self) -> str:
         """A short hash of the configuration, stored with every registered model."""
