@@ -374,3 +374,14 @@ def test_finops_ml_serve_errors_are_one_sentence(trained, args, message):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+def test_the_forest_scorer_equals_sklearn_on_many_points():
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(500, 3))
+    for max_features in (1.0, 2):
+        forest = IsolationForest(n_estimators=40, max_features=max_features, random_state=3).fit(train)
+        x = np.vstack([rng.normal(size=(300, 3)) * 3, train[:50]])
+        np.testing.assert_allclose(serving.ForestScorer(forest).raw(x), -forest.score_samples(x), rtol=1e-12)
