@@ -329,6 +329,30 @@ def _get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def _wait_healthy(proc: subprocess.Popen, url: str) -> dict:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            status, body = _get(url)
+            if status == 200:
+                return body
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the server never became healthy"
+        time.sleep(0.2)
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, method="POST", headers={"content-type": "application/json"},
+                                     data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())
+
+
+RESOURCE = {"resource_name": "mes-vm-01", "project_id": "p", "service": "Compute Engine"}
+
+
 def test_finops_ml_serve_answers_on_a_loopback_port(trained):
     port = _free_port()
     proc = subprocess.Popen(_cli("serve", "--registry", str(trained["registry"]), "--port", str(port)),
@@ -336,30 +360,35 @@ def test_finops_ml_serve_answers_on_a_loopback_port(trained):
                             env={**os.environ, "COLUMNS": "300"})
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if _get(base + "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the server never became healthy"
-            time.sleep(0.2)
-        status, body = _get(base + "/health")
+        body = _wait_healthy(proc, base + "/health")
         assert [m["model"] for m in body["models"]] == ["forecast", "anomaly", "labeler"]
-        request = urllib.request.Request(
-            base + "/labeler/predict", method="POST", headers={"content-type": "application/json"},
-            data=json.dumps({"instances": [{"resource_name": "mes-vm-01", "project_id": "p",
-                                            "service": "Compute Engine"}]}).encode())
-        with urllib.request.urlopen(request, timeout=10) as r:
-            prediction = json.loads(r.read())["predictions"][0]
+        prediction = _post(base + "/labeler/predict", {"instances": [RESOURCE]})["predictions"][0]
         assert set(prediction) == {"resource_name", "project_id", "owner", "cost_center", "plant"}
         assert 0 < prediction["plant"]["confidence"] <= 1
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert "/forecast/predict" in out and "/anomaly/predict" in out and "/labeler/predict" in out
+
+
+def test_the_container_entry_point_follows_the_aip_variables(trained):
+    """What deploy/Dockerfile.serving runs: python -m finops_ml.serving, configured by Vertex AI's variables."""
+    port = _free_port()
+    env = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_STORAGE_URI": str(trained["dirs"]["labeler"]),
+           "AIP_HEALTH_ROUTE": "/v1/endpoints/1/deployedModels/2", "FINOPS_WORKERS": "2",
+           "AIP_PREDICT_ROUTE": "/v1/endpoints/1/deployedModels/2:predict"}
+    proc = subprocess.Popen([sys.executable, "-m", "finops_ml.serving"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        base = f"http://127.0.0.1:{port}/v1/endpoints/1/deployedModels/2"
+        assert _wait_healthy(proc, base)["name"] == "resource-labeler"
+        assert len(_post(base + ":predict", {"instances": [RESOURCE, RESOURCE]})["predictions"]) == 2
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    bad = subprocess.run([sys.executable, "-m", "finops_ml.serving"], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if not k.startswith(("AIP_", "FINOPS_"))})
+    assert bad.returncode == 1 and bad.stderr.startswith("error: AIP_STORAGE_URI is not set")
 
 
 @pytest.mark.parametrize("args, message", [
