@@ -404,6 +404,11 @@ def window_frame(inst: AnomalyInstance) -> pd.DataFrame:
 
 
 class LabelerPredictor(Predictor):
+    """The labeler's fitted TF-IDF + logistic regression, evaluated on plain strings: each distinct analyzer runs
+    once per resource (the three targets share the character n-grams of its name), n-grams are looked up in the
+    vocabularies, weighted, normalised and dotted with the coefficients: `ResourceLabeler.predict` without
+    DataFrames or scikit-learn's per-call checks (the tests hold the two equal)."""
+
     kind = "labeler"
     instance_model = LabelerInstance
     parameters_model = LabelerParameters
@@ -412,30 +417,66 @@ class LabelerPredictor(Predictor):
         super().__init__(model_dir)
         if not isinstance(self.model, labeler_lib.ResourceLabeler):
             raise FinopsError(f"{self.model_dir / 'model.joblib'} is not a resource labeler.")
-        # The fitted pipeline's pieces, to run them on plain strings (no DataFrame per request).
-        self.steps = {}
+        self.analyzers: dict[tuple, Any] = {}
+        self.targets = {}
         for target, pipe in self.model.models_.items():
-            columns = pipe[0]
-            vectorizers = [(fitted, col) for name, fitted, col in columns.transformers_
-                           if name != "remainder" and fitted != "drop"]
-            self.steps[target] = (vectorizers, pipe[-1])
+            columns, classifier = pipe[0], pipe[-1]
+            blocks, offset = [], 0
+            for name, vec, col in columns.transformers_:
+                if name == "remainder" or vec == "drop":
+                    continue
+                key = (col, vec.analyzer, vec.ngram_range, vec.lowercase, vec.token_pattern, vec.preprocessor,
+                       vec.tokenizer, vec.strip_accents, vec.stop_words)
+                self.analyzers.setdefault(key, vec.build_analyzer())
+                blocks.append((key, vec.vocabulary_, vec.idf_, vec.sublinear_tf, vec.norm, offset))
+                offset += len(vec.idf_)
+            self.targets[target] = (blocks, np.asarray(classifier.coef_), np.asarray(classifier.intercept_),
+                                    classifier.classes_)
 
     def predict(self, instances: list[LabelerInstance], parameters: LabelerParameters) -> list[dict]:
+        from collections import Counter
+
         threshold = parameters.confidence_threshold
         threshold = self.model.confidence_threshold if threshold is None else threshold
-        texts = [_resource_text(inst) for inst in instances]
-        from scipy import sparse
-
-        out = [{"resource_name": inst.resource_name, "project_id": inst.project_id} for inst in instances]
-        for target, (vectorizers, classifier) in self.steps.items():
-            x = sparse.hstack([v.transform([t[col] for t in texts]) for v, col in vectorizers]).tocsr()
-            proba = classifier.predict_proba(x)
-            best = proba.argmax(axis=1)
-            for o, inst, k, p in zip(out, instances, best, proba):
+        out = []
+        for inst in instances:
+            text = _resource_text(inst)
+            grams = {key: Counter(analyze(text[key[0]])) for key, analyze in self.analyzers.items()}
+            o = {"resource_name": inst.resource_name, "project_id": inst.project_id}
+            for target, (blocks, coef, intercept, classes) in self.targets.items():
+                cols, vals = [], []
+                for key, vocab, idf, sublinear, norm, offset in blocks:
+                    hits = [(vocab[g], n) for g, n in grams[key].items() if g in vocab]
+                    if not hits:
+                        continue
+                    idx = np.fromiter((h[0] for h in hits), np.int64, len(hits))
+                    v = np.fromiter((h[1] for h in hits), np.float64, len(hits))
+                    if sublinear:
+                        v = np.log(v) + 1.0
+                    v *= idf[idx]
+                    if norm == "l2":
+                        v /= np.sqrt(v @ v)
+                    elif norm == "l1":
+                        v /= np.abs(v).sum()
+                    cols.append(idx + offset)
+                    vals.append(v)
+                if cols:
+                    idx, v = np.concatenate(cols), np.concatenate(vals)
+                    decision = coef[:, idx] @ v + intercept
+                else:
+                    decision = intercept.astype(float)
+                if len(classes) <= 2:  # sklearn: expit of the one decision
+                    p1 = 1.0 / (1.0 + np.exp(-decision[0]))
+                    proba = np.array([1.0 - p1, p1])
+                else:  # softmax
+                    e = np.exp(decision - decision.max())
+                    proba = e / e.sum()
+                k = int(proba.argmax())
                 known = getattr(inst, target)
-                confidence = float(p[k])
-                o[target] = {"predicted": str(classifier.classes_[k]), "confidence": confidence, "known": known,
+                confidence = float(proba[k])
+                o[target] = {"predicted": str(classes[k]), "confidence": confidence, "known": known,
                              "apply": known is None and confidence >= threshold}
+            out.append(o)
         return out
 
 
