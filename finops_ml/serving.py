@@ -203,6 +203,10 @@ class ForecastPredictor(Predictor):
         if not isinstance(self.model, forecast_lib.CostForecaster):
             raise FinopsError(f"{self.model_dir / 'model.joblib'} is not a cost forecast model.")
         self.max_months = self.model.horizon_days // 31
+        # One series is a few dozen rows: a thread pool per call (the forest's n_jobs=2) costs more than it saves.
+        regressor = self.model.regressor_
+        if "n_jobs" in regressor.get_params():
+            regressor.set_params(n_jobs=1)
         stored = self.model_dir / "forecast.csv"
         table = pd.read_csv(stored) if stored.exists() else pd.DataFrame(
             columns=["service", "project_id", "month", "forecast", "lo", "hi"])
@@ -246,11 +250,14 @@ class ForecastPredictor(Predictor):
                                          np.asarray(inst.history, float)[None, :])
         days = (last + pd.offsets.MonthEnd(months) - last).days
         fc = self.model.predict(panel, days=days)
-        calendar = pd.date_range(last + pd.Timedelta(days=1), periods=days, freq="D").strftime("%Y-%m").unique()
-        by_month = forecast_lib.monthly(fc, "forecast", by=("service", "project_id")) if len(fc) else pd.Series()
-        values = {m: float(v) for (_, _, m), v in by_month.items()}
-        rows = [{"month": m, "forecast": values.get(m, 0.0), "lo": values.get(m, 0.0) * self.lo_q,
-                 "hi": values.get(m, 0.0) * self.hi_q} for m in calendar]
+        calendar = pd.date_range(last + pd.Timedelta(days=1), periods=days, freq="D").to_numpy().astype("datetime64[M]")
+        months = np.unique(calendar)
+        totals = np.zeros(len(months))
+        if len(fc):  # no row: the series had no recent cost, so the model forecasts nothing (as the library does)
+            np.add.at(totals, np.searchsorted(months, fc["day"].to_numpy().astype("datetime64[M]")),
+                      fc["forecast"].to_numpy())
+        rows = [{"month": str(m), "forecast": float(v), "lo": float(v) * self.lo_q, "hi": float(v) * self.hi_q}
+                for m, v in zip(months, totals)]
         return {"service": inst.service, "project_id": inst.project_id, "source": "history", "months": rows}
 
 
