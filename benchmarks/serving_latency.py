@@ -121,7 +121,15 @@ def start_server(run_dir: Path, model: str, workers: int) -> tuple[subprocess.Po
     sys.exit("error: the server did not become healthy in 120 s")
 
 
-def drive(base: str, pool_path: Path, rate: float, seconds: float) -> dict:
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by the server process and its workers."""
+    import psutil  # installed with Locust
+
+    proc = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+
+
+def drive(base: str, pool_path: Path, rate: float, seconds: float, server_pid: int) -> dict:
     """Locust at `rate` requests/s for WARMUP_S + `seconds`; stats over the last `seconds`."""
     per_user = 5.0  # requests/s per simulated user (pacing by constant_throughput)
     users = max(1, int(round(rate / per_user)))
@@ -130,10 +138,13 @@ def drive(base: str, pool_path: Path, rate: float, seconds: float) -> dict:
     env = {**os.environ, "SERVE_BENCH_POOL": str(pool_path), "SERVE_BENCH_USER_RATE": str(rate / users),
            "SERVE_BENCH_OUT": str(out)}
     total = WARMUP_S + seconds
+    cpu0, load0 = server_cpu_s(server_pid), os.getloadavg()[0]
     subprocess.run([str(LOCUST), "-f", str(HERE / "locust_serving.py"), "--headless", "--host", base,
                     "-u", str(users), "-r", str(max(users / 1.0, 1)), "-t", f"{total:.0f}s", "--only-summary",
                     "--stop-timeout", "5", "--loglevel", "ERROR"],
                    env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpu = server_cpu_s(server_pid) - cpu0
+    load = max(load0, os.getloadavg()[0])
     records = np.array(json.loads(out.read_text()) or [[0, 0, 0]], float)
     out.unlink()
     start = records[:, 0].min() + WARMUP_S
@@ -141,6 +152,7 @@ def drive(base: str, pool_path: Path, rate: float, seconds: float) -> dict:
     ok = kept[kept[:, 2] == 0]
     span = max(kept[:, 0].max() - start, 1e-9) if len(kept) else 1.0
     return {"target": rate, "achieved": len(kept) / span, "requests": len(kept), "errors": int(kept[:, 2].sum()),
+            "cpu_ms": 1000 * cpu / max(len(records), 1), "load": load,
             "p50": float(np.percentile(ok[:, 1], 50)) if len(ok) else float("nan"),
             "p99": float(np.percentile(ok[:, 1], 99)) if len(ok) else float("nan")}
 
@@ -171,10 +183,10 @@ def main() -> None:
         try:
             console.print(f"[bold]{target}[/]: {len(bodies[target])} distinct requests, {args.rate:.0f}/s for "
                           f"{args.duration:.0f} s ...")
-            steady[target] = drive(base, pool, args.rate, args.duration)
+            steady[target] = drive(base, pool, args.rate, args.duration, proc.pid)
             ramps[target] = []
             for rate in [float(r) for r in args.ramp.split(",")]:
-                step = drive(base, pool, rate, args.ramp_step_s)
+                step = drive(base, pool, rate, args.ramp_step_s, proc.pid)
                 ramps[target].append(step)
                 console.print(f"  ramp {rate:.0f}/s: achieved {step['achieved']:.0f}/s, p99 {step['p99']:.1f} ms, "
                               f"errors {step['errors']}")
@@ -186,16 +198,20 @@ def main() -> None:
 
     table = Table(title=f"Prediction server, {args.rate:.0f} requests/s for {args.duration:.0f} s "
                         f"({args.workers} worker{'s' if args.workers > 1 else ''}, {os.cpu_count()} CPUs)")
-    for col in ("model", "requests", "achieved req/s", "p50 ms", "p99 ms", "errors", "saturation req/s",
-                "p99 ms there"):
+    for col in ("model", "requests", "achieved req/s", "p50 ms", "p99 ms", "errors", "server CPU ms/req",
+                "load avg", "saturation req/s", "p99 ms there", "top req/s with p99 < 20 ms"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for target, s in steady.items():
         held = [r for r in ramps[target] if not r["errors"] and r["achieved"] >= 0.95 * r["target"]]
         best = max(held, key=lambda r: r["achieved"]) if held else None
         table.add_row(target, f"{s['requests']:,}", f"{s['achieved']:.0f}", f"{s['p50']:.2f}", f"{s['p99']:.2f}",
-                      str(s["errors"]), f"{best['achieved']:.0f}" if best else "-",
-                      f"{best['p99']:.1f}" if best else "-")
+                      str(s["errors"]), f"{s['cpu_ms']:.2f}", f"{s['load']:.1f}",
+                      f"{best['achieved']:.0f}" if best else "-",
+                      f"{best['p99']:.1f}" if best else "-",
+                      max((f"{r['achieved']:.0f}" for r in held if r["p99"] < 20), key=float, default="-"))
     console.print(table)
+    console.print("server CPU ms/req: the server's CPU time over the requests it answered (all of the run); load avg: "
+                  "the machine's 1-minute load average (other work on the machine shows there).")
     console.print("saturation: the highest rate of the ramp held (>= 95% of its target, no error); the ramp stops "
                   "after the first step that is not held.")
 

@@ -23,7 +23,7 @@ def serve(
     alias: Optional[str] = typer.Option(None, help="Alias or version number to serve (default: the config's, "
                                                    "champion)."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8080, help="Port to listen on (0: any free port, printed at start-up)."),
+    port: int = typer.Option(8080, help="Port to listen on."),
     workers: Optional[int] = typer.Option(None, help="Server processes (default: the config's, 1)."),
     max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body accepted (default: the config's, "
                                                             "1,500,000); larger ones get 413."),

@@ -307,14 +307,13 @@ class AnomalyPredictor(Predictor):
         m = self.model
         start = int(np.argmax(np.isfinite(cost).any(axis=0)))  # the library's panel starts at the first cost
         cost = cost[:, start:]
-        days = pd.date_range(end=pd.Timestamp(inst.end_date), periods=cost.shape[1], freq="D")
+        weekday, month_end = _calendar(inst.end_date, cost.shape[1])
         default = self.service_factors.get(inst.service, self.service_factors["\0"])
         f = np.array([self.factors.get((inst.service, inst.project_id, r), default) for r in names])
-        weekday = np.asarray(days.dayofweek)
-        season = f[:, weekday] * np.where(anomaly_lib._month_end(days)[None, :], f[:, 7:8], 1.0)
+        season = f[:, weekday] * np.where(month_end[None, :], f[:, 7:8], 1.0)
         sigma = f[:, 8]
-        base, established = anomaly_lib._robust_baseline(cost / season, sigma, m.baseline_days, m.warmup_days,
-                                                         m.reject_sigmas, m.accept_after_days)
+        base, established = baseline_rows(cost / season, sigma, m.baseline_days, m.warmup_days, m.reject_sigmas,
+                                          m.accept_after_days)
         present = np.isfinite(cost)
         expected_r = np.where(established, base * season, cost)
         excess_r = np.where(established, cost - expected_r, 0.0)
@@ -337,6 +336,54 @@ class AnomalyPredictor(Predictor):
                 "net_cost": _num(actual[-1]), "expected": _num(expected[-1]), "score": _num(score),
                 "threshold": _num(m.threshold_), "is_anomaly": bool(is_anomaly),
                 "impact": _num(actual[-1] - expected[-1]) if is_anomaly else 0.0, "new_cost": _num(new[-1])}
+
+
+def _calendar(end: date, n_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weekday (Monday 0) and month-end flag (`anomaly._month_end`) of the n days ending on `end`, in numpy."""
+    days = np.arange(np.datetime64(end, "D") - (n_days - 1), np.datetime64(end, "D") + 1)
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
+    month = days.astype("datetime64[M]")
+    day = (days - month.astype("datetime64[D]")).astype(np.int64) + 1
+    days_in_month = ((month + 1).astype("datetime64[D]") - month.astype("datetime64[D]")).astype(np.int64)
+    return weekday, day > days_in_month - 2
+
+
+def baseline_rows(flat: np.ndarray, sigma: np.ndarray, baseline_days: int, warmup_days: int, reject_sigmas: float,
+                  accept_after_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """`anomaly._robust_baseline`, one resource at a time in plain Python: for the few resources of one cell this is
+    ~3x faster than the library's loop vectorised across resources (numpy's per-call cost dominates there). The
+    tests hold the two equal."""
+    n_res, n_days = flat.shape
+    base_out = np.full((n_res, n_days), np.nan)
+    established_out = np.zeros((n_res, n_days), bool)
+    nan = math.nan
+    for r in range(n_res):
+        limit = reject_sigmas * float(sigma[r])
+        accepted, recent = [nan] * baseline_days, [nan] * baseline_days
+        pos_acc = pos_rec = rejected_run = 0
+        age = -1
+        base_row, established_row = base_out[r], established_out[r]
+        for t, x in enumerate(flat[r].tolist()):
+            present = x == x
+            age = age + 1 if age >= 0 else (0 if present else -1)
+            if not present:
+                continue
+            values = sorted(v for v in accepted if v == v)
+            n = len(values)
+            base = 0.5 * (values[(n - 1) // 2] + values[n // 2]) if n >= anomaly_lib.MIN_BASELINE_DAYS else nan
+            established = age >= warmup_days and base == base
+            base_row[t] = base
+            established_row[t] = established
+            ok = not established or abs(math.log((max(x, 0.0) + 1.0) / (max(base, 0.0) + 1.0))) <= limit
+            rejected_run = 0 if ok else rejected_run + 1
+            recent[pos_rec] = x
+            pos_rec = (pos_rec + 1) % baseline_days
+            if ok:
+                accepted[pos_acc] = x
+                pos_acc = (pos_acc + 1) % baseline_days
+            if rejected_run >= accept_after_days:  # a lasting change is the new normal: restart from recent days
+                accepted, pos_acc, rejected_run = list(recent), pos_rec, 0
+    return base_out, established_out
 
 
 class ForestScorer:

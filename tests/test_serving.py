@@ -414,3 +414,72 @@ def test_the_forest_scorer_equals_sklearn_on_many_points():
         forest = IsolationForest(n_estimators=40, max_features=max_features, random_state=3).fit(train)
         x = np.vstack([rng.normal(size=(300, 3)) * 3, train[:50]])
         np.testing.assert_allclose(serving.ForestScorer(forest).raw(x), -forest.score_samples(x), rtol=1e-12)
+
+
+def test_a_gs_storage_uri_is_downloaded_through_the_storage_client(trained, monkeypatch):
+    """On Vertex AI, AIP_STORAGE_URI is gs://...: the real storage client, pointed at a recording server."""
+    import threading
+    import urllib.parse
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    model_dir = trained["dirs"]["anomaly"]
+    objects = {f"models/cost-anomaly/v1/{p.name}": p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            url = urllib.parse.urlparse(self.path)
+            seen.append(url.path)
+            if url.path == "/storage/v1/b/bucket-1/o":
+                prefix = urllib.parse.parse_qs(url.query).get("prefix", [""])[0]
+                items = [{"kind": "storage#object", "name": n, "bucket": "bucket-1", "size": str(len(b)),
+                          "generation": "1"} for n, b in objects.items() if n.startswith(prefix)]
+                body, ctype = json.dumps({"kind": "storage#objects", "items": items}).encode(), "application/json"
+            elif url.path.startswith("/download/storage/v1/b/bucket-1/o/"):
+                name = urllib.parse.unquote(url.path.rsplit("/o/", 1)[1])
+                body, ctype = objects[name], "application/octet-stream"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("content-type", ctype)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+        spec = serving.spec_from_env({"AIP_STORAGE_URI": "gs://bucket-1/models/cost-anomaly/v1/"})
+    finally:
+        server.shutdown()
+    local = Path(spec.models["anomaly"])
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in model_dir.iterdir() if p.is_file())
+    assert (local / "model.joblib").read_bytes() == (model_dir / "model.joblib").read_bytes()
+    assert "/storage/v1/b/bucket-1/o" in seen
+    serving.AnomalyPredictor(local)  # loads
+
+
+def test_the_per_resource_baseline_and_calendar_equal_the_library():
+    from finops_ml.models import anomaly as anomaly_lib
+
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        n_res, n_days = int(rng.integers(1, 12)), int(rng.integers(40, 120))
+        flat = rng.uniform(10, 20, (n_res, n_days)) * np.where(rng.uniform(size=(n_res, n_days)) < 0.05, 5, 1)
+        flat[rng.uniform(size=(n_res, n_days)) < 0.1] = np.nan
+        flat[:, 50:80] *= rng.choice([1, 3], size=(n_res, 1))  # level shifts, some accepted after 28 days
+        flat[0, : rng.integers(0, 40)] = np.nan  # a resource that starts late
+        sigma = rng.uniform(0.01, 0.3, n_res)
+        want_base, want_established = anomaly_lib._robust_baseline(flat, sigma, 14, 35, 3.0, 28)
+        base, established = serving.baseline_rows(flat, sigma, 14, 35, 3.0, 28)
+        assert (established == want_established).all(), trial
+        np.testing.assert_allclose(base, want_base, rtol=1e-12, equal_nan=True)
+    for end in ("2024-02-29", "2025-12-31", "2026-03-01", "2026-11-24"):
+        days = pd.date_range(end=end, periods=70, freq="D")
+        weekday, month_end = serving._calendar(pd.Timestamp(end).date(), 70)
+        assert (weekday == days.dayofweek).all() and (month_end == anomaly_lib._month_end(days)).all()
