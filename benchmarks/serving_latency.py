@@ -171,7 +171,7 @@ def main() -> None:
     args = ap.parse_args()
     if not LOCUST.exists():
         sys.exit("error: Locust is not installed; pip install -e '.[bench]'.")
-    console = Console()
+    console = Console(width=200)
     bodies = pools(args.run_dir, 300, args.seed)
     steady, ramps = {}, {}
     for target in args.models.split(","):
@@ -210,6 +210,7 @@ def main() -> None:
                       f"{best['p99']:.1f}" if best else "-",
                       max((f"{r['achieved']:.0f}" for r in held if r["p99"] < 20), key=float, default="-"))
     console.print(table)
+    console.print_json(json.dumps({"steady": steady, "ramps": ramps}))
     console.print("server CPU ms/req: the server's CPU time over the requests it answered (all of the run); load avg: "
                   "the machine's 1-minute load average (other work on the machine shows there).")
     console.print("saturation: the highest rate of the ramp held (>= 95% of its target, no error); the ramp stops "

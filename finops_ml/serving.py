@@ -262,9 +262,9 @@ class ForecastPredictor(Predictor):
 
 
 class AnomalyPredictor(Predictor):
-    """The detector on one cell's window, in numpy: `CostAnomalyDetector.score` without its DataFrames (the tests
-    hold the two equal). Resource factors are looked up from tables built at load time, and the Isolation Forest
-    runs all its trees at once (`ForestScorer`)."""
+    """The detector on one cell's window: `CostAnomalyDetector.features` + `score` without DataFrames (the tests
+    hold the two equal). Resource factors are looked up from tables built at load time, the causal baseline runs
+    per resource (`baseline_rows`) and the Isolation Forest walks all its trees at once (`ForestScorer`)."""
 
     kind = "anomaly"
     instance_model = AnomalyInstance
@@ -286,6 +286,8 @@ class AnomalyPredictor(Predictor):
                                                                      "resource": "\0"}))
         self.service_factors = dict(zip(unseen.service, unseen[cols].to_numpy()))
         self.forest = ForestScorer(m.forest_)
+        if list(anomaly_lib.FEATURES) != ["robust_z", "log_ratio", "log_ratio_3d"]:
+            raise RuntimeError("anomaly.FEATURES changed: update AnomalyPredictor.judge to compute the new features")
 
     def predict(self, instances: list[AnomalyInstance], parameters: NoParameters) -> list[dict]:
         out = []
