@@ -37,6 +37,10 @@ def serve(
         if model is not None and model not in serving.MODELS:
             raise FinopsError(f"--model {model!r} is not one of {', '.join(serving.MODELS)}; pick one or leave it "
                               "out to serve all three.")
+        if workers is not None and workers < 1:
+            raise FinopsError(f"--workers {workers} is not a positive number of processes; pass 1 or more.")
+        if max_body_bytes is not None and max_body_bytes < 1:
+            raise FinopsError(f"--max-body-bytes {max_body_bytes} is not a positive size; pass a number of bytes.")
         kinds = [model] if model else list(serving.MODELS)
         dirs = serving.resolve_registry(registry, kinds, alias or cfg.alias)
         spec = serving.ServerSpec(models={k: str(d) for k, d in dirs.items()},

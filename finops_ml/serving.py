@@ -61,7 +61,8 @@ class _Strict(BaseModel):
 
 class ForecastInstance(_Strict):
     """A (service, project) series. Without `history`: the model's stored forecast for it. With `history` (daily
-    net cost in USD, oldest first, the last value on `end_date`, at least 56 days): the model run on that series."""
+    net cost in USD, oldest first, the last value on `end_date`, at least 56 days; the model reads the last 91): the
+    model run on that series."""
 
     service: str = Field(min_length=1)
     project_id: str = Field(min_length=1)
@@ -203,9 +204,14 @@ class ForecastPredictor(Predictor):
         if not isinstance(self.model, forecast_lib.CostForecaster):
             raise FinopsError(f"{self.model_dir / 'model.joblib'} is not a cost forecast model.")
         self.max_months = self.model.horizon_days // 31
-        # One series is a few dozen rows: a thread pool per call (the forest's n_jobs=2) costs more than it saves.
+        # One series is a few dozen rows: a thread pool per call (n_jobs=2) costs more than it saves, and a random
+        # forest's trees are walked together (`ForestRegressor`, tested equal).
+        from sklearn.ensemble import RandomForestRegressor
+
         regressor = self.model.regressor_
-        if "n_jobs" in regressor.get_params():
+        if isinstance(regressor, RandomForestRegressor) and regressor.n_outputs_ == 1:
+            self.model.regressor_ = ForestRegressor(regressor)
+        elif "n_jobs" in regressor.get_params():
             regressor.set_params(n_jobs=1)
         stored = self.model_dir / "forecast.csv"
         table = pd.read_csv(stored) if stored.exists() else pd.DataFrame(
@@ -388,43 +394,70 @@ def baseline_rows(flat: np.ndarray, sigma: np.ndarray, baseline_days: int, warmu
     return base_out, established_out
 
 
-class ForestScorer:
-    """`-IsolationForest.score_samples` with every tree walked at once in numpy (sklearn walks them one by one,
-    ~0.2 ms a tree for one row). Same trees, same float32 comparisons, same path-length corrections."""
+class TreeWalker:
+    """Many fitted scikit-learn trees walked at once in numpy: the leaf each row reaches in every tree. scikit-learn
+    walks trees one by one (with a joblib call each, ~50-200 us a tree whatever the rows); for a request's few rows
+    this is what the time goes to. Same float32 comparisons as scikit-learn's trees."""
 
-    def __init__(self, forest):
-        from sklearn.ensemble._iforest import _average_path_length
-
-        subsample = forest._max_features != forest.n_features_in_
-        feature, threshold, left, right, value, roots = [], [], [], [], [], []
+    def __init__(self, trees, features_of_tree=None):
+        feature, threshold, left, right, roots = [], [], [], [], []
         offset = 0
-        for i, (est, cols) in enumerate(zip(forest.estimators_, forest.estimators_features_)):
-            t = est.tree_
+        for i, t in enumerate(trees):
             leaf = t.children_left == -1
             idx = np.arange(t.node_count)
             f = np.where(leaf, 0, t.feature)
-            feature.append(np.asarray(cols)[f] if subsample else f)
+            feature.append(np.asarray(features_of_tree[i])[f] if features_of_tree is not None else f)
             threshold.append(t.threshold)
             left.append(np.where(leaf, idx, t.children_left) + offset)  # a leaf points at itself
             right.append(np.where(leaf, idx, t.children_right) + offset)
-            value.append(forest._decision_path_lengths[i] + forest._average_path_length_per_tree[i] - 1.0)
             roots.append(offset)
             offset += t.node_count
         self.feature, self.threshold = np.concatenate(feature), np.concatenate(threshold)
-        self.left, self.right, self.value = np.concatenate(left), np.concatenate(right), np.concatenate(value)
+        self.left, self.right = np.concatenate(left), np.concatenate(right)
         self.roots = np.asarray(roots)
-        self.depth = max(est.tree_.max_depth for est in forest.estimators_)
-        self.denominator = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
+        self.depth = max(t.max_depth for t in trees)
 
-    def raw(self, x: np.ndarray) -> np.ndarray:
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """Global node index of the leaf reached, (rows, trees)."""
         x = np.asarray(x, np.float32).astype(np.float64)  # sklearn's trees compare float32 inputs
         node = np.tile(self.roots, (len(x), 1))
         rows = np.arange(len(x))[:, None]
         for _ in range(self.depth):
             go_left = x[rows, self.feature[node]] <= self.threshold[node]
             node = np.where(go_left, self.left[node], self.right[node])
-        depths = self.value[node].sum(axis=1)
+        return node
+
+
+class ForestScorer:
+    """`-IsolationForest.score_samples(x)`: same trees and path-length corrections, all trees at once."""
+
+    def __init__(self, forest):
+        from sklearn.ensemble._iforest import _average_path_length
+
+        subsample = forest._max_features != forest.n_features_in_
+        trees = [est.tree_ for est in forest.estimators_]
+        self.walker = TreeWalker(trees, forest.estimators_features_ if subsample else None)
+        self.value = np.concatenate([forest._decision_path_lengths[i] + forest._average_path_length_per_tree[i] - 1.0
+                                     for i in range(len(trees))])
+        self.denominator = len(trees) * float(_average_path_length([forest._max_samples])[0])
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        depths = self.value[self.walker.leaves(x)].sum(axis=1)
         return 2.0 ** (-depths / self.denominator)
+
+
+class ForestRegressor:
+    """`RandomForestRegressor.predict` (single output) with all trees walked at once; stands in for the fitted
+    forest inside a served forecast model."""
+
+    def __init__(self, forest):
+        trees = [est.tree_ for est in forest.estimators_]
+        self.walker = TreeWalker(trees)
+        self.value = np.concatenate([t.value[:, 0, 0] for t in trees])
+        self.n_trees = len(trees)
+
+    def predict(self, x) -> np.ndarray:
+        return self.value[self.walker.leaves(np.asarray(x, float))].sum(axis=1) / self.n_trees
 
 
 def _window_matrix(inst: AnomalyInstance) -> tuple[list[str], np.ndarray]:

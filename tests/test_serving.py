@@ -207,12 +207,15 @@ def test_forecast_stored_answers_are_the_trained_forecast(client, trained):
 
 
 def test_forecast_from_history_equals_the_library_on_the_whole_panel(client, trained):
+    import joblib
+
     model = serving.ForecastPredictor(trained["dirs"]["forecast"])
+    library_model = joblib.load(trained["dirs"]["forecast"] / "model.joblib")  # as trained, untouched
     panel = forecast_lib.SeriesPanel.from_daily(trained["daily_cost"])
     end = len(panel.days) - 20  # mid-month: the first month is the rest of the current one
     last = panel.days[end]
     days = (last + pd.offsets.MonthEnd(3) - last).days
-    library = forecast_lib.monthly(model.model.predict(panel.until(end), days=days), "forecast",
+    library = forecast_lib.monthly(library_model.predict(panel.until(end), days=days), "forecast",
                                    by=("service", "project_id"))
     checked = 0
     for i in range(0, len(panel.keys), max(1, len(panel.keys) // 4)):
@@ -395,6 +398,7 @@ def test_the_container_entry_point_follows_the_aip_variables(trained):
     (["--registry", "/nonexistent/registry"], "Registry /nonexistent/registry does not exist"),
     (["--model", "forecasts"], "--model 'forecasts' is not one of forecast, anomaly, labeler"),
     (["--alias", "gold"], "has no alias or version 'gold'"),
+    (["--workers", "0"], "--workers 0 is not a positive number"),
 ])
 def test_finops_ml_serve_errors_are_one_sentence(trained, args, message):
     args = args if "--registry" in args else ["--registry", str(trained["registry"]), *args]
@@ -403,6 +407,17 @@ def test_finops_ml_serve_errors_are_one_sentence(trained, args, message):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+def test_the_forest_regressor_equals_sklearn_on_many_points():
+    from sklearn.ensemble import RandomForestRegressor
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 5))
+    y = x[:, 0] * 3 + np.sin(x[:, 1]) + rng.normal(size=400) * 0.1
+    forest = RandomForestRegressor(n_estimators=30, min_samples_leaf=3, max_features=0.6, random_state=0).fit(x, y)
+    test = np.vstack([rng.normal(size=(200, 5)) * 2, x[:20]])
+    np.testing.assert_allclose(serving.ForestRegressor(forest).predict(test), forest.predict(test), rtol=1e-12)
 
 
 def test_the_forest_scorer_equals_sklearn_on_many_points():
@@ -483,3 +498,25 @@ def test_the_per_resource_baseline_and_calendar_equal_the_library():
         days = pd.date_range(end=end, periods=70, freq="D")
         weekday, month_end = serving._calendar(pd.Timestamp(end).date(), 70)
         assert (weekday == days.dayofweek).all() and (month_end == anomaly_lib._month_end(days)).all()
+
+
+def test_a_random_forest_forecast_from_history_equals_the_library(trained, tmp_path):
+    """The demo's forecast is usually the random forest, whose trees the server walks itself."""
+    import joblib
+    import shutil
+
+    panel = forecast_lib.SeriesPanel.from_daily(trained["daily_cost"])
+    model = forecast_lib.CostForecaster("random_forest", 0, 93).fit(panel)
+    joblib.dump(model, tmp_path / "model.joblib")
+    shutil.copy(trained["dirs"]["forecast"] / "forecast.csv", tmp_path / "forecast.csv")
+    served = serving.ForecastPredictor(tmp_path)
+    assert isinstance(served.model.regressor_, serving.ForestRegressor)
+    last = panel.days[-1]
+    library = forecast_lib.monthly(model.predict(panel, days=(last + pd.offsets.MonthEnd(2) - last).days),
+                                   "forecast", by=("service", "project_id"))
+    for i in range(0, len(panel.keys), max(1, len(panel.keys) // 3)):
+        inst = serving.ForecastInstance(service=panel.keys.service.iloc[i], project_id=panel.keys.project_id.iloc[i],
+                                        history=panel.values[i, -95:].tolist(), end_date=last.date())
+        for m in served.forecast_history(inst, 2)["months"]:
+            want = library.get((inst.service, inst.project_id, m["month"]), 0.0)
+            assert m["forecast"] == pytest.approx(want, rel=1e-9, abs=1e-9)
