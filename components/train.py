@@ -21,8 +21,9 @@ def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifac
         value = result["metrics"][key]
         if value is not None and math.isfinite(value):  # NaN/inf would make executor_output.json invalid JSON
             metrics.log_metric(key, value)
-    for name, p in result["metrics"]["budget_p_exceed"].items():  # the highest chance of overspending ahead
-        metrics.log_metric(f"budget_p_exceed_{name}", p)
+    for key, value in result["metrics"].items():  # per budget, the highest chance of overspending ahead
+        if key.startswith("budget_p_exceed_"):
+            metrics.log_metric(key, value)
     model.metadata["algorithm"] = result["metrics"]["model"]
 
 

@@ -1,11 +1,16 @@
-"""Cost forecast per service and project, 3 months ahead, with intervals.
+"""Cost forecast per service and project, daily and monthly, 3 months ahead, with calibrated intervals.
 
 A direct multi-horizon model over all (service, project) daily series at once: at a forecast origin, each
-series is described by its recent level, growth and seasonal ratios; the model predicts the cost of day
-origin+h as a multiple of the recent level. Linear regression, random forest and XGBoost are compared on a
-time-based backtest inside the training window; the best one is evaluated on the holdout (the last months)
-and then refitted on everything to forecast the next months. Intervals are the empirical quantiles of the
-backtest errors at the (service, month) level (split conformal), so they cover what they claim on past data.
+series is described by its recent level, growth, age and seasonal ratios; the model predicts the cost of day
+origin+h as a multiple of the recent level. Linear regression, random forest, XGBoost and the ensemble of the
+two best (their mean forecast) are compared on time-based backtests inside the training window, from month-end
+origins like the forecast's; the best is evaluated on the holdout (the last months), where every candidate and
+the seasonal naive are scored too, and then refitted on everything to forecast the next months.
+
+Intervals are split conformal at the level they are reported at: daily per series and in total, monthly per
+series, service, project and in total, from the ratios actual / forecast of the backtest windows (the
+production forecast adds the holdout window). The same ratios are the predictive distribution the budget
+alerts (`finops_ml.models.budget`) take P(spend > budget) from.
 """
 
 from __future__ import annotations
@@ -481,7 +486,8 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
     curve = curve.assign(lo=curve.forecast * lo, hi=curve.forecast * hi).drop(columns="step")
     history = pd.DataFrame({"day": panel.days, "actual": panel.values.sum(axis=0)})
     metrics["budget_alerts"] = int(alerts["alert"].sum())
-    metrics["budget_p_exceed"] = {str(k): float(v) for k, v in alerts.groupby("budget").p_exceed.max().items()}
+    # Per budget, the highest chance of overspending in the horizon (a KFP metric each).
+    metrics.update({f"budget_p_exceed_{k}": float(v) for k, v in alerts.groupby("budget").p_exceed.max().items()})
     return {"metrics": metrics, "model": final, "holdout": holdout, "forecast": series,
             "forecast_monthly": future_levels, "forecast_daily": daily_fc, "budget_alerts": alerts,
             "holdout_levels": hold_levels, "history": history,
