@@ -392,7 +392,6 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
     cutoff = month_end_index(panel.days, holdout_months)
     train = clean.until(cutoff)
     horizon_days = 31 * horizon_months
-    models = {}
     windows: dict[str, list[pd.DataFrame]] = {name: [] for name in candidates}
     for k in range(backtest_origins):
         origin = month_end_index(train.days, horizon_months + k)
@@ -425,7 +424,8 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
     hold_window = _window(panel, cutoff, holdout_pred[best], panel)
     hold_levels = with_intervals(by_level(hold_window), calibration)
     lo, hi = calibration.daily_factors(hold_window.step)
-    daily_covered = (hold_window.actual >= hold_window.forecast * lo) & (hold_window.actual <= hold_window.forecast * hi)
+    f_hold = hold_window.forecast
+    daily_covered = (hold_window.actual >= f_hold * lo) & (hold_window.actual <= f_hold * hi)
     hold_curve = hold_window.groupby(["day", "step"], as_index=False)[["forecast", "actual"]].sum()
     lo, hi = calibration.daily_factors(hold_curve.step, "total")
     hold_curve = hold_curve.assign(lo=hold_curve.forecast * lo, hi=hold_curve.forecast * hi)
@@ -447,7 +447,7 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
         "interval_coverage": scores["interval_coverage"],
         **{f"interval_coverage_{lv}": float(((g.actual >= g.lo) & (g.actual <= g.hi)).mean())
            for lv, g in hold_levels.groupby("level")},
-        "interval_coverage_daily": float(daily_covered[hold_window.forecast > 0].mean()),
+        "interval_coverage_daily": float(daily_covered[f_hold > 0].mean()),
         "interval_coverage_daily_total": float(((hold_curve.actual >= hold_curve.lo)
                                                 & (hold_curve.actual <= hold_curve.hi)).mean()),
         "candidates": candidate_scores,
