@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from finops_ml.errors import FinopsError
 
@@ -43,6 +43,22 @@ class ForecastConfig(_Strict):
     backtest_origins: int = Field(3, ge=1, le=12)
 
 
+class BudgetScope(_Strict):
+    """What a budget covers: one service, one project, both, or (neither) the whole organisation."""
+
+    service: str | None = None
+    project_id: str | None = None
+
+
+class BudgetConfig(_Strict):
+    """A monthly budget in US dollars; an alert is raised when P(month's spend > budget) >= alert_probability."""
+
+    name: str = Field(min_length=1)
+    scope: BudgetScope = BudgetScope()
+    monthly_usd: float = Field(gt=0.0)
+    alert_probability: float = Field(0.5, gt=0.0, lt=1.0)
+
+
 class AnomalyConfig(_Strict):
     holdout_months: int = Field(3, ge=1, le=12)
     window_days: int = Field(28, ge=7, le=120)
@@ -67,11 +83,62 @@ class GatesConfig(_Strict):
 class RegistryConfig(_Strict):
     # A directory; relative paths are taken relative to the run's output directory.
     path: str = "registry"
+    # Where the pipeline registers and deploys: the directory registry, or the Vertex AI Model Registry + endpoints.
+    backend: Literal["local", "vertex"] = "local"
 
 
 class PipelineConfig(_Strict):
     name: str = "finops-ml-training"
     pipeline_root: str = ""
+    # What `finops-ml submit` / `schedule` send: the components' image, the billing source, caching.
+    image: str = ""
+    source: str = ""
+    control_totals: str = ""
+    enable_caching: bool = True
+
+
+class GcpConfig(_Strict):
+    """Where the production path runs (see README "Production on Vertex AI"); no secret ever goes here."""
+    project: str = ""
+    region: str = "europe-west1"
+    # The Vertex AI API endpoint (default: REGION-aiplatform.googleapis.com); a regional or private (PSC) endpoint,
+    # or http://127.0.0.1:PORT for a loopback recorder (plain http: anonymous credentials, never a real token).
+    api_endpoint: str = ""
+    scheduler_api_endpoint: str = ""  # the Cloud Scheduler API endpoint, the same way
+    service_account: str = ""  # the pipeline runner's service account
+    network: str = ""  # projects/NUMBER/global/networks/NAME (VPC peering of the pipeline job), optional
+    labels: dict[str, str] = {}
+    staging_bucket: str = ""  # gs:// prefix for model artifacts; default: PIPELINE_ROOT/models
+
+
+class DeployConfig(_Strict):
+    """Deployment of a new champion: one endpoint per model, canary traffic, the newest N versions kept."""
+    enabled: bool = True
+    endpoint_display_name: str = "finops-ml"  # endpoint of a model: <this>-<model name>
+    canary_percent: int = Field(10, ge=1, le=100)
+    keep_versions: int = Field(2, ge=1, le=10)
+    serving_image: str = ""
+    machine_type: str = "n2-standard-2"
+    min_replicas: int = Field(1, ge=1, le=100)
+    max_replicas: int = Field(2, ge=1, le=100)
+    service_account: str = ""  # the serving container's service account
+
+
+class ScheduleConfig(_Strict):
+    """Retraining schedule: a Vertex AI pipeline schedule, or a Cloud Scheduler job that creates the pipeline job."""
+    backend: Literal["vertex", "cloud_scheduler"] = "vertex"
+    display_name: str = "finops-ml-training-weekly"
+    cron: str = "0 3 * * 1"
+    timezone: str = "Europe/Paris"
+    max_concurrent_runs: int = Field(1, ge=1, le=10)
+    service_account: str = ""  # Cloud Scheduler's caller identity (OAuth token for the Vertex AI API)
+
+
+class ServingConfig(_Strict):
+    # `finops-ml serve` defaults; in a container the AIP_* and FINOPS_* variables decide (finops_ml/serving.py).
+    alias: str = "champion"
+    max_body_bytes: int = Field(1_500_000, ge=1_000, le=100_000_000)  # Vertex AI's own limit is 1.5 MB
+    workers: int = Field(1, ge=1, le=64)
 
 
 class Config(_Strict):
@@ -84,6 +151,20 @@ class Config(_Strict):
     gates: GatesConfig = GatesConfig()
     registry: RegistryConfig = RegistryConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    gcp: GcpConfig = GcpConfig()
+    deploy: DeployConfig = DeployConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    serving: ServingConfig = ServingConfig()
+    budgets: list[BudgetConfig] = []
+
+    @field_validator("budgets")
+    @classmethod
+    def _unique_budget_names(cls, budgets: list[BudgetConfig]) -> list[BudgetConfig]:
+        names = [b.name for b in budgets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"budget names must be unique, {', '.join(duplicates)} appears more than once")
+        return budgets
 
     def digest(self) -> str:
         """A short hash of the configuration, stored with every registered model."""

@@ -17,7 +17,7 @@ import pandas as pd
 
 from finops_ml import gates
 from finops_ml.config import Config
-from finops_ml.fileio import read_json, write_json
+from finops_ml.fileio import atomic_path, read_json, write_json
 from finops_ml.ingest import ingest, reconcile
 from finops_ml.models import anomaly, forecast, labeler
 from finops_ml.registry import LocalRegistry
@@ -80,33 +80,54 @@ def features_step(events_dir: str, daily_cost_path: str, resource_daily_cost_pat
 
 def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config, model_dir: str,
                         eval_dir: str) -> dict:
-    """Forecast trained on the history adjusted for the anomalies the detector flagged (its `cells.parquet`)."""
+    """Forecast trained on the history adjusted for the anomalies the detector flagged (its `cells.parquet`).
+
+    MODEL_DIR: forecast.csv (monthly per series), forecast_monthly.csv (also the totals per service, project and
+    all), forecast_daily.csv (per series and day), each with its interval lo..hi.
+    EVAL_DIR: the same tables as Parquet, the holdout, and budget_alerts.json / .csv (one row per budget and month).
+    """
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     daily = pd.read_parquet(daily_cost_path)
     cells = Path(anomaly_eval_dir) / "cells.parquet" if anomaly_eval_dir else None
     anomalies = pd.read_parquet(cells) if cells and cells.exists() else None
     f = cfg.forecast
     result = forecast.train_and_evaluate(daily, f.candidates, f.holdout_months, f.horizon_months,
-                                         f.backtest_origins, f.interval, cfg.seed, anomalies)
+                                         f.backtest_origins, f.interval, cfg.seed, anomalies, cfg.budgets)
     joblib.dump(result["model"], model_dir / "model.joblib")
-    result["forecast"].to_csv(model_dir / "forecast.csv", index=False)
-    for name in ("holdout", "forecast", "history", "holdout_curve", "future_curve"):
-        result[name].to_parquet(eval_dir / f"{name}.parquet", index=False)
+    for name in ("forecast", "forecast_monthly", "forecast_daily"):
+        with atomic_path(model_dir / f"{name}.csv") as tmp:
+            result[name].to_csv(tmp, index=False)
+    for name in ("holdout", "forecast", "forecast_monthly", "forecast_daily", "holdout_levels", "history",
+                 "holdout_curve", "future_curve"):
+        with atomic_path(eval_dir / f"{name}.parquet") as tmp:
+            result[name].to_parquet(tmp, index=False)
+    alerts = result["budget_alerts"]
+    with atomic_path(eval_dir / "budget_alerts.csv") as tmp:
+        alerts.to_csv(tmp, index=False)
+    write_json(eval_dir / "budget_alerts.json", {"budgets": alerts.to_dict(orient="records"),
+                                                 "warnings": sorted({w for w in alerts["warning"] if w})})
     return _finish(eval_dir, "cost-forecast", result["metrics"], cfg, daily)
 
 
-def train_anomaly_step(resource_daily_cost_path: str, labels_path: str, cfg: Config, model_dir: str,
-                       eval_dir: str) -> dict:
-    """The detector on daily cost per resource (it judges the cells they add up to)."""
+def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, labels_path: str, feedback_path: str,
+                       cfg: Config, model_dir: str, eval_dir: str) -> dict:
+    """The detector on daily cost per resource (it judges the cells they add up to). Labels: ground truth where
+    there is one, corrected and extended by the users' feedback (anomalies marked expected / unexpected)."""
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     daily = pd.read_parquet(resource_daily_cost_path)
-    truth = pd.read_csv(labels_path) if labels_path else None  # labels: the generator's truth or user feedback
+    resources = pd.read_parquet(resources_path) if resources_path else None
+    truth = pd.read_csv(labels_path) if labels_path else None
+    feedback = anomaly.read_feedback(feedback_path) if feedback_path and Path(feedback_path).exists() else None
+    labels = anomaly.labels_with_feedback(truth, feedback)
     a = cfg.anomaly
-    result = anomaly.train_and_evaluate(daily, truth, a.holdout_months, a.window_days, a.n_estimators, cfg.seed)
+    result = anomaly.train_and_evaluate(daily, labels, a.holdout_months, a.window_days, a.n_estimators, cfg.seed,
+                                        resources)
     joblib.dump(result["model"], model_dir / "model.joblib")
     cells = result["cells"]
-    cols = ["day", "service", "project_id", "net_cost", "expected", "score", "is_anomaly", "impact", "truth"]
-    cells[cols].to_parquet(eval_dir / "cells.parquet", index=False)
+    cells[anomaly.CELL_COLUMNS].to_parquet(eval_dir / "cells.parquet", index=False)
+    found = cells[cells.is_anomaly].sort_values(["day", "impact"], ascending=[True, False])
+    found[anomaly.ANOMALY_COLUMNS].to_csv(eval_dir / "anomalies.csv", index=False)
+    result["metrics"]["feedback_marks"] = 0 if feedback is None else int(len(feedback))
     return _finish(eval_dir, "cost-anomaly", result["metrics"], cfg, daily)
 
 
@@ -140,7 +161,35 @@ def gate_step(eval_dir: str) -> bool:
     return bool(read_json(Path(eval_dir) / "evaluation.json")["passed"])
 
 
+def registry_for(registry_dir: str, cfg: Config):
+    """The registry the config names: the directory registry, or the Vertex AI Model Registry (same contract)."""
+    if cfg.registry.backend == "vertex":
+        from finops_ml.vertex import VertexRegistry
+
+        return VertexRegistry(cfg)
+    return LocalRegistry(registry_dir)
+
+
 def register_step(model_dir: str, eval_dir: str, registry_dir: str, cfg: Config, run_id: str) -> dict:
     evaluation = read_json(Path(eval_dir) / "evaluation.json")
-    return LocalRegistry(registry_dir).register(evaluation["model_name"], model_dir, evaluation["metrics"],
-                                                cfg.digest(), evaluation["data_window"], run_id)
+    return registry_for(registry_dir, cfg).register(evaluation["model_name"], model_dir, evaluation["metrics"],
+                                                    cfg.digest(), evaluation["data_window"], run_id)
+
+
+def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
+    """Deploy a just-registered version ("NAME:vN") when it is the champion: canary split, newest N kept.
+    Locally the "endpoint" is REGISTRY/NAME/endpoint.json (what the prediction server serves)."""
+    name, _, version = registered.rpartition(":v")
+    out = {"name": name, "version": int(version), "deployed": False}
+    if not cfg.deploy.enabled:
+        return {**out, "reason": "deploy.enabled is false"}
+    if cfg.registry.backend == "vertex":
+        from finops_ml.vertex import deploy_vertex
+
+        return deploy_vertex(cfg, name, int(version))
+    registry = LocalRegistry(registry_dir)
+    if registry.aliases(name).get("champion") != int(version):
+        return {**out, "reason": "not the champion: the endpoint keeps serving the champion"}
+    state = registry.deploy(name, int(version), cfg.deploy.canary_percent, cfg.deploy.keep_versions)
+    return {**out, "deployed": True, "endpoint": str(Path(registry_dir) / name / "endpoint.json"),
+            "traffic": {f"v{v}": p for v, p in state["traffic"].items()}}

@@ -1,10 +1,10 @@
-"""The training pipeline: ingest -> features -> train three models -> gates -> register -> report."""
+"""The training pipeline: ingest -> features -> train three models -> gates -> register -> deploy -> report."""
 
 from kfp import dsl
 
 from components.features import build_features
 from components.ingest import ingest_events
-from components.registry import check_gate, register_model
+from components.registry import check_gate, deploy_model, register_model
 from components.report import build_report
 from components.train import train_anomaly_detector, train_forecast, train_labeler
 
@@ -19,13 +19,15 @@ def training_pipeline(
     control_totals: str = "",
     anomaly_labels: str = "",
     resource_truth: str = "",
+    anomaly_feedback: str = "",
     run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
 ):
     ingest = ingest_events(source=source, control_totals=control_totals).set_display_name("ingest")
     features = build_features(events=ingest.outputs["events"]).set_display_name("features")
     daily = features.outputs["daily_cost"]
     anomaly = train_anomaly_detector(resource_daily_cost=features.outputs["resource_daily_cost"],
-                                     anomaly_labels=anomaly_labels, config_json=config_json)
+                                     resources=features.outputs["resources"], anomaly_labels=anomaly_labels,
+                                     anomaly_feedback=anomaly_feedback, config_json=config_json)
     trained = {
         # The forecast learns from the history adjusted for the anomalies the detector flagged.
         "forecast": train_forecast(daily_cost=daily, anomaly_evaluation=anomaly.outputs["evaluation"],
@@ -38,9 +40,11 @@ def training_pipeline(
         task.set_display_name(f"train-{name}")
         gate = check_gate(evaluation=task.outputs["evaluation"]).set_display_name(f"gate-{name}")
         with dsl.If(gate.output == True, name=f"{name}-gate-passed"):  # noqa: E712 (KFP condition)
-            register_model(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
-                           registry_dir=registry_dir, config_json=config_json,
-                           run_id=run_id).set_display_name(f"register-{name}")
+            registered = register_model(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
+                                        registry_dir=registry_dir, config_json=config_json,
+                                        run_id=run_id).set_display_name(f"register-{name}")
+            deploy_model(registered=registered.output, registry_dir=registry_dir,
+                         config_json=config_json).set_display_name(f"deploy-{name}")
     build_report(events=ingest.outputs["events"], forecast_evaluation=trained["forecast"].outputs["evaluation"],
                  anomaly_evaluation=trained["anomaly"].outputs["evaluation"],
                  labeler_evaluation=trained["labeler"].outputs["evaluation"]).set_display_name("report")
