@@ -139,25 +139,47 @@ def test_replay_then_read_gives_the_same_events_as_the_file(kafka_bootstrap, sma
     assert _ids_and_net(rows) == _ids_and_net(json.loads(line) for line in lines)
 
 
-def test_replay_keys_messages_by_event_id(kafka_bootstrap, small_events, tmp_path):
-    from confluent_kafka import Consumer, TopicPartition
-
+def test_replay_can_key_messages_by_event_id(kafka_bootstrap, small_events, tmp_path):
     path = tmp_path / "two.jsonl"
     lines = small_events.read_text().splitlines()[:2]
     path.write_text("\n".join([*lines, "not json"]) + "\n")
     topic = _topic("keys")
-    counts = replay(path, kafka_bootstrap, topic, partitions=1)
+    counts = replay(path, kafka_bootstrap, topic, partitions=1, key="event")
     assert (counts["sent"], counts["invalid"]) == (3, 1)
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "t", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    got = []
-    deadline = time.monotonic() + 10
-    while len(got) < 3 and time.monotonic() < deadline:
-        got += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
-    consumer.close()
+    got = _consume_all(kafka_bootstrap, topic, 3)
     expected = [parse_event(json.loads(line))[0]["event_id"].encode() for line in lines] + [None]
     assert [m.key() for m in got] == expected
     assert [m.value() for m in got] == [line.encode() for line in lines] + [b"not json"]
+    assert [dict(m.headers() or []).get("event_id") for m in got] == expected
+
+
+def _consume_all(bootstrap: str, topic: str, n: int, partitions: int = 1) -> list:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "t", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        got += [m for m in consumer.consume(100, timeout=0.5) if m.error() is None]
+    consumer.close()
+    return got
+
+
+def test_replay_keys_messages_by_cell_by_default_so_a_series_stays_on_one_partition(kafka_bootstrap, small_events):
+    lines = small_events.read_text().splitlines()
+    topic = _topic("cellkeys")
+    counts = replay(small_events, kafka_bootstrap, topic, partitions=3)
+    got = _consume_all(kafka_bootstrap, topic, counts["sent"], partitions=3)
+    assert len(got) == len(lines)
+    partitions_of_cell: dict[bytes, set[int]] = {}
+    for m in got:
+        row = json.loads(m.value())
+        assert m.key() == f"{row['service']['description']}|{row['project']['id']}".encode()
+        assert dict(m.headers())["event_id"] == parse_event(row)[0]["event_id"].encode()
+        partitions_of_cell.setdefault(m.key(), set()).add(m.partition())
+    assert all(len(p) == 1 for p in partitions_of_cell.values())
+    assert len({p for ps in partitions_of_cell.values() for p in ps}) > 1  # the series do spread
 
 
 def test_bad_messages_are_rejected_with_reason_and_location(kafka_bootstrap, small_events):
