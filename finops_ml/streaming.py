@@ -409,16 +409,17 @@ class StreamProcessor:
                     self.checkpoint()
                     last_checkpoint = time.monotonic()
             self.checkpoint()
+            seconds = time.monotonic() - t0
+            counters: dict[str, int] = {}
+            for state in self.states.values():
+                for k, v in (getattr(state, "counters", {}) or {}).items():
+                    if isinstance(v, (int, float)):
+                        counters[k] = counters.get(k, 0) + v
+            partitions = sorted(self.states)
         finally:
             self._consumer.close()
-        seconds = time.monotonic() - t0
-        counters: dict[str, int] = {}
-        for state in self.states.values():
-            for k, v in (getattr(state, "counters", {}) or {}).items():
-                if isinstance(v, (int, float)):
-                    counters[k] = counters.get(k, 0) + v
         return {**self.counts, "seconds": round(seconds, 3), "reached_end": finished,
-                "state_counters": counters, "partitions": sorted(self.states)}
+                "state_counters": counters, "partitions": partitions}
 
     def stop(self) -> None:
         self.stop_event.set()
