@@ -143,6 +143,9 @@ class Outbox:
         return anomaly_id in self.alerts
 
     def _append(self, item: dict) -> None:
+        if self._file.closed:  # a delivery that outlived close(): it is repeated at the next start (at-least-once)
+            log.warning("outbox %s is closed; not journalled: %s", self.path, item.get("id") or "alert")
+            return
         self._file.write(json.dumps(item, default=str, separators=(",", ":")) + "\n")
         self._file.flush()  # in the OS's hands: survives a kill -9 of this process
 

@@ -402,3 +402,65 @@ def test_restart_resumes_from_the_snapshot_and_repeats_no_alert(kafka_bootstrap,
     ids = [m.key().decode() for m in _messages(kafka_bootstrap, settings.alerts_topic)]
     assert sorted(ids) == sorted(expected)  # ... but published once, and none lost
     assert sorted(webhook.ids()) == sorted(expected)
+
+
+def test_a_hanging_webhook_does_not_stall_the_stream(kafka_bootstrap, sorted_events, tmp_path, webhook):
+    """Slack hangs on every request: the stream still consumes everything and publishes every alert to the
+    alerts topic; the Slack deliveries stay pending in the outbox for the next start."""
+    webhook.release.clear()
+    topic = _topic("slow")
+    lines = sorted_events.read_bytes().splitlines()
+    replay(sorted_events, kafka_bootstrap, topic, partitions=3)
+    expected = toy_expected(lines)
+    outbox = tmp_path / "outbox.jsonl"
+    dispatcher = AlertDispatcher(Outbox(outbox), {"slack": slack_sender(webhook.url, 30.0)}).start()
+    settings = _settings(kafka_bootstrap, topic, tmp_path / "state")
+    summary = _processor(settings, dispatcher).run()
+    assert summary["reached_end"] and summary["events"] == len(lines)
+    assert sorted(read_alert_ids(kafka_bootstrap, settings.alerts_topic)) == sorted(expected)
+    assert webhook.received == []  # nothing got through while the stream finished
+    assert dispatcher.close(0.2) == {"slack": len(expected)}
+    assert len(Outbox(outbox).pending("slack")) == len(expected)  # kept for the next start
+    webhook.release.set()
+
+
+def test_k8s_manifests_wire_config_secret_state_and_metrics():
+    import yaml
+
+    from finops_ml.config import Config
+
+    root = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+    docs = {}
+    for path in sorted(root.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[(doc["kind"], doc.get("metadata", {}).get("name"))] = doc
+    listed = set(docs[("Kustomization", None)]["resources"])
+    assert listed == {p.name for p in root.glob("*.yaml")} - {"kustomization.yaml", "secret.yaml"}
+    config_map = docs[("ConfigMap", "finops-ml-stream")]
+    cfg = Config.model_validate(yaml.safe_load(config_map["data"]["stream.yaml"])).stream  # a valid config file
+    deployment = docs[("Deployment", "finops-ml-stream")]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert container["args"][:1] == ["stream"]
+    config_path = container["args"][container["args"].index("--config") + 1]
+    assert config_path == f"{mounts['config']}/stream.yaml" and volumes["config"]["configMap"]["name"] == "finops-ml-stream"
+    assert cfg.state_dir.startswith(mounts["state"]) and cfg.registry.startswith(mounts["state"])
+    pvc = docs[("PersistentVolumeClaim", volumes["state"]["persistentVolumeClaim"]["claimName"])]
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]  # partitions move between replicas with their snapshots
+    secret = docs[("Secret", container["envFrom"][0]["secretRef"]["name"])]
+    assert {cfg.slack_webhook_env, cfg.smtp_password_env} <= set(secret["stringData"])
+    assert all(v == "" for v in secret["stringData"].values())  # no secret value committed
+    assert container["ports"][0]["containerPort"] == cfg.metrics_port
+    assert pod["terminationGracePeriodSeconds"] > cfg.drain_timeout_s + cfg.checkpoint_interval_s
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(cfg.metrics_port)
+    hpa = docs[("HorizontalPodAutoscaler", "finops-ml-stream")]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "finops-ml-stream"
+    assert {m.get("pods", {}).get("metric", {}).get("name") for m in hpa["spec"]["metrics"]} >= {
+        "finops_stream_consumer_lag"}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for kind in ("Service", "ServiceMonitor", "PodMonitoring"):
+        selector = next(d for (k, _), d in docs.items() if k == kind)["spec"]["selector"]
+        assert (selector.get("matchLabels") or selector).items() <= labels.items()
