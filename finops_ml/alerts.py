@@ -6,7 +6,7 @@ Slack or SMTP server delays only its own channel. A delivery is tried `attempts`
 
 Pending deliveries live in an outbox journal (`Outbox`, one JSON object a line, appended and flushed to the OS
 before the alert is handed to any channel): {"alert": {...}} when an alert is accepted, {"sent": channel,
-"id": anomaly_id} once a channel delivered it. At start the journal is read back: accepted alerts without a
+"id": alert key} once a channel delivered it (`alert_key`: the anomaly id, or id/retracted for a retraction). At start the journal is read back: accepted alerts without a
 `sent` line for a channel are queued again (kill -9 loses nothing), and every id ever accepted is remembered so
 that the same anomaly is never sent twice (at most a delivery whose `sent` line the kill prevented is repeated).
 """
@@ -41,7 +41,19 @@ def _money(value: Any) -> str:
         return str(value)
 
 
+def alert_key(alert: dict) -> str:
+    """What makes an alert unique: its anomaly id, and whether it raises the anomaly or retracts it.
+
+    The real-time detector raises an anomaly once (status "open" while its day is running, or "confirmed" when the
+    day closes), and may retract an open one once its complete day does not confirm it (status "retracted").
+    """
+    return f"{alert['anomaly_id']}/retracted" if alert.get("status") == "retracted" else str(alert["anomaly_id"])
+
+
 def alert_title(alert: dict) -> str:
+    if alert.get("status") == "retracted":
+        return (f"Retracted: the cost anomaly {alert.get('service')} in {alert.get('project_id')} on "
+                f"{alert.get('day')} was not confirmed by the complete day")
     return (f"Cost anomaly: {alert.get('service')} in {alert.get('project_id')} on {alert.get('day')}: "
             f"{_money(alert.get('actual'))} against {_money(alert.get('expected'))} expected "
             f"({_money(alert.get('impact'))} over)")
@@ -64,7 +76,7 @@ def alert_text(alert: dict) -> str:
         f"cause: resource {cause.get('resource') or '-'}, sku {cause.get('sku') or '-'}"
         + (f", {float(share):.0%} of the rise" if isinstance(share, (int, float)) else "") + f"; labels: {labels}",
         f"anomaly id: {alert.get('anomaly_id')}" + (f"  {alert['link']}" if alert.get("link") else ""),
-        f"detected at {alert.get('detected_at')}",
+        f"detected at {alert.get('detected_at')}" + (f" ({alert['status']})" if alert.get("status") else ""),
     ]
     return "\n".join(lines)
 
@@ -128,7 +140,7 @@ class Outbox:
                 except json.JSONDecodeError:
                     continue  # a line cut short by a kill: its alert is re-accepted when the stream re-detects it
                 if "alert" in item:
-                    self.alerts[item["alert"]["anomaly_id"]] = item["alert"]
+                    self.alerts[alert_key(item["alert"])] = item["alert"]
                 elif "sent" in item:
                     self.sent.setdefault(item["sent"], set()).add(item["id"])
                 elif "known" in item:
@@ -139,8 +151,8 @@ class Outbox:
         done = self.sent.get(channel, set())
         return [a for i, a in self.alerts.items() if a and i not in done]
 
-    def __contains__(self, anomaly_id: str) -> bool:
-        return anomaly_id in self.alerts
+    def __contains__(self, key: str) -> bool:
+        return key in self.alerts
 
     def _append(self, item: dict) -> None:
         if self._file.closed:  # a delivery that outlived close(): it is repeated at the next start (at-least-once)
@@ -150,18 +162,19 @@ class Outbox:
         self._file.flush()  # in the OS's hands: survives a kill -9 of this process
 
     def accept(self, alert: dict) -> bool:
-        """Journal a new alert; False if this anomaly id was accepted before."""
+        """Journal a new alert; False if this alert (`alert_key`) was accepted before."""
         with self._lock:
-            if alert["anomaly_id"] in self.alerts:
+            key = alert_key(alert)
+            if key in self.alerts:
                 return False
-            self.alerts[alert["anomaly_id"]] = alert
+            self.alerts[key] = alert
             self._append({"alert": alert})
             return True
 
-    def mark_sent(self, channel: str, anomaly_id: str) -> None:
+    def mark_sent(self, channel: str, key: str) -> None:
         with self._lock:
-            self.sent.setdefault(channel, set()).add(anomaly_id)
-            self._append({"sent": channel, "id": anomaly_id})
+            self.sent.setdefault(channel, set()).add(key)
+            self._append({"sent": channel, "id": key})
 
     def compact(self, channels: list[str]) -> None:
         """Rewrite the journal: payloads only of alerts still pending on a channel, bare ids of the others."""
@@ -266,7 +279,7 @@ class AlertDispatcher:
                 if attempt < len(delays) and self._stop.wait(delays[attempt]):
                     return
                 continue
-            self.outbox.mark_sent(channel.name, alert["anomaly_id"])
+            self.outbox.mark_sent(channel.name, alert_key(alert))
             self.delivered[channel.name] += 1
             self.on_result(channel.name, True, time.perf_counter() - t0)
             return

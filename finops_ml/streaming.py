@@ -13,7 +13,9 @@ Delivery guarantees
   state, so an event is applied to the state once, whatever crashed when.
 - No alert twice: the events after the snapshot are processed again after a crash, and may raise alerts that
   were already published. At start (and at each rebalance) the processor reads the alerts topic back and
-  skips the ids it holds; the dispatcher's outbox does the same for Slack and email.
+  skips the alerts it holds (`alert_key`: the anomaly id, the message key; a retraction of an open alert, status
+  header "retracted", is an alert of its own); the dispatcher's outbox does the same for Slack and email. The
+  alerts topic must keep its messages (retention by time, not compaction), or a restart cannot see them.
 - SIGTERM (and SIGINT) stop consuming, checkpoint, give the dispatcher `drain_timeout_s`, and exit 0.
 
 Partitioning: the detector's state is per daily cell (service x project), and a partition's state lives with
@@ -33,7 +35,7 @@ from typing import Any, Callable
 
 import orjson
 
-from finops_ml.alerts import AlertDispatcher
+from finops_ml.alerts import AlertDispatcher, alert_key
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import read_json, write_json
 from finops_ml.kafka_io import check_reachable, client_config, ensure_topic
@@ -118,8 +120,12 @@ class SnapshotStore:
                 old.unlink(missing_ok=True)
 
 
+STATUS_HEADER = "finops.status"
+
+
 def read_alert_ids(bootstrap: str, topic: str, timeout_s: float = 10.0) -> set[str]:
-    """The anomaly ids (message keys) already in the alerts topic, read from the beginning to the end."""
+    """The alerts (`alert_key`: anomaly id = message key, with /retracted for a retraction, from the status
+    header) already in the alerts topic, read from the beginning to the end."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     meta = check_reachable(bootstrap)
@@ -147,7 +153,8 @@ def read_alert_ids(bootstrap: str, topic: str, timeout_s: float = 10.0) -> set[s
                     raise FinopsError(f"Reading the alerts topic {topic} failed ({err.str()}).")
                 deadline = time.monotonic() + timeout_s
                 if msg.key():
-                    ids.add(msg.key().decode())
+                    status = dict(msg.headers() or ()).get(STATUS_HEADER, b"").decode()
+                    ids.add(alert_key({"anomaly_id": msg.key().decode(), "status": status}))
     finally:
         consumer.close()
     return ids
@@ -188,9 +195,11 @@ class StreamProcessor:
         self.dirty: set[int] = set()
         self.eof: set[int] = set()
         self.published: set[str] = set()
-        self.counts = {"events": 0, "alerts": 0, "duplicates": 0, "dead_letters": 0, "checkpoints": 0,
-                       "resumed_partitions": 0}
+        self.counts = {"events": 0, "alerts": 0, "retractions": 0, "duplicates": 0, "dead_letters": 0,
+                       "checkpoints": 0, "resumed_partitions": 0}
         self._delivery_errors: list[str] = []
+        self.first_event_at: float | None = None  # monotonic time of the first event (throughput without start-up)
+        self.alert_latencies: list[float] | None = None  # set to a list to record each alert's latency (benchmark)
         self._assigned_once = False
         self._consumer = None
         self._producer = None
@@ -268,11 +277,12 @@ class StreamProcessor:
 
     def _publish(self, anomaly: dict, produced_ms: int | None, partition: int, offset: int | None) -> None:
         anomaly_id = str(anomaly["anomaly_id"])
-        if anomaly_id in self.published:
+        key = alert_key(anomaly)
+        if key in self.published:
             self.counts["duplicates"] += 1
             self.metrics.duplicates.inc()
             return
-        self.published.add(anomaly_id)
+        self.published.add(key)
         alert = {**anomaly, "source": {"topic": self.s.topic, "partition": partition, "offset": offset,
                                        "event_produced_ms": produced_ms}}
         if self.s.alert_link:
@@ -282,11 +292,17 @@ class StreamProcessor:
         produced_s = produced_ms / 1000 if produced_ms else time.time()
 
         def delivered() -> None:
+            latency = max(time.time() - produced_s, 0.0)
             self.metrics.alerts.inc()
-            self.metrics.latency.observe(max(time.time() - produced_s, 0.0))
+            self.metrics.latency.observe(latency)
+            if self.alert_latencies is not None:
+                self.alert_latencies.append(latency)
 
-        self._produce(self.s.alerts_topic, orjson.dumps(alert, default=str), anomaly_id.encode(), None, delivered)
+        headers = [(STATUS_HEADER, str(anomaly.get("status") or "").encode())]
+        self._produce(self.s.alerts_topic, orjson.dumps(alert, default=str), anomaly_id.encode(), headers, delivered)
         self.counts["alerts"] += 1
+        if anomaly.get("status") == "retracted":
+            self.counts["retractions"] += 1
 
     def _process(self, msg) -> None:
         p = msg.partition()
@@ -395,6 +411,8 @@ class StreamProcessor:
                     self.eof.discard(msg.partition())
                     self._process(msg)
                 n = sum(1 for m in msgs if m.error() is None)
+                if n and self.first_event_at is None:
+                    self.first_event_at = time.monotonic()
                 if n:
                     self.counts["events"] += n
                     self.metrics.events.inc(n)
@@ -409,7 +427,9 @@ class StreamProcessor:
                     self.checkpoint()
                     last_checkpoint = time.monotonic()
             self.checkpoint()
-            seconds = time.monotonic() - t0
+            end = time.monotonic()
+            seconds = end - t0
+            busy = end - (self.first_event_at or end)
             counters: dict[str, int] = {}
             for state in self.states.values():
                 for k, v in (getattr(state, "counters", {}) or {}).items():
@@ -418,7 +438,8 @@ class StreamProcessor:
             partitions = sorted(self.states)
         finally:
             self._consumer.close()
-        return {**self.counts, "seconds": round(seconds, 3), "reached_end": finished,
+        return {**self.counts, "seconds": round(seconds, 3), "seconds_from_first_event": round(busy, 3),
+                "reached_end": finished,
                 "state_counters": counters, "partitions": partitions}
 
     def stop(self) -> None:
