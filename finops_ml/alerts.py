@@ -85,8 +85,7 @@ def slack_payload(alert: dict) -> dict:
     """An incoming-webhook message: `text` (notifications, fallback) and blocks for the channel."""
     return {"text": alert_title(alert),
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{alert_title(alert)}*"}},
-                       {"type": "section", "text": {"type": "mrkdwn", "text": "```" + alert_text(alert) + "```"}}],
-            "anomaly_id": alert.get("anomaly_id")}
+                       {"type": "section", "text": {"type": "mrkdwn", "text": "```" + alert_text(alert) + "```"}}]}
 
 
 def slack_sender(url: str, timeout_s: float) -> Sender:

@@ -160,7 +160,13 @@ class Webhook:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def ids(self) -> list[str]:
-        return [m["anomaly_id"] for m in self.received]
+        """The alert key (`alert_key`) of each message received: its anomaly id, /retracted for a retraction."""
+        out = []
+        for m in self.received:
+            body = m["blocks"][1]["text"]["text"]
+            anomaly_id = body.split("anomaly id: ", 1)[1].split("\n")[0].split("  ")[0]
+            out.append(anomaly_id + ("/retracted" if m["text"].startswith("Retracted") else ""))
+        return out
 
     def close(self):
         self.release.set()
@@ -464,3 +470,195 @@ def test_k8s_manifests_wire_config_secret_state_and_metrics():
     for kind in ("Service", "ServiceMonitor", "PodMonitoring"):
         selector = next(d for (k, _), d in docs.items() if k == kind)["spec"]["selector"]
         assert (selector.get("matchLabels") or selector).items() <= labels.items()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real detector: `finops-ml stream` as a process, and batch / stream agreement
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import urllib.request  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+SCRIPT = str(Path(sys.executable).parent / "finops-ml")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_generated):
+    """The small organisation's detector, trained as the pipeline does and registered in a local registry."""
+    pytest.importorskip("finops_ml.realtime")  # TEMPORARY until the real-time detector lands on main
+    from finops_ml.config import Config
+    from finops_ml.registry import LocalRegistry
+    from finops_ml.steps import features_step, ingest_step, train_anomaly_step
+
+    work = tmp_path_factory.mktemp("stream-model")
+    ingest_step(str(small_generated / "events.jsonl"), str(small_generated / "control_totals.csv"),
+                str(work / "events"))
+    features_step(str(work / "events"), str(work / "daily.parquet"), str(work / "resource_daily.parquet"),
+                  str(work / "resources.parquet"))
+    train_anomaly_step(str(work / "resource_daily.parquet"), str(small_generated / "truth" / "anomaly_cells.csv"),
+                       Config(), str(work / "model"), str(work / "eval"))
+    LocalRegistry(work / "registry").register("cost-anomaly", work / "model", {"anomaly_f1": 1.0}, "test", {})
+    import joblib
+
+    return SimpleNamespace(registry=work / "registry", resource_daily=work / "resource_daily.parquet",
+                           detector=joblib.load(work / "model" / "model.joblib"))
+
+
+def _final_cells(alerts: list[dict]) -> set[tuple[str, str, str]]:
+    """(day, service, project_id) of the anomalies that stand: raised (open or confirmed), not retracted."""
+    raised = {(a["day"], a["service"], a["project_id"]) for a in alerts if a.get("status") != "retracted"}
+    retracted = {(a["day"], a["service"], a["project_id"]) for a in alerts if a.get("status") == "retracted"}
+    return raised - retracted
+
+
+def _reference(bootstrap: str, topic: str, detector) -> tuple[set[str], int]:
+    """What the stream must publish: one real-time state per partition over the topic's messages in offset order
+    (alert keys), and how many messages are billing events."""
+    from finops_ml.alerts import alert_key
+    from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+
+    states: dict[int, RealtimeState] = {}
+    keys, valid = set(), 0
+    for m in sorted(_messages(bootstrap, topic), key=lambda m: (m.partition(), m.offset())):
+        state = states.setdefault(m.partition(), RealtimeState.from_detector(detector, lateness_days=1))
+        try:
+            event = json.loads(m.value())
+            found = detect_anomaly_realtime(event, state)
+        except (InvalidEvent, ValueError, AttributeError, TypeError):
+            continue
+        valid += 1
+        keys |= {alert_key(a) for a in found}
+    for state in states.values():
+        keys |= {alert_key(a) for a in state.flush()}
+    return keys, valid
+
+
+def test_batch_and_stream_find_the_same_anomalies(kafka_bootstrap, sorted_events, trained, tmp_path):
+    """Event-first: the time-sorted events streamed through Kafka give the batch detector's anomalous cells."""
+    import pandas as pd
+
+    from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+
+    topic = _topic("agree")
+    replay(sorted_events, kafka_bootstrap, topic, partitions=3)
+    settings = _settings(kafka_bootstrap, topic, tmp_path / "state")
+    processor = StreamProcessor(settings, lambda: RealtimeState.from_detector(trained.detector, lateness_days=1),
+                                RealtimeState.load, detect_anomaly_realtime, InvalidEvent, metrics=StreamMetrics())
+    summary = processor.run()
+    assert summary["reached_end"] and summary["dead_letters"] == 0
+    alerts = [json.loads(m.value()) for m in _messages(kafka_bootstrap, settings.alerts_topic)]
+    cells = trained.detector.score(pd.read_parquet(trained.resource_daily))
+    batch = {(str(d.date()), s, p) for d, s, p in cells.loc[cells.is_anomaly, ["day", "service", "project_id"]]
+             .itertuples(index=False)}
+    assert batch  # the data holds anomalies
+    assert _final_cells(alerts) == batch
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+class StreamProcess:
+    """`finops-ml stream` as a subprocess, its /metrics port read from its first line of output."""
+
+    def __init__(self, args: list[str], env: dict, log: Path):
+        self.log = log
+        self.out = open(log, "ab")
+        self.proc = subprocess.Popen([SCRIPT, "stream", *args], stdout=self.out, stderr=subprocess.STDOUT, env=env)
+        self.port = None
+        deadline = time.monotonic() + 60
+        while self.port is None:
+            text = log.read_text()
+            if "metrics on :" in text.split("stream:")[-1]:
+                self.port = int(text.rsplit("metrics on :", 1)[1].split("/")[0])
+            elif self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the stream did not start: {text[-3000:]}")
+            time.sleep(0.05)
+
+    def events(self) -> float:
+        return _metric(self.port, "finops_stream_events_total")
+
+    def wait(self, timeout_s: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self.out.close()
+
+
+def _half(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, sorted_events, trained, tmp_path,
+                                                             webhook, smtp_server):
+    controller, handler = smtp_server
+    topic = _topic("kill")
+    lines = sorted_events.read_bytes().splitlines()
+    n1, n2 = len(lines) // 3, 2 * len(lines) // 3
+    bad = [b"{not json", b'{"service": {"description": "BigQuery"}, "cost": 1}']
+    config = tmp_path / "stream.yaml"
+    config.write_text(f"stream:\n  checkpoint_interval_s: 3600\n  slack_webhook_env: TEST_SLACK_URL\n"
+                      f"  smtp_host: 127.0.0.1\n  smtp_port: {controller.port}\n  email_to: [oncall@acme.test]\n"
+                      f"  drain_timeout_s: 5\n")
+    state_dir = tmp_path / "state"
+    args = ["--config", str(config), "--bootstrap", kafka_bootstrap, "--topic", topic, "--alerts-topic",
+            f"{topic}-alerts", "--dead-letter-topic", f"{topic}-dlq", "--group", f"{topic}-g", "--state-dir",
+            str(state_dir), "--registry", str(trained.registry), "--metrics-port", "0"]
+    env = {**os.environ, "TEST_SLACK_URL": webhook.url, "COLUMNS": "200"}
+    log = tmp_path / "stream.log"
+
+    # Run 1: the first third (with two bad events), then SIGTERM: drains, snapshots state with offsets, exits 0.
+    replay(_half(tmp_path / "a.jsonl", lines[:100] + bad + lines[100:n1]), kafka_bootstrap, topic, partitions=3)
+    run = StreamProcess(args, env, log)
+    _wait(lambda: run.events() == n1 + len(bad), 60, "the first third")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait() == 0, log.read_text()[-3000:]
+    assert "stream stopped" in log.read_text()
+    offsets = sum(json.loads(p.read_text())["offset"] for p in (state_dir / topic).glob("p*.json"))
+    assert offsets == n1 + len(bad)  # the snapshots cover everything processed
+    after_run1 = read_alert_ids(kafka_bootstrap, f"{topic}-alerts")
+
+    # Run 2: the second third, then kill -9 with no checkpoint since run 1 (interval 3600 s).
+    replay(_half(tmp_path / "b.jsonl", lines[n1:n2]), kafka_bootstrap, topic, partitions=3)
+    run = StreamProcess(args, env, log)
+    _wait(lambda: run.events() == n2 - n1, 60, "the second third")
+    published = read_alert_ids(kafka_bootstrap, f"{topic}-alerts")
+    _wait(lambda: len(webhook.received) == len(published), 20, "Slack deliveries")
+    time.sleep(0.3)
+    run.proc.kill()
+    run.wait()
+    assert sum(json.loads(p.read_text())["offset"] for p in (state_dir / topic).glob("p*.json")) == offsets
+
+    # Run 3: the rest, to the end; the second third is processed again from the snapshot.
+    replay(_half(tmp_path / "c.jsonl", lines[n2:]), kafka_bootstrap, topic, partitions=3)
+    run = StreamProcess([*args, "--until-end"], env, log)
+    assert run.wait(120) == 0, log.read_text()[-3000:]
+    summary = json.loads((state_dir / "last_run.json").read_text())
+
+    expected, valid = _reference(kafka_bootstrap, topic, trained.detector)
+    alerts = _messages(kafka_bootstrap, f"{topic}-alerts")
+    from finops_ml.alerts import alert_key
+
+    keys = [alert_key({"anomaly_id": m.key().decode(), "status": dict(m.headers())["finops.status"].decode()})
+            for m in alerts]
+    assert len(keys) == len(set(keys))  # no alert repeated ...
+    assert set(keys) == expected  # ... and none lost
+    raised_in_run2 = published - after_run1
+    assert raised_in_run2  # the killed run did publish alerts (so that run 3 re-detects them) ...
+    assert summary["duplicates"] == len(raised_in_run2)  # ... which run 3 re-detected and did not publish again
+    assert sorted(webhook.ids()) == sorted(expected)  # Slack: each once
+    assert sorted(m["X-Finops-Anomaly-Id"] + ("/retracted" if m["Subject"].startswith("Retracted") else "")
+                  for m in handler.messages) == sorted(expected)  # email: each once
+    counters = summary["state_counters"]
+    assert counters["events"] + counters["skipped_events"] == valid  # every event applied to the state once
+    dead = _messages(kafka_bootstrap, f"{topic}-dlq")
+    assert sorted(m.value() for m in dead) == sorted(bad)
+
