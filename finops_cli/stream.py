@@ -44,12 +44,16 @@ def stream(
                  "model_version": model_version, "metrics_port": metrics_port}
     cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
+    detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version)
     from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
 
-    detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version)
     state_root = Path(cfg.state_dir)
     metrics = StreamMetrics()
-    port = metrics.serve(cfg.metrics_port)
+    try:
+        port = metrics.serve(cfg.metrics_port)
+    except OSError as exc:
+        raise FinopsError(f"The /metrics endpoint cannot listen on port {cfg.metrics_port} ({exc.strerror}); "
+                          f"choose another with --metrics-port (0 picks a free one).") from None
 
     def on_result(channel: str, ok: bool, seconds: float) -> None:
         metrics.deliveries.labels(channel, "ok" if ok else "error").inc()

@@ -662,3 +662,16 @@ def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, so
     dead = _messages(kafka_bootstrap, f"{topic}-dlq")
     assert sorted(m.value() for m in dead) == sorted(bad)
 
+
+
+def test_stream_cli_bad_input_is_one_sentence(tmp_path):
+    env = {**os.environ, "COLUMNS": "200"}
+    result = subprocess.run([SCRIPT, "stream", "--registry", str(tmp_path / "none"), "--bootstrap", "127.0.0.1:1"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "No cost-anomaly model is registered" in result.stderr and result.stderr.count("\n") == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stream:\n  retry_attempts: 0\n")
+    result = subprocess.run([SCRIPT, "stream", "--config", str(bad)], capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode == 1 and "stream.retry_attempts" in result.stderr and "Traceback" not in result.stderr
