@@ -24,16 +24,18 @@ def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifac
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
-def train_anomaly_detector(resource_daily_cost: Input[Dataset], anomaly_labels: str, config_json: str,
-                           model: Output[Model], evaluation: Output[Artifact], metrics: Output[Metrics]):
-    """Isolation Forest on robust features; threshold from the training window's labels."""
+def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input[Dataset], anomaly_labels: str,
+                           anomaly_feedback: str, config_json: str, model: Output[Model],
+                           evaluation: Output[Artifact], metrics: Output[Metrics]):
+    """Isolation Forest on robust features; threshold from the training window's labels (and users' feedback);
+    each anomaly with its dollar impact and cause."""
     import math
 
     from finops_ml.config import Config
     from finops_ml.steps import train_anomaly_step
 
-    result = train_anomaly_step(resource_daily_cost.path, anomaly_labels, Config.from_json(config_json),
-                                model.path, evaluation.path)
+    result = train_anomaly_step(resource_daily_cost.path, resources.path, anomaly_labels, anomaly_feedback,
+                                Config.from_json(config_json), model.path, evaluation.path)
     for key in ("anomaly_f1", "precision", "recall", "event_f1", "mean_detection_delay_days"):
         value = result["metrics"][key]  # the delay is NaN when no anomalous event was detected
         if value is not None and math.isfinite(value):  # NaN would make executor_output.json invalid JSON

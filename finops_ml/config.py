@@ -29,6 +29,10 @@ class GeneratorConfig(_Strict):
     # An injected anomaly makes a daily cell "anomalous" in the ground truth when it adds at least this
     # share of the cell's expected cost: the first days of a slow drift are not yet a cost anomaly.
     material_share: float = Field(0.25, gt=0.0, le=5.0)
+    # Organisation shape (the defaults reproduce the demo organisation draw for draw):
+    migration_span: float = Field(0.55, gt=0.0, le=1.0)  # share of the history over which plants' migration waves start
+    late_resource_share: float = Field(0.25, ge=0.0, le=1.0)  # share of plant resources arriving at a random later day
+    noise_sigma: float = Field(0.06, ge=0.0, le=1.0)  # lognormal daily noise of each SKU series
 
 
 class ForecastConfig(_Strict):

@@ -87,7 +87,7 @@ def build_organisation(cfg: GeneratorConfig, rng: np.random.Generator, n_days: i
     """Projects per plant (MES, historian, quality) and corporate projects, each with its resources."""
     plants = PLANTS[: cfg.plants]
     projects = []  # (project_id, name, workload, env, plant or None, wave_start_day)
-    wave_span = max(1, int(n_days * 0.55))
+    wave_span = max(1, int(n_days * cfg.migration_span))
     for i, plant in enumerate(plants):
         wave = 0 if i == 0 else int(rng.integers(0, wave_span))
         for workload, env in (("mes", "prod"), ("historian", "prod"), ("quality", "dev" if i % 3 == 2 else "prod")):
@@ -133,10 +133,10 @@ def build_organisation(cfg: GeneratorConfig, rng: np.random.Generator, n_days: i
             used_names.add(name)
             if rng.random() < 0.03:  # a few resources are owned by a colleague: irreducible label noise
                 owner = (plant.people if plant is not None else CORPORATE[workload][1])[rng.integers(3)]
-            # Migration: resources arrive with their plant's wave; a quarter arrive later; some leave.
+            # Migration: resources arrive with their plant's wave; late_resource_share arrive later; some leave.
             if plant is None and rng.random() < 0.8:
                 start = 0
-            elif rng.random() < 0.75:
+            elif rng.random() < 1.0 - cfg.late_resource_share:
                 start = wave + int(rng.integers(0, 90))
             else:
                 start = int(rng.integers(wave, max(wave + 1, n_days - 60)))
@@ -183,7 +183,7 @@ def _series_costs(cfg, rng, resources, days):
             season = np.where(weekend, res.weekend, 1.0)
             if s_idx == 0 and spec.month_end_factor != 1.0:
                 season = season * np.where(month_end, spec.month_end_factor, 1.0)
-            noise = rng.lognormal(0.0, 0.06, n_days)
+            noise = rng.lognormal(0.0, cfg.noise_sigma, n_days)
             costs.append(level * sku.share * season * noise)
             rows.append((r_idx, sku))
     return rows, np.vstack(costs)
@@ -429,6 +429,23 @@ def resources_for_rows(cfg: GeneratorConfig, rows: int) -> int:
     projects = 3 * cfg.plants + len(CORPORATE)
     per_resource = ROWS_PER_RESOURCE * cfg.months / 15
     return max(2, round(rows / (projects * per_resource)))
+
+
+# Named organisation shapes: updates of GeneratorConfig (the benchmark runs over several of them).
+ORG_SHAPES: dict[str, dict] = {
+    "demo": {},  # configs/local.yaml as it is: 5 plants x 3 projects + 3 corporate, 20 resources per project
+    "small_stable": dict(plants=2, resources_per_project=12, migration_span=0.1, late_resource_share=0.05,
+                         noise_sigma=0.04),
+    "large_fast_migration": dict(plants=8, resources_per_project=30, migration_span=0.3, late_resource_share=0.5,
+                                 noise_sigma=0.08),
+}
+
+
+def shape_config(shape: str, base: GeneratorConfig | None = None) -> GeneratorConfig:
+    """The generator config of a named organisation shape (ORG_SHAPES) applied over `base` (defaults if None)."""
+    if shape not in ORG_SHAPES:
+        raise FinopsError(f"Unknown organisation shape '{shape}'; use one of {', '.join(ORG_SHAPES)}.")
+    return GeneratorConfig.model_validate({**(base or GeneratorConfig()).model_dump(), **ORG_SHAPES[shape]})
 
 
 SERIES_PER_CHUNK = 4000  # line items are built and written this many series at a time (about 1M rows)

@@ -87,6 +87,20 @@ def _anomaly_figure(d: Path, n: int = 4) -> str:
     return _png(fig)
 
 
+def _anomaly_causes(d: Path, n: int = 15) -> str:
+    """The largest anomalies with their dollar impact and cause, as an alert would name them."""
+    path = d / "anomalies.csv"
+    if not path.exists():
+        return ""
+    found = pd.read_csv(path).nlargest(n, "impact")
+    rows = [[r.day, r.service, r.project_id, f"{r.net_cost:,.2f}", f"{r.expected:,.2f}", f"{r.impact:,.2f}",
+             r.cause_resource, r.cause_sku, _fmt(r.cause_share), r.cause_owner, r.anomaly_id]
+            for r in found.itertuples()]
+    return (f"<h3>Largest anomalies and their causes ({len(pd.read_csv(path))} in all: {path.name})</h3>"
+            + _table(rows, ["day", "service", "project", "actual $", "expected $", "impact $", "resource", "SKU",
+                            "share of excess", "owner", "id"]))
+
+
 def _labels_figure(metrics: dict, backtest: dict) -> str:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
     a.bar(["before", "after"], [metrics["label_compliance_before"], metrics["label_compliance_after"]],
@@ -127,6 +141,7 @@ reconciliation difference {summary['reconciliation_diff']}.</p>
 <h2>Gates</h2>{_table(gate_rows, ['gate', 'value', 'threshold', 'result'])}
 <h2>Forecast</h2>{_forecast_figure(eval_dirs['cost-forecast'])}
 <h2>Anomalies (holdout and training windows)</h2>{_anomaly_figure(eval_dirs['cost-anomaly'])}
+{_anomaly_causes(eval_dirs['cost-anomaly'])}
 <h2>Labels and model comparison</h2>
 {_labels_figure(summary['metrics']['resource-labeler'], summary['metrics']['cost-forecast']['backtest_accuracy'])}
 {conf_html}

@@ -95,18 +95,25 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
     return _finish(eval_dir, "cost-forecast", result["metrics"], cfg, daily)
 
 
-def train_anomaly_step(resource_daily_cost_path: str, labels_path: str, cfg: Config, model_dir: str,
-                       eval_dir: str) -> dict:
-    """The detector on daily cost per resource (it judges the cells they add up to)."""
+def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, labels_path: str, feedback_path: str,
+                       cfg: Config, model_dir: str, eval_dir: str) -> dict:
+    """The detector on daily cost per resource (it judges the cells they add up to). Labels: ground truth where
+    there is one, corrected and extended by the users' feedback (anomalies marked expected / unexpected)."""
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     daily = pd.read_parquet(resource_daily_cost_path)
-    truth = pd.read_csv(labels_path) if labels_path else None  # labels: the generator's truth or user feedback
+    resources = pd.read_parquet(resources_path) if resources_path else None
+    truth = pd.read_csv(labels_path) if labels_path else None
+    feedback = anomaly.read_feedback(feedback_path) if feedback_path and Path(feedback_path).exists() else None
+    labels = anomaly.labels_with_feedback(truth, feedback)
     a = cfg.anomaly
-    result = anomaly.train_and_evaluate(daily, truth, a.holdout_months, a.window_days, a.n_estimators, cfg.seed)
+    result = anomaly.train_and_evaluate(daily, labels, a.holdout_months, a.window_days, a.n_estimators, cfg.seed,
+                                        resources)
     joblib.dump(result["model"], model_dir / "model.joblib")
     cells = result["cells"]
-    cols = ["day", "service", "project_id", "net_cost", "expected", "score", "is_anomaly", "impact", "truth"]
-    cells[cols].to_parquet(eval_dir / "cells.parquet", index=False)
+    cells[anomaly.CELL_COLUMNS].to_parquet(eval_dir / "cells.parquet", index=False)
+    found = cells[cells.is_anomaly].sort_values(["day", "impact"], ascending=[True, False])
+    found[anomaly.ANOMALY_COLUMNS].to_csv(eval_dir / "anomalies.csv", index=False)
+    result["metrics"]["feedback_marks"] = 0 if feedback is None else int(len(feedback))
     return _finish(eval_dir, "cost-anomaly", result["metrics"], cfg, daily)
 
 

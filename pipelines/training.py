@@ -19,13 +19,15 @@ def training_pipeline(
     control_totals: str = "",
     anomaly_labels: str = "",
     resource_truth: str = "",
+    anomaly_feedback: str = "",
     run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
 ):
     ingest = ingest_events(source=source, control_totals=control_totals).set_display_name("ingest")
     features = build_features(events=ingest.outputs["events"]).set_display_name("features")
     daily = features.outputs["daily_cost"]
     anomaly = train_anomaly_detector(resource_daily_cost=features.outputs["resource_daily_cost"],
-                                     anomaly_labels=anomaly_labels, config_json=config_json)
+                                     resources=features.outputs["resources"], anomaly_labels=anomaly_labels,
+                                     anomaly_feedback=anomaly_feedback, config_json=config_json)
     trained = {
         # The forecast learns from the history adjusted for the anomalies the detector flagged.
         "forecast": train_forecast(daily_cost=daily, anomaly_evaluation=anomaly.outputs["evaluation"],

@@ -81,9 +81,12 @@ def forecast_from(daily_cost_uri: str, anomaly_evaluation_uri: str, config_json:
 
 
 @dsl.pipeline
-def anomaly_from(resource_daily_cost_uri: str, anomaly_labels: str, config_json: str) -> _Trained:
+def anomaly_from(resource_daily_cost_uri: str, resources_uri: str, anomaly_labels: str, config_json: str,
+                 anomaly_feedback: str = "") -> _Trained:
     daily = dsl.importer(artifact_uri=resource_daily_cost_uri, artifact_class=Dataset)
-    task = train_anomaly_detector(resource_daily_cost=daily.output, anomaly_labels=anomaly_labels,
+    resources = dsl.importer(artifact_uri=resources_uri, artifact_class=Dataset)
+    task = train_anomaly_detector(resource_daily_cost=daily.output, resources=resources.output,
+                                  anomaly_labels=anomaly_labels, anomaly_feedback=anomaly_feedback,
                                   config_json=config_json)
     return _Trained(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
                     metrics=task.outputs["metrics"])
@@ -149,7 +152,8 @@ def chain(tmp_path_factory) -> SimpleNamespace:
     events = ingest.outputs["events"]
     features = features_from(events_uri=events.uri)
     daily_uri = features.outputs["daily_cost"].uri
-    anomaly = anomaly_from(resource_daily_cost_uri=features.outputs["resource_daily_cost"].uri, anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
+    anomaly = anomaly_from(resource_daily_cost_uri=features.outputs["resource_daily_cost"].uri,
+                           resources_uri=features.outputs["resources"].uri, anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
                            config_json=cfg_json)
     trained = {
         "cost-forecast": forecast_from(daily_cost_uri=daily_uri,

@@ -423,3 +423,47 @@ def test_generate_from_monthly_bad_csv(tmp_path, content, message):
 def test_generate_from_monthly_missing_file(tmp_path):
     with pytest.raises(FinopsError, match="does not exist"):
         generate_from_monthly(tmp_path / "nope.csv", GeneratorConfig(), 1, tmp_path / "out")
+
+
+def _digest(out: Path) -> str:
+    """A hash of the generated data (truth tables, control totals, every line item's cost and day)."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256()
+    for f in ["control_totals.csv", "truth/anomalies.csv", "truth/anomaly_cells.csv", "truth/resources.csv"]:
+        h.update(pd.read_csv(out / f).round(6).to_csv(index=False).encode())
+    t = pq.read_table(out / "events.parquet", columns=["cost", "usage_start_time"])
+    h.update(np.round(t.column("cost").to_numpy(), 6).tobytes())
+    h.update(t.column("usage_start_time").to_numpy().astype("int64").tobytes())
+    return h.hexdigest()
+
+
+def test_shape_fields_default_to_the_original_draws(tmp_path):
+    # Computed on main before the shape fields existed: the defaults must give the same data, draw for draw.
+    generate(GeneratorConfig(plants=2, resources_per_project=3, months=6), 3, tmp_path / "g", fmt="parquet")
+    assert _digest(tmp_path / "g") == "dae665745df4ffbc6b03bd47bd4c032616de3e381bfaaa4f408fc160244acf52"
+    generate(gen.shape_config("demo", GeneratorConfig(plants=2, resources_per_project=3, months=6)), 3,
+             tmp_path / "d", fmt="parquet")
+    assert _digest(tmp_path / "d") == _digest(tmp_path / "g")
+
+
+def test_org_shapes():
+    assert gen.shape_config("demo") == GeneratorConfig()
+    small, large = gen.shape_config("small_stable"), gen.shape_config("large_fast_migration")
+    assert (small.plants, small.resources_per_project, small.noise_sigma) == (2, 12, 0.04)
+    assert (large.plants, large.migration_span, large.late_resource_share) == (8, 0.3, 0.5)
+    with pytest.raises(FinopsError, match="Unknown organisation shape 'huge'"):
+        gen.shape_config("huge")
+
+    def late_starts(cfg):  # plant resources that arrive more than 90 days after the first plant's wave
+        res = build_organisation(cfg, np.random.default_rng(1), 450)
+        plant_res = [r for r in res if not r.project_id.startswith("acme-corp")]
+        waves = {}
+        for r in plant_res:
+            waves[r.project_id] = min(waves.get(r.project_id, 10**6), r.start)
+        return np.mean([r.start - waves[r.project_id] > 90 for r in plant_res])
+
+    assert late_starts(small) < late_starts(GeneratorConfig(plants=2, resources_per_project=12)) < late_starts(
+        GeneratorConfig(plants=2, resources_per_project=12, late_resource_share=0.6))

@@ -162,11 +162,11 @@ def test_compiled_pipeline_name_and_parameters(compiled):
     assert compiled["pipelineInfo"]["name"] == PIPELINE_NAME == "finops-ml-training"
     params = compiled["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {"source", "config_json", "registry_dir", "control_totals", "anomaly_labels",
-                           "resource_truth", "run_id"}
+                           "resource_truth", "anomaly_feedback", "run_id"}
     assert all(p["parameterType"] == "STRING" for p in params.values())
     for required in ("source", "config_json", "registry_dir"):
         assert not params[required].get("isOptional", False), required
-    for optional in ("control_totals", "anomaly_labels", "resource_truth"):
+    for optional in ("control_totals", "anomaly_labels", "resource_truth", "anomaly_feedback"):
         assert params[optional]["isOptional"] is True and params[optional]["defaultValue"] == "", optional
     assert params["run_id"]["defaultValue"] == "{{$.pipeline_job_uuid}}"
 

@@ -23,6 +23,7 @@ training window. It is never tuned on the holdout.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -33,6 +34,13 @@ from sklearn.ensemble import IsolationForest
 from finops_ml.metrics import event_metrics, precision_recall_f1
 
 FEATURES = ["robust_z", "log_ratio", "log_ratio_3d"]
+SKU_EWMA_ALPHA = 0.2  # a SKU's usual daily cost: EWMA over its resource's days (a SKU absent that day adds 0)
+CAUSE_LABELS = ["owner", "cost_center", "plant"]
+ANOMALY_COLUMNS = ["anomaly_id", "day", "service", "project_id", "net_cost", "expected", "impact", "score",
+                   "cause_resource", "cause_sku", "cause_share", *(f"cause_{c}" for c in CAUSE_LABELS)]
+CELL_COLUMNS = [*ANOMALY_COLUMNS, "is_anomaly", "truth"]
+FEEDBACK_COLUMNS = ["anomaly_id", "day", "service", "project_id", "verdict", "note", "marked_at"]
+VERDICTS = ("expected", "unexpected")
 KEYS = ["service", "project_id"]
 RESOURCE_KEYS = ["service", "project_id", "resource"]
 MIN_BASELINE_DAYS = 5
@@ -61,6 +69,11 @@ class ResourcePanel:
         cost = np.full((len(keys), len(days)), np.nan)
         cost[r_idx, t_idx] = flat["cost"].to_numpy()
         return cls(days, keys, cost)
+
+
+def anomaly_id(day: str, service: str, project_id: str) -> str:
+    """A stable, link-able id of a daily cell's anomaly (the same in batch, real time and alerts)."""
+    return "anom-" + hashlib.sha1(f"{day}|{service}|{project_id}".encode()).hexdigest()[:16]
 
 
 def _month_end(days: pd.DatetimeIndex) -> np.ndarray:
@@ -232,9 +245,24 @@ class CostAnomalyDetector:
         lr = pd.DataFrame(log_ratio.T)
         log_ratio_3d = lr.rolling(3, min_periods=1).mean().to_numpy().T
 
+        # The cause: the established resource of the cell whose cost rose most above its own expectation.
+        ranked = np.where(established & present, np.nan_to_num(x) - expected_r, -np.inf)
+        top = np.full((n_cells, n_days), -1)
+        top_excess = np.zeros((n_cells, n_days))
+        for c in range(n_cells):
+            rows = np.flatnonzero(cell_of_res == c)
+            best = rows[np.argmax(ranked[rows], axis=0)]
+            ok = np.isfinite(ranked[best, np.arange(n_days)])
+            top[c] = np.where(ok, best, -1)
+            top_excess[c] = np.where(ok, ranked[best, np.arange(n_days)], 0.0)
+
         c_idx = pd.MultiIndex.from_frame(cell_keys).get_indexer(pd.MultiIndex.from_frame(daily[KEYS]))
         t_idx = ((daily["day"] - panel.days[0]) // pd.Timedelta(days=1)).to_numpy()
+        top_cell = top[c_idx, t_idx]
+        names = panel.resources["resource"].to_numpy(object)
         cells = daily.assign(
+            cause_resource=np.where(top_cell >= 0, names[np.maximum(top_cell, 0)], None),
+            cause_excess=top_excess[c_idx, t_idx],
             expected=expected_c[c_idx, t_idx],
             established_cost=actual_c[c_idx, t_idx] - new_c[c_idx, t_idx],
             new_cost=new_c[c_idx, t_idx],
@@ -274,12 +302,62 @@ class CostAnomalyDetector:
         rise = (cells.log_ratio > 0) & (cells.established_cost > 0)
         return np.where(rise, raw * cells.log_ratio, 0.0)
 
-    def score(self, daily: pd.DataFrame) -> pd.DataFrame:
+    def score(self, daily: pd.DataFrame, resources: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Score every cell; an anomalous one gets its dollar impact (actual - expected) and its cause: the
+        resource, its SKU (when `daily` has a `sku` column) and labels (from the `resources` view when given)."""
         cells = self.features(daily)
         cells["score"] = self._score(cells)
         cells["is_anomaly"] = cells.score >= self.threshold_
         cells["impact"] = np.where(cells.is_anomaly, cells.net_cost - cells.expected, 0.0)
+        cells["anomaly_id"] = [anomaly_id(str(d.date()), s, p) if a else None
+                               for d, s, p, a in zip(cells.day, cells.service, cells.project_id, cells.is_anomaly)]
+        return explain(cells, daily, resources)
+
+
+def explain(cells: pd.DataFrame, daily: pd.DataFrame, resources: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Name the cause of each anomalous cell: its top resource's share of the cell's excess, the resource's SKU
+    that rose most above its usual daily cost (EWMA over the resource's earlier days), and the resource's labels."""
+    cells = cells.copy()
+    flagged = cells.is_anomaly & cells.cause_resource.notna()
+    excess = cells.net_cost - cells.expected
+    cells["cause_share"] = np.where(flagged & (excess > 0), cells.cause_excess / excess.where(excess > 0), np.nan)
+    cells["cause_sku"] = None
+    for c in CAUSE_LABELS:
+        cells[f"cause_{c}"] = None
+    cells.loc[~flagged, "cause_resource"] = None
+    if not flagged.any():
         return cells
+    if "sku" in daily.columns and "resource_name" in daily.columns:
+        day = pd.to_datetime(daily["day"])
+        wanted = cells.loc[flagged, ["service", "project_id", "cause_resource"]].drop_duplicates()
+        rows = daily.assign(day=day).merge(wanted.rename(columns={"cause_resource": "resource_name"}),
+                                           on=["service", "project_id", "resource_name"])
+        per_resource = {k: g.pivot_table(index="day", columns="sku", values="net_cost", aggfunc="sum", fill_value=0.0)
+                        for k, g in rows.groupby(["service", "project_id", "resource_name"])}
+        skus = []
+        for i in np.flatnonzero(flagged):
+            row = cells.iloc[i]
+            table = per_resource.get((row.service, row.project_id, row.cause_resource))
+            skus.append(_top_sku(table, row.day) if table is not None else None)
+        cells.loc[flagged, "cause_sku"] = skus
+    if resources is not None and "resource_name" in resources.columns:
+        labels = resources.drop_duplicates(["project_id", "resource_name"]).set_index(["project_id", "resource_name"])
+        keys = pd.MultiIndex.from_arrays([cells.loc[flagged, "project_id"], cells.loc[flagged, "cause_resource"]])
+        for c in CAUSE_LABELS:
+            if c in labels.columns:
+                cells.loc[flagged, f"cause_{c}"] = labels[c].reindex(keys).to_numpy()
+    return cells
+
+
+def _top_sku(table: pd.DataFrame, day) -> str | None:
+    """The SKU whose cost on `day` rose most above its EWMA over the resource's earlier days."""
+    if day not in table.index:
+        return None
+    before = table[table.index < day]
+    usual = np.zeros(table.shape[1])
+    for values in before.to_numpy():
+        usual = (1 - SKU_EWMA_ALPHA) * usual + SKU_EWMA_ALPHA * values
+    return str(table.columns[int(np.argmax(table.loc[day].to_numpy() - usual))])
 
 
 def label_cells(cells: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
@@ -312,8 +390,44 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(0.5 * (distinct[i] + below))
 
 
+def read_feedback(path) -> pd.DataFrame:
+    """Users' verdicts on anomalies (FEEDBACK_COLUMNS); a malformed file is a clear error naming it."""
+    from finops_ml.errors import FinopsError
+
+    try:
+        feedback = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise FinopsError(f"Anomaly feedback {path} cannot be read as CSV ({exc.__class__.__name__}).") from None
+    missing = [c for c in ("day", "service", "project_id", "verdict") if c not in feedback.columns]
+    if missing:
+        raise FinopsError(f"Anomaly feedback {path} lacks the column(s) {', '.join(missing)}; "
+                          f"expected {','.join(FEEDBACK_COLUMNS)}.")
+    bad = feedback[~feedback.verdict.isin(VERDICTS)]
+    if len(bad):
+        raise FinopsError(f"Anomaly feedback {path}, line {bad.index[0] + 2}: verdict {bad.verdict.iloc[0]!r} is not "
+                          f"one of {', '.join(VERDICTS)}.")
+    return feedback
+
+
+def labels_with_feedback(truth: pd.DataFrame | None, feedback: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Training labels: the ground truth where there is one; a cell marked `expected` is not an anomaly (a planned
+    migration, a known batch job), a cell marked `unexpected` is one. The latest verdict on a cell wins."""
+    if feedback is None or feedback.empty:
+        return truth
+    marks = feedback.drop_duplicates(["day", "service", "project_id"], keep="last")
+    marks = pd.DataFrame({"date": pd.to_datetime(marks.day).dt.date.astype(str), "service": marks.service,
+                          "project_id": marks.project_id, "material": marks.verdict == "unexpected"})
+    if truth is None:
+        return marks.reset_index(drop=True)
+    truth = truth.assign(date=pd.to_datetime(truth.date).dt.date.astype(str))
+    keys = ["date", "service", "project_id"]
+    kept = truth.merge(marks[keys], on=keys, how="left", indicator=True)
+    kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
+    return pd.concat([kept, marks], ignore_index=True)
+
+
 def train_and_evaluate(daily: pd.DataFrame, truth: pd.DataFrame | None, holdout_months: int, window_days: int,
-                       n_estimators: int, seed: int) -> dict:
+                       n_estimators: int, seed: int, resources: pd.DataFrame | None = None) -> dict:
     """Fit on the training window (threshold from its labels), evaluate on the last months.
 
     Without labelled anomalies (no ground truth, no feedback yet) the detector still trains, flagging its top 2%,
@@ -327,7 +441,7 @@ def train_and_evaluate(daily: pd.DataFrame, truth: pd.DataFrame | None, holdout_
     cutoff = cutoff + pd.offsets.MonthEnd(0)
     train = daily[daily.day <= cutoff]
     detector = CostAnomalyDetector(window_days, n_estimators, seed).fit(train, truth)
-    cells = detector.score(daily)  # features are causal, so scoring all days never leaks the future
+    cells = detector.score(daily, resources)  # features are causal: scoring all days never leaks the future
     cells["truth"] = label_cells(cells, truth)
     cells["predicted"] = cells.is_anomaly
     test = cells[cells.day > cutoff]
