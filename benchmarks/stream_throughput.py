@@ -72,8 +72,9 @@ def train_detector(rows: int | None, workdir: Path):
     ingest_step(str(data / "events.jsonl"), str(data / "control_totals.csv"), str(workdir / "events"))
     features_step(str(workdir / "events"), str(workdir / "daily.parquet"), str(workdir / "resource_daily.parquet"),
                   str(workdir / "resources.parquet"))
-    train_anomaly_step(str(workdir / "resource_daily.parquet"), str(data / "truth" / "anomaly_cells.csv"), cfg,
-                       str(workdir / "model"), str(workdir / "eval"))
+    train_anomaly_step(str(workdir / "resource_daily.parquet"), str(workdir / "resources.parquet"),
+                       str(data / "truth" / "anomaly_cells.csv"), "", cfg, str(workdir / "model"),
+                       str(workdir / "eval"))
     import joblib
 
     lines = (data / "events.jsonl").read_bytes().splitlines()

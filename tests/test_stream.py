@@ -488,7 +488,6 @@ SCRIPT = str(Path(sys.executable).parent / "finops-ml")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_generated):
     """The small organisation's detector, trained as the pipeline does and registered in a local registry."""
-    pytest.importorskip("finops_ml.realtime")  # TEMPORARY until the real-time detector lands on main
     from finops_ml.config import Config
     from finops_ml.registry import LocalRegistry
     from finops_ml.steps import features_step, ingest_step, train_anomaly_step
@@ -498,13 +497,14 @@ def trained(tmp_path_factory, small_generated):
                 str(work / "events"))
     features_step(str(work / "events"), str(work / "daily.parquet"), str(work / "resource_daily.parquet"),
                   str(work / "resources.parquet"))
-    train_anomaly_step(str(work / "resource_daily.parquet"), str(small_generated / "truth" / "anomaly_cells.csv"),
-                       Config(), str(work / "model"), str(work / "eval"))
+    train_anomaly_step(str(work / "resource_daily.parquet"), str(work / "resources.parquet"),
+                       str(small_generated / "truth" / "anomaly_cells.csv"), "", Config(), str(work / "model"),
+                       str(work / "eval"))
     LocalRegistry(work / "registry").register("cost-anomaly", work / "model", {"anomaly_f1": 1.0}, "test", {})
     import joblib
 
     return SimpleNamespace(registry=work / "registry", resource_daily=work / "resource_daily.parquet",
-                           detector=joblib.load(work / "model" / "model.joblib"))
+                           resources=work / "resources.parquet", detector=joblib.load(work / "model" / "model.joblib"))
 
 
 def _final_cells(alerts: list[dict]) -> set[tuple[str, str, str]]:
@@ -523,7 +523,9 @@ def _reference(bootstrap: str, topic: str, detector) -> tuple[set[str], int]:
     states: dict[int, RealtimeState] = {}
     keys, valid = set(), 0
     for m in sorted(_messages(bootstrap, topic), key=lambda m: (m.partition(), m.offset())):
-        state = states.setdefault(m.partition(), RealtimeState.from_detector(detector, lateness_days=1))
+        if m.partition() not in states:
+            states[m.partition()] = RealtimeState.from_detector(detector, lateness_days=1)
+        state = states[m.partition()]
         try:
             event = json.loads(m.value())
             found = detect_anomaly_realtime(event, state)
@@ -550,7 +552,7 @@ def test_batch_and_stream_find_the_same_anomalies(kafka_bootstrap, sorted_events
     summary = processor.run()
     assert summary["reached_end"] and summary["dead_letters"] == 0
     alerts = [json.loads(m.value()) for m in _messages(kafka_bootstrap, settings.alerts_topic)]
-    cells = trained.detector.score(pd.read_parquet(trained.resource_daily))
+    cells = trained.detector.score(pd.read_parquet(trained.resource_daily), pd.read_parquet(trained.resources))
     batch = {(str(d.date()), s, p) for d, s, p in cells.loc[cells.is_anomaly, ["day", "service", "project_id"]]
              .itertuples(index=False)}
     assert batch  # the data holds anomalies
@@ -570,14 +572,15 @@ class StreamProcess:
 
     def __init__(self, args: list[str], env: dict, log: Path):
         self.log = log
+        start = log.stat().st_size if log.exists() else 0
         self.out = open(log, "ab")
         self.proc = subprocess.Popen([SCRIPT, "stream", *args], stdout=self.out, stderr=subprocess.STDOUT, env=env)
         self.port = None
         deadline = time.monotonic() + 60
         while self.port is None:
-            text = log.read_text()
-            if "metrics on :" in text.split("stream:")[-1]:
-                self.port = int(text.rsplit("metrics on :", 1)[1].split("/")[0])
+            text = log.read_bytes()[start:].decode()
+            if "/metrics" in text:
+                self.port = int(text.split("metrics on :", 1)[1].split("/")[0])
             elif self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the stream did not start: {text[-3000:]}")
             time.sleep(0.05)
