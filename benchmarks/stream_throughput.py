@@ -63,11 +63,17 @@ def train_detector(rows: int | None, workdir: Path):
     from finops_ml.generator import generate, resources_for_rows
     from finops_ml.steps import features_step, ingest_step, train_anomaly_step
 
+    import joblib
+
     cfg = Config()
+    data = workdir / "data"
+    if (workdir / "model" / "model.joblib").exists():  # --workdir of an earlier run: reuse its data and model
+        lines = (data / "events.jsonl").read_bytes().splitlines()
+        lines.sort(key=lambda line: json.loads(line)["usage_start_time"])
+        return joblib.load(workdir / "model" / "model.joblib"), lines
     gcfg = cfg.generator
     if rows:
         gcfg = gcfg.model_copy(update={"resources_per_project": resources_for_rows(gcfg, rows)})
-    data = workdir / "data"
     generate(gcfg, cfg.seed, data, fmt="jsonl")
     ingest_step(str(data / "events.jsonl"), str(data / "control_totals.csv"), str(workdir / "events"))
     features_step(str(workdir / "events"), str(workdir / "daily.parquet"), str(workdir / "resource_daily.parquet"),
@@ -75,8 +81,6 @@ def train_detector(rows: int | None, workdir: Path):
     train_anomaly_step(str(workdir / "resource_daily.parquet"), str(workdir / "resources.parquet"),
                        str(data / "truth" / "anomaly_cells.csv"), "", cfg, str(workdir / "model"),
                        str(workdir / "eval"))
-    import joblib
-
     lines = (data / "events.jsonl").read_bytes().splitlines()
     lines.sort(key=lambda line: json.loads(line)["usage_start_time"])
     return joblib.load(workdir / "model" / "model.joblib"), lines
@@ -142,11 +146,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10_000, help="events/s the live producer sends")
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"))
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep data and model here, and reuse them when they exist (set-up is not timed)")
     args = parser.parse_args()
 
     from finops_ml.kafka_io import ensure_topic
 
-    work = Path(tempfile.mkdtemp(prefix="stream-bench-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="stream-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     detector, lines = train_detector(args.rows, work)
     messages = keyed(lines)
@@ -197,7 +204,11 @@ def main() -> None:
     finally:
         if broker is not None:
             broker.terminate()
-            broker.wait(5)
+            try:
+                broker.wait(5)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+                broker.wait()
 
     print()
     print("| run | events | seconds | events/s | alerts | detection latency p50 / p99 / max (ms) |")
