@@ -64,7 +64,7 @@ def stream(
                                  on_result).start()
     settings = StreamSettings(cfg.bootstrap, cfg.topic, cfg.alerts_topic, cfg.dead_letter_topic, cfg.group,
                               str(state_root), cfg.checkpoint_interval_s, cfg.drain_timeout_s, cfg.alert_link,
-                              until_end)
+                              until_end, cfg.session_timeout_ms)
     processor = StreamProcessor(
         settings, new_state=lambda: RealtimeState.from_detector(detector, lateness_days=cfg.lateness_days),
         load_state=RealtimeState.load, detect=detect_anomaly_realtime, invalid_event=InvalidEvent,

@@ -87,6 +87,8 @@ class StreamConfig(_Strict):
     state_dir: str = "out/stream-state"
     lateness_days: int = Field(1, ge=0, le=31)
     checkpoint_interval_s: float = Field(5.0, gt=0.0, le=3600.0)
+    # A consumer that misses heartbeats this long is dropped from the group; a join takes a part of it.
+    session_timeout_ms: int = Field(10000, ge=1000, le=300000)
     metrics_port: int = Field(9108, ge=0, le=65535)  # 0: pick a free port; the chosen port is logged
     # Delivery to people. The secrets are read from the environment variables named here, never from this file.
     slack_webhook_env: str = "FINOPS_SLACK_WEBHOOK_URL"

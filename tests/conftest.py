@@ -86,7 +86,7 @@ def kafka_bootstrap(tmp_path_factory):
     finally:
         proc.terminate()
         try:
-            proc.wait(5)
+            proc.wait(1)  # memory storage: nothing to lose by killing it
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

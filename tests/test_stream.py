@@ -294,7 +294,7 @@ def sorted_events(tmp_path_factory, small_generated) -> Path:
 
 def _settings(bootstrap: str, topic: str, state_dir: Path, **kw) -> StreamSettings:
     return StreamSettings(bootstrap, topic, f"{topic}-alerts", f"{topic}-dlq", f"{topic}-group", str(state_dir),
-                          **{"checkpoint_interval_s": 0.5, "until_end": True, **kw})
+                          **{"checkpoint_interval_s": 0.5, "until_end": True, "session_timeout_ms": 2000, **kw})
 
 
 def _processor(settings: StreamSettings, dispatcher=None) -> StreamProcessor:
@@ -608,7 +608,7 @@ def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, so
     n1, n2 = len(lines) // 3, 2 * len(lines) // 3
     bad = [b"{not json", b'{"service": {"description": "BigQuery"}, "cost": 1}']
     config = tmp_path / "stream.yaml"
-    config.write_text(f"stream:\n  checkpoint_interval_s: 3600\n  slack_webhook_env: TEST_SLACK_URL\n"
+    config.write_text(f"stream:\n  checkpoint_interval_s: 3600\n  session_timeout_ms: 2000\n  slack_webhook_env: TEST_SLACK_URL\n"
                       f"  smtp_host: 127.0.0.1\n  smtp_port: {controller.port}\n  email_to: [oncall@acme.test]\n"
                       f"  drain_timeout_s: 5\n")
     state_dir = tmp_path / "state"
