@@ -54,13 +54,14 @@ class StreamMetrics:
 
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.events = Counter("finops_stream_events", "Billing events consumed and scored.", registry=r)
+        self.events = Counter("finops_stream_events", "Messages consumed (billing events and dead letters).",
+                              registry=r)
         self.alerts = Counter("finops_stream_alerts", "Anomaly alerts published to the alerts topic.", registry=r)
         self.duplicates = Counter("finops_stream_duplicate_alerts_suppressed",
                                   "Alerts re-detected after a restart and not published again.", registry=r)
         self.dead_letters = Counter("finops_stream_dead_letters", "Events sent to the dead-letter topic.",
                                     registry=r)
-        self.errors = Counter("finops_stream_errors", "Errors by kind (kafka, produce, delivery).", ["kind"],
+        self.errors = Counter("finops_stream_errors", "Errors by kind (kafka, produce, commit, detector).", ["kind"],
                               registry=r)
         self.deliveries = Counter("finops_stream_alert_deliveries", "Slack / email delivery attempts.",
                                   ["channel", "result"], registry=r)
@@ -201,6 +202,7 @@ class StreamProcessor:
         self.first_event_at: float | None = None  # monotonic time of the first event (throughput without start-up)
         self.alert_latencies: list[float] | None = None  # set to a list to record each alert's latency (benchmark)
         self._assigned_once = False
+        self._failed = False
         self._consumer = None
         self._producer = None
 
@@ -227,7 +229,7 @@ class StreamProcessor:
 
     def _on_revoke(self, consumer, partitions) -> None:
         revoked = {tp.partition for tp in partitions}
-        if revoked:
+        if revoked and not self._failed:  # after a failure, the last good snapshots stand
             self.checkpoint(only=revoked)
         for p in revoked:
             self.states.pop(p, None)
@@ -321,6 +323,11 @@ class StreamProcessor:
             anomalies = self.detect(event, state)
         except self.invalid_event as exc:
             self._dead_letter(msg, str(exc))
+            anomalies = ()
+        except Exception as exc:  # noqa: BLE001 - a detector bug must not turn one event into a crash loop
+            self.metrics.errors.labels("detector").inc()
+            log.exception("the detector failed on %s:%d:%d", self.s.topic, p, msg.offset())
+            self._dead_letter(msg, f"the detector failed on this event ({exc.__class__.__name__}: {exc})")
             anomalies = ()
         self.positions[p] = msg.offset() + 1
         self.dirty.add(p)
@@ -436,6 +443,9 @@ class StreamProcessor:
                     if isinstance(v, (int, float)):
                         counters[k] = counters.get(k, 0) + v
             partitions = sorted(self.states)
+        except BaseException:
+            self._failed = True
+            raise
         finally:
             self._consumer.close()
         return {**self.counts, "seconds": round(seconds, 3), "seconds_from_first_event": round(busy, 3),

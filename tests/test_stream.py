@@ -90,6 +90,8 @@ def _day_minus(day: str, n: int) -> str:
 
 
 def toy_detect(event: dict, state: ToyState) -> list[dict]:
+    if event.get("boom"):
+        raise RuntimeError("a bug in the detector")
     try:
         day = event["usage_start_time"][:10]
         service = event["service"]["description"]
@@ -118,7 +120,7 @@ def toy_expected(lines: list[bytes]) -> set[str]:
     for line in lines:
         try:
             ids |= {a["anomaly_id"] for a in toy_detect(json.loads(line), state)}
-        except (ToyInvalid, json.JSONDecodeError, AttributeError, TypeError):
+        except (ToyInvalid, json.JSONDecodeError, AttributeError, TypeError, RuntimeError):
             pass
     return ids | {a["anomaly_id"] for a in state.flush()}
 
@@ -326,7 +328,7 @@ def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bo
     controller, handler = smtp_server
     topic = _topic("dlq")
     lines = sorted_events.read_bytes().splitlines()
-    bad = [b"{not json", b"[1, 2]", b'{"service": {"description": "BigQuery"}}']
+    bad = [b"{not json", b"[1, 2]", b'{"service": {"description": "BigQuery"}}', b'{"boom": true}']
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_bytes(b"\n".join(lines[:3000] + bad + lines[3000:]) + b"\n")
     replay(mixed, kafka_bootstrap, topic, partitions=3)
@@ -342,7 +344,7 @@ def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bo
     assert dispatcher.close(10) == {"slack": 0, "email": 0}
 
     assert summary["reached_end"] and summary["events"] == len(lines) + len(bad)
-    assert summary["dead_letters"] == 3 and summary["state_counters"]["events"] == len(lines)
+    assert summary["dead_letters"] == 4 and summary["state_counters"]["events"] == len(lines)
     alerts = _messages(kafka_bootstrap, settings.alerts_topic)
     ids = [m.key().decode() for m in alerts]
     assert sorted(ids) == sorted(expected)  # every anomaly, once
@@ -357,14 +359,16 @@ def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bo
     assert reasons[b"{not json"][b"error.reason".decode()].startswith(b"invalid JSON")
     assert b"not a billing event" in reasons[b"[1, 2]"]["error.reason"]
     assert b"missing or malformed field" in reasons[bad[2]]["error.reason"]
+    assert reasons[bad[3]]["error.reason"] == b"the detector failed on this event (RuntimeError: a bug in the detector)"
     assert reasons[b"[1, 2]"]["source.topic"] == topic.encode()
 
     from prometheus_client import generate_latest
 
     text = generate_latest(processor.metrics.registry).decode()
-    assert f"finops_stream_events_total {float(len(lines) + 3)}" in text
+    assert f"finops_stream_events_total {float(len(lines) + 4)}" in text
     assert f"finops_stream_alerts_total {float(len(expected))}" in text
-    assert "finops_stream_dead_letters_total 3.0" in text
+    assert "finops_stream_dead_letters_total 4.0" in text
+    assert 'finops_stream_errors_total{kind="detector"} 1.0' in text
     assert f"finops_stream_detection_latency_seconds_count {float(len(expected))}" in text
 
 
