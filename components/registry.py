@@ -15,9 +15,22 @@ def check_gate(evaluation: Input[Artifact]) -> bool:
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def register_model(model: Input[Model], evaluation: Input[Artifact], registry_dir: str, config_json: str,
                    run_id: str) -> str:
-    """Register a model that passed its gate; it becomes champion only if not worse than the current one."""
+    """Register a model that passed its gate (local or Vertex AI registry, from the config); it becomes champion
+    only if not worse than the current champion's stored metric."""
     from finops_ml.config import Config
     from finops_ml.steps import register_step
 
     entry = register_step(model.path, evaluation.path, registry_dir, Config.from_json(config_json), run_id)
     return f"{entry['name']}:v{entry['version']}"
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def deploy_model(registered: str, registry_dir: str, config_json: str) -> str:
+    """Deploy a new champion ("NAME:vN") with the canary split and keep the newest N versions deployed (a Vertex AI
+    endpoint, or the local registry's endpoint state); returns what was done, as JSON."""
+    import json
+
+    from finops_ml.config import Config
+    from finops_ml.steps import deploy_step
+
+    return json.dumps(deploy_step(registered, registry_dir, Config.from_json(config_json)))

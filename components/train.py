@@ -26,7 +26,8 @@ def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifac
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input[Dataset], anomaly_labels: str,
                            anomaly_feedback: str, config_json: str, model: Output[Model],
-                           evaluation: Output[Artifact], metrics: Output[Metrics]):
+                           evaluation: Output[Artifact], metrics: Output[Metrics],
+                           confusion: Output[ClassificationMetrics]):
     """Isolation Forest on robust features; threshold from the training window's labels (and users' feedback);
     each anomaly with its dollar impact and cause."""
     import math
@@ -40,11 +41,15 @@ def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input
         value = result["metrics"][key]  # the delay is NaN when no anomalous event was detected
         if value is not None and math.isfinite(value):  # NaN would make executor_output.json invalid JSON
             metrics.log_metric(key, value)
+    m = result["metrics"]
+    confusion.log_confusion_matrix(["normal", "anomaly"], m["confusion"])  # holdout cells: truth x predicted
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: str, model: Output[Model],
                   evaluation: Output[Artifact], metrics: Output[Metrics],
+                  owner_confusion: Output[ClassificationMetrics],
+                  cost_center_confusion: Output[ClassificationMetrics],
                   plant_confusion: Output[ClassificationMetrics]):
     """TF-IDF + logistic regression per label; confident predictions applied, the rest to review."""
     import json
@@ -59,5 +64,7 @@ def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: s
         if isinstance(value, (int, float)) and value == value:
             metrics.log_metric(key, value)
     confusion = json.load(open(os.path.join(evaluation.path, "confusion.json")))
-    if "plant" in confusion:
-        plant_confusion.log_confusion_matrix(confusion["plant"]["labels"], confusion["plant"]["matrix"])
+    for target, artifact in (("owner", owner_confusion), ("cost_center", cost_center_confusion),
+                             ("plant", plant_confusion)):
+        if target in confusion:  # held-out labelled resources: truth x predicted
+            artifact.log_confusion_matrix(confusion[target]["labels"], confusion[target]["matrix"])

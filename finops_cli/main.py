@@ -110,6 +110,8 @@ def run(
     out: Path = typer.Option(Path("out"), help="Output directory: report.html, summary.json, registry, data."),
     config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml)."),
     source: Optional[str] = typer.Option(None, help="Billing events to train on; default: generate the demo data."),
+    feedback: Optional[Path] = typer.Option(None, help="Anomaly verdicts (finops-ml feedback); default: OUT/feedback.csv "
+                                                       "when it exists."),
 ):
     """Run the whole training pipeline on this machine with the KFP local runner."""
     try:
@@ -122,7 +124,7 @@ def run(
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "report.html"):  # a failed run must not leave the last run's results looking new
+    for stale in ("summary.json", "report.html", "anomalies.csv"):  # a failed run must not leave the last run's results looking new
         (out / stale).unlink(missing_ok=True)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -144,6 +146,12 @@ def run(
             arguments.update(source=str(data / "events.jsonl"), control_totals=str(data / "control_totals.csv"),
                              anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
                              resource_truth=str(data / "truth" / "resources.csv"))
+        feedback = feedback or (out / "feedback.csv" if (out / "feedback.csv").exists() else None)
+        if feedback:
+            from finops_ml.models.anomaly import read_feedback
+
+            read_feedback(feedback)  # a malformed file is the user's to fix before any step runs
+            arguments["anomaly_feedback"] = str(feedback.resolve())
     except FinopsError as exc:
         _fail(str(exc))
 
@@ -179,6 +187,10 @@ def run(
     timings["total"] = round(time.perf_counter() - t_start, 2)
     summary.update(registered=registered, timings_s=timings, run_id=arguments["run_id"], seed=cfg.seed,
                    config_digest=cfg.digest())
+    anomalies_csv = next(run_dir.glob("train-anomaly-detector*/evaluation/anomalies.csv"), None)
+    if anomalies_csv is not None:
+        shutil.copyfile(anomalies_csv, out / ".anomalies.csv.partial")
+        (out / ".anomalies.csv.partial").replace(out / "anomalies.csv")
     shutil.copyfile(run_dir / "build-report" / "report", out / ".report.html.partial")
     (out / ".report.html.partial").replace(out / "report.html")
     write_json(out / "summary.json", summary)
@@ -216,6 +228,15 @@ def compile_cmd(output: Path = typer.Option(Path("out/training_pipeline.yaml"), 
 
     console.print(f"compiled {compile_pipeline(output)}")
 
+
+from finops_cli import anomalies as _anomalies  # noqa: E402
+
+app.command()(_anomalies.detect)
+app.command()(_anomalies.feedback)
+
+from finops_cli import vertex as _vertex  # noqa: E402 (submit, schedule, promote)
+
+_vertex.register(app)
 
 from finops_cli import stream as _stream  # noqa: E402
 

@@ -65,11 +65,55 @@ class GatesConfig(_Strict):
 class RegistryConfig(_Strict):
     # A directory; relative paths are taken relative to the run's output directory.
     path: str = "registry"
+    # Where the pipeline registers and deploys: the directory registry, or the Vertex AI Model Registry + endpoints.
+    backend: Literal["local", "vertex"] = "local"
 
 
 class PipelineConfig(_Strict):
     name: str = "finops-ml-training"
     pipeline_root: str = ""
+    # What `finops-ml submit` / `schedule` send: the components' image, the billing source, caching.
+    image: str = ""
+    source: str = ""
+    control_totals: str = ""
+    enable_caching: bool = True
+
+
+class GcpConfig(_Strict):
+    """Where the production path runs (see README "Production on Vertex AI"); no secret ever goes here."""
+    project: str = ""
+    region: str = "europe-west1"
+    # The Vertex AI API endpoint (default: REGION-aiplatform.googleapis.com); a regional or private (PSC) endpoint,
+    # or http://127.0.0.1:PORT for a loopback recorder (plain http: anonymous credentials, never a real token).
+    api_endpoint: str = ""
+    scheduler_api_endpoint: str = ""  # the Cloud Scheduler API endpoint, the same way
+    service_account: str = ""  # the pipeline runner's service account
+    network: str = ""  # projects/NUMBER/global/networks/NAME (VPC peering of the pipeline job), optional
+    labels: dict[str, str] = {}
+    staging_bucket: str = ""  # gs:// prefix for model artifacts; default: PIPELINE_ROOT/models
+
+
+class DeployConfig(_Strict):
+    """Deployment of a new champion: one endpoint per model, canary traffic, the newest N versions kept."""
+    enabled: bool = True
+    endpoint_display_name: str = "finops-ml"  # endpoint of a model: <this>-<model name>
+    canary_percent: int = Field(10, ge=1, le=100)
+    keep_versions: int = Field(2, ge=1, le=10)
+    serving_image: str = ""
+    machine_type: str = "n2-standard-2"
+    min_replicas: int = Field(1, ge=1, le=100)
+    max_replicas: int = Field(2, ge=1, le=100)
+    service_account: str = ""  # the serving container's service account
+
+
+class ScheduleConfig(_Strict):
+    """Retraining schedule: a Vertex AI pipeline schedule, or a Cloud Scheduler job that creates the pipeline job."""
+    backend: Literal["vertex", "cloud_scheduler"] = "vertex"
+    display_name: str = "finops-ml-training-weekly"
+    cron: str = "0 3 * * 1"
+    timezone: str = "Europe/Paris"
+    max_concurrent_runs: int = Field(1, ge=1, le=10)
+    service_account: str = ""  # Cloud Scheduler's caller identity (OAuth token for the Vertex AI API)
 
 
 class StreamConfig(_Strict):
@@ -117,6 +161,9 @@ class Config(_Strict):
     gates: GatesConfig = GatesConfig()
     registry: RegistryConfig = RegistryConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    gcp: GcpConfig = GcpConfig()
+    deploy: DeployConfig = DeployConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     stream: StreamConfig = StreamConfig()
 
     def digest(self) -> str:

@@ -30,6 +30,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import atomic_path
@@ -163,16 +164,14 @@ class _Day:
         self.cells: dict[tuple, list] = {}
 
 
-class RealtimeState:
-    """Incremental state of a fitted detector; save / load it to go on after a restart."""
+class RealtimeModel:
+    """What the real-time detector needs of a fitted batch detector, prepared once: its settings and threshold,
+    the forest as flat arrays, and each known resource's factors (an unknown resource takes its service's, as in
+    batch). Shared, never changed, by every state built from it."""
 
-    def __init__(self, detector: CostAnomalyDetector, lateness_days: int = 1):
+    def __init__(self, detector: CostAnomalyDetector):
         if detector.factors_ is None or detector.forest_ is None:
             raise FinopsError("The real-time detector needs a fitted CostAnomalyDetector (call fit first).")
-        if lateness_days < 0:
-            raise FinopsError(f"lateness_days must be 0 or more, not {lateness_days}.")
-        self.version = STATE_VERSION
-        self.lateness_days = lateness_days
         self.threshold = float(detector.threshold_)
         self.warmup_days = detector.warmup_days
         self.baseline_days = detector.baseline_days
@@ -182,15 +181,25 @@ class RealtimeState:
         known = detector.factors_[["service", "project_id", "resource"]]
         filled = _fill_factors(detector.factors_, known)
         self._factors = {k: v for k, v in zip(map(tuple, known.to_numpy()), _factor_tuples(filled))}
-        by_service = {}
-        for service in known["service"].unique():
-            probe = known.iloc[:0].copy()
-            probe.loc[0] = [service, "", "\0unknown"]
-            by_service[service] = _factor_tuples(_fill_factors(detector.factors_, probe))[0]
-        self._service_factors = by_service
-        probe = known.iloc[:0].copy()
-        probe.loc[0] = ["\0unknown", "", "\0unknown"]
-        self._neutral = _factor_tuples(_fill_factors(detector.factors_, probe))[0]
+        probes = pd.DataFrame({"service": [*known["service"].unique(), "\0unknown"], "project_id": "",
+                               "resource": "\0unknown"})
+        *by_service, self._neutral = _factor_tuples(_fill_factors(detector.factors_, probes))
+        self._service_factors = dict(zip(probes["service"], by_service))
+
+    def factors_of(self, key: tuple) -> tuple:
+        f = self._factors.get(key)
+        return f if f is not None else self._service_factors.get(key[0], self._neutral)
+
+
+class RealtimeState:
+    """Incremental state of a fitted detector; save / load it to go on after a restart."""
+
+    def __init__(self, model: RealtimeModel, lateness_days: int = 1):
+        if lateness_days < 0:
+            raise FinopsError(f"lateness_days must be 0 or more, not {lateness_days}.")
+        self.version = STATE_VERSION
+        self.lateness_days = lateness_days
+        self.model = model
         self.resources: dict[tuple, _Resource] = {}
         self.cell_members: dict[tuple, list] = {}
         self.days: dict[int, _Day] = {}
@@ -205,7 +214,7 @@ class RealtimeState:
 
     @classmethod
     def from_detector(cls, detector: CostAnomalyDetector, lateness_days: int = 1) -> "RealtimeState":
-        return cls(detector, lateness_days)
+        return cls(RealtimeModel(detector), lateness_days)
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -235,12 +244,6 @@ class RealtimeState:
         return d
 
     # -- events ------------------------------------------------------------------------------------------------
-    def _factors_of(self, key: tuple):
-        f = self._factors.get(key)
-        if f is None:
-            f = self._service_factors.get(key[0], self._neutral)
-        return f
-
     def _parse_day(self, ts) -> int:
         day = self._day_of.get(ts) if isinstance(ts, str) else None
         if day is not None:
@@ -307,7 +310,7 @@ class RealtimeState:
         key = (service, project, resource)
         res = self.resources.get(key)
         if res is None:
-            res = self.resources[key] = _Resource(cell, day, self._factors_of(key), self.baseline_days)
+            res = self.resources[key] = _Resource(cell, day, self.model.factors_of(key), self.model.baseline_days)
             self.cell_members.setdefault(cell, []).append(key)
         elif day < res.first_day:
             res.first_day = day
@@ -319,7 +322,7 @@ class RealtimeState:
             c = d.cells[cell] = self._open_cell(cell, day, d)
         r = d.resources.get(key)
         if r is None:  # the resource's first event of the day: its expectation, its labels
-            established, expected, var = res.expectation(day, d.calendar, self.warmup_days)
+            established, expected, var = res.expectation(day, d.calendar, self.model.warmup_days)
             r = d.resources[key] = [0.0, established, expected, var, {}]
             c[4].append(key)
             if established:
@@ -346,7 +349,7 @@ class RealtimeState:
             expected_c, actual_c = c[0] + c[3] + c[6], c[2] + c[3] + c[6]
             if actual_c > expected_c:
                 lr = math.log((max(actual_c, 0.0) + 1.0) / (max(expected_c, 0.0) + 1.0))
-                if lr >= self.threshold or self.threshold <= 0:
+                if lr >= self.model.threshold or self.model.threshold <= 0:
                     aid = anomaly_id(date.fromordinal(day).isoformat(), service, project)
                     if aid not in self.alerted:
                         found = self._judge(day, cell, c, lr)
@@ -362,7 +365,7 @@ class RealtimeState:
         for key in self.cell_members.get(cell, ()):
             res = self.resources[key]
             if res.last_day >= day - 2:
-                established, expected, var = res.expectation(day, d.calendar, self.warmup_days)
+                established, expected, var = res.expectation(day, d.calendar, self.model.warmup_days)
                 if established:
                     pending[key] = (expected, var)
         return [0.0, 0.0, 0.0, 0.0, [], pending, sum(p[0] for p in pending.values()),
@@ -375,8 +378,8 @@ class RealtimeState:
         past = self.cell_log_ratios.get(cell, {})
         terms = [lr] + [past.get(day - k, 0.0) for k in (1, 2) if day - k >= self.panel_start]
         lr3 = sum(terms) / len(terms)
-        score = self.forest.anomaly_score((z, lr, lr3)) * lr if (lr > 0 and c[2] > 0) else 0.0
-        if score < self.threshold:
+        score = self.model.forest.anomaly_score((z, lr, lr3)) * lr if (lr > 0 and c[2] > 0) else 0.0
+        if score < self.model.threshold:
             return None
         return self._anomaly(day, cell, c, actual_c, expected_c, score, status)
 
@@ -399,7 +402,8 @@ class RealtimeState:
         day_iso = date.fromordinal(day).isoformat()
         return {"anomaly_id": anomaly_id(day_iso, *cell), "day": day_iso, "service": cell[0], "project_id": cell[1],
                 "actual": round(actual, 4), "expected": round(expected, 4), "impact": round(actual - expected, 4),
-                "score": round(score, 6), "threshold": round(self.threshold, 6), "cause": cause, "status": status,
+                "score": round(score, 6), "threshold": round(self.model.threshold, 6), "cause": cause,
+                "status": status,
                 "detected_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
     # -- closing days --------------------------------------------------------------------------------------------
@@ -426,7 +430,7 @@ class RealtimeState:
             final = [0.0, 0.0, 0.0, 0.0, c[4], {}, 0.0, 0.0]
             for key in c[4]:
                 r = d.resources[key]
-                established, expected, var = self.resources[key].expectation(day, d.calendar, self.warmup_days)
+                established, expected, var = self.resources[key].expectation(day, d.calendar, self.model.warmup_days)
                 r[1], r[2], r[3] = established, expected, var
                 if established:
                     final[0] += expected
@@ -440,7 +444,7 @@ class RealtimeState:
             lr = math.log((max(actual_c, 0.0) + 1.0) / (max(expected_c, 0.0) + 1.0))
             aid = anomaly_id(date.fromordinal(day).isoformat(), *cell)
             found = None
-            if lr >= self.threshold or self.threshold <= 0:
+            if lr >= self.model.threshold or self.model.threshold <= 0:
                 found = self._judge(day, cell, f, lr, status="confirmed")
             was = self.alerted.pop(aid, None)
             if found is not None and was is None:
@@ -455,7 +459,8 @@ class RealtimeState:
             for old in [k for k in history if k < day - 1]:
                 del history[old]
         for key, r in d.resources.items():
-            self.resources[key].close(day, d.calendar, r[0], r[1], self.reject_sigmas, self.accept_after_days, r[4])
+            self.resources[key].close(day, d.calendar, r[0], r[1], self.model.reject_sigmas,
+                                      self.model.accept_after_days, r[4])
         del self.days[day]
         self.counters["closed_days"] += 1
         return out

@@ -2,6 +2,9 @@
 
   REGISTRY/<model name>/v<N>/   model files + entry.json
   REGISTRY/<model name>/aliases.json   {"latest": N, "champion": N}
+  REGISTRY/<model name>/endpoint.json  the local "endpoint": which versions serve and their traffic split,
+      {"model": NAME, "traffic": {"<version>": percent, ...}, "updated": ISO time}; percents add up to 100.
+      Written by `deploy` (the pipeline's deploy step), read by the prediction server (`finops-ml serve`).
 
 A model is registered only after its gate passed (the pipeline decides); it becomes `champion` only when
 its primary metric is not worse than the current champion's stored metric (no re-evaluation needed).
@@ -14,6 +17,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from finops_ml.errors import FinopsError
 from finops_ml.fileio import atomic_dir, read_json, write_json
 
 # Which stored metric decides champion / challenger for each model, higher is better.
@@ -63,3 +67,68 @@ class LocalRegistry:
     def model_dir(self, name: str, alias_or_version: str | int = "champion") -> Path:
         entry = self.entry(name, alias_or_version)
         return self.root / name / f"v{entry['version']}"
+
+    def promote(self, name: str, version: int) -> dict:
+        """Move the `champion` alias to an existing version (a person's decision: no metric comparison)."""
+        if int(version) not in self.versions(name):
+            known = ", ".join(f"v{v}" for v in self.versions(name)) or "none"
+            raise FinopsError(f"Model {name} has no version {version} in the registry {self.root} (versions: {known}); "
+                              "pass one of its versions.")
+        aliases = self.aliases(name)
+        aliases["champion"] = int(version)
+        write_json(self.root / name / "aliases.json", aliases)
+        return aliases
+
+    def endpoint(self, name: str) -> dict:
+        """The local endpoint's state: {"model", "traffic": {version: percent}} (empty traffic when nothing serves)."""
+        path = self.root / name / "endpoint.json"
+        return read_json(path) if path.exists() else {"model": name, "traffic": {}}
+
+    def deploy(self, name: str, version: int, canary_percent: int, keep_versions: int) -> dict:
+        """Serve `version` with `canary_percent` of the traffic (all of it on an empty endpoint), the versions already
+        serving share the rest in their proportions, and only the newest `keep_versions` versions stay deployed."""
+        if int(version) not in self.versions(name):
+            raise FinopsError(f"Model {name} has no version {version} in the registry {self.root}; register it first.")
+        current = {int(v): p for v, p in self.endpoint(name)["traffic"].items()}
+        split = canary_split(current, int(version), canary_percent)
+        split = keep_newest(split, keep_versions, int(version))
+        state = {"model": name, "traffic": {str(v): p for v, p in sorted(split.items())},
+                 "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json(self.root / name / "endpoint.json", state)
+        return state
+
+
+def _largest_remainder(weights: dict, total: int) -> dict:
+    """Integer percents proportional to `weights` adding up to exactly `total` (largest remainder method)."""
+    weight_sum = sum(weights.values())
+    if not weights:
+        return {}
+    if weight_sum <= 0:
+        weights, weight_sum = {k: 1 for k in weights}, len(weights)
+    exact = {k: total * w / weight_sum for k, w in weights.items()}
+    out = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (out[k] - exact[k], str(k)))[: total - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def canary_split(current: dict, new, canary_percent: int) -> dict:
+    """The traffic split after deploying `new` with `canary_percent` beside what serves now (`current`: id ->
+    percent). On an empty endpoint the new model takes 100%; otherwise the current models keep their relative
+    shares of the remaining traffic. Percents are integers adding up to 100, as Vertex AI requires."""
+    if not 1 <= canary_percent <= 100:
+        raise FinopsError(f"Canary percentage {canary_percent} is out of range; give 1 to 100.")
+    others = {k: v for k, v in current.items() if k != new}
+    if not others or canary_percent == 100:
+        return {**{k: 0 for k in others}, new: 100}
+    return {**_largest_remainder(others, 100 - canary_percent), new: canary_percent}
+
+
+def keep_newest(split: dict, keep: int, pinned, key=lambda k: k) -> dict:
+    """Keep `pinned` (the model just deployed, at its share) and the newest others (ordered by `key`), `keep` in all.
+    The traffic of those dropped goes to the other kept ones in proportion to what they carry, so a canary stays a
+    canary; with nothing else kept, `pinned` takes it all."""
+    others = sorted((k for k in split if k != pinned), key=key, reverse=True)[: max(keep - 1, 0)]
+    if not others:
+        return {pinned: 100}
+    return {**_largest_remainder({k: split[k] for k in others}, 100 - split[pinned]), pinned: split[pinned]}

@@ -146,7 +146,35 @@ def gate_step(eval_dir: str) -> bool:
     return bool(read_json(Path(eval_dir) / "evaluation.json")["passed"])
 
 
+def registry_for(registry_dir: str, cfg: Config):
+    """The registry the config names: the directory registry, or the Vertex AI Model Registry (same contract)."""
+    if cfg.registry.backend == "vertex":
+        from finops_ml.vertex import VertexRegistry
+
+        return VertexRegistry(cfg)
+    return LocalRegistry(registry_dir)
+
+
 def register_step(model_dir: str, eval_dir: str, registry_dir: str, cfg: Config, run_id: str) -> dict:
     evaluation = read_json(Path(eval_dir) / "evaluation.json")
-    return LocalRegistry(registry_dir).register(evaluation["model_name"], model_dir, evaluation["metrics"],
-                                                cfg.digest(), evaluation["data_window"], run_id)
+    return registry_for(registry_dir, cfg).register(evaluation["model_name"], model_dir, evaluation["metrics"],
+                                                    cfg.digest(), evaluation["data_window"], run_id)
+
+
+def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
+    """Deploy a just-registered version ("NAME:vN") when it is the champion: canary split, newest N kept.
+    Locally the "endpoint" is REGISTRY/NAME/endpoint.json (what the prediction server serves)."""
+    name, _, version = registered.rpartition(":v")
+    out = {"name": name, "version": int(version), "deployed": False}
+    if not cfg.deploy.enabled:
+        return {**out, "reason": "deploy.enabled is false"}
+    if cfg.registry.backend == "vertex":
+        from finops_ml.vertex import deploy_vertex
+
+        return deploy_vertex(cfg, name, int(version))
+    registry = LocalRegistry(registry_dir)
+    if registry.aliases(name).get("champion") != int(version):
+        return {**out, "reason": "not the champion: the endpoint keeps serving the champion"}
+    state = registry.deploy(name, int(version), cfg.deploy.canary_percent, cfg.deploy.keep_versions)
+    return {**out, "deployed": True, "endpoint": str(Path(registry_dir) / name / "endpoint.json"),
+            "traffic": {f"v{v}": p for v, p in state["traffic"].items()}}

@@ -66,8 +66,17 @@ def run_local(arguments: dict, pipeline_root: Path, log_path: Path,
     return task, step_log.timings, step_log.failed
 
 
-def compile_pipeline(path: str | Path) -> Path:
+def compile_pipeline(path: str | Path, image: str | None = None) -> Path:
+    """The pipeline YAML for Vertex AI; `image` replaces the components' image (default: FINOPS_ML_PIPELINE_IMAGE)."""
+    from components.image import PIPELINE_IMAGE
+    from finops_ml.fileio import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(training_pipeline, package_path=str(path))
+    with atomic_path(path) as tmp:
+        compiler.Compiler().compile(training_pipeline, package_path=str(tmp.with_suffix(".yaml")))
+        text = tmp.with_suffix(".yaml").read_text()
+        tmp.with_suffix(".yaml").unlink()
+        if image:
+            text = text.replace(f"image: {PIPELINE_IMAGE}\n", f"image: {image}\n")
+        tmp.write_text(text)
     return path

@@ -1,10 +1,10 @@
-"""The training pipeline: ingest -> features -> train three models -> gates -> register -> report."""
+"""The training pipeline: ingest -> features -> train three models -> gates -> register -> deploy -> report."""
 
 from kfp import dsl
 
 from components.features import build_features
 from components.ingest import ingest_events
-from components.registry import check_gate, register_model
+from components.registry import check_gate, deploy_model, register_model
 from components.report import build_report
 from components.train import train_anomaly_detector, train_forecast, train_labeler
 
@@ -40,9 +40,11 @@ def training_pipeline(
         task.set_display_name(f"train-{name}")
         gate = check_gate(evaluation=task.outputs["evaluation"]).set_display_name(f"gate-{name}")
         with dsl.If(gate.output == True, name=f"{name}-gate-passed"):  # noqa: E712 (KFP condition)
-            register_model(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
-                           registry_dir=registry_dir, config_json=config_json,
-                           run_id=run_id).set_display_name(f"register-{name}")
+            registered = register_model(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
+                                        registry_dir=registry_dir, config_json=config_json,
+                                        run_id=run_id).set_display_name(f"register-{name}")
+            deploy_model(registered=registered.output, registry_dir=registry_dir,
+                         config_json=config_json).set_display_name(f"deploy-{name}")
     build_report(events=ingest.outputs["events"], forecast_evaluation=trained["forecast"].outputs["evaluation"],
                  anomaly_evaluation=trained["anomaly"].outputs["evaluation"],
                  labeler_evaluation=trained["labeler"].outputs["evaluation"]).set_display_name("report")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -142,6 +143,11 @@ def test_run_end_to_end_writes_summary_and_report(demo_run):
 
     html = (out / "report.html").read_text()
     assert "<img" in html and "forecast_accuracy" in html
+    from finops_ml.models.anomaly import ANOMALY_COLUMNS
+
+    anomalies = pd.read_csv(out / "anomalies.csv")  # what `finops-ml feedback` reads the anomaly ids from
+    assert list(anomalies.columns) == ANOMALY_COLUMNS
+    assert anomalies.anomaly_id.str.startswith("anom-").all() and (anomalies.impact > 0).all()
 
 
 def test_run_registers_exactly_the_models_whose_gates_passed(demo_run):

@@ -24,7 +24,7 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Mod
 
 from components.features import build_features
 from components.ingest import ingest_events
-from components.registry import check_gate, register_model
+from components.registry import check_gate, deploy_model, register_model
 from components.report import build_report
 from components.train import train_anomaly_detector, train_forecast, train_labeler
 from finops_ml.config import Config, GeneratorConfig
@@ -80,22 +80,31 @@ def forecast_from(daily_cost_uri: str, anomaly_evaluation_uri: str, config_json:
                     metrics=task.outputs["metrics"])
 
 
+class _Anomaly(NamedTuple):
+    model: Model
+    evaluation: Artifact
+    metrics: Metrics
+    confusion: ClassificationMetrics
+
+
 @dsl.pipeline
 def anomaly_from(resource_daily_cost_uri: str, resources_uri: str, anomaly_labels: str, config_json: str,
-                 anomaly_feedback: str = "") -> _Trained:
+                 anomaly_feedback: str = "") -> _Anomaly:
     daily = dsl.importer(artifact_uri=resource_daily_cost_uri, artifact_class=Dataset)
     resources = dsl.importer(artifact_uri=resources_uri, artifact_class=Dataset)
     task = train_anomaly_detector(resource_daily_cost=daily.output, resources=resources.output,
                                   anomaly_labels=anomaly_labels, anomaly_feedback=anomaly_feedback,
                                   config_json=config_json)
-    return _Trained(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
-                    metrics=task.outputs["metrics"])
+    return _Anomaly(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
+                    metrics=task.outputs["metrics"], confusion=task.outputs["confusion"])
 
 
 class _Labeler(NamedTuple):
     model: Model
     evaluation: Artifact
     metrics: Metrics
+    owner_confusion: ClassificationMetrics
+    cost_center_confusion: ClassificationMetrics
     plant_confusion: ClassificationMetrics
 
 
@@ -104,7 +113,9 @@ def labeler_from(resources_uri: str, resource_truth: str, config_json: str) -> _
     resources = dsl.importer(artifact_uri=resources_uri, artifact_class=Dataset)
     task = train_labeler(resources=resources.output, resource_truth=resource_truth, config_json=config_json)
     return _Labeler(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
-                    metrics=task.outputs["metrics"], plant_confusion=task.outputs["plant_confusion"])
+                    metrics=task.outputs["metrics"], owner_confusion=task.outputs["owner_confusion"],
+                    cost_center_confusion=task.outputs["cost_center_confusion"],
+                    plant_confusion=task.outputs["plant_confusion"])
 
 
 @dsl.pipeline
@@ -274,12 +285,23 @@ def test_forecast_step_evaluates_on_a_three_month_holdout_and_forecasts_ahead(ch
     assert (forecast.lo <= forecast.forecast).all() and (forecast.forecast <= forecast.hi).all()
 
 
-def test_labeler_logs_a_plant_confusion_matrix(chain):
+def test_labeler_logs_a_confusion_matrix_per_label(chain):
     trained = chain.trained["resource-labeler"]
     confusion = json.loads((Path(trained.outputs["evaluation"].path) / "confusion.json").read_text())
-    logged = trained.outputs["plant_confusion"].metadata["confusionMatrix"]
-    assert [a["displayName"] for a in logged["annotationSpecs"]] == confusion["plant"]["labels"]
-    assert [row["row"] for row in logged["rows"]] == confusion["plant"]["matrix"]
+    for target in ("owner", "cost_center", "plant"):
+        logged = trained.outputs[f"{target}_confusion"].metadata["confusionMatrix"]
+        assert [a["displayName"] for a in logged["annotationSpecs"]] == confusion[target]["labels"]
+        assert [row["row"] for row in logged["rows"]] == confusion[target]["matrix"]
+
+
+def test_anomaly_detector_logs_its_holdout_confusion_matrix(chain):
+    trained = chain.trained["cost-anomaly"]
+    logged = trained.outputs["confusion"].metadata["confusionMatrix"]
+    assert [a["displayName"] for a in logged["annotationSpecs"]] == ["normal", "anomaly"]
+    matrix = [row["row"] for row in logged["rows"]]
+    metrics = _evaluation(chain, "cost-anomaly")["metrics"]
+    assert matrix[1][1] + matrix[0][1] == metrics["flagged_cells"]
+    assert matrix[1][0] + matrix[1][1] == metrics["holdout_anomalous_cells"]
 
 
 # ---- gates and registry --------------------------------------------------------------------------------------------
@@ -341,6 +363,51 @@ def test_registry_keeps_the_champion_when_a_later_model_is_worse(tmp_path):
     assert registry.versions("cost-anomaly") == [1, 2, 3]
     for v in (1, 2, 3):
         assert (tmp_path / "registry" / "cost-anomaly" / f"v{v}" / "entry.json").exists()
+
+
+def test_deploy_model_serves_the_new_champion_from_the_local_endpoint(chain):
+    deployed = json.loads(deploy_model(registered=chain.registered, registry_dir=str(chain.registry_dir),
+                                       config_json=CONFIG.to_json()).output)
+    assert deployed["deployed"] is True and deployed["traffic"] == {"v1": 100}
+    state = json.loads((chain.registry_dir / "cost-forecast" / "endpoint.json").read_text())
+    assert state["model"] == "cost-forecast" and state["traffic"] == {"1": 100}
+
+
+def test_register_and_deploy_components_with_the_vertex_backend(chain, monkeypatch):
+    """The same two components, with `registry.backend: vertex`, call the real aiplatform SDK from their own
+    processes (here against the recording fake; on Vertex AI with the pipeline runner's identity)."""
+    from fake_gcp import FakeGCP
+
+    fake = FakeGCP()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake.endpoint)  # the component processes inherit it
+        cfg = Config.model_validate({
+            **CONFIG.model_dump(),
+            "registry": {"path": "registry", "backend": "vertex"},
+            "gcp": {"project": "acme-finops-dev", "region": "europe-west1", "api_endpoint": fake.endpoint},
+            "pipeline": {"pipeline_root": "gs://acme-finops-dev-pipelines/root"},
+            "deploy": {"serving_image": "europe-west1-docker.pkg.dev/acme-finops-dev/finops-ml/serving:0.1.0",
+                       "canary_percent": 10, "keep_versions": 2}})
+        fc = chain.trained["cost-forecast"]
+        registered = register_from(model_uri=fc.outputs["model"].uri, evaluation_uri=fc.outputs["evaluation"].uri,
+                                   registry_dir="", config_json=cfg.to_json(), run_id=RUN_ID).output
+        assert registered == "cost-forecast:v1"
+        deployed = json.loads(deploy_model(registered=registered, registry_dir="", config_json=cfg.to_json()).output)
+        assert deployed["deployed"] is True and deployed["traffic"] == {"v1": 100}
+
+        (upload,) = [r for r in fake.requests if r["path"].endswith("/models:upload")]
+        assert upload["body"]["model"]["displayName"] == "cost-forecast"
+        assert upload["body"]["model"]["labels"]["config_digest"] == cfg.digest()
+        (imported,) = [r for r in fake.requests if r["path"].endswith("/evaluations:import")]
+        metrics = _evaluation(chain, "cost-forecast")["metrics"]
+        assert imported["body"]["modelEvaluation"]["metrics"]["forecast_accuracy"] == \
+            pytest.approx(metrics["forecast_accuracy"])
+        objects = {name for _, name in fake.objects}
+        assert f"root/models/cost-forecast/{RUN_ID}/model.joblib" in objects  # PIPELINE_ROOT/models by default
+        (deploy,) = [r for r in fake.requests if r["path"].endswith(":deployModel")]
+        assert deploy["body"]["trafficSplit"] == {"0": 100}
+    finally:
+        fake.close()
 
 
 # ---- report --------------------------------------------------------------------------------------------------------

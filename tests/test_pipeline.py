@@ -47,8 +47,8 @@ def compiled(tmp_path_factory) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _structure(doc: dict) -> tuple[set[str], dict[str, str]]:
-    """(tasks outside conditions, {trainer task: the register task its gate's condition guards})."""
+def _structure(doc: dict) -> tuple[set[str], dict[str, tuple[str, str]]]:
+    """(tasks outside conditions, {trainer task: (register task, deploy task) its gate's condition guards})."""
     root_tasks = doc["root"]["dag"]["tasks"]
     plain = {name for name, t in root_tasks.items() if not name.startswith("condition-")}
     guarded = {}
@@ -56,8 +56,9 @@ def _structure(doc: dict) -> tuple[set[str], dict[str, str]]:
         if name.startswith("condition-"):
             gate = GATE_CONDITION.match(t["triggerPolicy"]["condition"]).group(1)
             trainer = root_tasks[gate]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"]
-            (register,) = doc["components"][t["componentRef"]["name"]]["dag"]["tasks"]
-            guarded[trainer] = register
+            register, deploy = sorted(doc["components"][t["componentRef"]["name"]]["dag"]["tasks"], reverse=True)
+            assert register.startswith("register-model") and deploy.startswith("deploy-model")
+            guarded[trainer] = (register, deploy)
     return plain, guarded
 
 
@@ -106,7 +107,7 @@ def test_step_timings_cover_every_task_that_ran(pipeline_run, compiled):
     assert plain == {"ingest-events", "build-features", "train-forecast", "train-anomaly-detector", "train-labeler",
                      "check-gate", "check-gate-2", "check-gate-3", "build-report"}
     passed = {trainer for trainer in guarded if _evaluation(pipeline_run, trainer)["passed"]}
-    expected = plain | {guarded[trainer] for trainer in passed}
+    expected = plain | {task for trainer in passed for task in guarded[trainer]}
 
     assert set(pipeline_run.timings) == expected
     assert all(isinstance(s, float) and s > 0 for s in pipeline_run.timings.values())
@@ -121,18 +122,22 @@ def test_register_runs_only_for_models_whose_gate_passed(pipeline_run, compiled)
     assert verdicts == {"train-forecast": True, "train-anomaly-detector": True, "train-labeler": False}
 
     registry = LocalRegistry(pipeline_run.registry_dir)
-    for trainer, register_task in guarded.items():
+    for trainer, (register_task, deploy_task) in guarded.items():
         model = TRAINER_MODEL[trainer]
         assert _evaluation(pipeline_run, trainer)["model_name"] == model
         if verdicts[trainer]:
-            assert register_task in pipeline_run.timings
+            assert register_task in pipeline_run.timings and deploy_task in pipeline_run.timings
             assert _output_parameter(pipeline_run, register_task) == f"{model}:v1"
             assert registry.versions(model) == [1]
             assert registry.aliases(model) == {"latest": 1, "champion": 1}
             entry = registry.entry(model, "champion")
             assert entry["run_id"] == RUN_ID and entry["config_digest"] == CONFIG.digest()
+            # Deployed: the first version of a model takes all the traffic of its local endpoint.
+            deployed = json.loads(_output_parameter(pipeline_run, deploy_task))
+            assert deployed["deployed"] is True and deployed["traffic"] == {"v1": 100}
+            assert registry.endpoint(model)["traffic"] == {"1": 100}
         else:
-            assert register_task not in pipeline_run.timings
+            assert register_task not in pipeline_run.timings and deploy_task not in pipeline_run.timings
             assert not (pipeline_run.run_dir / register_task).exists()
             assert registry.versions(model) == []
             assert not (pipeline_run.registry_dir / model).exists()
@@ -186,14 +191,23 @@ def test_compiled_pipeline_registers_only_inside_gate_conditions(compiled):
         trainer = root_tasks[gate]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"]
         trainers.add(trainer)
         inner = compiled["components"][t["componentRef"]["name"]]["dag"]["tasks"]
-        assert len(inner) == 1
-        (register,) = inner.values()
+        assert len(inner) == 2
+        register, deploy = (inner[k] for k in sorted(inner, reverse=True))
         assert register["componentRef"]["name"].startswith("comp-register-model")
         # It registers the model of the very trainer whose evaluation the gate checked.
         artifacts = register["inputs"]["artifacts"]
         assert artifacts["model"]["componentInputArtifact"] == f"pipelinechannel--{trainer}-model"
         assert artifacts["evaluation"]["componentInputArtifact"] == f"pipelinechannel--{trainer}-evaluation"
         assert set(register["inputs"]["parameters"]) == {"registry_dir", "config_json", "run_id"}
+        # It deploys what the register step registered, after it, with the same registry and config.
+        assert deploy["componentRef"]["name"].startswith("comp-deploy-model")
+        register_name = next(k for k, v in inner.items() if v is register)
+        assert deploy["dependentTasks"] == [register_name]
+        params = deploy["inputs"]["parameters"]
+        assert params["registered"]["taskOutputParameter"] == {"outputParameterKey": "Output",
+                                                               "producerTask": register_name}
+        assert params["registry_dir"] == register["inputs"]["parameters"]["registry_dir"]
+        assert params["config_json"] == register["inputs"]["parameters"]["config_json"]
     assert trainers == set(TRAINER_MODEL)
 
 
@@ -205,5 +219,5 @@ def test_compiled_pipeline_is_a_valid_pipeline_spec(compiled):
     assert spec.root.dag.tasks["build-report"].dependent_tasks == [
         "ingest-events", "train-anomaly-detector", "train-forecast", "train-labeler"]
     executors = compiled["deploymentSpec"]["executors"]
-    assert len(executors) == 12  # 9 steps + 3 register steps
+    assert len(executors) == 15  # 9 steps + 3 register steps + 3 deploy steps
     assert {e["container"]["image"] for e in executors.values()} == {PIPELINE_IMAGE}

@@ -454,6 +454,8 @@ def train_and_evaluate(daily: pd.DataFrame, truth: pd.DataFrame | None, holdout_
         "anomaly_f1": f1, "precision": precision, "recall": recall, "train_f1": train_f1,
         "threshold": detector.threshold_, "holdout_cells": int(len(test)),
         "holdout_anomalous_cells": int(test.truth.sum()), "flagged_cells": int(test.predicted.sum()),
+        "confusion": [[int((~test.truth & ~test.predicted).sum()), int((~test.truth & test.predicted).sum())],
+                      [int((test.truth & ~test.predicted).sum()), int((test.truth & test.predicted).sum())]],
         **event_metrics(test[["day", "service", "project_id", "truth", "predicted"]]),
         "holdout_start": str((cutoff + pd.Timedelta(days=1)).date()), "train_end": str(cutoff.date()),
     }

