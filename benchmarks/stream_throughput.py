@@ -128,12 +128,13 @@ def _producer_process(bootstrap, topic, path, rate, start_evt, out_q):
 
 def make_processor(bootstrap: str, topic: str, detector, state_dir: Path, until_end: bool):
     from finops_ml.kafka_io import ensure_topic  # noqa: F401
-    from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+    from finops_ml.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
     from finops_ml.streaming import StreamMetrics, StreamProcessor, StreamSettings
 
     settings = StreamSettings(bootstrap, topic, f"{topic}-alerts", f"{topic}-dlq", f"{topic}-g", str(state_dir),
                               checkpoint_interval_s=5.0, until_end=until_end)
-    processor = StreamProcessor(settings, new_state=lambda: RealtimeState.from_detector(detector, lateness_days=1),
+    model = RealtimeModel(detector)
+    processor = StreamProcessor(settings, new_state=lambda: RealtimeState(model, lateness_days=1),
                                 load_state=RealtimeState.load, detect=detect_anomaly_realtime,
                                 invalid_event=InvalidEvent, metrics=StreamMetrics())
     processor.alert_latencies = []

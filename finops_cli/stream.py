@@ -45,7 +45,9 @@ def stream(
     cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
     detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version)
-    from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+    from finops_ml.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
+
+    model = RealtimeModel(detector)  # prepared once, shared by the state of every partition
 
     state_root = Path(cfg.state_dir)
     metrics = StreamMetrics()
@@ -66,7 +68,7 @@ def stream(
                               str(state_root), cfg.checkpoint_interval_s, cfg.drain_timeout_s, cfg.alert_link,
                               until_end, cfg.session_timeout_ms)
     processor = StreamProcessor(
-        settings, new_state=lambda: RealtimeState.from_detector(detector, lateness_days=cfg.lateness_days),
+        settings, new_state=lambda: RealtimeState(model, lateness_days=cfg.lateness_days),
         load_state=RealtimeState.load, detect=detect_anomaly_realtime, invalid_event=InvalidEvent,
         dispatcher=dispatcher, metrics=metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):
