@@ -453,7 +453,7 @@ def test_k8s_manifests_wire_config_secret_state_and_metrics():
     [container] = pod["containers"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert container["args"][:1] == ["stream"]
+    assert container["command"] == ["finops-ml"] and container["args"][:1] == ["stream"]  # the image has no entrypoint
     config_path = container["args"][container["args"].index("--config") + 1]
     assert config_path == f"{mounts['config']}/stream.yaml" and volumes["config"]["configMap"]["name"] == "finops-ml-stream"
     assert cfg.state_dir.startswith(mounts["state"]) and cfg.registry.startswith(mounts["state"])
