@@ -203,6 +203,7 @@ class StreamProcessor:
         self.alert_latencies: list[float] | None = None  # set to a list to record each alert's latency (benchmark)
         self._assigned_once = False
         self._failed = False
+        self._closing = False
         self._consumer = None
         self._producer = None
 
@@ -236,10 +237,11 @@ class StreamProcessor:
             self.positions.pop(p, None)
             self.dirty.discard(p)
             self.eof.discard(p)
-            try:
-                self.metrics.lag.remove(str(p))
-            except KeyError:
-                pass
+            if not self._closing:  # moved to another consumer: its lag is reported there
+                try:
+                    self.metrics.lag.remove(str(p))
+                except KeyError:
+                    pass
 
     def _make_clients(self):
         from confluent_kafka import Consumer, Producer
@@ -447,6 +449,7 @@ class StreamProcessor:
             self._failed = True
             raise
         finally:
+            self._closing = True
             self._consumer.close()
         return {**self.counts, "seconds": round(seconds, 3), "seconds_from_first_event": round(busy, 3),
                 "reached_end": finished,

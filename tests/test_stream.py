@@ -369,6 +369,8 @@ def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bo
     assert f"finops_stream_alerts_total {float(len(expected))}" in text
     assert "finops_stream_dead_letters_total 4.0" in text
     assert 'finops_stream_errors_total{kind="detector"} 1.0' in text
+    for p in range(3):  # consumed to the end: no lag on any partition
+        assert f'finops_stream_consumer_lag{{partition="{p}"}} 0.0' in text
     assert f"finops_stream_detection_latency_seconds_count {float(len(expected))}" in text
 
 
