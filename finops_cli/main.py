@@ -238,6 +238,10 @@ from finops_cli import vertex as _vertex  # noqa: E402 (submit, schedule, promot
 
 _vertex.register(app)
 
+from finops_cli.serve import serve  # noqa: E402
+
+app.command()(serve)
+
 from finops_cli import stream as _stream  # noqa: E402
 
 _stream.register(app)

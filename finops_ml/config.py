@@ -116,6 +116,13 @@ class ScheduleConfig(_Strict):
     service_account: str = ""  # Cloud Scheduler's caller identity (OAuth token for the Vertex AI API)
 
 
+class ServingConfig(_Strict):
+    # `finops-ml serve` defaults; in a container the AIP_* and FINOPS_* variables decide (finops_ml/serving.py).
+    alias: str = "champion"
+    max_body_bytes: int = Field(1_500_000, ge=1_000, le=100_000_000)  # Vertex AI's own limit is 1.5 MB
+    workers: int = Field(1, ge=1, le=64)
+
+
 class StreamConfig(_Strict):
     """`finops-ml stream`: the billing topic in, alerts and dead letters out, Slack / email when configured."""
 
@@ -164,6 +171,7 @@ class Config(_Strict):
     gcp: GcpConfig = GcpConfig()
     deploy: DeployConfig = DeployConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    serving: ServingConfig = ServingConfig()
     stream: StreamConfig = StreamConfig()
 
     def digest(self) -> str:

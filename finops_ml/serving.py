@@ -1,0 +1,830 @@
+"""The prediction server: the three registered models behind the Vertex AI custom container contract.
+
+  POST {AIP_PREDICT_ROUTE}  {"instances": [...], "parameters": {...}}  ->  {"predictions": [...]}
+  GET  {AIP_HEALTH_ROUTE}   200 once the model is loaded, 503 before
+
+The port is AIP_HTTP_PORT (default 8080), the model's directory AIP_STORAGE_URI (a registry version directory, or
+gs://... on Vertex AI, downloaded at start-up). One model per server, as on a Vertex endpoint; `finops-ml serve`
+without --model serves the three side by side under /forecast, /anomaly and /labeler.
+
+Each model's instance is a pydantic model (the README documents them). Requests are cheap by design:
+- forecast: the model's stored forecast (forecast.csv beside the model, the library's own forecast for every
+  series), indexed by (service, project_id) at load time: a lookup; or, with the series' recent daily `history`,
+  the model run on that one series;
+- anomaly: a short window of a cell's daily costs (per resource, or for the whole cell) ending on the day judged;
+  the detector's recursive baseline runs over that window only;
+- labeler: one resource's metadata; the TF-IDF + logistic regression pipelines run on it without a DataFrame.
+
+A bad instance is a 400 whose message names the instance index and the field; a body over the limit is a 413.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+from contextlib import asynccontextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import joblib
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from finops_ml.errors import FinopsError
+from finops_ml.fileio import read_json
+from finops_ml.models import anomaly as anomaly_lib
+from finops_ml.models import forecast as forecast_lib
+from finops_ml.models import labeler as labeler_lib
+from finops_ml.registry import LocalRegistry
+
+# CLI name -> registry name
+MODELS = {"forecast": "cost-forecast", "anomaly": "cost-anomaly", "labeler": "resource-labeler"}
+DEFAULT_PORT = 8080
+# Vertex AI refuses online prediction requests over 1.5 MB; the server's default limit is the same.
+DEFAULT_MAX_BODY_BYTES = 1_500_000
+MAX_WINDOW_DAYS = 366
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ---- instances ------------------------------------------------------------------------------------------------------
+
+class ForecastInstance(_Strict):
+    """A (service, project) series. Without `history`: the model's stored forecast for it. With `history` (daily
+    net cost in USD, oldest first, the last value on `end_date`, at least 56 days; the model reads the last 91): the
+    model run on that series."""
+
+    service: str = Field(min_length=1)
+    project_id: str = Field(min_length=1)
+    horizon_months: int | None = Field(None, ge=1, le=12, description="default: the model's horizon")
+    history: list[float] | None = Field(None, min_length=forecast_lib.MIN_HISTORY, max_length=MAX_WINDOW_DAYS)
+    end_date: date | None = None
+
+    @model_validator(mode="after")
+    def _history_has_an_end(self) -> "ForecastInstance":
+        if (self.history is None) != (self.end_date is None):
+            raise ValueError("history and end_date go together: send both (a series' own history) or neither "
+                             "(the model's stored forecast)")
+        return self
+
+
+class ResourceCosts(_Strict):
+    resource_name: str
+    daily_costs: list[float | None] = Field(min_length=1, max_length=MAX_WINDOW_DAYS,
+                                            description="null where the resource had no cost line that day")
+
+
+class AnomalyInstance(_Strict):
+    """One daily cell (end_date x service x project) judged from a window of days ending on it: the daily net cost
+    of each of its resources (`resources`, as the resource_daily_cost view), or of the whole cell (`daily_costs`:
+    the cell is then one resource and borrows its service's seasonal factors). Oldest first, equal lengths."""
+
+    service: str = Field(min_length=1)
+    project_id: str = Field(min_length=1)
+    end_date: date
+    daily_costs: list[float] | None = Field(None, min_length=1, max_length=MAX_WINDOW_DAYS)
+    resources: list[ResourceCosts] | None = Field(None, min_length=1, max_length=2000)
+
+    @model_validator(mode="after")
+    def _one_kind_of_window(self) -> "AnomalyInstance":
+        if (self.daily_costs is None) == (self.resources is None):
+            raise ValueError("send exactly one of daily_costs (the cell's daily cost) or resources "
+                             "(each resource's daily cost)")
+        if self.resources is not None and len({len(r.daily_costs) for r in self.resources}) > 1:
+            raise ValueError("every resource's daily_costs must cover the same days (use null where it had no cost)")
+        return self
+
+    def window_days(self) -> int:
+        return len(self.daily_costs) if self.daily_costs is not None else len(self.resources[0].daily_costs)
+
+
+class LabelerInstance(_Strict):
+    """A resource as the `resources` feature view describes it; labels it already carries may be given."""
+
+    resource_name: str = Field(min_length=1)
+    project_id: str = Field(min_length=1)
+    service: str = Field(min_length=1)
+    project_name: str = ""
+    skus: str | list[str] = Field("", description="SKU descriptions, a list or ' | '-joined")
+    region: str | None = None
+    env: str | None = None
+    workload: str | None = None
+    owner: str | None = None
+    cost_center: str | None = None
+    plant: str | None = None
+
+
+class NoParameters(_Strict):
+    pass
+
+
+class LabelerParameters(_Strict):
+    confidence_threshold: float | None = Field(None, ge=0.0, le=1.0,
+                                               description="default: the model's (applied only above it)")
+
+
+class RequestError(Exception):
+    """A bad request: its message is one sentence for the client."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def _num(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+# ---- predictors -----------------------------------------------------------------------------------------------------
+
+class Predictor:
+    """Loads one model directory; `predict` takes validated instances and parameters, returns JSON-able dicts."""
+
+    kind: str
+    instance_model: type[BaseModel]
+    parameters_model: type[BaseModel] = NoParameters
+
+    def __init__(self, model_dir: str | Path):
+        self.model_dir = Path(model_dir)
+        path = self.model_dir / "model.joblib"
+        if not path.exists():
+            raise FinopsError(f"No model.joblib in {self.model_dir}; point the server at a registry version "
+                              "directory (REGISTRY/<model>/v<N>).")
+        self.model = joblib.load(path)
+        entry = self.model_dir / "entry.json"
+        self.entry = read_json(entry) if entry.exists() else {}
+        self._instances = TypeAdapter(list[self.instance_model])
+
+    def describe(self) -> dict:
+        return {"model": self.kind, "name": self.entry.get("name", MODELS[self.kind]),
+                "version": self.entry.get("version"), "dir": str(self.model_dir)}
+
+    def validate(self, instances: Any, parameters: Any) -> tuple[list, BaseModel]:
+        try:
+            items = self._instances.validate_python(instances)
+        except ValidationError as exc:
+            raise RequestError(_describe_error(exc, "instances")) from None
+        try:
+            params = self.parameters_model.model_validate(parameters or {})
+        except ValidationError as exc:
+            raise RequestError(_describe_error(exc, "parameters")) from None
+        return items, params
+
+    def predict(self, instances: list, parameters: BaseModel) -> list[dict]:
+        raise NotImplementedError
+
+
+def _describe_error(exc: ValidationError, root: str) -> str:
+    err = exc.errors()[0]
+    path = root
+    for part in err["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
+    return f"{path}: {msg}{more}."
+
+
+class ForecastPredictor(Predictor):
+    kind = "forecast"
+    instance_model = ForecastInstance
+
+    def __init__(self, model_dir: str | Path):
+        super().__init__(model_dir)
+        if not isinstance(self.model, forecast_lib.CostForecaster):
+            raise FinopsError(f"{self.model_dir / 'model.joblib'} is not a cost forecast model.")
+        self.max_months = self.model.horizon_days // 31
+        # One series is a few dozen rows: a thread pool per call (n_jobs=2) costs more than it saves, and a random
+        # forest's trees are walked together (`ForestRegressor`, tested equal).
+        from sklearn.ensemble import RandomForestRegressor
+
+        regressor = self.model.regressor_
+        if isinstance(regressor, RandomForestRegressor) and regressor.n_outputs_ == 1:
+            self.model.regressor_ = ForestRegressor(regressor)
+        elif "n_jobs" in regressor.get_params():
+            regressor.set_params(n_jobs=1)
+        stored = self.model_dir / "forecast.csv"
+        table = pd.read_csv(stored) if stored.exists() else pd.DataFrame(
+            columns=["service", "project_id", "month", "forecast", "lo", "hi"])
+        ratio = self.entry.get("metrics", {}).get("interval_ratio")
+        if ratio is None:  # outside a registry: the stored intervals are the forecast times these ratios
+            nz = table[table.forecast > 0]
+            ratio = [float((nz.lo / nz.forecast).median()), float((nz.hi / nz.forecast).median())] if len(nz) \
+                else [1.0, 1.0]
+        self.lo_q, self.hi_q = float(ratio[0]), float(ratio[1])
+        # (service, project_id) -> monthly forecasts, computed once
+        self.stored: dict[tuple[str, str], list[dict]] = {}
+        for (service, project), g in table.sort_values("month").groupby(["service", "project_id"], sort=False):
+            self.stored[(service, project)] = [
+                {"month": m, "forecast": float(f), "lo": float(lo), "hi": float(hi)}
+                for m, f, lo, hi in zip(g.month, g.forecast, g.lo, g.hi)]
+
+    def predict(self, instances: list[ForecastInstance], parameters: NoParameters) -> list[dict]:
+        out = []
+        for i, inst in enumerate(instances):
+            months = inst.horizon_months or self.max_months
+            if months > self.max_months:
+                raise RequestError(f"instances[{i}].horizon_months: this model forecasts at most "
+                                   f"{self.max_months} months ahead; ask for {self.max_months} or fewer.")
+            if inst.history is None:
+                rows = self.stored.get((inst.service, inst.project_id))
+                if rows is None:
+                    raise RequestError(f"instances[{i}]: the model has no stored forecast for service "
+                                       f"'{inst.service}' in project '{inst.project_id}' (unknown or without recent "
+                                       "cost); send its daily history and end_date to forecast it.")
+                out.append({"service": inst.service, "project_id": inst.project_id, "source": "stored",
+                            "months": rows[:months]})
+            else:
+                out.append(self.forecast_history(inst, months))
+        return out
+
+    def forecast_history(self, inst: ForecastInstance, months: int) -> dict:
+        """The library's forecast of one series from its own history (as `train_and_evaluate` forecasts)."""
+        last = pd.Timestamp(inst.end_date)
+        panel = forecast_lib.SeriesPanel(pd.DataFrame({"service": [inst.service], "project_id": [inst.project_id]}),
+                                         pd.date_range(end=last, periods=len(inst.history), freq="D"),
+                                         np.asarray(inst.history, float)[None, :])
+        days = (last + pd.offsets.MonthEnd(months) - last).days
+        fc = self.model.predict(panel, days=days)
+        calendar = pd.date_range(last + pd.Timedelta(days=1), periods=days, freq="D").to_numpy().astype("datetime64[M]")
+        months = np.unique(calendar)
+        totals = np.zeros(len(months))
+        if len(fc):  # no row: the series had no recent cost, so the model forecasts nothing (as the library does)
+            np.add.at(totals, np.searchsorted(months, fc["day"].to_numpy().astype("datetime64[M]")),
+                      fc["forecast"].to_numpy())
+        rows = [{"month": str(m), "forecast": float(v), "lo": float(v) * self.lo_q, "hi": float(v) * self.hi_q}
+                for m, v in zip(months, totals)]
+        return {"service": inst.service, "project_id": inst.project_id, "source": "history", "months": rows}
+
+
+class AnomalyPredictor(Predictor):
+    """The detector on one cell's window: `CostAnomalyDetector.features` + `score` without DataFrames (the tests
+    hold the two equal). Resource factors are looked up from tables built at load time, the causal baseline runs
+    per resource (`baseline_rows`) and the Isolation Forest walks all its trees at once (`ForestScorer`)."""
+
+    kind = "anomaly"
+    instance_model = AnomalyInstance
+
+    def __init__(self, model_dir: str | Path):
+        super().__init__(model_dir)
+        m = self.model
+        if not isinstance(m, anomaly_lib.CostAnomalyDetector):
+            raise FinopsError(f"{self.model_dir / 'model.joblib'} is not a cost anomaly detector.")
+        # Fewer days and no resource could be established (warm-up + the baseline's first days): nothing is judged.
+        self.min_days = m.warmup_days + anomaly_lib.MIN_BASELINE_DAYS + 1
+        cols = [f"dow{w}" for w in range(7)] + ["month_end", "sigma"]
+        keys = anomaly_lib.RESOURCE_KEYS
+        known = anomaly_lib._fill_factors(m.factors_, m.factors_[keys])
+        self.factors = dict(zip(zip(known.service, known.project_id, known.resource), known[cols].to_numpy()))
+        # A resource the fit never saw borrows its service's factors (or neutral ones): the library's own filling.
+        services = sorted(m.factors_.service.unique()) + ["\0"]
+        unseen = anomaly_lib._fill_factors(m.factors_, pd.DataFrame({"service": services, "project_id": "\0",
+                                                                     "resource": "\0"}))
+        self.service_factors = dict(zip(unseen.service, unseen[cols].to_numpy()))
+        self.forest = ForestScorer(m.forest_)
+        if list(anomaly_lib.FEATURES) != ["robust_z", "log_ratio", "log_ratio_3d"]:
+            raise RuntimeError("anomaly.FEATURES changed: update AnomalyPredictor.judge to compute the new features")
+
+    def predict(self, instances: list[AnomalyInstance], parameters: NoParameters) -> list[dict]:
+        out = []
+        for i, inst in enumerate(instances):
+            n = inst.window_days()
+            field = "daily_costs" if inst.daily_costs is not None else "resources"
+            if n < self.min_days:
+                raise RequestError(f"instances[{i}].{field}: a window of {n} days is too short for this detector; "
+                                   f"send at least {self.min_days} days ending on end_date.")
+            names, cost = _window_matrix(inst)
+            if not np.isfinite(cost[:, -1]).any():
+                raise RequestError(f"instances[{i}].{field}: no cost on end_date (the last value); the day judged "
+                                   "must have a cost.")
+            out.append(self.judge(inst, names, cost))
+        return out
+
+    def judge(self, inst: AnomalyInstance, names: list[str], cost: np.ndarray) -> dict:
+        """`CostAnomalyDetector.features` + `score` for the window's last day (resources x days, NaN: no cost)."""
+        m = self.model
+        start = int(np.argmax(np.isfinite(cost).any(axis=0)))  # the library's panel starts at the first cost
+        cost = cost[:, start:]
+        weekday, month_end = _calendar(inst.end_date, cost.shape[1])
+        default = self.service_factors.get(inst.service, self.service_factors["\0"])
+        f = np.array([self.factors.get((inst.service, inst.project_id, r), default) for r in names])
+        season = f[:, weekday] * np.where(month_end[None, :], f[:, 7:8], 1.0)
+        sigma = f[:, 8]
+        base, established = baseline_rows(cost / season, sigma, m.baseline_days, m.warmup_days, m.reject_sigmas,
+                                          m.accept_after_days)
+        present = np.isfinite(cost)
+        expected_r = np.where(established, base * season, cost)
+        excess_r = np.where(established, cost - expected_r, 0.0)
+        var_r = np.where(established, (sigma[:, None] * (expected_r + 1.0)) ** 2, 0.0)
+        new_r = np.where(present, np.where(established, 0.0, cost), 0.0)
+
+        def cell(v: np.ndarray) -> np.ndarray:  # the cell's last 3 days
+            return np.where(present, v, 0.0)[:, -3:].sum(axis=0)
+
+        actual, expected, excess, var, new = (cell(np.nan_to_num(cost)), cell(expected_r), cell(excess_r),
+                                              cell(var_r), cell(new_r))
+        log_ratio = np.log((np.maximum(expected + excess, 0.0) + 1.0) / (np.maximum(expected, 0.0) + 1.0))
+        z = float(np.clip(excess[-1] / np.sqrt(var[-1] + 1.0), -50, 50))
+        x = np.array([[z, log_ratio[-1], log_ratio.mean()]])  # anomaly_lib.FEATURES order
+        established_cost = actual[-1] - new[-1]
+        rise = log_ratio[-1] > 0 and established_cost > 0
+        score = float(self.forest.raw(x)[0] * log_ratio[-1]) if rise else 0.0
+        is_anomaly = score >= m.threshold_
+        return {"service": inst.service, "project_id": inst.project_id, "day": inst.end_date.isoformat(),
+                "net_cost": _num(actual[-1]), "expected": _num(expected[-1]), "score": _num(score),
+                "threshold": _num(m.threshold_), "is_anomaly": bool(is_anomaly),
+                "impact": _num(actual[-1] - expected[-1]) if is_anomaly else 0.0, "new_cost": _num(new[-1])}
+
+
+def _calendar(end: date, n_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weekday (Monday 0) and month-end flag (`anomaly._month_end`) of the n days ending on `end`, in numpy."""
+    days = np.arange(np.datetime64(end, "D") - (n_days - 1), np.datetime64(end, "D") + 1)
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
+    month = days.astype("datetime64[M]")
+    day = (days - month.astype("datetime64[D]")).astype(np.int64) + 1
+    days_in_month = ((month + 1).astype("datetime64[D]") - month.astype("datetime64[D]")).astype(np.int64)
+    return weekday, day > days_in_month - 2
+
+
+def baseline_rows(flat: np.ndarray, sigma: np.ndarray, baseline_days: int, warmup_days: int, reject_sigmas: float,
+                  accept_after_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """`anomaly._robust_baseline`, one resource at a time in plain Python: for the few resources of one cell this is
+    ~3x faster than the library's loop vectorised across resources (numpy's per-call cost dominates there). The
+    tests hold the two equal."""
+    n_res, n_days = flat.shape
+    base_out = np.full((n_res, n_days), np.nan)
+    established_out = np.zeros((n_res, n_days), bool)
+    nan = math.nan
+    for r in range(n_res):
+        limit = reject_sigmas * float(sigma[r])
+        accepted, recent = [nan] * baseline_days, [nan] * baseline_days
+        pos_acc = pos_rec = rejected_run = 0
+        age = -1
+        base_row, established_row = base_out[r], established_out[r]
+        for t, x in enumerate(flat[r].tolist()):
+            present = x == x
+            age = age + 1 if age >= 0 else (0 if present else -1)
+            if not present:
+                continue
+            values = sorted(v for v in accepted if v == v)
+            n = len(values)
+            base = 0.5 * (values[(n - 1) // 2] + values[n // 2]) if n >= anomaly_lib.MIN_BASELINE_DAYS else nan
+            established = age >= warmup_days and base == base
+            base_row[t] = base
+            established_row[t] = established
+            ok = not established or abs(math.log((max(x, 0.0) + 1.0) / (max(base, 0.0) + 1.0))) <= limit
+            rejected_run = 0 if ok else rejected_run + 1
+            recent[pos_rec] = x
+            pos_rec = (pos_rec + 1) % baseline_days
+            if ok:
+                accepted[pos_acc] = x
+                pos_acc = (pos_acc + 1) % baseline_days
+            if rejected_run >= accept_after_days:  # a lasting change is the new normal: restart from recent days
+                accepted, pos_acc, rejected_run = list(recent), pos_rec, 0
+    return base_out, established_out
+
+
+class TreeWalker:
+    """Many fitted scikit-learn trees walked at once in numpy: the leaf each row reaches in every tree. scikit-learn
+    walks trees one by one (with a joblib call each, ~50-200 us a tree whatever the rows); for a request's few rows
+    this is what the time goes to. Same float32 comparisons as scikit-learn's trees."""
+
+    def __init__(self, trees, features_of_tree=None):
+        feature, threshold, left, right, roots = [], [], [], [], []
+        offset = 0
+        for i, t in enumerate(trees):
+            leaf = t.children_left == -1
+            idx = np.arange(t.node_count)
+            f = np.where(leaf, 0, t.feature)
+            feature.append(np.asarray(features_of_tree[i])[f] if features_of_tree is not None else f)
+            threshold.append(t.threshold)
+            left.append(np.where(leaf, idx, t.children_left) + offset)  # a leaf points at itself
+            right.append(np.where(leaf, idx, t.children_right) + offset)
+            roots.append(offset)
+            offset += t.node_count
+        self.feature, self.threshold = np.concatenate(feature), np.concatenate(threshold)
+        self.left, self.right = np.concatenate(left), np.concatenate(right)
+        self.roots = np.asarray(roots)
+        self.depth = max(t.max_depth for t in trees)
+
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """Global node index of the leaf reached, (rows, trees)."""
+        x = np.asarray(x, np.float32).astype(np.float64)  # sklearn's trees compare float32 inputs
+        node = np.tile(self.roots, (len(x), 1))
+        rows = np.arange(len(x))[:, None]
+        for _ in range(self.depth):
+            go_left = x[rows, self.feature[node]] <= self.threshold[node]
+            node = np.where(go_left, self.left[node], self.right[node])
+        return node
+
+
+class ForestScorer:
+    """`-IsolationForest.score_samples(x)`: same trees and path-length corrections, all trees at once."""
+
+    def __init__(self, forest):
+        from sklearn.ensemble._iforest import _average_path_length
+
+        subsample = forest._max_features != forest.n_features_in_
+        trees = [est.tree_ for est in forest.estimators_]
+        self.walker = TreeWalker(trees, forest.estimators_features_ if subsample else None)
+        self.value = np.concatenate([forest._decision_path_lengths[i] + forest._average_path_length_per_tree[i] - 1.0
+                                     for i in range(len(trees))])
+        self.denominator = len(trees) * float(_average_path_length([forest._max_samples])[0])
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        depths = self.value[self.walker.leaves(x)].sum(axis=1)
+        return 2.0 ** (-depths / self.denominator)
+
+
+class ForestRegressor:
+    """`RandomForestRegressor.predict` (single output) with all trees walked at once; stands in for the fitted
+    forest inside a served forecast model."""
+
+    def __init__(self, forest):
+        trees = [est.tree_ for est in forest.estimators_]
+        self.walker = TreeWalker(trees)
+        self.value = np.concatenate([t.value[:, 0, 0] for t in trees])
+        self.n_trees = len(trees)
+
+    def predict(self, x) -> np.ndarray:
+        return self.value[self.walker.leaves(np.asarray(x, float))].sum(axis=1) / self.n_trees
+
+
+def _window_matrix(inst: AnomalyInstance) -> tuple[list[str], np.ndarray]:
+    """Resources (sorted, duplicates added up) x days of an anomaly instance, NaN where there was no cost."""
+    if inst.daily_costs is not None:
+        return [""], np.asarray(inst.daily_costs, float)[None, :]
+    rows: dict[str, np.ndarray] = {}
+    for r in inst.resources:
+        v = np.array([np.nan if c is None else c for c in r.daily_costs], float)
+        if r.resource_name in rows:
+            w = rows[r.resource_name]
+            v = np.where(np.isfinite(w) & np.isfinite(v), w + v, np.where(np.isfinite(w), w, v))
+        rows[r.resource_name] = v
+    names = sorted(n for n, v in rows.items() if np.isfinite(v).any())
+    return names, np.array([rows[n] for n in names]).reshape(len(names), -1)
+
+
+def window_frame(inst: AnomalyInstance) -> pd.DataFrame:
+    """An anomaly instance as the rows of the resource_daily_cost view (or daily_cost, for a cell's costs)."""
+    n = inst.window_days()
+    days = pd.date_range(end=pd.Timestamp(inst.end_date), periods=n, freq="D")
+    if inst.daily_costs is not None:
+        return pd.DataFrame({"day": days, "service": inst.service, "project_id": inst.project_id,
+                             "net_cost": np.asarray(inst.daily_costs, float)})
+    names, cost = [], []
+    for r in inst.resources:
+        names.append(r.resource_name)
+        cost.append([np.nan if c is None else c for c in r.daily_costs])
+    cost = np.asarray(cost, float)
+    r_idx, t_idx = np.nonzero(np.isfinite(cost))
+    return pd.DataFrame({"day": days[t_idx], "service": inst.service, "project_id": inst.project_id,
+                         "resource_name": np.asarray(names, object)[r_idx], "net_cost": cost[r_idx, t_idx]})
+
+
+class LabelerPredictor(Predictor):
+    """The labeler's fitted TF-IDF + logistic regression, evaluated on plain strings: each distinct analyzer runs
+    once per resource (the three targets share the character n-grams of its name), n-grams are looked up in the
+    vocabularies, weighted, normalised and dotted with the coefficients: `ResourceLabeler.predict` without
+    DataFrames or scikit-learn's per-call checks (the tests hold the two equal)."""
+
+    kind = "labeler"
+    instance_model = LabelerInstance
+    parameters_model = LabelerParameters
+
+    def __init__(self, model_dir: str | Path):
+        super().__init__(model_dir)
+        if not isinstance(self.model, labeler_lib.ResourceLabeler):
+            raise FinopsError(f"{self.model_dir / 'model.joblib'} is not a resource labeler.")
+        self.analyzers: dict[tuple, Any] = {}
+        self.targets = {}
+        for target, pipe in self.model.models_.items():
+            columns, classifier = pipe[0], pipe[-1]
+            blocks, offset = [], 0
+            for name, vec, col in columns.transformers_:
+                if name == "remainder" or vec == "drop":
+                    continue
+                key = (col, vec.analyzer, vec.ngram_range, vec.lowercase, vec.token_pattern, vec.preprocessor,
+                       vec.tokenizer, vec.strip_accents, vec.stop_words)
+                self.analyzers.setdefault(key, vec.build_analyzer())
+                blocks.append((key, vec.vocabulary_, vec.idf_, vec.sublinear_tf, vec.norm, offset))
+                offset += len(vec.idf_)
+            self.targets[target] = (blocks, np.asarray(classifier.coef_), np.asarray(classifier.intercept_),
+                                    classifier.classes_)
+
+    def predict(self, instances: list[LabelerInstance], parameters: LabelerParameters) -> list[dict]:
+        from collections import Counter
+
+        threshold = parameters.confidence_threshold
+        threshold = self.model.confidence_threshold if threshold is None else threshold
+        out = []
+        for inst in instances:
+            text = _resource_text(inst)
+            grams = {key: Counter(analyze(text[key[0]])) for key, analyze in self.analyzers.items()}
+            o = {"resource_name": inst.resource_name, "project_id": inst.project_id}
+            for target, (blocks, coef, intercept, classes) in self.targets.items():
+                cols, vals = [], []
+                for key, vocab, idf, sublinear, norm, offset in blocks:
+                    hits = [(vocab[g], n) for g, n in grams[key].items() if g in vocab]
+                    if not hits:
+                        continue
+                    idx = np.fromiter((h[0] for h in hits), np.int64, len(hits))
+                    v = np.fromiter((h[1] for h in hits), np.float64, len(hits))
+                    if sublinear:
+                        v = np.log(v) + 1.0
+                    v *= idf[idx]
+                    if norm == "l2":
+                        v /= np.sqrt(v @ v)
+                    elif norm == "l1":
+                        v /= np.abs(v).sum()
+                    cols.append(idx + offset)
+                    vals.append(v)
+                if cols:
+                    idx, v = np.concatenate(cols), np.concatenate(vals)
+                    decision = coef[:, idx] @ v + intercept
+                else:
+                    decision = intercept.astype(float)
+                if len(classes) <= 2:  # sklearn: expit of the one decision
+                    p1 = 1.0 / (1.0 + np.exp(-decision[0]))
+                    proba = np.array([1.0 - p1, p1])
+                else:  # softmax
+                    e = np.exp(decision - decision.max())
+                    proba = e / e.sum()
+                k = int(proba.argmax())
+                known = getattr(inst, target)
+                confidence = float(proba[k])
+                o[target] = {"predicted": str(classes[k]), "confidence": confidence, "known": known,
+                             "apply": known is None and confidence >= threshold}
+            out.append(o)
+        return out
+
+
+def _resource_text(inst: LabelerInstance) -> dict[str, str]:
+    """`labeler.resource_text` for one resource, on plain strings (tested equal to it)."""
+    tokens = labeler_lib._tokens
+    skus = " | ".join(sorted(set(inst.skus))) if isinstance(inst.skus, list) else inst.skus
+    text = " | ".join(tokens(v) for v in (inst.resource_name, inst.project_id, inst.project_name, inst.service, skus,
+                                          inst.region))
+    service = re.sub(r"\W+", "_", inst.service)
+    workload = inst.workload if inst.workload is not None else "none"
+    context = (f"{inst.project_id} {service} {inst.project_id}::{service} {workload}::{service} "
+               f"{inst.region or ''} env_{inst.env or ''}")
+    return {"text": text, "context": context}
+
+
+def labeler_frame(instances: list[LabelerInstance]) -> pd.DataFrame:
+    """Labeler instances as rows of the `resources` feature view (what the library's predict takes)."""
+    rows = [inst.model_dump() for inst in instances]
+    for r in rows:
+        if isinstance(r["skus"], list):
+            r["skus"] = " | ".join(sorted(set(r["skus"])))
+    return pd.DataFrame(rows)
+
+
+PREDICTORS: dict[str, type[Predictor]] = {"forecast": ForecastPredictor, "anomaly": AnomalyPredictor,
+                                          "labeler": LabelerPredictor}
+
+
+def kind_of(model_dir: str | Path) -> str:
+    """Which of the three models a directory holds (from its registry entry, else from the model's class)."""
+    model_dir = Path(model_dir)
+    entry = model_dir / "entry.json"
+    if entry.exists():
+        name = read_json(entry).get("name")
+        for kind, registered in MODELS.items():
+            if name == registered:
+                return kind
+    if not (model_dir / "model.joblib").exists():
+        raise FinopsError(f"No model.joblib in {model_dir}; set AIP_STORAGE_URI to a model version directory.")
+    model = joblib.load(model_dir / "model.joblib")
+    for kind, cls in (("forecast", forecast_lib.CostForecaster), ("anomaly", anomaly_lib.CostAnomalyDetector),
+                      ("labeler", labeler_lib.ResourceLabeler)):
+        if isinstance(model, cls):
+            return kind
+    raise FinopsError(f"{model_dir / 'model.joblib'} holds none of the three finops-ml models.")
+
+
+def resolve_registry(registry: str | Path, models: list[str], alias: str = "champion") -> dict[str, Path]:
+    """The version directory of each model under an alias (or a version number) of the local registry."""
+    root = Path(registry)
+    if not root.is_dir():
+        raise FinopsError(f"Registry {root} does not exist; train first (finops-ml run --out DIR makes DIR/registry) "
+                          "or pass --registry.")
+    reg = LocalRegistry(root)
+    dirs = {}
+    for kind in models:
+        name = MODELS[kind]
+        if not reg.versions(name):
+            raise FinopsError(f"Registry {root} has no {name} model; train one (finops-ml run) or serve another "
+                              "--model.")
+        known = reg.aliases(name)
+        if not (str(alias).isdigit() and int(alias) in reg.versions(name)) and alias not in known:
+            raise FinopsError(f"Model {name} in {root} has no alias or version '{alias}' (it has: "
+                              f"{', '.join(sorted(known)) or 'no aliases'}); pass another --alias.")
+        dirs[kind] = reg.model_dir(name, alias)
+    return dirs
+
+
+# ---- the HTTP app ---------------------------------------------------------------------------------------------------
+
+class ServerSpec(BaseModel):
+    """What one server process serves; passed to worker processes as JSON in FINOPS_SERVE_SPEC."""
+
+    models: dict[Literal["forecast", "anomaly", "labeler"], str]  # kind -> model directory
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
+    health_route: str = "/health"
+    predict_route: str = "/predict"
+
+    def routes(self) -> dict[str, tuple[str, str]]:
+        """kind -> (health route, predict route): the AIP_* routes for one model, /<kind>/... for several."""
+        if len(self.models) == 1:
+            return {next(iter(self.models)): (self.health_route, self.predict_route)}
+        return {kind: (f"/{kind}/health", f"/{kind}/predict") for kind in self.models}
+
+
+def create_app(spec: ServerSpec):
+    """The FastAPI app; models load on a background thread at start-up, health says 503 until they are ready."""
+    predictors: dict[str, Predictor] = {}
+    failures: dict[str, str] = {}
+
+    def load() -> None:
+        for kind, model_dir in spec.models.items():
+            try:
+                predictors[kind] = PREDICTORS[kind](model_dir)
+            except Exception as exc:  # reported by health and predict; the process stays up to say so
+                failures[kind] = f"{exc.__class__.__name__}: {exc}"
+
+    @asynccontextmanager
+    async def lifespan(app):
+        thread = threading.Thread(target=load, name="model-loader", daemon=True)
+        thread.start()
+        yield
+
+    app = FastAPI(title="finops-ml prediction server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    def error(status: int, message: str) -> Response:
+        return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
+
+    def not_ready(kind: str) -> Response:
+        if kind in failures:
+            return error(503, f"model {kind} failed to load: {failures[kind]}")
+        return error(503, f"model {kind} is loading; retry shortly.")
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > spec.max_body_bytes:
+            raise RequestError(f"request body of {int(declared):,} bytes is over the limit of "
+                               f"{spec.max_body_bytes:,} bytes; send fewer instances per request.", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > spec.max_body_bytes:
+                raise RequestError(f"request body is over the limit of {spec.max_body_bytes:,} bytes; send fewer "
+                                   "instances per request.", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def make_routes(kind: str, health_route: str, predict_route: str) -> None:
+        async def health() -> Response:
+            if kind not in predictors:
+                return not_ready(kind)
+            return JSONResponse({"status": "ready", **predictors[kind].describe()})
+
+        async def predict(request: Request) -> Response:
+            predictor = predictors.get(kind)
+            if predictor is None:
+                return not_ready(kind)
+            try:
+                body = await read_body(request)
+                try:
+                    payload = json.loads(body)
+                except ValueError as exc:
+                    raise RequestError(f"request body is not valid JSON ({exc}); send "
+                                       '{"instances": [...], "parameters": {...}}.') from None
+                if not isinstance(payload, dict) or "instances" not in payload:
+                    raise RequestError('request body must be a JSON object with an "instances" list.')
+                unknown = set(payload) - {"instances", "parameters"}
+                if unknown:
+                    raise RequestError(f"request body has unknown key(s) {', '.join(sorted(unknown))}; only "
+                                       '"instances" and "parameters" are read.')
+                instances = payload["instances"]
+                if not isinstance(instances, list) or not instances:
+                    raise RequestError('"instances" must be a non-empty list.')
+                parameters = payload.get("parameters")
+                if parameters is not None and not isinstance(parameters, dict):
+                    raise RequestError('"parameters" must be a JSON object.')
+                items, params = predictor.validate(instances, parameters)
+                predictions = predictor.predict(items, params)
+            except RequestError as exc:
+                return error(exc.status, str(exc))
+            return Response(json.dumps({"predictions": predictions}, allow_nan=False), media_type="application/json")
+
+        app.add_api_route(health_route, health, methods=["GET"])
+        app.add_api_route(predict_route, predict, methods=["POST"])
+
+    routes = spec.routes()
+    for kind, (h, p) in routes.items():
+        make_routes(kind, h, p)
+    if len(routes) > 1:
+        async def health_all() -> Response:
+            for kind in spec.models:
+                if kind not in predictors:
+                    return not_ready(kind)
+            return JSONResponse({"status": "ready", "models": [p.describe() for p in predictors.values()]})
+
+        app.add_api_route(spec.health_route, health_all, methods=["GET"])
+    app.state.predictors = predictors
+    return app
+
+
+# ---- process entry: env (Vertex AI contract) or the CLI's spec -------------------------------------------------------
+
+SPEC_ENV = "FINOPS_SERVE_SPEC"
+MAX_BODY_ENV = "FINOPS_MAX_BODY_BYTES"
+
+
+def spec_from_env(environ: dict | None = None) -> ServerSpec:
+    """The server's spec: FINOPS_SERVE_SPEC (set by `finops-ml serve`), else the AIP_* variables of Vertex AI."""
+    env = os.environ if environ is None else environ
+    if env.get(SPEC_ENV):
+        return ServerSpec.model_validate_json(env[SPEC_ENV])
+    uri = env.get("AIP_STORAGE_URI")
+    if not uri:
+        raise FinopsError("AIP_STORAGE_URI is not set; set it to the model's directory (a registry version "
+                          "directory, or gs://bucket/path).")
+    model_dir = download_gcs(uri) if uri.startswith("gs://") else Path(uri)
+    max_body = env.get(MAX_BODY_ENV, str(DEFAULT_MAX_BODY_BYTES))
+    if not max_body.isdigit() or int(max_body) < 1:
+        raise FinopsError(f"{MAX_BODY_ENV}={max_body!r} is not a positive number of bytes; fix or unset it.")
+    return ServerSpec(models={kind_of(model_dir): str(model_dir)}, max_body_bytes=int(max_body),
+                      health_route=env.get("AIP_HEALTH_ROUTE") or "/health",
+                      predict_route=env.get("AIP_PREDICT_ROUTE") or "/predict")
+
+
+def download_gcs(uri: str) -> Path:
+    """Copy the model artifacts under a gs:// prefix to a local directory (what Vertex AI gives a container)."""
+    from google.cloud import storage
+
+    bucket_name, _, prefix = uri[len("gs://"):].partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    target = Path(tempfile.mkdtemp(prefix="finops-model-"))
+    client = storage.Client()
+    found = 0
+    for blob in client.list_blobs(bucket_name, prefix=prefix):
+        rel = blob.name[len(prefix):]
+        if not rel or rel.endswith("/"):
+            continue
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        blob.download_to_filename(str(target / rel))
+        found += 1
+    if not found:
+        raise FinopsError(f"No model artifacts under {uri}; check AIP_STORAGE_URI.")
+    return target
+
+
+def app_from_env():
+    """uvicorn factory (`finops_ml.serving:app_from_env`): one app per worker process."""
+    return create_app(spec_from_env())
+
+
+def run_server(spec: ServerSpec, host: str, port: int, workers: int = 1, log_level: str = "info") -> None:
+    """Serve with uvicorn's production settings: uvloop + httptools, no access log, `workers` processes."""
+    import uvicorn
+
+    os.environ[SPEC_ENV] = spec.model_dump_json()
+    uvicorn.run("finops_ml.serving:app_from_env", factory=True, host=host, port=port, workers=workers,
+                loop="uvloop", http="httptools", access_log=False, log_level=log_level,
+                timeout_graceful_shutdown=5)
+
+
+def main() -> None:
+    """Container entry point: serve the model of AIP_STORAGE_URI on AIP_HTTP_PORT."""
+    import sys
+
+    try:
+        spec = spec_from_env()
+        port = os.environ.get("AIP_HTTP_PORT", str(DEFAULT_PORT))
+        if not port.isdigit():
+            raise FinopsError(f"AIP_HTTP_PORT={port!r} is not a port number; fix or unset it.")
+        workers = os.environ.get("FINOPS_WORKERS", "1")
+        if not workers.isdigit() or int(workers) < 1:
+            raise FinopsError(f"FINOPS_WORKERS={workers!r} is not a positive number; fix or unset it.")
+    except FinopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    run_server(spec, "0.0.0.0", int(port), int(workers))
+
+
+if __name__ == "__main__":
+    main()
