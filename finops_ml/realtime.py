@@ -34,6 +34,7 @@ import pandas as pd
 
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import atomic_path
+from finops_ml.models.trees import ForestScorer
 from finops_ml.models.anomaly import (
     MIN_BASELINE_DAYS,
     SKU_EWMA_ALPHA,
@@ -48,49 +49,6 @@ CAUSE_LABELS = ("owner", "cost_center", "plant")
 
 class InvalidEvent(FinopsError):
     """An event that is not a billing export row the detector can judge (the reason says what is wrong)."""
-
-
-class FastForest:
-    """An Isolation Forest's score for one sample, without sklearn's per-call overhead (same numbers: tests check).
-
-    All trees' nodes are packed into flat arrays and walked level by level for every tree at once.
-    """
-
-    def __init__(self, forest):
-        from sklearn.ensemble._iforest import _average_path_length
-
-        left, right, feature, threshold, value, roots = [], [], [], [], [], []
-        offset = 0
-        subsample = forest._max_features != forest.n_features_in_
-        for tree, features, dpl, apl in zip(forest.estimators_, forest.estimators_features_,
-                                            forest._decision_path_lengths, forest._average_path_length_per_tree):
-            t = tree.tree_
-            is_leaf = t.children_left < 0
-            roots.append(offset)
-            left.append(np.where(is_leaf, -1, t.children_left + offset))
-            right.append(np.where(is_leaf, -1, t.children_right + offset))
-            feats = np.where(is_leaf, 0, t.feature)
-            feature.append(np.asarray(features)[feats] if subsample else feats)
-            threshold.append(t.threshold)
-            value.append(dpl + apl - 1.0)
-            offset += t.node_count
-        self.left, self.right = np.concatenate(left), np.concatenate(right)
-        self.feature, self.threshold = np.concatenate(feature), np.concatenate(threshold)
-        self.value, self.roots = np.concatenate(value), np.asarray(roots)
-        self.denominator = len(roots) * float(_average_path_length([forest._max_samples])[0])
-
-    def anomaly_score(self, x) -> float:
-        """-forest.score_samples([x])[0]: in (0, 1), higher is more anomalous."""
-        x = np.asarray(x, np.float32).astype(np.float64)  # sklearn compares float32 inputs with the thresholds
-        node = self.roots
-        while True:
-            left = self.left[node]
-            inner = left >= 0
-            if not inner.any():
-                break
-            go_left = x[self.feature[node]] <= self.threshold[node]
-            node = np.where(inner, np.where(go_left, left, self.right[node]), node)
-        return float(2.0 ** (-self.value[node].sum() / self.denominator))
 
 
 class _Resource:
@@ -177,7 +135,7 @@ class RealtimeModel:
         self.baseline_days = detector.baseline_days
         self.reject_sigmas = detector.reject_sigmas
         self.accept_after_days = detector.accept_after_days
-        self.forest = FastForest(detector.forest_)
+        self.forest = ForestScorer(detector.forest_)
         known = detector.factors_[["service", "project_id", "resource"]]
         filled = _fill_factors(detector.factors_, known)
         self._factors = {k: v for k, v in zip(map(tuple, known.to_numpy()), _factor_tuples(filled))}
@@ -294,7 +252,11 @@ class RealtimeState:
         resource = (resource_obj.get("name") if isinstance(resource_obj, dict) else None) or ""
         sku_obj = event.get("sku") or {}
         sku = (sku_obj.get("description") if isinstance(sku_obj, dict) else None) or ""
+        return self.add_cost(day, service, project, resource, sku, net, event.get("labels"))
 
+    def add_cost(self, day: int, service: str, project: str, resource: str, sku: str, net: float,
+                 labels: list | None = None) -> list[dict]:
+        """One line item's net cost (day: a date ordinal) into the state; the anomalies it raises or settles."""
         self.counters["events"] += 1
         if self.closed_through is not None and day <= self.closed_through:
             self.counters["late_events"] += 1
@@ -332,7 +294,7 @@ class RealtimeState:
             if pending is not None:
                 c[6] -= pending[0]
                 c[7] -= pending[1]
-            for item in event.get("labels") or ():
+            for item in labels or ():
                 if isinstance(item, dict) and item.get("key") in CAUSE_LABELS:
                     res.labels[item["key"]] = item.get("value")
         r[0] += net
@@ -352,7 +314,8 @@ class RealtimeState:
                 if lr >= self.model.threshold or self.model.threshold <= 0:
                     aid = anomaly_id(date.fromordinal(day).isoformat(), service, project)
                     if aid not in self.alerted:
-                        found = self._judge(day, cell, c, lr)
+                        score = self._score(day, cell, c, lr)
+                        found = self._anomaly(day, cell, c, score, "open") if score >= self.model.threshold else None
                         if found is not None:
                             self.alerted[aid] = found
                             self.counters["anomalies"] += 1
@@ -371,19 +334,19 @@ class RealtimeState:
         return [0.0, 0.0, 0.0, 0.0, [], pending, sum(p[0] for p in pending.values()),
                 sum(p[1] for p in pending.values())]
 
-    def _judge(self, day: int, cell: tuple, c: list, lr: float, status: str = "open") -> dict | None:
-        expected_c, actual_c = c[0] + c[3] + c[6], c[2] + c[3] + c[6]
+    def _score(self, day: int, cell: tuple, c: list, lr: float) -> float:
+        """The batch detector's score of a cell's (running or complete) day: forest score x log ratio of a rise."""
+        if not (lr > 0 and c[2] > 0):
+            return 0.0
         excess = c[2] - c[0]
         z = min(max(excess / math.sqrt(c[1] + c[7] + 1.0), -50.0), 50.0)
         past = self.cell_log_ratios.get(cell, {})
         terms = [lr] + [past.get(day - k, 0.0) for k in (1, 2) if day - k >= self.panel_start]
         lr3 = sum(terms) / len(terms)
-        score = self.model.forest.anomaly_score((z, lr, lr3)) * lr if (lr > 0 and c[2] > 0) else 0.0
-        if score < self.model.threshold:
-            return None
-        return self._anomaly(day, cell, c, actual_c, expected_c, score, status)
+        return float(self.model.forest.raw(np.array([[z, lr, lr3]]))[0]) * lr
 
-    def _anomaly(self, day, cell, c, actual, expected, score, status) -> dict:
+    def _anomaly(self, day, cell, c, score, status) -> dict:
+        expected, actual = c[0] + c[3] + c[6], c[2] + c[3] + c[6]
         d = self.days[day]
         best, best_excess = None, -math.inf
         for key in c[4]:
@@ -401,9 +364,8 @@ class RealtimeState:
                          share=round(best_excess / total_excess, 4) if total_excess > 0 else None)
         day_iso = date.fromordinal(day).isoformat()
         return {"anomaly_id": anomaly_id(day_iso, *cell), "day": day_iso, "service": cell[0], "project_id": cell[1],
-                "actual": round(actual, 4), "expected": round(expected, 4), "impact": round(actual - expected, 4),
-                "score": round(score, 6), "threshold": round(self.model.threshold, 6), "cause": cause,
-                "status": status,
+                "actual": actual, "expected": expected, "impact": actual - expected, "score": score,
+                "threshold": self.model.threshold, "cause": cause, "status": status,
                 "detected_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
     # -- closing days --------------------------------------------------------------------------------------------
@@ -421,31 +383,46 @@ class RealtimeState:
         """End of the stream: close every open day."""
         return self.close_through(self.watermark) if self.watermark is not None else []
 
+    def _complete(self, day: int, cell: tuple) -> list:
+        """A cell's complete day: every resource present judged with the expectation it has now, i.e. before the
+        day's own update, as the batch filter (the aggregates of `_Day.cells`, nothing pending)."""
+        d = self.days[day]
+        final = [0.0, 0.0, 0.0, 0.0, d.cells[cell][4], {}, 0.0, 0.0]
+        for key in final[4]:
+            r = d.resources[key]
+            established, expected, var = self.resources[key].expectation(day, d.calendar, self.model.warmup_days)
+            r[1], r[2], r[3] = established, expected, var
+            if established:
+                final[0] += expected
+                final[1] += var
+                final[2] += r[0]
+            else:
+                final[3] += r[0]
+        return final
+
+    def judgement(self, day: int, service: str, project: str) -> dict | None:
+        """What closing `day` would decide for the cell, score and cause included (None: no cost that day)."""
+        if day not in self.days or (service, project) not in self.days[day].cells:
+            return None
+        cell = (service, project)
+        f = self._complete(day, cell)
+        lr = math.log((max(f[2] + f[3], 0.0) + 1.0) / (max(f[0] + f[3], 0.0) + 1.0))
+        score = self._score(day, cell, f, lr)
+        verdict = self._anomaly(day, cell, f, score, "judged")
+        return {**verdict, "is_anomaly": score >= self.model.threshold, "new_cost": f[3]}
+
     def _close(self, day: int) -> list[dict]:
         d = self.days[day]
         out = []
-        # The complete day, judged with the expectations before the day's own update (as the batch filter).
-        finals = {}
-        for cell, c in d.cells.items():
-            final = [0.0, 0.0, 0.0, 0.0, c[4], {}, 0.0, 0.0]
-            for key in c[4]:
-                r = d.resources[key]
-                established, expected, var = self.resources[key].expectation(day, d.calendar, self.model.warmup_days)
-                r[1], r[2], r[3] = established, expected, var
-                if established:
-                    final[0] += expected
-                    final[1] += var
-                    final[2] += r[0]
-                else:
-                    final[3] += r[0]
-            finals[cell] = final
+        finals = {cell: self._complete(day, cell) for cell in d.cells}
         for cell, f in finals.items():
-            expected_c, actual_c = f[0] + f[3], f[2] + f[3]
-            lr = math.log((max(actual_c, 0.0) + 1.0) / (max(expected_c, 0.0) + 1.0))
+            lr = math.log((max(f[2] + f[3], 0.0) + 1.0) / (max(f[0] + f[3], 0.0) + 1.0))
             aid = anomaly_id(date.fromordinal(day).isoformat(), *cell)
             found = None
-            if lr >= self.model.threshold or self.model.threshold <= 0:
-                found = self._judge(day, cell, f, lr, status="confirmed")
+            if lr >= self.model.threshold or self.model.threshold <= 0:  # else the score cannot reach it
+                score = self._score(day, cell, f, lr)
+                if score >= self.model.threshold:
+                    found = self._anomaly(day, cell, f, score, "confirmed")
             was = self.alerted.pop(aid, None)
             if found is not None and was is None:
                 self.counters["anomalies"] += 1

@@ -43,6 +43,8 @@ from finops_ml.fileio import read_json
 from finops_ml.models import anomaly as anomaly_lib
 from finops_ml.models import forecast as forecast_lib
 from finops_ml.models import labeler as labeler_lib
+from finops_ml.models.trees import ForestRegressor
+from finops_ml.realtime import RealtimeModel, RealtimeState
 from finops_ml.registry import LocalRegistry
 
 # CLI name -> registry name
@@ -268,9 +270,9 @@ class ForecastPredictor(Predictor):
 
 
 class AnomalyPredictor(Predictor):
-    """The detector on one cell's window: `CostAnomalyDetector.features` + `score` without DataFrames (the tests
-    hold the two equal). Resource factors are looked up from tables built at load time, the causal baseline runs
-    per resource (`baseline_rows`) and the Isolation Forest walks all its trees at once (`ForestScorer`)."""
+    """The detector on one cell's window, run day by day by the real-time detector (`finops_ml.realtime`: the batch
+    detector's decisions; the tests hold them equal): the fitted detector is prepared once at load
+    (`RealtimeModel`), each request feeds its window into a fresh state and asks for the last day's judgement."""
 
     kind = "anomaly"
     instance_model = AnomalyInstance
@@ -282,18 +284,7 @@ class AnomalyPredictor(Predictor):
             raise FinopsError(f"{self.model_dir / 'model.joblib'} is not a cost anomaly detector.")
         # Fewer days and no resource could be established (warm-up + the baseline's first days): nothing is judged.
         self.min_days = m.warmup_days + anomaly_lib.MIN_BASELINE_DAYS + 1
-        cols = [f"dow{w}" for w in range(7)] + ["month_end", "sigma"]
-        keys = anomaly_lib.RESOURCE_KEYS
-        known = anomaly_lib._fill_factors(m.factors_, m.factors_[keys])
-        self.factors = dict(zip(zip(known.service, known.project_id, known.resource), known[cols].to_numpy()))
-        # A resource the fit never saw borrows its service's factors (or neutral ones): the library's own filling.
-        services = sorted(m.factors_.service.unique()) + ["\0"]
-        unseen = anomaly_lib._fill_factors(m.factors_, pd.DataFrame({"service": services, "project_id": "\0",
-                                                                     "resource": "\0"}))
-        self.service_factors = dict(zip(unseen.service, unseen[cols].to_numpy()))
-        self.forest = ForestScorer(m.forest_)
-        if list(anomaly_lib.FEATURES) != ["robust_z", "log_ratio", "log_ratio_3d"]:
-            raise RuntimeError("anomaly.FEATURES changed: update AnomalyPredictor.judge to compute the new features")
+        self.realtime = RealtimeModel(m)
 
     def predict(self, instances: list[AnomalyInstance], parameters: NoParameters) -> list[dict]:
         out = []
@@ -311,153 +302,24 @@ class AnomalyPredictor(Predictor):
         return out
 
     def judge(self, inst: AnomalyInstance, names: list[str], cost: np.ndarray) -> dict:
-        """`CostAnomalyDetector.features` + `score` for the window's last day (resources x days, NaN: no cost)."""
-        m = self.model
-        start = int(np.argmax(np.isfinite(cost).any(axis=0)))  # the library's panel starts at the first cost
-        cost = cost[:, start:]
-        weekday, month_end = _calendar(inst.end_date, cost.shape[1])
-        default = self.service_factors.get(inst.service, self.service_factors["\0"])
-        f = np.array([self.factors.get((inst.service, inst.project_id, r), default) for r in names])
-        season = f[:, weekday] * np.where(month_end[None, :], f[:, 7:8], 1.0)
-        sigma = f[:, 8]
-        base, established = baseline_rows(cost / season, sigma, m.baseline_days, m.warmup_days, m.reject_sigmas,
-                                          m.accept_after_days)
-        present = np.isfinite(cost)
-        expected_r = np.where(established, base * season, cost)
-        excess_r = np.where(established, cost - expected_r, 0.0)
-        var_r = np.where(established, (sigma[:, None] * (expected_r + 1.0)) ** 2, 0.0)
-        new_r = np.where(present, np.where(established, 0.0, cost), 0.0)
-
-        def cell(v: np.ndarray) -> np.ndarray:  # the cell's last 3 days
-            return np.where(present, v, 0.0)[:, -3:].sum(axis=0)
-
-        actual, expected, excess, var, new = (cell(np.nan_to_num(cost)), cell(expected_r), cell(excess_r),
-                                              cell(var_r), cell(new_r))
-        log_ratio = np.log((np.maximum(expected + excess, 0.0) + 1.0) / (np.maximum(expected, 0.0) + 1.0))
-        z = float(np.clip(excess[-1] / np.sqrt(var[-1] + 1.0), -50, 50))
-        x = np.array([[z, log_ratio[-1], log_ratio.mean()]])  # anomaly_lib.FEATURES order
-        established_cost = actual[-1] - new[-1]
-        rise = log_ratio[-1] > 0 and established_cost > 0
-        score = float(self.forest.raw(x)[0] * log_ratio[-1]) if rise else 0.0
-        is_anomaly = score >= m.threshold_
+        """The window's last day as the detector decides it (resources x days, NaN: no cost that day)."""
+        state = RealtimeState(self.realtime, lateness_days=0)
+        end = inst.end_date.toordinal()
+        first = end - cost.shape[1] + 1
+        for r, t in _present(cost):
+            state.add_cost(first + t, inst.service, inst.project_id, names[r], "", float(cost[r, t]))
+        j = state.judgement(end, inst.service, inst.project_id)
         return {"service": inst.service, "project_id": inst.project_id, "day": inst.end_date.isoformat(),
-                "net_cost": _num(actual[-1]), "expected": _num(expected[-1]), "score": _num(score),
-                "threshold": _num(m.threshold_), "is_anomaly": bool(is_anomaly),
-                "impact": _num(actual[-1] - expected[-1]) if is_anomaly else 0.0, "new_cost": _num(new[-1])}
+                "net_cost": _num(j["actual"]), "expected": _num(j["expected"]), "score": _num(j["score"]),
+                "threshold": _num(self.realtime.threshold), "is_anomaly": bool(j["is_anomaly"]),
+                "impact": _num(j["impact"]) if j["is_anomaly"] else 0.0, "new_cost": _num(j["new_cost"]),
+                "cause": j["cause"] if j["is_anomaly"] else None}
 
 
-def _calendar(end: date, n_days: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weekday (Monday 0) and month-end flag (`anomaly._month_end`) of the n days ending on `end`, in numpy."""
-    days = np.arange(np.datetime64(end, "D") - (n_days - 1), np.datetime64(end, "D") + 1)
-    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
-    month = days.astype("datetime64[M]")
-    day = (days - month.astype("datetime64[D]")).astype(np.int64) + 1
-    days_in_month = ((month + 1).astype("datetime64[D]") - month.astype("datetime64[D]")).astype(np.int64)
-    return weekday, day > days_in_month - 2
-
-
-def baseline_rows(flat: np.ndarray, sigma: np.ndarray, baseline_days: int, warmup_days: int, reject_sigmas: float,
-                  accept_after_days: int) -> tuple[np.ndarray, np.ndarray]:
-    """`anomaly._robust_baseline`, one resource at a time in plain Python: for the few resources of one cell this is
-    ~3x faster than the library's loop vectorised across resources (numpy's per-call cost dominates there). The
-    tests hold the two equal."""
-    n_res, n_days = flat.shape
-    base_out = np.full((n_res, n_days), np.nan)
-    established_out = np.zeros((n_res, n_days), bool)
-    nan = math.nan
-    for r in range(n_res):
-        limit = reject_sigmas * float(sigma[r])
-        accepted, recent = [nan] * baseline_days, [nan] * baseline_days
-        pos_acc = pos_rec = rejected_run = 0
-        age = -1
-        base_row, established_row = base_out[r], established_out[r]
-        for t, x in enumerate(flat[r].tolist()):
-            present = x == x
-            age = age + 1 if age >= 0 else (0 if present else -1)
-            if not present:
-                continue
-            values = sorted(v for v in accepted if v == v)
-            n = len(values)
-            base = 0.5 * (values[(n - 1) // 2] + values[n // 2]) if n >= anomaly_lib.MIN_BASELINE_DAYS else nan
-            established = age >= warmup_days and base == base
-            base_row[t] = base
-            established_row[t] = established
-            ok = not established or abs(math.log((max(x, 0.0) + 1.0) / (max(base, 0.0) + 1.0))) <= limit
-            rejected_run = 0 if ok else rejected_run + 1
-            recent[pos_rec] = x
-            pos_rec = (pos_rec + 1) % baseline_days
-            if ok:
-                accepted[pos_acc] = x
-                pos_acc = (pos_acc + 1) % baseline_days
-            if rejected_run >= accept_after_days:  # a lasting change is the new normal: restart from recent days
-                accepted, pos_acc, rejected_run = list(recent), pos_rec, 0
-    return base_out, established_out
-
-
-class TreeWalker:
-    """Many fitted scikit-learn trees walked at once in numpy: the leaf each row reaches in every tree. scikit-learn
-    walks trees one by one (with a joblib call each, ~50-200 us a tree whatever the rows); for a request's few rows
-    this is what the time goes to. Same float32 comparisons as scikit-learn's trees."""
-
-    def __init__(self, trees, features_of_tree=None):
-        feature, threshold, left, right, roots = [], [], [], [], []
-        offset = 0
-        for i, t in enumerate(trees):
-            leaf = t.children_left == -1
-            idx = np.arange(t.node_count)
-            f = np.where(leaf, 0, t.feature)
-            feature.append(np.asarray(features_of_tree[i])[f] if features_of_tree is not None else f)
-            threshold.append(t.threshold)
-            left.append(np.where(leaf, idx, t.children_left) + offset)  # a leaf points at itself
-            right.append(np.where(leaf, idx, t.children_right) + offset)
-            roots.append(offset)
-            offset += t.node_count
-        self.feature, self.threshold = np.concatenate(feature), np.concatenate(threshold)
-        self.left, self.right = np.concatenate(left), np.concatenate(right)
-        self.roots = np.asarray(roots)
-        self.depth = max(t.max_depth for t in trees)
-
-    def leaves(self, x: np.ndarray) -> np.ndarray:
-        """Global node index of the leaf reached, (rows, trees)."""
-        x = np.asarray(x, np.float32).astype(np.float64)  # sklearn's trees compare float32 inputs
-        node = np.tile(self.roots, (len(x), 1))
-        rows = np.arange(len(x))[:, None]
-        for _ in range(self.depth):
-            go_left = x[rows, self.feature[node]] <= self.threshold[node]
-            node = np.where(go_left, self.left[node], self.right[node])
-        return node
-
-
-class ForestScorer:
-    """`-IsolationForest.score_samples(x)`: same trees and path-length corrections, all trees at once."""
-
-    def __init__(self, forest):
-        from sklearn.ensemble._iforest import _average_path_length
-
-        subsample = forest._max_features != forest.n_features_in_
-        trees = [est.tree_ for est in forest.estimators_]
-        self.walker = TreeWalker(trees, forest.estimators_features_ if subsample else None)
-        self.value = np.concatenate([forest._decision_path_lengths[i] + forest._average_path_length_per_tree[i] - 1.0
-                                     for i in range(len(trees))])
-        self.denominator = len(trees) * float(_average_path_length([forest._max_samples])[0])
-
-    def raw(self, x: np.ndarray) -> np.ndarray:
-        depths = self.value[self.walker.leaves(x)].sum(axis=1)
-        return 2.0 ** (-depths / self.denominator)
-
-
-class ForestRegressor:
-    """`RandomForestRegressor.predict` (single output) with all trees walked at once; stands in for the fitted
-    forest inside a served forecast model."""
-
-    def __init__(self, forest):
-        trees = [est.tree_ for est in forest.estimators_]
-        self.walker = TreeWalker(trees)
-        self.value = np.concatenate([t.value[:, 0, 0] for t in trees])
-        self.n_trees = len(trees)
-
-    def predict(self, x) -> np.ndarray:
-        return self.value[self.walker.leaves(np.asarray(x, float))].sum(axis=1) / self.n_trees
+def _present(cost: np.ndarray):
+    """(resource, day) of every cost of a window, day by day (the order a stream delivers them in)."""
+    t_idx, r_idx = np.nonzero(np.isfinite(cost.T))
+    return zip(r_idx.tolist(), t_idx.tolist())
 
 
 def _window_matrix(inst: AnomalyInstance) -> tuple[list[str], np.ndarray]:

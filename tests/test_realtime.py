@@ -12,7 +12,8 @@ import pytest
 
 from finops_ml.ingest import ingest
 from finops_ml.models.anomaly import CostAnomalyDetector
-from finops_ml.realtime import FastForest, InvalidEvent, RealtimeState, detect_anomaly_realtime
+from finops_ml.models.trees import ForestScorer
+from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
 from finops_ml.warehouse import export_feature_view
 
 
@@ -50,8 +51,9 @@ def test_fast_forest_scores_like_sklearn(fitted):
     detector, cells, _ = fitted
     x = cells[["robust_z", "log_ratio", "log_ratio_3d"]].to_numpy()[:500]
     x = np.vstack([x, np.random.default_rng(0).normal(0, 5, (100, 3))])
-    fast = FastForest(detector.forest_)
-    np.testing.assert_allclose([fast.anomaly_score(row) for row in x], -detector.forest_.score_samples(x), rtol=1e-12)
+    fast = ForestScorer(detector.forest_)
+    np.testing.assert_allclose([fast.raw(row[None, :])[0] for row in x], -detector.forest_.score_samples(x), rtol=1e-12)
+    np.testing.assert_allclose(fast.raw(x), -detector.forest_.score_samples(x), rtol=1e-12)
 
 
 @pytest.mark.parametrize("lateness_days", [0, 2])

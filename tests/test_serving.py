@@ -21,6 +21,7 @@ from finops_ml import serving, steps
 from finops_ml.config import Config
 from finops_ml.generator import generate
 from finops_ml.models import forecast as forecast_lib
+from finops_ml.models.trees import ForestRegressor
 from finops_ml.registry import LocalRegistry
 
 SCRIPT = Path(sys.executable).parent / "finops-ml"
@@ -409,28 +410,6 @@ def test_finops_ml_serve_errors_are_one_sentence(trained, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
 
 
-def test_the_forest_regressor_equals_sklearn_on_many_points():
-    from sklearn.ensemble import RandomForestRegressor
-
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(400, 5))
-    y = x[:, 0] * 3 + np.sin(x[:, 1]) + rng.normal(size=400) * 0.1
-    forest = RandomForestRegressor(n_estimators=30, min_samples_leaf=3, max_features=0.6, random_state=0).fit(x, y)
-    test = np.vstack([rng.normal(size=(200, 5)) * 2, x[:20]])
-    np.testing.assert_allclose(serving.ForestRegressor(forest).predict(test), forest.predict(test), rtol=1e-12)
-
-
-def test_the_forest_scorer_equals_sklearn_on_many_points():
-    from sklearn.ensemble import IsolationForest
-
-    rng = np.random.default_rng(0)
-    train = rng.normal(size=(500, 3))
-    for max_features in (1.0, 2):
-        forest = IsolationForest(n_estimators=40, max_features=max_features, random_state=3).fit(train)
-        x = np.vstack([rng.normal(size=(300, 3)) * 3, train[:50]])
-        np.testing.assert_allclose(serving.ForestScorer(forest).raw(x), -forest.score_samples(x), rtol=1e-12)
-
-
 def test_a_gs_storage_uri_is_downloaded_through_the_storage_client(trained, monkeypatch):
     """On Vertex AI, AIP_STORAGE_URI is gs://...: the real storage client, pointed at a recording server."""
     import threading
@@ -479,27 +458,6 @@ def test_a_gs_storage_uri_is_downloaded_through_the_storage_client(trained, monk
     serving.AnomalyPredictor(local)  # loads
 
 
-def test_the_per_resource_baseline_and_calendar_equal_the_library():
-    from finops_ml.models import anomaly as anomaly_lib
-
-    rng = np.random.default_rng(0)
-    for trial in range(150):
-        n_res, n_days = int(rng.integers(1, 12)), int(rng.integers(40, 120))
-        flat = rng.uniform(10, 20, (n_res, n_days)) * np.where(rng.uniform(size=(n_res, n_days)) < 0.05, 5, 1)
-        flat[rng.uniform(size=(n_res, n_days)) < 0.1] = np.nan
-        flat[:, 50:80] *= rng.choice([1, 3], size=(n_res, 1))  # level shifts, some accepted after 28 days
-        flat[0, : rng.integers(0, 40)] = np.nan  # a resource that starts late
-        sigma = rng.uniform(0.01, 0.3, n_res)
-        want_base, want_established = anomaly_lib._robust_baseline(flat, sigma, 14, 35, 3.0, 28)
-        base, established = serving.baseline_rows(flat, sigma, 14, 35, 3.0, 28)
-        assert (established == want_established).all(), trial
-        np.testing.assert_allclose(base, want_base, rtol=1e-12, equal_nan=True)
-    for end in ("2024-02-29", "2025-12-31", "2026-03-01", "2026-11-24"):
-        days = pd.date_range(end=end, periods=70, freq="D")
-        weekday, month_end = serving._calendar(pd.Timestamp(end).date(), 70)
-        assert (weekday == days.dayofweek).all() and (month_end == anomaly_lib._month_end(days)).all()
-
-
 def test_a_random_forest_forecast_from_history_equals_the_library(trained, tmp_path):
     """The demo's forecast is usually the random forest, whose trees the server walks itself."""
     import joblib
@@ -510,7 +468,7 @@ def test_a_random_forest_forecast_from_history_equals_the_library(trained, tmp_p
     joblib.dump(model, tmp_path / "model.joblib")
     shutil.copy(trained["dirs"]["forecast"] / "forecast.csv", tmp_path / "forecast.csv")
     served = serving.ForecastPredictor(tmp_path)
-    assert isinstance(served.model.regressor_, serving.ForestRegressor)
+    assert isinstance(served.model.regressor_, ForestRegressor)
     last = panel.days[-1]
     library = forecast_lib.monthly(model.predict(panel, days=(last + pd.offsets.MonthEnd(2) - last).days),
                                    "forecast", by=("service", "project_id"))
