@@ -7,8 +7,8 @@ from components.image import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifact], config_json: str,
                    model: Output[Model], evaluation: Output[Artifact], metrics: Output[Metrics]):
-    """Backtest linear / random forest / XGBoost on the anomaly-adjusted history, evaluate the best on the
-    holdout, refit and forecast."""
+    """Backtest linear / random forest / XGBoost and their ensemble on the anomaly-adjusted history, evaluate the
+    best on the holdout, refit, forecast daily and monthly with calibrated intervals, and check the budgets."""
     import math
 
     from finops_ml.config import Config
@@ -16,9 +16,13 @@ def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifac
 
     result = train_forecast_step(daily_cost.path, anomaly_evaluation.path, Config.from_json(config_json), model.path,
                                  evaluation.path)
-    for key in ("forecast_accuracy", "naive_accuracy", "mape", "mase", "interval_coverage"):
+    for key in ("forecast_accuracy", "seasonal_naive_accuracy", "naive_accuracy", "mape", "mase",
+                "interval_coverage", "interval_coverage_daily", "budget_alerts"):
         value = result["metrics"][key]
         if value is not None and math.isfinite(value):  # NaN/inf would make executor_output.json invalid JSON
+            metrics.log_metric(key, value)
+    for key, value in result["metrics"].items():  # per budget, the highest chance of overspending ahead
+        if key.startswith("budget_p_exceed_"):
             metrics.log_metric(key, value)
     model.metadata["algorithm"] = result["metrics"]["model"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from finops_ml.errors import FinopsError
 
@@ -41,6 +41,22 @@ class ForecastConfig(_Strict):
     candidates: list[Literal["linear", "random_forest", "xgboost"]] = ["linear", "random_forest", "xgboost"]
     interval: float = Field(0.8, gt=0.0, lt=1.0)
     backtest_origins: int = Field(3, ge=1, le=12)
+
+
+class BudgetScope(_Strict):
+    """What a budget covers: one service, one project, both, or (neither) the whole organisation."""
+
+    service: str | None = None
+    project_id: str | None = None
+
+
+class BudgetConfig(_Strict):
+    """A monthly budget in US dollars; an alert is raised when P(month's spend > budget) >= alert_probability."""
+
+    name: str = Field(min_length=1)
+    scope: BudgetScope = BudgetScope()
+    monthly_usd: float = Field(gt=0.0)
+    alert_probability: float = Field(0.5, gt=0.0, lt=1.0)
 
 
 class AnomalyConfig(_Strict):
@@ -173,6 +189,16 @@ class Config(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     serving: ServingConfig = ServingConfig()
     stream: StreamConfig = StreamConfig()
+    budgets: list[BudgetConfig] = []
+
+    @field_validator("budgets")
+    @classmethod
+    def _unique_budget_names(cls, budgets: list[BudgetConfig]) -> list[BudgetConfig]:
+        names = [b.name for b in budgets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"budget names must be unique, {', '.join(duplicates)} appears more than once")
+        return budgets
 
     def digest(self) -> str:
         """A short hash of the configuration, stored with every registered model."""

@@ -47,27 +47,61 @@ def _png(fig) -> str:
 
 def _forecast_figure(d: Path) -> str:
     history, holdout_curve = pd.read_parquet(d / "history.parquet"), pd.read_parquet(d / "holdout_curve.parquet")
-    future, holdout = pd.read_parquet(d / "future_curve.parquet"), pd.read_parquet(d / "holdout.parquet")
-    fc = pd.read_parquet(d / "forecast.parquet")
-    lo_q, hi_q = read_json(d / "evaluation.json")["metrics"]["interval_ratio"]
+    future, levels = pd.read_parquet(d / "future_curve.parquet"), pd.read_parquet(d / "holdout_levels.parquet")
+    fc = pd.read_parquet(d / "forecast_monthly.parquet")
+    interval = read_json(d / "evaluation.json")["metrics"]["interval"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(14, 4))
     a.plot(history.day, history.actual, color="#333", lw=0.8, label="actual (daily net cost)")
     a.plot(holdout_curve.day, holdout_curve.forecast, color="#1f77b4", lw=1.2, label="holdout forecast")
-    a.plot(future.day, future.forecast, color="#ff7f0e", lw=1.2, label="next 3 months")
+    a.fill_between(holdout_curve.day, holdout_curve.lo, holdout_curve.hi, color="#1f77b4", alpha=0.2, lw=0)
+    a.plot(future.day, future.forecast, color="#ff7f0e", lw=1.2, label="next months")
+    a.fill_between(future.day, future.lo, future.hi, color="#ff7f0e", alpha=0.25, lw=0,
+                   label=f"{interval:.0%} interval")
     a.set_title("Daily total cost: actuals and forecasts")
     a.legend(fontsize=8)
     monthly_actual = history.assign(month=history.day.dt.strftime("%Y-%m")).groupby("month").actual.sum()
-    h = holdout.groupby("month")[["actual", "forecast"]].sum()
-    f = fc.groupby("month")[["forecast", "lo", "hi"]].sum()
+    h = levels[levels.level == "total"].set_index("month")
+    f = fc[fc.level == "total"].set_index("month")
     b.plot(monthly_actual.index, monthly_actual.values, "o-", color="#333", label="actual")
-    b.errorbar(h.index, h.forecast, yerr=[h.forecast * (1 - lo_q), h.forecast * (hi_q - 1)], fmt="s",
-               color="#1f77b4", capsize=4, label="holdout forecast + interval")
+    b.errorbar(h.index, h.forecast, yerr=[h.forecast - h.lo, h.hi - h.forecast], fmt="s", color="#1f77b4",
+               capsize=4, label="holdout forecast + interval")
     b.errorbar(f.index, f.forecast, yerr=[f.forecast - f.lo, f.hi - f.forecast], fmt="s", color="#ff7f0e",
                capsize=4, label="forecast + interval")
     b.tick_params(axis="x", rotation=60, labelsize=7)
     b.set_title("Monthly total cost")
     b.legend(fontsize=8)
     return _png(fig)
+
+
+def _budget_section(d: Path, n: int = 4) -> str:
+    """Monthly forecast vs each budget (the first n in a figure) and the table of all budget rows."""
+    path = d / "budget_alerts.csv"
+    if not path.exists():
+        return ""
+    alerts = pd.read_csv(path)
+    if alerts.empty:
+        return "<p>No budgets configured (config key <code>budgets</code>).</p>"
+    names = list(dict.fromkeys(alerts.budget))[:n]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        b = alerts[alerts.budget == name]
+        colors = ["#d62728" if x else "#2ca02c" for x in b.alert]
+        ax.bar(b.month, b.expected_usd, color=colors, alpha=0.7)
+        ax.errorbar(b.month, b.expected_usd, yerr=[b.expected_usd - b.lo_usd, b.hi_usd - b.expected_usd], fmt="none",
+                    color="#333", capsize=4)
+        ax.axhline(b.budget_usd.iloc[0], color="#333", ls="--", lw=1)
+        for x, (y, p) in enumerate(zip(b.expected_usd, b.p_exceed)):
+            ax.annotate(f"P={p:.0%}", (x, y), ha="center", va="bottom", fontsize=7)
+        ax.set_title(f"{name}: forecast vs budget", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    rows = [[r.budget, r.service, r.project_id, r.month, f"{r.budget_usd:,.0f}", f"{r.expected_usd:,.0f}",
+             f"{r.lo_usd:,.0f} – {r.hi_usd:,.0f}", f"{r.p_exceed:.0%}", "ALERT" if r.alert else "",
+             r.expected_cross_day if isinstance(r.expected_cross_day, str) else "",
+             r.early_cross_day if isinstance(r.early_cross_day, str) else "",
+             r.warning if isinstance(r.warning, str) else ""] for r in alerts.itertuples()]
+    header = ["budget", "service", "project", "month", "budget $", "expected $", "interval $", "P(exceed)", "alert",
+              "expected crossing day", "crossing day at the interval's top", "warning"]
+    return _png(fig) + _table(rows, header)
 
 
 def _anomaly_figure(d: Path, n: int = 4) -> str:
@@ -140,6 +174,8 @@ def write_report(summary: dict, eval_dirs: dict[str, Path], html_path: str | Pat
 reconciliation difference {summary['reconciliation_diff']}.</p>
 <h2>Gates</h2>{_table(gate_rows, ['gate', 'value', 'threshold', 'result'])}
 <h2>Forecast</h2>{_forecast_figure(eval_dirs['cost-forecast'])}
+<h2>Budgets: forecast spend per month, P(spend &gt; budget), when it is crossed</h2>
+{_budget_section(eval_dirs['cost-forecast'])}
 <h2>Anomalies (holdout and training windows)</h2>{_anomaly_figure(eval_dirs['cost-anomaly'])}
 {_anomaly_causes(eval_dirs['cost-anomaly'])}
 <h2>Labels and model comparison</h2>

@@ -17,7 +17,7 @@ import pandas as pd
 
 from finops_ml import gates
 from finops_ml.config import Config
-from finops_ml.fileio import read_json, write_json
+from finops_ml.fileio import atomic_path, read_json, write_json
 from finops_ml.ingest import ingest, reconcile
 from finops_ml.models import anomaly, forecast, labeler
 from finops_ml.registry import LocalRegistry
@@ -80,18 +80,32 @@ def features_step(events_dir: str, daily_cost_path: str, resource_daily_cost_pat
 
 def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config, model_dir: str,
                         eval_dir: str) -> dict:
-    """Forecast trained on the history adjusted for the anomalies the detector flagged (its `cells.parquet`)."""
+    """Forecast trained on the history adjusted for the anomalies the detector flagged (its `cells.parquet`).
+
+    MODEL_DIR: forecast.csv (monthly per series), forecast_monthly.csv (also the totals per service, project and
+    all), forecast_daily.csv (per series and day), each with its interval lo..hi.
+    EVAL_DIR: the same tables as Parquet, the holdout, and budget_alerts.json / .csv (one row per budget and month).
+    """
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     daily = pd.read_parquet(daily_cost_path)
     cells = Path(anomaly_eval_dir) / "cells.parquet" if anomaly_eval_dir else None
     anomalies = pd.read_parquet(cells) if cells and cells.exists() else None
     f = cfg.forecast
     result = forecast.train_and_evaluate(daily, f.candidates, f.holdout_months, f.horizon_months,
-                                         f.backtest_origins, f.interval, cfg.seed, anomalies)
+                                         f.backtest_origins, f.interval, cfg.seed, anomalies, cfg.budgets)
     joblib.dump(result["model"], model_dir / "model.joblib")
-    result["forecast"].to_csv(model_dir / "forecast.csv", index=False)
-    for name in ("holdout", "forecast", "history", "holdout_curve", "future_curve"):
-        result[name].to_parquet(eval_dir / f"{name}.parquet", index=False)
+    for name in ("forecast", "forecast_monthly", "forecast_daily"):
+        with atomic_path(model_dir / f"{name}.csv") as tmp:
+            result[name].to_csv(tmp, index=False)
+    for name in ("holdout", "forecast", "forecast_monthly", "forecast_daily", "holdout_levels", "history",
+                 "holdout_curve", "future_curve"):
+        with atomic_path(eval_dir / f"{name}.parquet") as tmp:
+            result[name].to_parquet(tmp, index=False)
+    alerts = result["budget_alerts"]
+    with atomic_path(eval_dir / "budget_alerts.csv") as tmp:
+        alerts.to_csv(tmp, index=False)
+    write_json(eval_dir / "budget_alerts.json", {"budgets": alerts.to_dict(orient="records"),
+                                                 "warnings": sorted({w for w in alerts["warning"] if w})})
     return _finish(eval_dir, "cost-forecast", result["metrics"], cfg, daily)
 
 

@@ -41,6 +41,8 @@ CONFIG = Config(
     anomaly={"n_estimators": 50},
     # forecast gate forced to pass; labeler gates forced to fail (checked below: its metrics are < 1 here).
     gates={"forecast_accuracy": 0.0, "label_accuracy": 1.0, "label_compliance_after": 1.0},
+    budgets=[{"name": "everything", "monthly_usd": 1.0}, {"name": "ghost", "scope": {"project_id": "nope"},
+                                                          "monthly_usd": 1.0}],
 )
 RUN_ID = "components-test-run"
 
@@ -283,6 +285,19 @@ def test_forecast_step_evaluates_on_a_three_month_holdout_and_forecasts_ahead(ch
     assert sorted(forecast.month.unique()) == ["2026-07", "2026-08", "2026-09"]
     assert len(forecast) == forecast.groupby(["service", "project_id"]).ngroups * CONFIG.forecast.horizon_months
     assert (forecast.lo <= forecast.forecast).all() and (forecast.forecast <= forecast.hi).all()
+    daily = pd.read_csv(Path(trained.outputs["model"].path) / "forecast_daily.csv", parse_dates=["day"])
+    assert daily.day.min() == pd.Timestamp("2026-07-01") and daily.day.max() == pd.Timestamp("2026-09-30")
+    assert (daily.lo <= daily.yhat).all() and (daily.yhat <= daily.hi).all()
+    monthly = pd.read_csv(Path(trained.outputs["model"].path) / "forecast_monthly.csv")
+    assert set(monthly.level) == {"series", "service", "project", "total"}
+    alerts = json.loads((Path(trained.outputs["evaluation"].path) / "budget_alerts.json").read_text())
+    assert [(a["budget"], a["month"], a["alert"]) for a in alerts["budgets"]] == [
+        ("everything", m, True) for m in ("2026-07", "2026-08", "2026-09")] + [
+        ("ghost", m, False) for m in ("2026-07", "2026-08", "2026-09")]
+    assert alerts["warnings"] == ["project 'nope' has no cost in the data; its forecast is $0"]
+    logged = trained.outputs["metrics"].metadata
+    assert logged["budget_p_exceed_everything"] == 1.0 and logged["budget_p_exceed_ghost"] == 0.0
+    assert logged["budget_alerts"] == 3
 
 
 def test_labeler_logs_a_confusion_matrix_per_label(chain):

@@ -125,3 +125,28 @@ def test_digest_and_json_round_trip(tmp_path):
     assert a.digest() != b.digest()
     assert len(a.digest()) == 12
     assert Config.from_json(a.to_json()) == a
+
+
+def test_budgets_are_validated(tmp_path):
+    cfg = load_config(_write(tmp_path, "budgets:\n  - {name: org, monthly_usd: 1000}\n"
+                                       "  - {name: gke, scope: {service: Kubernetes Engine, project_id: p1},"
+                                       " monthly_usd: 50, alert_probability: 0.8}\n"))
+    assert [b.name for b in cfg.budgets] == ["org", "gke"]
+    assert cfg.budgets[0].scope.service is None and cfg.budgets[0].alert_probability == 0.5
+    assert cfg.budgets[1].scope.project_id == "p1" and cfg.budgets[1].alert_probability == 0.8
+    assert load_config().budgets, "configs/local.yaml ships example budgets"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("budgets:\n  - {name: org, monthly_usd: 0}\n", "key 'budgets.0.monthly_usd' is invalid"),
+        ("budgets:\n  - {name: org, monthly_usd: 5, alert_probability: 1.5}\n", "budgets.0.alert_probability"),
+        ("budgets:\n  - {name: org, monthly_usd: 5, scope: {plant: x}}\n", "unknown key 'budgets.0.scope.plant'"),
+        ("budgets:\n  - {monthly_usd: 5}\n", "budgets.0.name"),
+        ("budgets:\n  - {name: a, monthly_usd: 5}\n  - {name: a, monthly_usd: 6}\n", "a appears more than once"),
+    ],
+)
+def test_bad_budgets_name_the_key(tmp_path, text, match):
+    with pytest.raises(FinopsError, match=match):
+        load_config(_write(tmp_path, text))
