@@ -91,12 +91,13 @@ def replay(
     bootstrap: str = typer.Option(..., help="Kafka bootstrap servers, HOST:PORT."),
     topic: str = typer.Option(..., help="Topic to publish to (created if missing)."),
     partitions: int = typer.Option(3, help="Partitions of the topic if it has to be created."),
+    key: str = typer.Option("cell", help="Message key: cell (service|project, what `stream` needs) or event (id)."),
 ):
-    """Publish billing events to a Kafka topic, keyed by event id (replaying twice is safe: ingest dedupes)."""
+    """Publish billing events to a Kafka topic, keyed by series (replaying twice is safe: ingest dedupes)."""
     from finops_ml.kafka_io import replay as run_replay
 
     try:
-        s = run_replay(file, bootstrap, topic, partitions=partitions)
+        s = run_replay(file, bootstrap, topic, partitions=partitions, key=key)
     except FinopsError as exc:
         _fail(str(exc))
     console.print(f"sent {s['sent']:,} events to {topic} on {bootstrap} ({s['invalid']:,} not valid billing events) "
@@ -240,6 +241,10 @@ _vertex.register(app)
 from finops_cli.serve import serve  # noqa: E402
 
 app.command()(serve)
+
+from finops_cli import stream as _stream  # noqa: E402
+
+_stream.register(app)
 
 
 def main() -> None:

@@ -141,6 +141,41 @@ class ServingConfig(_Strict):
     workers: int = Field(1, ge=1, le=64)
 
 
+class StreamConfig(_Strict):
+    """`finops-ml stream`: the billing topic in, alerts and dead letters out, Slack / email when configured."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    topic: str = "billing-events"
+    alerts_topic: str = "cost-anomalies"
+    dead_letter_topic: str = "billing-events-dlq"
+    group: str = "finops-ml-stream"
+    # Registry holding the detector (cost-anomaly, alias or version); relative to the working directory.
+    registry: str = "out/registry"
+    model_version: str = "champion"
+    # Snapshots of the detector state with the offsets they cover, and the alert outbox (pending deliveries).
+    state_dir: str = "out/stream-state"
+    lateness_days: int = Field(1, ge=0, le=31)
+    checkpoint_interval_s: float = Field(5.0, gt=0.0, le=3600.0)
+    # A consumer that misses heartbeats this long is dropped from the group; a join takes a part of it.
+    session_timeout_ms: int = Field(10000, ge=1000, le=300000)
+    metrics_port: int = Field(9108, ge=0, le=65535)  # 0: pick a free port; the chosen port is logged
+    # Delivery to people. The secrets are read from the environment variables named here, never from this file.
+    slack_webhook_env: str = "FINOPS_SLACK_WEBHOOK_URL"
+    smtp_host: str = ""  # empty: no email
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_user: str = ""
+    smtp_password_env: str = "FINOPS_SMTP_PASSWORD"
+    email_from: str = "finops-ml@localhost"
+    email_to: list[str] = []
+    alert_link: str = ""  # e.g. https://finops.example.com/anomalies/{anomaly_id}
+    retry_attempts: int = Field(4, ge=1, le=20)
+    retry_backoff_s: float = Field(0.5, gt=0.0, le=60.0)
+    retry_backoff_max_s: float = Field(8.0, gt=0.0, le=600.0)
+    delivery_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
+    drain_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
+
+
 class Config(_Strict):
     environment: Literal["local", "dev", "prod"] = "local"
     seed: int = 42
@@ -155,6 +190,7 @@ class Config(_Strict):
     deploy: DeployConfig = DeployConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     serving: ServingConfig = ServingConfig()
+    stream: StreamConfig = StreamConfig()
     budgets: list[BudgetConfig] = []
 
     @field_validator("budgets")

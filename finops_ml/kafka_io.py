@@ -1,9 +1,13 @@
 """Publishing billing events to Kafka: `replay` sends a JSONL or Parquet file of export rows to a topic.
 
-Each message is keyed by the event's stable id (`finops_ml.events.event_id`), so a re-sent file lands on the same
-partitions with the same keys and ingest dedupes it; the value is the export row as one line of JSON, the form the
-generator writes. Records that are not valid billing events are sent too (with no key): ingest quarantines them
-with their reason, and `replay` reports how many there were.
+Each message is keyed by the event's series, `service.description|project.id` (`key="cell"`, the default), so
+that every event of a daily cell (day x service x project) lands on the same partition: the real-time detector
+(`finops-ml stream`) keeps its state per partition, and with several consumers a cell must always reach the same
+one. `key="event"` keys by the stable event id instead (even spread, no per-cell order). Either way the event id
+travels in the `event_id` header, a re-sent file carries the same keys and ids, and ingest dedupes it (by the id
+computed from the content). The value is the export row as one line of JSON, the form the generator writes.
+Records that are not valid billing events are sent too (with no key): ingest and the stream quarantine / dead-letter
+them with their reason, and `replay` reports how many there were.
 
 The producer is idempotent with acks=all, so a retry inside the client never duplicates a message.
 """
@@ -62,22 +66,35 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = DEFAULT_PARTITION
     return partitions
 
 
-def _json_lines(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
-    """(key, value) per non-empty line: the line as it is, keyed by its event id (None if it is no valid event)."""
+KEYS = ("cell", "event")
+
+
+def cell_key_of(event: BillingEvent) -> bytes:
+    """The series of an event, `service.description|project.id`: the partitioning key of the billing topic."""
+    return f"{event.service.description}|{(event.project.id or '') if event.project else ''}".encode()
+
+
+def _ids(value: bytes) -> tuple[bytes, bytes] | None:
+    """(event id, cell key) of a message value, or None if it is no valid billing event."""
+    try:
+        event = BillingEvent.model_validate_json(value)
+    except (ValidationError, ValueError):
+        return None
+    return event_id(event).encode(), cell_key_of(event)
+
+
+def _json_lines(path: Path) -> Iterator[tuple[tuple[bytes, bytes] | None, bytes]]:
+    """(ids, value) per non-empty line: the line as it is, with its (event id, cell key) (None: no valid event)."""
     with open(path, "rb") as f:
         for line in f:
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
-            try:
-                key = event_id(BillingEvent.model_validate_json(line)).encode()
-            except (ValidationError, ValueError):
-                key = None
-            yield key, line
+            yield _ids(line), line
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
-    """(key, value) per row: the row as one line of JSON (DuckDB writes it, far faster than via Python objects)."""
+def _parquet_rows(path: Path) -> Iterator[tuple[tuple[bytes, bytes] | None, bytes]]:
+    """(ids, value) per row: the row as one line of JSON (DuckDB writes it, far faster than via Python objects)."""
     import duckdb
 
     con = duckdb.connect()
@@ -97,24 +114,23 @@ def _parquet_rows(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
     while rows := cursor.fetchmany(20_000):
         for (text,) in rows:
             value = text.encode()
-            try:
-                key = event_id(BillingEvent.model_validate_json(value)).encode()
-            except (ValidationError, ValueError):
-                key = None
-            yield key, value
+            yield _ids(value), value
     con.close()
 
 
 def replay(events_path: str | Path, bootstrap: str, topic: str, batch: int = 10_000, *,
-           partitions: int = DEFAULT_PARTITIONS, timeout_s: float = 60.0) -> dict:
+           partitions: int = DEFAULT_PARTITIONS, timeout_s: float = 60.0, key: str = "cell") -> dict:
     """Publish the events of a JSONL or Parquet file to `topic` (created with `partitions` if missing).
 
+    Messages are keyed by cell (`key="cell"`, see the module's docstring) or by event id (`key="event"`).
     Returns {"sent", "invalid", "seconds", "events_per_s"}: messages sent (every record, valid or not), how many of
     them are not valid billing events (sent without a key; ingest quarantines them), and the time taken including
     the final flush. `batch` is the number of messages between two waits for delivery reports.
     """
     from confluent_kafka import KafkaException, Producer
 
+    if key not in KEYS:
+        raise FinopsError(f"Replay key '{key}' is unknown; use 'cell' (one partition per series) or 'event'.")
     path = Path(events_path)
     if not path.is_file():
         raise FinopsError(f"Events file {path} does not exist; give a JSONL or Parquet file of billing events.")
@@ -151,15 +167,20 @@ def replay(events_path: str | Path, bootstrap: str, topic: str, batch: int = 10_
     t0 = time.perf_counter()
     produce, poll = producer.produce, producer.poll
     try:
-        for key, value in records:
+        by_cell = key == "cell"
+        for ids, value in records:
+            if ids is None:
+                message_key, headers = None, None
+            else:
+                message_key, headers = (ids[1] if by_cell else ids[0]), [("event_id", ids[0])]
             while True:
                 try:
-                    produce(topic, value, key)
+                    produce(topic, value, message_key, headers=headers)
                     break
                 except BufferError:  # the local queue is full: let deliveries drain
                     poll(0.05)
             sent += 1
-            invalid += key is None
+            invalid += ids is None
             if sent % batch == 0:
                 poll(0)
                 if errors:
@@ -171,7 +192,7 @@ def replay(events_path: str | Path, bootstrap: str, topic: str, batch: int = 10_
     if errors:
         raise FinopsError(f"{len(errors):,} message(s) to topic {topic} on {bootstrap} were not delivered "
                           f"(first error: {errors[0]}); the topic may hold part of {path.name}, and replaying it "
-                          f"again is safe (messages are keyed by event id).")
+                          f"again is safe (ingest dedupes by event id).")
     if remaining:
         raise FinopsError(f"{remaining:,} message(s) to topic {topic} on {bootstrap} were still undelivered after "
                           f"{timeout_s:g} s; check that the broker is up and replay again (it is safe to).")

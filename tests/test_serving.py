@@ -222,8 +222,9 @@ def test_forecast_from_history_equals_the_library_on_the_whole_panel(client, tra
     for i in range(0, len(panel.keys), max(1, len(panel.keys) // 4)):
         s, p = panel.keys.service.iloc[i], panel.keys.project_id.iloc[i]
         history = panel.values[i, end - 99: end + 1].tolist()
+        first_cost = panel.days[int(np.argmax(panel.values[i, : end + 1] > 0))]
         r = _predict(client, "forecast", [{"service": s, "project_id": p, "history": history,
-                                           "end_date": str(last.date())}])
+                                           "end_date": str(last.date()), "first_cost_date": str(first_cost.date())}])
         assert r.status_code == 200, r.text
         months = r.json()["predictions"][0]["months"]
         assert len(months) == 3 and months[0]["month"] == last.strftime("%Y-%m")
@@ -473,8 +474,36 @@ def test_a_random_forest_forecast_from_history_equals_the_library(trained, tmp_p
     library = forecast_lib.monthly(model.predict(panel, days=(last + pd.offsets.MonthEnd(2) - last).days),
                                    "forecast", by=("service", "project_id"))
     for i in range(0, len(panel.keys), max(1, len(panel.keys) // 3)):
+        first_cost = panel.days[int(np.argmax(panel.values[i] > 0))]
         inst = serving.ForecastInstance(service=panel.keys.service.iloc[i], project_id=panel.keys.project_id.iloc[i],
-                                        history=panel.values[i, -95:].tolist(), end_date=last.date())
+                                        history=panel.values[i, -95:].tolist(), end_date=last.date(),
+                                        first_cost_date=first_cost.date())
         for m in served.forecast_history(inst, 2)["months"]:
             want = library.get((inst.service, inst.project_id, m["month"]), 0.0)
             assert m["forecast"] == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def test_an_ensemble_forecast_is_served_like_the_library(trained, tmp_path):
+    """The forecast step may register the mean of its two best candidates: the server loads and runs it too."""
+    import shutil
+
+    import joblib
+
+    single = joblib.load(trained["dirs"]["forecast"] / "model.joblib")
+    twin = joblib.load(trained["dirs"]["forecast"] / "model.joblib")
+    ensemble = forecast_lib.EnsembleForecaster(members=[single, twin])
+    joblib.dump(ensemble, tmp_path / "model.joblib")
+    shutil.copy(trained["dirs"]["forecast"] / "forecast.csv", tmp_path / "forecast.csv")
+    served = serving.ForecastPredictor(tmp_path)
+    panel = forecast_lib.SeriesPanel.from_daily(trained["daily_cost"])
+    last = panel.days[-1]
+    library = forecast_lib.monthly(ensemble.predict(panel, days=(last + pd.offsets.MonthEnd(2) - last).days),
+                                   "forecast", by=("service", "project_id"))
+    first_cost = panel.days[int(np.argmax(panel.values[0] > 0))]
+    inst = serving.ForecastInstance(service=panel.keys.service.iloc[0], project_id=panel.keys.project_id.iloc[0],
+                                    history=panel.values[0, -95:].tolist(), end_date=last.date(),
+                                    first_cost_date=first_cost.date())
+    months = served.forecast_history(inst, 2)["months"]
+    assert any(m["forecast"] > 0 for m in months)
+    for m in months:
+        assert m["forecast"] == pytest.approx(library.get((inst.service, inst.project_id, m["month"]), 0.0), rel=1e-9)

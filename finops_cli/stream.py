@@ -1,0 +1,96 @@
+"""`finops-ml stream`: real-time anomaly detection on the Kafka billing topic (see finops_ml.streaming)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from finops_ml.config import load_config
+from finops_ml.errors import FinopsError
+
+console = Console()
+
+
+def stream(
+    config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml); section `stream`."),
+    bootstrap: Optional[str] = typer.Option(None, help="Kafka bootstrap servers HOST:PORT (overrides the config)."),
+    topic: Optional[str] = typer.Option(None, help="Billing events topic."),
+    alerts_topic: Optional[str] = typer.Option(None, help="Topic the alerts are published to (keyed by anomaly id)."),
+    dead_letter_topic: Optional[str] = typer.Option(None, help="Topic for events that are not billing events."),
+    group: Optional[str] = typer.Option(None, help="Consumer group."),
+    state_dir: Optional[Path] = typer.Option(None, help="Snapshots of the detector state and the alert outbox."),
+    registry: Optional[Path] = typer.Option(None, help="Model registry holding the cost-anomaly detector."),
+    model_version: Optional[str] = typer.Option(None, help="Registry alias or version of the detector."),
+    metrics_port: Optional[int] = typer.Option(None, help="Port of the Prometheus /metrics endpoint (0: any free)."),
+    until_end: bool = typer.Option(False, "--until-end", help="Stop at the end of the topic, closing the open days "
+                                                             "(a bounded run: backfills, tests, benchmarks)."),
+):
+    """Score the billing stream event by event; publish each anomaly once to the alerts topic, Slack and email."""
+    from finops_ml.alerts import AlertDispatcher, Outbox, RetryPolicy, senders_from_config
+    from finops_ml.fileio import write_json
+    from finops_ml.streaming import StreamMetrics, StreamProcessor, StreamSettings, load_registered_detector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(config).stream
+    overrides = {"bootstrap": bootstrap, "topic": topic, "alerts_topic": alerts_topic,
+                 "dead_letter_topic": dead_letter_topic, "group": group,
+                 "state_dir": str(state_dir) if state_dir else None, "registry": str(registry) if registry else None,
+                 "model_version": model_version, "metrics_port": metrics_port}
+    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+    detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version)
+    from finops_ml.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
+
+    model = RealtimeModel(detector)  # prepared once, shared by the state of every partition
+
+    state_root = Path(cfg.state_dir)
+    metrics = StreamMetrics()
+    try:
+        port = metrics.serve(cfg.metrics_port)
+    except OSError as exc:
+        raise FinopsError(f"The /metrics endpoint cannot listen on port {cfg.metrics_port} ({exc.strerror}); "
+                          f"choose another with --metrics-port (0 picks a free one).") from None
+
+    def on_result(channel: str, ok: bool, seconds: float) -> None:
+        metrics.deliveries.labels(channel, "ok" if ok else "error").inc()
+
+    senders = senders_from_config(cfg)
+    dispatcher = AlertDispatcher(Outbox(state_root / "alerts_outbox.jsonl"), senders,
+                                 RetryPolicy(cfg.retry_attempts, cfg.retry_backoff_s, cfg.retry_backoff_max_s),
+                                 on_result).start()
+    settings = StreamSettings(cfg.bootstrap, cfg.topic, cfg.alerts_topic, cfg.dead_letter_topic, cfg.group,
+                              str(state_root), cfg.checkpoint_interval_s, cfg.drain_timeout_s, cfg.alert_link,
+                              until_end, cfg.session_timeout_ms)
+    processor = StreamProcessor(
+        settings, new_state=lambda: RealtimeState(model, lateness_days=cfg.lateness_days),
+        load_state=RealtimeState.load, detect=detect_anomaly_realtime, invalid_event=InvalidEvent,
+        dispatcher=dispatcher, metrics=metrics)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: processor.stop())
+    console.print(f"stream: {cfg.topic} on {cfg.bootstrap} (group {cfg.group}) -> alerts {cfg.alerts_topic}, "
+                  f"dead letters {cfg.dead_letter_topic}; detector {model_dir}; channels "
+                  f"{', '.join(senders) or 'none'}; metrics on :{port}/metrics", highlight=False)
+    try:
+        summary = processor.run()
+    finally:
+        pending = dispatcher.close(cfg.drain_timeout_s)
+    summary.update(pending_deliveries=pending, delivered=dispatcher.delivered, finished_at=time.time())
+    write_json(state_root / "last_run.json", summary)
+    rate = summary["events"] / summary["seconds"] if summary["seconds"] else 0.0
+    console.print(f"stream stopped: {summary['events']:,} events ({rate:,.0f}/s), {summary['alerts']:,} alerts "
+                  f"published, {summary['duplicates']:,} re-detected alerts not repeated, "
+                  f"{summary['dead_letters']:,} dead letters; pending deliveries: "
+                  f"{', '.join(f'{k} {v}' for k, v in pending.items()) or 'none'}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(stream)
+
+
+__all__ = ["register", "stream", "FinopsError"]

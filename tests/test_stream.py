@@ -1,0 +1,686 @@
+"""The stream: alert delivery (outbox, retries, slow channels), the processor on a real broker (dead letters,
+snapshots with offsets, no duplicate alert after a restart), and `finops-ml stream` as a process.
+
+A Tansu broker runs for the session (conftest.py); a webhook server (http.server) and an SMTP server (aiosmtpd)
+run on 127.0.0.1 and record what they receive. The processor tests here use `ToyState`, a small detector that
+keeps the real-time detector's contract (per-cell daily totals, a watermark with lateness, ids at most once,
+`InvalidEvent` for bad events), so that they are quick and say exactly which alerts to expect.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import statistics
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("confluent_kafka")
+
+from conftest import free_port  # noqa: E402
+from finops_ml.alerts import AlertDispatcher, Outbox, RetryPolicy, email_sender, slack_sender  # noqa: E402
+from finops_ml.fileio import atomic_path  # noqa: E402
+from finops_ml.kafka_io import ensure_topic, replay  # noqa: E402
+from finops_ml.streaming import StreamMetrics, StreamProcessor, StreamSettings, read_alert_ids  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A toy detector with the real-time contract
+
+
+class ToyInvalid(ValueError):
+    pass
+
+
+class ToyState:
+    """Daily totals per (service, project); a day closes when the watermark passes it by `lateness_days`; a closed
+    cell is an anomaly when it exceeds 1.5x the median of its last 7 closed days (at least 5 of them) plus $1."""
+
+    def __init__(self, lateness_days: int = 1):
+        self.lateness = lateness_days
+        self.open: dict[tuple[str, str, str], float] = {}
+        self.history: dict[tuple[str, str], list[float]] = {}
+        self.watermark = ""
+        self.emitted: set[str] = set()
+        self.counters = {"events": 0, "late_events": 0, "open_cells": 0}
+
+    @classmethod
+    def from_detector(cls, detector, lateness_days: int = 1) -> "ToyState":
+        return cls(lateness_days)
+
+    def save(self, path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(pickle.dumps(self))
+
+    @classmethod
+    def load(cls, path) -> "ToyState":
+        return pickle.loads(Path(path).read_bytes())
+
+    def _close(self, before: str) -> list[dict]:
+        out = []
+        for key in sorted(k for k in self.open if k[0] < before):
+            day, service, project = key
+            total = self.open.pop(key)
+            past = self.history.setdefault((service, project), [])
+            expected = statistics.median(past[-7:]) if len(past) >= 5 else None
+            past.append(total)
+            anomaly_id = f"{day}|{service}|{project}"
+            if expected is not None and total > 1.5 * expected + 1 and anomaly_id not in self.emitted:
+                self.emitted.add(anomaly_id)
+                out.append({"anomaly_id": anomaly_id, "day": day, "service": service, "project_id": project,
+                            "actual": total, "expected": expected, "impact": total - expected, "score": 1.0,
+                            "threshold": 0.5, "cause": {"resource": None, "sku": None, "labels": {}, "share": 1.0},
+                            "detected_at": "now"})
+        self.counters["open_cells"] = len(self.open)
+        return out
+
+    def flush(self) -> list[dict]:
+        return self._close("9999")
+
+
+def _day_minus(day: str, n: int) -> str:
+    from datetime import date, timedelta
+
+    return (date.fromisoformat(day) - timedelta(days=n)).isoformat()
+
+
+def toy_detect(event: dict, state: ToyState) -> list[dict]:
+    if event.get("boom"):
+        raise RuntimeError("a bug in the detector")
+    try:
+        day = event["usage_start_time"][:10]
+        service = event["service"]["description"]
+        project = event["project"]["id"]
+        cost = float(event["cost"]) + sum(c["amount"] for c in event.get("credits") or [])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ToyInvalid(f"missing or malformed field {exc}") from None
+    state.counters["events"] += 1
+    if event.get("cost_type", "regular") != "regular":
+        return []
+    if state.watermark and day < _day_minus(state.watermark, state.lateness):
+        state.counters["late_events"] += 1
+        return []
+    key = (day, service, project)
+    state.open[key] = state.open.get(key, 0.0) + cost
+    if day > state.watermark:
+        state.watermark = day
+        return state._close(_day_minus(day, state.lateness))
+    return []
+
+
+def toy_expected(lines: list[bytes]) -> set[str]:
+    """The anomaly ids ToyState raises on these events, in one state (per-cell decisions do not depend on
+    which other cells share a state, as long as each cell's events keep their order)."""
+    state, ids = ToyState(), set()
+    for line in lines:
+        try:
+            ids |= {a["anomaly_id"] for a in toy_detect(json.loads(line), state)}
+        except (ToyInvalid, json.JSONDecodeError, AttributeError, TypeError, RuntimeError):
+            pass
+    return ids | {a["anomaly_id"] for a in state.flush()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Servers that receive the alerts
+
+
+class Webhook:
+    """An incoming-webhook endpoint on 127.0.0.1 that records the JSON it receives; it can be made slow (each
+    request waits until `release` is set) or failing (answers 500)."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.fail = False
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.release.wait(30)
+                if hook.fail:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                hook.received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def ids(self) -> list[str]:
+        """The alert key (`alert_key`) of each message received: its anomaly id, /retracted for a retraction."""
+        out = []
+        for m in self.received:
+            body = m["blocks"][1]["text"]["text"]
+            anomaly_id = body.split("anomaly id: ", 1)[1].split("\n")[0].split("  ")[0]
+            out.append(anomaly_id + ("/retracted" if m["text"].startswith("Retracted") else ""))
+        return out
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture
+def smtp_server():
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        def __init__(self):
+            self.messages: list = []
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+            from email import message_from_bytes
+
+            self.messages.append(message_from_bytes(envelope.content))
+            return "250 OK"
+
+    handler = Handler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, handler
+    controller.stop()
+
+
+def _alert(i: int) -> dict:
+    return {"anomaly_id": f"a{i}", "day": "2025-10-01", "service": "Compute Engine", "project_id": "p1",
+            "actual": 120.0 + i, "expected": 40.0, "impact": 80.0 + i, "score": 2.0, "threshold": 1.0,
+            "cause": {"resource": "vm-1", "sku": "N2 core", "labels": {"owner": "a"}, "share": 0.9},
+            "detected_at": "2025-10-02T00:00:00Z"}
+
+
+def _wait(predicate, timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Delivery
+
+
+def test_slack_and_email_receive_the_alert_with_cause_impact_and_id(tmp_path, webhook, smtp_server):
+    controller, handler = smtp_server
+    senders = {"slack": slack_sender(webhook.url, 5.0),
+               "email": email_sender("127.0.0.1", controller.port, "finops@acme.test", ["oncall@acme.test"], 5.0)}
+    dispatcher = AlertDispatcher(Outbox(tmp_path / "outbox.jsonl"), senders).start()
+    assert dispatcher.submit(_alert(1)) is True
+    assert dispatcher.submit(_alert(1)) is False  # the same anomaly is not delivered twice
+    assert dispatcher.close(10) == {"slack": 0, "email": 0}
+    assert webhook.ids() == ["a1"]
+    text = webhook.received[0]["text"]
+    assert "Compute Engine" in text and "p1" in text and "$121.00" in text and "$81.00 over" in text
+    assert "vm-1" in json.dumps(webhook.received[0]["blocks"])
+    [mail] = handler.messages
+    assert mail["To"] == "oncall@acme.test" and mail["X-Finops-Anomaly-Id"] == "a1"
+    assert "cause: resource vm-1, sku N2 core, 90% of the rise" in mail.get_payload()
+
+
+def test_failed_deliveries_are_retried_then_kept_pending_and_sent_on_the_next_start(tmp_path, webhook):
+    webhook.fail = True
+    attempts = []
+    dispatcher = AlertDispatcher(Outbox(tmp_path / "outbox.jsonl"), {"slack": slack_sender(webhook.url, 5.0)},
+                                 RetryPolicy(attempts=3, backoff_s=0.01),
+                                 on_result=lambda c, ok, s: attempts.append(ok)).start()
+    dispatcher.submit(_alert(1))
+    _wait(lambda: dispatcher.failed["slack"] == 1, what="retries to be exhausted")
+    assert attempts == [False, False, False]
+    assert dispatcher.close(1) == {"slack": 1}
+    assert [a["anomaly_id"] for a in Outbox(tmp_path / "outbox.jsonl").pending("slack")] == ["a1"]
+
+    webhook.fail = False
+    again = AlertDispatcher(Outbox(tmp_path / "outbox.jsonl"), {"slack": slack_sender(webhook.url, 5.0)}).start()
+    assert again.submit(_alert(1)) is False  # known: re-detection after a restart does not queue it twice
+    assert again.close(10) == {"slack": 0}
+    assert webhook.ids() == ["a1"]
+    third = Outbox(tmp_path / "outbox.jsonl")
+    assert third.pending("slack") == [] and "a1" in third
+
+
+def test_a_slow_channel_does_not_hold_up_the_other(tmp_path, webhook, smtp_server):
+    controller, handler = smtp_server
+    webhook.release.clear()  # Slack hangs until released
+    senders = {"slack": slack_sender(webhook.url, 30.0),
+               "email": email_sender("127.0.0.1", controller.port, "f@acme.test", ["o@acme.test"], 5.0)}
+    dispatcher = AlertDispatcher(Outbox(tmp_path / "outbox.jsonl"), senders).start()
+    for i in range(3):
+        dispatcher.submit(_alert(i))
+    _wait(lambda: len(handler.messages) == 3, what="the emails")
+    assert webhook.received == [] and dispatcher.pending("slack") == 3
+    webhook.release.set()
+    dispatcher.close(10)
+    assert sorted(webhook.ids()) == ["a0", "a1", "a2"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The processor on a real broker
+
+
+def _topic(name: str) -> str:
+    return f"stream-{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def sorted_events(tmp_path_factory, small_generated) -> Path:
+    """The small organisation's events in time order, as a billing export would arrive."""
+    lines = (small_generated / "events.jsonl").read_text().splitlines()
+    lines.sort(key=lambda line: json.loads(line)["usage_start_time"])
+    path = tmp_path_factory.mktemp("stream") / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _settings(bootstrap: str, topic: str, state_dir: Path, **kw) -> StreamSettings:
+    return StreamSettings(bootstrap, topic, f"{topic}-alerts", f"{topic}-dlq", f"{topic}-group", str(state_dir),
+                          **{"checkpoint_interval_s": 0.5, "until_end": True, "session_timeout_ms": 2000, **kw})
+
+
+def _processor(settings: StreamSettings, dispatcher=None) -> StreamProcessor:
+    return StreamProcessor(settings, new_state=ToyState, load_state=ToyState.load, detect=toy_detect,
+                           invalid_event=ToyInvalid, dispatcher=dispatcher, metrics=StreamMetrics())
+
+
+def _messages(bootstrap: str, topic: str) -> list:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from finops_ml.kafka_io import check_reachable
+
+    partitions = list(check_reachable(bootstrap).topics[topic].partitions)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "check", "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    out, open_ = [], set(partitions)
+    deadline = time.monotonic() + 15
+    while open_ and time.monotonic() < deadline:
+        for m in consumer.consume(500, timeout=0.5):
+            if m.error() is None:
+                out.append(m)
+            elif m.error().code() == KafkaError._PARTITION_EOF:
+                open_.discard(m.partition())
+    consumer.close()
+    return out
+
+
+def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bootstrap, sorted_events, tmp_path,
+                                                                        webhook, smtp_server):
+    controller, handler = smtp_server
+    topic = _topic("dlq")
+    lines = sorted_events.read_bytes().splitlines()
+    bad = [b"{not json", b"[1, 2]", b'{"service": {"description": "BigQuery"}}', b'{"boom": true}']
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(b"\n".join(lines[:3000] + bad + lines[3000:]) + b"\n")
+    replay(mixed, kafka_bootstrap, topic, partitions=3)
+    expected = toy_expected(lines)
+    assert len(expected) >= 3  # the data does hold anomalies for this test to see
+
+    senders = {"slack": slack_sender(webhook.url, 5.0),
+               "email": email_sender("127.0.0.1", controller.port, "f@acme.test", ["o@acme.test"], 5.0)}
+    dispatcher = AlertDispatcher(Outbox(tmp_path / "state" / "outbox.jsonl"), senders).start()
+    settings = _settings(kafka_bootstrap, topic, tmp_path / "state", alert_link="https://finops.test/a/{anomaly_id}")
+    processor = _processor(settings, dispatcher)
+    summary = processor.run()
+    assert dispatcher.close(10) == {"slack": 0, "email": 0}
+
+    assert summary["reached_end"] and summary["events"] == len(lines) + len(bad)
+    assert summary["dead_letters"] == 4 and summary["state_counters"]["events"] == len(lines)
+    alerts = _messages(kafka_bootstrap, settings.alerts_topic)
+    ids = [m.key().decode() for m in alerts]
+    assert sorted(ids) == sorted(expected)  # every anomaly, once
+    first = json.loads(alerts[0].value())
+    assert first["link"] == f"https://finops.test/a/{first['anomaly_id']}" and first["source"]["topic"] == topic
+    assert sorted(webhook.ids()) == sorted(expected)
+    assert sorted(m["X-Finops-Anomaly-Id"] for m in handler.messages) == sorted(expected)
+
+    dead = _messages(kafka_bootstrap, settings.dead_letter_topic)
+    assert sorted(m.value() for m in dead) == sorted(bad)
+    reasons = {m.value(): dict(m.headers()) for m in dead}
+    assert reasons[b"{not json"][b"error.reason".decode()].startswith(b"invalid JSON")
+    assert b"not a billing event" in reasons[b"[1, 2]"]["error.reason"]
+    assert b"missing or malformed field" in reasons[bad[2]]["error.reason"]
+    assert reasons[bad[3]]["error.reason"] == b"the detector failed on this event (RuntimeError: a bug in the detector)"
+    assert reasons[b"[1, 2]"]["source.topic"] == topic.encode()
+
+    from prometheus_client import generate_latest
+
+    text = generate_latest(processor.metrics.registry).decode()
+    assert f"finops_stream_events_total {float(len(lines) + 4)}" in text
+    assert f"finops_stream_alerts_total {float(len(expected))}" in text
+    assert "finops_stream_dead_letters_total 4.0" in text
+    assert 'finops_stream_errors_total{kind="detector"} 1.0' in text
+    for p in range(3):  # consumed to the end: no lag on any partition
+        assert f'finops_stream_consumer_lag{{partition="{p}"}} 0.0' in text
+    assert f"finops_stream_detection_latency_seconds_count {float(len(expected))}" in text
+
+
+def test_restart_resumes_from_the_snapshot_and_repeats_no_alert(kafka_bootstrap, sorted_events, tmp_path, webhook):
+    """A first run stops half-way (state snapshot + offsets); a run that lost its snapshot's last part re-detects
+    alerts already published, and publishes none of them again."""
+    topic = _topic("restart")
+    lines = sorted_events.read_bytes().splitlines()
+    half = tmp_path / "half.jsonl"
+    half.write_bytes(b"\n".join(lines[: len(lines) // 2]) + b"\n")
+    rest = tmp_path / "rest.jsonl"
+    rest.write_bytes(b"\n".join(lines[len(lines) // 2:]) + b"\n")
+    expected = toy_expected(lines)
+
+    replay(half, kafka_bootstrap, topic, partitions=2)
+    state_dir = tmp_path / "state"
+    settings = _settings(kafka_bootstrap, topic, state_dir, until_end=False)
+    outbox = tmp_path / "outbox.jsonl"
+    dispatcher = AlertDispatcher(Outbox(outbox), {"slack": slack_sender(webhook.url, 5.0)}).start()
+    first = _processor(settings, dispatcher)
+    thread = threading.Thread(target=first.run)
+    thread.start()
+    _wait(lambda: first.counts["events"] >= len(lines) // 2, what="the first half")
+    first.stop()
+    thread.join(20)
+    dispatcher.close(10)
+    snapshots = {p: json.loads((state_dir / topic / f"p{p}.json").read_text())["offset"] for p in (0, 1)}
+    assert sum(snapshots.values()) == len(lines) // 2  # the snapshots cover exactly what was processed
+    published_first = read_alert_ids(kafka_bootstrap, settings.alerts_topic)
+    assert published_first  # some alerts were raised in the first half
+
+    # Lose the snapshot of partition 0: its events are processed again from the start and re-raise its alerts.
+    for f in (state_dir / topic).glob("p0*"):
+        f.unlink()
+    replay(rest, kafka_bootstrap, topic, partitions=2)
+    dispatcher = AlertDispatcher(Outbox(outbox), {"slack": slack_sender(webhook.url, 5.0)}).start()
+    second = _processor(_settings(kafka_bootstrap, topic, state_dir), dispatcher)
+    summary = second.run()
+    dispatcher.close(10)
+    assert summary["duplicates"] > 0  # re-detected ...
+    ids = [m.key().decode() for m in _messages(kafka_bootstrap, settings.alerts_topic)]
+    assert sorted(ids) == sorted(expected)  # ... but published once, and none lost
+    assert sorted(webhook.ids()) == sorted(expected)
+
+
+def test_a_hanging_webhook_does_not_stall_the_stream(kafka_bootstrap, sorted_events, tmp_path, webhook):
+    """Slack hangs on every request: the stream still consumes everything and publishes every alert to the
+    alerts topic; the Slack deliveries stay pending in the outbox for the next start."""
+    webhook.release.clear()
+    topic = _topic("slow")
+    lines = sorted_events.read_bytes().splitlines()
+    replay(sorted_events, kafka_bootstrap, topic, partitions=3)
+    expected = toy_expected(lines)
+    outbox = tmp_path / "outbox.jsonl"
+    dispatcher = AlertDispatcher(Outbox(outbox), {"slack": slack_sender(webhook.url, 30.0)}).start()
+    settings = _settings(kafka_bootstrap, topic, tmp_path / "state")
+    summary = _processor(settings, dispatcher).run()
+    assert summary["reached_end"] and summary["events"] == len(lines)
+    assert sorted(read_alert_ids(kafka_bootstrap, settings.alerts_topic)) == sorted(expected)
+    assert webhook.received == []  # nothing got through while the stream finished
+    assert dispatcher.close(0.2) == {"slack": len(expected)}
+    assert len(Outbox(outbox).pending("slack")) == len(expected)  # kept for the next start
+    webhook.release.set()
+
+
+def test_k8s_manifests_wire_config_secret_state_and_metrics():
+    import yaml
+
+    from finops_ml.config import Config
+
+    root = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+    docs = {}
+    for path in sorted(root.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[(doc["kind"], doc.get("metadata", {}).get("name"))] = doc
+    listed = set(docs[("Kustomization", None)]["resources"])
+    assert listed == {p.name for p in root.glob("*.yaml")} - {"kustomization.yaml", "secret.yaml"}
+    config_map = docs[("ConfigMap", "finops-ml-stream")]
+    cfg = Config.model_validate(yaml.safe_load(config_map["data"]["stream.yaml"])).stream  # a valid config file
+    deployment = docs[("Deployment", "finops-ml-stream")]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert container["command"] == ["finops-ml"] and container["args"][:1] == ["stream"]  # the image has no entrypoint
+    config_path = container["args"][container["args"].index("--config") + 1]
+    assert config_path == f"{mounts['config']}/stream.yaml" and volumes["config"]["configMap"]["name"] == "finops-ml-stream"
+    assert cfg.state_dir.startswith(mounts["state"]) and cfg.registry.startswith(mounts["state"])
+    pvc = docs[("PersistentVolumeClaim", volumes["state"]["persistentVolumeClaim"]["claimName"])]
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]  # partitions move between replicas with their snapshots
+    secret = docs[("Secret", container["envFrom"][0]["secretRef"]["name"])]
+    assert {cfg.slack_webhook_env, cfg.smtp_password_env} <= set(secret["stringData"])
+    assert all(v == "" for v in secret["stringData"].values())  # no secret value committed
+    assert container["ports"][0]["containerPort"] == cfg.metrics_port
+    assert pod["terminationGracePeriodSeconds"] > cfg.drain_timeout_s + cfg.checkpoint_interval_s
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(cfg.metrics_port)
+    hpa = docs[("HorizontalPodAutoscaler", "finops-ml-stream")]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "finops-ml-stream"
+    assert {m.get("pods", {}).get("metric", {}).get("name") for m in hpa["spec"]["metrics"]} >= {
+        "finops_stream_consumer_lag"}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for kind in ("Service", "ServiceMonitor", "PodMonitoring"):
+        selector = next(d for (k, _), d in docs.items() if k == kind)["spec"]["selector"]
+        assert (selector.get("matchLabels") or selector).items() <= labels.items()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real detector: `finops-ml stream` as a process, and batch / stream agreement
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import urllib.request  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+SCRIPT = str(Path(sys.executable).parent / "finops-ml")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_generated):
+    """The small organisation's detector, trained as the pipeline does and registered in a local registry."""
+    from finops_ml.config import Config
+    from finops_ml.registry import LocalRegistry
+    from finops_ml.steps import features_step, ingest_step, train_anomaly_step
+
+    work = tmp_path_factory.mktemp("stream-model")
+    ingest_step(str(small_generated / "events.jsonl"), str(small_generated / "control_totals.csv"),
+                str(work / "events"))
+    features_step(str(work / "events"), str(work / "daily.parquet"), str(work / "resource_daily.parquet"),
+                  str(work / "resources.parquet"))
+    train_anomaly_step(str(work / "resource_daily.parquet"), str(work / "resources.parquet"),
+                       str(small_generated / "truth" / "anomaly_cells.csv"), "", Config(), str(work / "model"),
+                       str(work / "eval"))
+    LocalRegistry(work / "registry").register("cost-anomaly", work / "model", {"anomaly_f1": 1.0}, "test", {})
+    import joblib
+
+    return SimpleNamespace(registry=work / "registry", resource_daily=work / "resource_daily.parquet",
+                           resources=work / "resources.parquet", detector=joblib.load(work / "model" / "model.joblib"))
+
+
+def _final_cells(alerts: list[dict]) -> set[tuple[str, str, str]]:
+    """(day, service, project_id) of the anomalies that stand: raised (open or confirmed), not retracted."""
+    raised = {(a["day"], a["service"], a["project_id"]) for a in alerts if a.get("status") != "retracted"}
+    retracted = {(a["day"], a["service"], a["project_id"]) for a in alerts if a.get("status") == "retracted"}
+    return raised - retracted
+
+
+def _reference(bootstrap: str, topic: str, detector) -> tuple[set[str], int]:
+    """What the stream must publish: one real-time state per partition over the topic's messages in offset order
+    (alert keys), and how many messages are billing events."""
+    from finops_ml.alerts import alert_key
+    from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+
+    states: dict[int, RealtimeState] = {}
+    keys, valid = set(), 0
+    for m in sorted(_messages(bootstrap, topic), key=lambda m: (m.partition(), m.offset())):
+        if m.partition() not in states:
+            states[m.partition()] = RealtimeState.from_detector(detector, lateness_days=1)
+        state = states[m.partition()]
+        try:
+            event = json.loads(m.value())
+            found = detect_anomaly_realtime(event, state)
+        except (InvalidEvent, ValueError, AttributeError, TypeError):
+            continue
+        valid += 1
+        keys |= {alert_key(a) for a in found}
+    for state in states.values():
+        keys |= {alert_key(a) for a in state.flush()}
+    return keys, valid
+
+
+def test_batch_and_stream_find_the_same_anomalies(kafka_bootstrap, sorted_events, trained, tmp_path):
+    """Event-first: the time-sorted events streamed through Kafka give the batch detector's anomalous cells."""
+    import pandas as pd
+
+    from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+
+    topic = _topic("agree")
+    replay(sorted_events, kafka_bootstrap, topic, partitions=3)
+    settings = _settings(kafka_bootstrap, topic, tmp_path / "state")
+    processor = StreamProcessor(settings, lambda: RealtimeState.from_detector(trained.detector, lateness_days=1),
+                                RealtimeState.load, detect_anomaly_realtime, InvalidEvent, metrics=StreamMetrics())
+    summary = processor.run()
+    assert summary["reached_end"] and summary["dead_letters"] == 0
+    alerts = [json.loads(m.value()) for m in _messages(kafka_bootstrap, settings.alerts_topic)]
+    cells = trained.detector.score(pd.read_parquet(trained.resource_daily), pd.read_parquet(trained.resources))
+    batch = {(str(d.date()), s, p) for d, s, p in cells.loc[cells.is_anomaly, ["day", "service", "project_id"]]
+             .itertuples(index=False)}
+    assert batch  # the data holds anomalies
+    assert _final_cells(alerts) == batch
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+class StreamProcess:
+    """`finops-ml stream` as a subprocess, its /metrics port read from its first line of output."""
+
+    def __init__(self, args: list[str], env: dict, log: Path):
+        self.log = log
+        start = log.stat().st_size if log.exists() else 0
+        self.out = open(log, "ab")
+        self.proc = subprocess.Popen([SCRIPT, "stream", *args], stdout=self.out, stderr=subprocess.STDOUT, env=env)
+        self.port = None
+        deadline = time.monotonic() + 60
+        while self.port is None:
+            text = log.read_bytes()[start:].decode()
+            if "/metrics" in text:
+                self.port = int(text.split("metrics on :", 1)[1].split("/")[0])
+            elif self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the stream did not start: {text[-3000:]}")
+            time.sleep(0.05)
+
+    def events(self) -> float:
+        return _metric(self.port, "finops_stream_events_total")
+
+    def wait(self, timeout_s: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self.out.close()
+
+
+def _half(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, sorted_events, trained, tmp_path,
+                                                             webhook, smtp_server):
+    controller, handler = smtp_server
+    topic = _topic("kill")
+    lines = sorted_events.read_bytes().splitlines()
+    n1, n2 = len(lines) // 3, 2 * len(lines) // 3
+    bad = [b"{not json", b'{"service": {"description": "BigQuery"}, "cost": 1}']
+    config = tmp_path / "stream.yaml"
+    config.write_text(f"stream:\n  checkpoint_interval_s: 3600\n  session_timeout_ms: 2000\n  slack_webhook_env: TEST_SLACK_URL\n"
+                      f"  smtp_host: 127.0.0.1\n  smtp_port: {controller.port}\n  email_to: [oncall@acme.test]\n"
+                      f"  drain_timeout_s: 5\n")
+    state_dir = tmp_path / "state"
+    args = ["--config", str(config), "--bootstrap", kafka_bootstrap, "--topic", topic, "--alerts-topic",
+            f"{topic}-alerts", "--dead-letter-topic", f"{topic}-dlq", "--group", f"{topic}-g", "--state-dir",
+            str(state_dir), "--registry", str(trained.registry), "--metrics-port", "0"]
+    env = {**os.environ, "TEST_SLACK_URL": webhook.url, "COLUMNS": "200"}
+    log = tmp_path / "stream.log"
+
+    # Run 1: the first third (with two bad events), then SIGTERM: drains, snapshots state with offsets, exits 0.
+    replay(_half(tmp_path / "a.jsonl", lines[:100] + bad + lines[100:n1]), kafka_bootstrap, topic, partitions=3)
+    run = StreamProcess(args, env, log)
+    _wait(lambda: run.events() == n1 + len(bad), 60, "the first third")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait() == 0, log.read_text()[-3000:]
+    assert "stream stopped" in log.read_text()
+    offsets = sum(json.loads(p.read_text())["offset"] for p in (state_dir / topic).glob("p*.json"))
+    assert offsets == n1 + len(bad)  # the snapshots cover everything processed
+    after_run1 = read_alert_ids(kafka_bootstrap, f"{topic}-alerts")
+
+    # Run 2: the second third, then kill -9 with no checkpoint since run 1 (interval 3600 s).
+    replay(_half(tmp_path / "b.jsonl", lines[n1:n2]), kafka_bootstrap, topic, partitions=3)
+    run = StreamProcess(args, env, log)
+    _wait(lambda: run.events() == n2 - n1, 60, "the second third")
+    published = read_alert_ids(kafka_bootstrap, f"{topic}-alerts")
+    _wait(lambda: len(webhook.received) == len(published), 20, "Slack deliveries")
+    time.sleep(0.3)
+    run.proc.kill()
+    run.wait()
+    assert sum(json.loads(p.read_text())["offset"] for p in (state_dir / topic).glob("p*.json")) == offsets
+
+    # Run 3: the rest, to the end; the second third is processed again from the snapshot.
+    replay(_half(tmp_path / "c.jsonl", lines[n2:]), kafka_bootstrap, topic, partitions=3)
+    run = StreamProcess([*args, "--until-end"], env, log)
+    assert run.wait(120) == 0, log.read_text()[-3000:]
+    summary = json.loads((state_dir / "last_run.json").read_text())
+
+    expected, valid = _reference(kafka_bootstrap, topic, trained.detector)
+    alerts = _messages(kafka_bootstrap, f"{topic}-alerts")
+    from finops_ml.alerts import alert_key
+
+    keys = [alert_key({"anomaly_id": m.key().decode(), "status": dict(m.headers())["finops.status"].decode()})
+            for m in alerts]
+    assert len(keys) == len(set(keys))  # no alert repeated ...
+    assert set(keys) == expected  # ... and none lost
+    raised_in_run2 = published - after_run1
+    assert raised_in_run2  # the killed run did publish alerts (so that run 3 re-detects them) ...
+    assert summary["duplicates"] == len(raised_in_run2)  # ... which run 3 re-detected and did not publish again
+    assert sorted(webhook.ids()) == sorted(expected)  # Slack: each once
+    assert sorted(m["X-Finops-Anomaly-Id"] + ("/retracted" if m["Subject"].startswith("Retracted") else "")
+                  for m in handler.messages) == sorted(expected)  # email: each once
+    counters = summary["state_counters"]
+    assert counters["events"] + counters["skipped_events"] == valid  # every event applied to the state once
+    dead = _messages(kafka_bootstrap, f"{topic}-dlq")
+    assert sorted(m.value() for m in dead) == sorted(bad)
+
+
+
+def test_stream_cli_bad_input_is_one_sentence(tmp_path):
+    env = {**os.environ, "COLUMNS": "200"}
+    result = subprocess.run([SCRIPT, "stream", "--registry", str(tmp_path / "none"), "--bootstrap", "127.0.0.1:1"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "No cost-anomaly model is registered" in result.stderr and result.stderr.count("\n") == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stream:\n  retry_attempts: 0\n")
+    result = subprocess.run([SCRIPT, "stream", "--config", str(bad)], capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode == 1 and "stream.retry_attempts" in result.stderr and "Traceback" not in result.stderr
