@@ -126,7 +126,7 @@ def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, label
     cells = result["cells"]
     cells[anomaly.CELL_COLUMNS].to_parquet(eval_dir / "cells.parquet", index=False)
     found = cells[cells.is_anomaly].sort_values(["day", "impact"], ascending=[True, False])
-    found[anomaly.ANOMALY_COLUMNS].to_csv(eval_dir / "anomalies.csv", index=False)
+    found[anomaly.ANOMALY_COLUMNS].to_csv(eval_dir / "anomalies.csv", index=False, float_format="%.4f")
     result["metrics"]["feedback_marks"] = 0 if feedback is None else int(len(feedback))
     return _finish(eval_dir, "cost-anomaly", result["metrics"], cfg, daily)
 
