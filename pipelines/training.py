@@ -22,8 +22,10 @@ def training_pipeline(
     anomaly_feedback: str = "",
     run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
 ):
-    ingest = ingest_events(source=source, control_totals=control_totals).set_display_name("ingest")
-    features = build_features(events=ingest.outputs["events"]).set_display_name("features")
+    # DuckDB steps retry once: a DuckDB process can abort at interpreter exit after its outputs are written
+    # ("terminate called without an active exception", duckdb/duckdb#13904), seen only on an overloaded machine.
+    ingest = ingest_events(source=source, control_totals=control_totals).set_display_name("ingest").set_retry(1)
+    features = build_features(events=ingest.outputs["events"]).set_display_name("features").set_retry(1)
     daily = features.outputs["daily_cost"]
     anomaly = train_anomaly_detector(resource_daily_cost=features.outputs["resource_daily_cost"],
                                      resources=features.outputs["resources"], anomaly_labels=anomaly_labels,

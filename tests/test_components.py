@@ -61,7 +61,7 @@ class _Features(NamedTuple):
 @dsl.pipeline
 def features_from(events_uri: str) -> _Features:
     events = dsl.importer(artifact_uri=events_uri, artifact_class=Dataset)
-    task = build_features(events=events.output)
+    task = build_features(events=events.output).set_retry(1)  # as in the pipeline (see pipelines/training.py)
     return _Features(daily_cost=task.outputs["daily_cost"], resource_daily_cost=task.outputs["resource_daily_cost"],
                      resources=task.outputs["resources"])
 
