@@ -36,6 +36,7 @@ from finops_ml.errors import FinopsError
 from finops_ml.fileio import atomic_path
 from finops_ml.models.trees import ForestScorer
 from finops_ml.models.anomaly import (
+    CAUSE_LABELS,
     MIN_BASELINE_DAYS,
     SKU_EWMA_ALPHA,
     CostAnomalyDetector,
@@ -44,7 +45,6 @@ from finops_ml.models.anomaly import (
 )
 
 STATE_VERSION = 1
-CAUSE_LABELS = ("owner", "cost_center", "plant")
 
 
 class InvalidEvent(FinopsError):

@@ -350,23 +350,6 @@ def _window_matrix(inst: AnomalyInstance) -> tuple[list[str], np.ndarray]:
     return names, np.array([rows[n] for n in names]).reshape(len(names), -1)
 
 
-def window_frame(inst: AnomalyInstance) -> pd.DataFrame:
-    """An anomaly instance as the rows of the resource_daily_cost view (or daily_cost, for a cell's costs)."""
-    n = inst.window_days()
-    days = pd.date_range(end=pd.Timestamp(inst.end_date), periods=n, freq="D")
-    if inst.daily_costs is not None:
-        return pd.DataFrame({"day": days, "service": inst.service, "project_id": inst.project_id,
-                             "net_cost": np.asarray(inst.daily_costs, float)})
-    names, cost = [], []
-    for r in inst.resources:
-        names.append(r.resource_name)
-        cost.append([np.nan if c is None else c for c in r.daily_costs])
-    cost = np.asarray(cost, float)
-    r_idx, t_idx = np.nonzero(np.isfinite(cost))
-    return pd.DataFrame({"day": days[t_idx], "service": inst.service, "project_id": inst.project_id,
-                         "resource_name": np.asarray(names, object)[r_idx], "net_cost": cost[r_idx, t_idx]})
-
-
 class LabelerPredictor(Predictor):
     """The labeler's fitted TF-IDF + logistic regression, evaluated on plain strings: each distinct analyzer runs
     once per resource (the three targets share the character n-grams of its name), n-grams are looked up in the

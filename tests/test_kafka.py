@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,15 +25,10 @@ from finops_ml.events import parse_event  # noqa: E402
 from finops_ml.generator import generate  # noqa: E402
 from finops_ml.kafka_io import replay  # noqa: E402
 from finops_ml.sources import read_events  # noqa: E402
+from conftest import free_port  # noqa: E402
 
 
 SCRIPT = str(Path(sys.executable).parent / "finops-ml")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +203,7 @@ def test_replay_cli_prints_counts(kafka_bootstrap, small_events):
 
 def test_replay_cli_unreachable_bootstrap_is_one_sentence(small_events):
     t0 = time.monotonic()
-    result = subprocess.run([SCRIPT, "replay", str(small_events), "--bootstrap", f"127.0.0.1:{_free_port()}",
+    result = subprocess.run([SCRIPT, "replay", str(small_events), "--bootstrap", f"127.0.0.1:{free_port()}",
                              "--topic", "t"], capture_output=True, text=True, timeout=30,
                             env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 1

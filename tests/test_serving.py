@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from finops_ml.generator import generate
 from finops_ml.models import forecast as forecast_lib
 from finops_ml.models.trees import ForestRegressor
 from finops_ml.registry import LocalRegistry
+from conftest import free_port
 
 SCRIPT = Path(sys.executable).parent / "finops-ml"
 # 11 months: the forecast's 3 holdout months, one backtest origin and its 56 days of history.
@@ -248,6 +248,23 @@ def _anomaly_instance(rdc: pd.DataFrame, service: str, project: str, end: pd.Tim
                           for name, row in zip(wide.index, wide.to_numpy())]}
 
 
+def window_frame(inst: serving.AnomalyInstance) -> pd.DataFrame:
+    """An anomaly instance as the rows of the resource_daily_cost view (or daily_cost, for a cell's costs)."""
+    n = inst.window_days()
+    days = pd.date_range(end=pd.Timestamp(inst.end_date), periods=n, freq="D")
+    if inst.daily_costs is not None:
+        return pd.DataFrame({"day": days, "service": inst.service, "project_id": inst.project_id,
+                             "net_cost": np.asarray(inst.daily_costs, float)})
+    names, cost = [], []
+    for r in inst.resources:
+        names.append(r.resource_name)
+        cost.append([np.nan if c is None else c for c in r.daily_costs])
+    cost = np.asarray(cost, float)
+    r_idx, t_idx = np.nonzero(np.isfinite(cost))
+    return pd.DataFrame({"day": days[t_idx], "service": inst.service, "project_id": inst.project_id,
+                         "resource_name": np.asarray(names, object)[r_idx], "net_cost": cost[r_idx, t_idx]})
+
+
 def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
     rdc = trained["resource_daily_cost"]
     detector = serving.AnomalyPredictor(trained["dirs"]["anomaly"]).model
@@ -262,7 +279,7 @@ def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
     assert r.status_code == 200, r.text
     n_flagged = 0
     for inst, pred in zip(instances, r.json()["predictions"]):
-        cells = detector.score(serving.window_frame(serving.AnomalyInstance.model_validate(inst)))
+        cells = detector.score(window_frame(serving.AnomalyInstance.model_validate(inst)))
         want = cells.iloc[-1]
         assert pred["day"] == inst["end_date"] == str(want.day.date())
         assert pred["is_anomaly"] == bool(want.is_anomaly)
@@ -315,12 +332,6 @@ def test_labeler_answers_equal_the_library_for_every_resource(client, trained):
 
 # ---- finops-ml serve ------------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli(*args: str) -> list[str]:
     base = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "from finops_cli.main import main; main()"]
     return [*base, *args]
@@ -359,7 +370,7 @@ RESOURCE = {"resource_name": "mes-vm-01", "project_id": "p", "service": "Compute
 
 
 def test_finops_ml_serve_answers_on_a_loopback_port(trained):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(_cli("serve", "--registry", str(trained["registry"]), "--port", str(port)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "300"})
@@ -378,7 +389,7 @@ def test_finops_ml_serve_answers_on_a_loopback_port(trained):
 
 def test_the_container_entry_point_follows_the_aip_variables(trained):
     """What deploy/Dockerfile.serving runs: python -m finops_ml.serving, configured by Vertex AI's variables."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_STORAGE_URI": str(trained["dirs"]["labeler"]),
            "AIP_HEALTH_ROUTE": "/v1/endpoints/1/deployedModels/2", "FINOPS_WORKERS": "2",
            "AIP_PREDICT_ROUTE": "/v1/endpoints/1/deployedModels/2:predict"}
