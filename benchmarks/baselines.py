@@ -1,6 +1,6 @@
 """What a FinOps team could use instead of our models: the baselines of benchmarks/model_quality.py.
 
-Each baseline is judged on the same holdout and with the same metric functions (finops_ml.metrics) as our models.
+Each baseline is judged on the same holdout and with the same metric functions (finops_ml.models.metrics) as our models.
 
 Forecast (service-level daily series, 7-day season, forecast over the holdout days, summed per (service, month)):
   seasonal naive, AutoETS, AutoARIMA (statsforecast: the open counterpart of BigQuery ML ARIMA_PLUS).
@@ -48,10 +48,10 @@ def forecast_baselines(daily: pd.DataFrame, train_end: pd.Timestamp, interval: f
     Returns {name: (DataFrame service, month, forecast, lo, hi; seconds)}.
     """
     os.environ.setdefault("NIXTLA_ID_AS_COL", "1")
+    import time
+
     from statsforecast import StatsForecast
     from statsforecast.models import AutoARIMA, AutoETS, SeasonalNaive
-
-    import time
 
     series = service_daily(daily)
     train = series[series.ds <= train_end]

@@ -4,7 +4,7 @@ Each step runs in its own process, so its peak memory (max RSS) is its own:
     python benchmarks/ingest_scale.py [--sizes 1m,10m] [--workdir DIR] [--keep]
 
   generate        the synthetic organisation to Parquet (and to JSONL at 1M: JSONL at 10M is ~13 GB)
-  ingest parquet  read -> validate -> event ids -> dedupe -> events.parquet (finops_ml.ingest)
+  ingest parquet  read -> validate -> event ids -> dedupe -> events.parquet (finops_ml.data.ingest)
   ingest jsonl    the same from JSONL
   features        the daily_cost feature view (feature_defs/daily_cost.sql) over the events table, written to Parquet
                   as the pipeline's features step does
@@ -31,25 +31,25 @@ SIZES = {"1m": 1_000_000, "10m": 10_000_000}
 
 GENERATE = """
 from finops_ml.config import load_config
-from finops_ml.generator import generate, resources_for_rows
+from finops_ml.synthetic.generator import generate, resources_for_rows
 cfg = load_config().generator
 cfg = cfg.model_copy(update={{"resources_per_project": resources_for_rows(cfg, {rows})}})
 meta = generate(cfg, 42, {out!r}, fmt={fmt!r})
 print(meta["rows"])
 """
 INGEST = """
-from finops_ml.ingest import ingest
+from finops_ml.data.ingest import ingest
 s = ingest({source!r}, {out!r}, {control!r})
 assert s["reconciliation_diff"] == 0.0, s["reconciliation_diff"]
 print(s["read"])
 """
 FEATURES = """
-from finops_ml.warehouse import export_feature_view
+from finops_ml.data.warehouse import export_feature_view
 print(export_feature_view("daily_cost", {events!r}, {out!r}))
 """
 REFERENCE = """
 import duckdb
-from finops_ml.warehouse import feature_sql
+from finops_ml.data.warehouse import feature_sql
 con = duckdb.connect()
 con.execute("SET threads TO 2")
 con.execute("CREATE VIEW events AS SELECT * FROM read_parquet({events!r})")

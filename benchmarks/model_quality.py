@@ -3,10 +3,10 @@
     python benchmarks/model_quality.py [--seeds 101-105] [--shapes small_stable,large_fast_migration]
                                        [--tasks forecast,anomaly,labels] [--out out/model_quality]
 
-For each (seed, shape) it generates the organisation (finops_ml.generator, ORG_SHAPES), ingests it, builds the
+For each (seed, shape) it generates the organisation (finops_ml.synthetic.generator, ORG_SHAPES), ingests it, builds the
 feature views as the pipeline does, then evaluates the baselines (benchmarks/baselines.py) and our models (their
 public train_and_evaluate, with the settings of configs/local.yaml) on the same holdout with the same metric
-functions (finops_ml.metrics). It prints one table per task (mean and worst over seeds x shapes) and one per shape,
+functions (finops_ml.models.metrics). It prints one table per task (mean and worst over seeds x shapes) and one per shape,
 and writes every figure to OUT/results.csv (long format) and OUT/results.json.
 
 Metrics:
@@ -16,7 +16,7 @@ Metrics:
   actual lies in the nominal 80% interval.
 - anomaly, on daily cells (day x service x project) after the training months (as anomaly.train_and_evaluate):
   precision, recall, F1 against the generator's material anomaly cells; event-wise F1 and mean detection delay
-  (finops_ml.metrics.event_metrics).
+  (finops_ml.models.metrics.event_metrics).
 - labels, per target on the held-out labelled resources (labeler.holdout_split): accuracy, macro F1, coverage at
   the confidence threshold; then fitted on every labelled resource and applied to the missing labels: precision
   of the applied labels (against the generator's truth) and compliance before -> after (labeler.compliance).
@@ -43,12 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # noqa: E402
 
 from finops_ml.config import load_config  # noqa: E402
+from finops_ml.data.ingest import ingest  # noqa: E402
+from finops_ml.data.warehouse import export_feature_view  # noqa: E402
 from finops_ml.fileio import atomic_path, read_json, write_json  # noqa: E402
-from finops_ml.generator import generate, shape_config  # noqa: E402
-from finops_ml.ingest import ingest  # noqa: E402
-from finops_ml.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape  # noqa: E402
 from finops_ml.models import anomaly, forecast, labeler  # noqa: E402
-from finops_ml.warehouse import export_feature_view  # noqa: E402
+from finops_ml.models.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape  # noqa: E402
+from finops_ml.synthetic.generator import generate, shape_config  # noqa: E402
 
 TASKS = ("forecast", "anomaly", "labels")
 # Headline metrics per task: (column, higher is better).

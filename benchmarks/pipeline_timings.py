@@ -17,9 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from finops_ml.config import load_config
-from finops_ml.generator import generate, resources_for_rows
-from finops_ml.steps import (features_step, ingest_step, train_anomaly_step, train_forecast_step,
-                             train_labeler_step)
+from finops_ml.synthetic.generator import generate, resources_for_rows
+from finops_ml.training.steps import (
+    features_step,
+    ingest_step,
+    train_anomaly_step,
+    train_forecast_step,
+    train_labeler_step,
+)
 
 SIZES = {"demo": None, "1m": 1_000_000, "10m": 10_000_000}  # target line items (None: the config's demo size)
 

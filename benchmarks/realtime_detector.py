@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.table import Table
 
 from finops_ml.config import GeneratorConfig, load_config
-from finops_ml.generator import ORG_SHAPES, generate
-from finops_ml.ingest import ingest
+from finops_ml.data.ingest import ingest
+from finops_ml.data.warehouse import export_feature_view
 from finops_ml.models.anomaly import CostAnomalyDetector
-from finops_ml.realtime import RealtimeState, detect_anomaly_realtime
-from finops_ml.warehouse import export_feature_view
+from finops_ml.models.realtime import RealtimeState, detect_anomaly_realtime
+from finops_ml.synthetic.generator import ORG_SHAPES, generate
 
 
 def run(shape: str, seed: int, workdir: Path) -> dict:

@@ -1,4 +1,4 @@
-"""End-to-end throughput and detection latency of the stream (`finops_ml.streaming`) on a real Kafka-protocol broker.
+"""End-to-end throughput and detection latency of the stream (`finops_ml.stream.consumer`) on a real Kafka-protocol broker.
 
     .venv/bin/python benchmarks/stream_throughput.py [--rows N] [--rate EVENTS_PER_S] [--bootstrap HOST:PORT]
 
@@ -59,11 +59,11 @@ def start_tansu(workdir: Path) -> tuple[str, subprocess.Popen]:
 
 def train_detector(rows: int | None, workdir: Path):
     """Generate the organisation, ingest, build the resource view and fit the detector, as the pipeline does."""
-    from finops_ml.config import Config
-    from finops_ml.generator import generate, resources_for_rows
-    from finops_ml.steps import features_step, ingest_step, train_anomaly_step
-
     import joblib
+
+    from finops_ml.config import Config
+    from finops_ml.synthetic.generator import generate, resources_for_rows
+    from finops_ml.training.steps import features_step, ingest_step, train_anomaly_step
 
     cfg = Config()
     data = workdir / "data"
@@ -127,9 +127,9 @@ def _producer_process(bootstrap, topic, path, rate, start_evt, out_q):
 
 
 def make_processor(bootstrap: str, topic: str, detector, state_dir: Path, until_end: bool):
-    from finops_ml.kafka_io import ensure_topic  # noqa: F401
-    from finops_ml.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
-    from finops_ml.streaming import StreamMetrics, StreamProcessor, StreamSettings
+    from finops_ml.data.kafka_io import ensure_topic  # noqa: F401
+    from finops_ml.models.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
+    from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings
 
     settings = StreamSettings(bootstrap, topic, f"{topic}-alerts", f"{topic}-dlq", f"{topic}-g", str(state_dir),
                               checkpoint_interval_s=5.0, until_end=until_end)
@@ -146,7 +146,7 @@ def batch_stream_agreement(bootstrap: str, alerts_topic: str, detector, work: Pa
     import pandas as pd
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-    from finops_ml.kafka_io import check_reachable
+    from finops_ml.data.kafka_io import check_reachable
 
     partitions = list(check_reachable(bootstrap).topics[alerts_topic].partitions)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-check", "enable.partition.eof": True})
@@ -181,7 +181,7 @@ def main() -> None:
                         help="keep data and model here, and reuse them when they exist (set-up is not timed)")
     args = parser.parse_args()
 
-    from finops_ml.kafka_io import ensure_topic
+    from finops_ml.data.kafka_io import ensure_topic
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="stream-bench-"))
     work.mkdir(parents=True, exist_ok=True)

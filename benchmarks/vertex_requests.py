@@ -22,8 +22,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from fake_gcp import FakeGCP  # noqa: E402
 
-from finops_ml import vertex  # noqa: E402
 from finops_ml.config import CONFIG_DIR, load_config  # noqa: E402
+from finops_ml.platform import vertex  # noqa: E402
 from pipelines.local import compile_pipeline  # noqa: E402
 
 

@@ -1,1 +1,1 @@
-"""KFP components: thin wrappers, one per pipeline step, each calling one function of `finops_ml.steps`."""
+"""KFP components: thin wrappers, one per pipeline step, each calling one function of `finops_ml.training.steps`."""

@@ -7,7 +7,7 @@ from components.image import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def check_gate(evaluation: Input[Artifact]) -> bool:
     """Whether every gate of a model passed (computed by the training step from held-out metrics)."""
-    from finops_ml.steps import gate_step
+    from finops_ml.training.steps import gate_step
 
     return gate_step(evaluation.path)
 
@@ -18,7 +18,7 @@ def register_model(model: Input[Model], evaluation: Input[Artifact], registry_di
     """Register a model that passed its gate (local or Vertex AI registry, from the config); it becomes champion
     only if not worse than the current champion's stored metric."""
     from finops_ml.config import Config
-    from finops_ml.steps import register_step
+    from finops_ml.training.steps import register_step
 
     entry = register_step(model.path, evaluation.path, registry_dir, Config.from_json(config_json), run_id)
     return f"{entry['name']}:v{entry['version']}"
@@ -31,6 +31,6 @@ def deploy_model(registered: str, registry_dir: str, config_json: str) -> str:
     import json
 
     from finops_ml.config import Config
-    from finops_ml.steps import deploy_step
+    from finops_ml.training.steps import deploy_step
 
     return json.dumps(deploy_step(registered, registry_dir, Config.from_json(config_json)))

@@ -13,10 +13,11 @@ def build_report(events: Input[Dataset], forecast_evaluation: Input[Artifact], a
     from pathlib import Path
 
     from finops_ml.fileio import read_json
-    from finops_ml.report import build_summary, write_report
+    from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER
+    from finops_ml.training.report import build_summary, write_report
 
-    dirs = {"cost-forecast": Path(forecast_evaluation.path), "cost-anomaly": Path(anomaly_evaluation.path),
-            "resource-labeler": Path(labeler_evaluation.path)}
+    dirs = {FORECAST: Path(forecast_evaluation.path), ANOMALY: Path(anomaly_evaluation.path),
+            LABELER: Path(labeler_evaluation.path)}
     evaluations = {name: read_json(d / "evaluation.json") for name, d in dirs.items()}
     result = build_summary(read_json(os.path.join(events.path, "ingest_summary.json")), evaluations)
     write_report(result, dirs, report.path)

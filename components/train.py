@@ -12,7 +12,7 @@ def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifac
     import math
 
     from finops_ml.config import Config
-    from finops_ml.steps import train_forecast_step
+    from finops_ml.training.steps import train_forecast_step
 
     result = train_forecast_step(daily_cost.path, anomaly_evaluation.path, Config.from_json(config_json), model.path,
                                  evaluation.path)
@@ -37,7 +37,7 @@ def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input
     import math
 
     from finops_ml.config import Config
-    from finops_ml.steps import train_anomaly_step
+    from finops_ml.training.steps import train_anomaly_step
 
     result = train_anomaly_step(resource_daily_cost.path, resources.path, anomaly_labels, anomaly_feedback,
                                 Config.from_json(config_json), model.path, evaluation.path)
@@ -60,7 +60,7 @@ def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: s
     import os
 
     from finops_ml.config import Config
-    from finops_ml.steps import train_labeler_step
+    from finops_ml.training.steps import train_labeler_step
 
     result = train_labeler_step(resources.path, resource_truth, Config.from_json(config_json), model.path,
                                 evaluation.path)

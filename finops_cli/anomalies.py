@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import typer
@@ -24,7 +23,8 @@ def detect(
     direction: str = typer.Option("up", help="up: rises only (cost spikes); both: drops too."),
 ):
     """Flag anomalies in any cost or usage series (5-minute, hourly, daily ...): no labels, no model needed."""
-    from finops_ml.models.series import SeriesAnomalyDetector, detect as run_detect, read_series_csv
+    from finops_ml.models.series import SeriesAnomalyDetector, read_series_csv
+    from finops_ml.models.series import detect as run_detect
 
     t0 = time.perf_counter()
     detector = SeriesAnomalyDetector(threshold=threshold, direction=direction)

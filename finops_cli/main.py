@@ -45,7 +45,8 @@ def generate(
     from_monthly_csv: Optional[Path] = typer.Option(None, help="CSV month,service,cost to reconcile to the cent."),
 ):
     """Generate the synthetic organisation's billing events and their ground truth."""
-    from finops_ml.generator import generate as gen, generate_from_monthly, resources_for_rows
+    from finops_ml.synthetic.generator import generate as gen
+    from finops_ml.synthetic.generator import generate_from_monthly, resources_for_rows
 
     try:
         cfg = _config(config, seed)
@@ -71,7 +72,7 @@ def ingest(
     control_totals: Optional[Path] = typer.Option(None, help="CSV invoice_month,net_cost to reconcile with."),
 ):
     """Validate, quarantine, dedupe and reconcile billing events into the events table."""
-    from finops_ml.ingest import ingest as run_ingest
+    from finops_ml.data.ingest import ingest as run_ingest
 
     try:
         t0 = time.perf_counter()
@@ -94,7 +95,7 @@ def replay(
     key: str = typer.Option("cell", help="Message key: cell (service|project, what `stream` needs) or event (id)."),
 ):
     """Publish billing events to a Kafka topic, keyed by series (replaying twice is safe: ingest dedupes)."""
-    from finops_ml.kafka_io import replay as run_replay
+    from finops_ml.data.kafka_io import replay as run_replay
 
     try:
         s = run_replay(file, bootstrap, topic, partitions=partitions, key=key)
@@ -118,8 +119,8 @@ def run(
         cfg = _config(config, seed)
     except FinopsError as exc:
         _fail(str(exc))
-    from finops_ml.generator import generate as gen
-    from finops_ml.sources.files import resolve_files
+    from finops_ml.data.sources.files import resolve_files
+    from finops_ml.synthetic.generator import generate as gen
     from pipelines.local import run_local
 
     out = out.resolve()
@@ -174,11 +175,12 @@ def run(
         _fail(f"pipeline step {', '.join(failed)} failed{': ' + reason if reason else ''}; the full log is {log_path}.")
     run_dir = max(set(root.glob("*")) - before, key=lambda p: p.stat().st_mtime)
     summary = read_json(run_dir / "build-report" / "summary")
-    from finops_ml.registry import LocalRegistry
+    from finops_ml.models.catalogue import MODEL_NAMES
+    from finops_ml.platform.registry import LocalRegistry
 
     registry = LocalRegistry(arguments["registry_dir"])
     registered = []
-    for name in ("cost-forecast", "cost-anomaly", "resource-labeler"):
+    for name in MODEL_NAMES:
         for v in registry.versions(name):
             e = registry.entry(name, v)
             if e["run_id"] == arguments["run_id"]:

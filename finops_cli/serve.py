@@ -30,20 +30,21 @@ def serve(
     config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml)."),
 ):
     """Serve the registered models over HTTP, as the Vertex AI custom container does."""
-    from finops_ml import serving
+    from finops_ml.models.catalogue import MODELS
+    from finops_ml.serving import app, predictors
 
     try:
         cfg = load_config(config).serving
-        if model is not None and model not in serving.MODELS:
-            raise FinopsError(f"--model {model!r} is not one of {', '.join(serving.MODELS)}; pick one or leave it "
+        if model is not None and model not in MODELS:
+            raise FinopsError(f"--model {model!r} is not one of {', '.join(MODELS)}; pick one or leave it "
                               "out to serve all three.")
         if workers is not None and workers < 1:
             raise FinopsError(f"--workers {workers} is not a positive number of processes; pass 1 or more.")
         if max_body_bytes is not None and max_body_bytes < 1:
             raise FinopsError(f"--max-body-bytes {max_body_bytes} is not a positive size; pass a number of bytes.")
-        kinds = [model] if model else list(serving.MODELS)
-        dirs = serving.resolve_registry(registry, kinds, alias or cfg.alias)
-        spec = serving.ServerSpec(models={k: str(d) for k, d in dirs.items()},
+        kinds = [model] if model else list(MODELS)
+        dirs = predictors.resolve_registry(registry, kinds, alias or cfg.alias)
+        spec = app.ServerSpec(models={k: str(d) for k, d in dirs.items()},
                                   max_body_bytes=max_body_bytes or cfg.max_body_bytes)
     except FinopsError as exc:
         err.print(f"[bold red]error:[/] {exc}")
@@ -52,4 +53,4 @@ def serve(
         console.print(f"{kind}: {dirs[kind]}  POST {predict}  GET {health}")
     if len(spec.models) > 1:
         console.print(f"all: GET {spec.health_route}")
-    serving.run_server(spec, host, port, workers or cfg.workers)
+    app.run_server(spec, host, port, workers or cfg.workers)

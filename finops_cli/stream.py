@@ -1,4 +1,4 @@
-"""`finops-ml stream`: real-time anomaly detection on the Kafka billing topic (see finops_ml.streaming)."""
+"""`finops-ml stream`: real-time anomaly detection on the Kafka billing topic (see finops_ml.stream.consumer)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def stream(
                                                              "(a bounded run: backfills, tests, benchmarks)."),
 ):
     """Score the billing stream event by event; publish each anomaly once to the alerts topic, Slack and email."""
-    from finops_ml.alerts import AlertDispatcher, Outbox, RetryPolicy, senders_from_config
     from finops_ml.fileio import write_json
-    from finops_ml.streaming import StreamMetrics, StreamProcessor, StreamSettings, load_registered_detector
+    from finops_ml.stream.alerts import AlertDispatcher, Outbox, RetryPolicy, senders_from_config
+    from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings, load_registered_detector
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(config).stream
@@ -45,7 +45,7 @@ def stream(
     cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
     detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version)
-    from finops_ml.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
+    from finops_ml.models.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
 
     model = RealtimeModel(detector)  # prepared once, shared by the state of every partition
 

@@ -36,7 +36,7 @@ def _fail(message: str) -> None:
 
 def _load(config: Path, command: str, api_endpoint: Optional[str] = None, **schedule: Optional[str]) -> Config:
     """The validated config (one sentence naming the file and key otherwise), before any request."""
-    from finops_ml.vertex import validate
+    from finops_ml.platform.vertex import validate
 
     cfg = load_config(config)
     if api_endpoint:
@@ -84,7 +84,7 @@ def submit(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """Submit the training pipeline to Vertex AI Pipelines (PipelineJob), without waiting for it."""
-    from finops_ml import vertex
+    from finops_ml.platform import vertex
 
     try:
         cfg = _load(config, "submit", api_endpoint)
@@ -103,7 +103,7 @@ def schedule_create(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """Create the retraining schedule (cron and time zone from the config)."""
-    from finops_ml import vertex
+    from finops_ml.platform import vertex
 
     try:
         cfg = _load(config, "schedule", api_endpoint, backend=_backend(backend))
@@ -121,7 +121,7 @@ def schedule_list(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """List the schedules of the project and region."""
-    from finops_ml import vertex
+    from finops_ml.platform import vertex
 
     try:
         cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
@@ -145,7 +145,7 @@ def schedule_delete(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """Delete the schedule with this display name."""
-    from finops_ml import vertex
+    from finops_ml.platform import vertex
 
     try:
         cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
@@ -171,12 +171,12 @@ def promote(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """Move the champion alias to VERSION (no re-evaluation: a person's decision, e.g. a rollback)."""
-    from finops_ml.registry import LocalRegistry
+    from finops_ml.platform.registry import LocalRegistry
 
     try:
         cfg = load_config(config)
         if cfg.registry.backend == "vertex":
-            from finops_ml.vertex import VertexRegistry
+            from finops_ml.platform.vertex import VertexRegistry
 
             cfg = _load(config, "gcp", api_endpoint)
             with _google_errors("Moving the champion alias"):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 
 from finops_ml.config import GeneratorConfig
-from finops_ml.generator import generate
+from finops_ml.synthetic.generator import generate
 
 # Three plants so that one (Monterrey, MX) is taxed; seed 7 injects all four anomaly kinds at this size.
 SMALL_GENERATOR = dict(plants=3, resources_per_project=4, months=8)

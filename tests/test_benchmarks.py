@@ -15,8 +15,8 @@ import baselines  # noqa: E402
 import model_quality  # noqa: E402
 
 from finops_ml.config import load_config  # noqa: E402
-from finops_ml.ingest import ingest  # noqa: E402
-from finops_ml.warehouse import export_feature_view  # noqa: E402
+from finops_ml.data.ingest import ingest  # noqa: E402
+from finops_ml.data.warehouse import export_feature_view  # noqa: E402
 
 
 def _cells(days=120, spike_day=100, seed=0):

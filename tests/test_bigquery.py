@@ -27,9 +27,9 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from finops_ml.events import EXPORT_SCHEMA
-from finops_ml.ingest import ingest
-from finops_ml.warehouse import FEATURE_VIEWS, feature_sql_for, run_feature_view, run_feature_view_bigquery
+from finops_ml.data.events import EXPORT_SCHEMA
+from finops_ml.data.ingest import ingest
+from finops_ml.data.warehouse import FEATURE_VIEWS, feature_sql_for, run_feature_view, run_feature_view_bigquery
 
 bigquery = pytest.importorskip("google.cloud.bigquery")
 from google.auth.credentials import AnonymousCredentials  # noqa: E402
@@ -275,12 +275,12 @@ def _with_shared_cells(t: pa.Table) -> pa.Table:
 @pytest.fixture(scope="module")
 def events_parquet(tmp_path_factory) -> Path:
     """A small generated organisation, ingested (+ shared cells): the events table both engines read."""
-    from finops_ml.generator import GeneratorConfig, generate
+    from finops_ml.synthetic.generator import GeneratorConfig, generate
 
     root = tmp_path_factory.mktemp("bq")
     generate(GeneratorConfig(plants=1, resources_per_project=2, months=6), 1, root / "gen", fmt="parquet")
     try:
-        from finops_ml.ingest import ingest
+        from finops_ml.data.ingest import ingest
 
         ingest(str(root / "gen" / "events.parquet"), root / "ingested")
         t = pq.read_table(root / "ingested" / "events.parquet")
@@ -340,7 +340,7 @@ def _sorted_rows(table: pa.Table) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- (a) read_bigquery
 def test_read_bigquery_sends_one_parameterised_query_and_returns_export_rows(server, events):
-    from finops_ml.sources.bigquery import read_bigquery
+    from finops_ml.data.sources.bigquery import read_bigquery
 
     projects = sorted(p for p in set(pc.struct_field(events.column("project"), "id").to_pylist()) if p)[:2]
     batches = list(read_bigquery(f"bq://{DETAILED}", start_date="2025-10-01", end_date="2025-11-30",
@@ -385,7 +385,7 @@ def test_read_bigquery_sends_one_parameterised_query_and_returns_export_rows(ser
 
 
 def test_read_bigquery_standard_export_has_no_resource_column(server, events):
-    from finops_ml.sources.bigquery import read_bigquery
+    from finops_ml.data.sources.bigquery import read_bigquery
 
     batches = list(read_bigquery(f"bq://{STANDARD}", client=server.client()))
     got = pa.concat_tables([b.table for b in batches])
@@ -397,7 +397,7 @@ def test_read_bigquery_standard_export_has_no_resource_column(server, events):
 
 
 def test_read_bigquery_default_client_honours_bigquery_emulator_host(server, events, monkeypatch):
-    from finops_ml.sources.bigquery import read_bigquery
+    from finops_ml.data.sources.bigquery import read_bigquery
 
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", server.endpoint)
     got = pa.concat_tables([b.table for b in read_bigquery(f"bq://{DETAILED}", start_date="2026-01-31")])
@@ -407,8 +407,8 @@ def test_read_bigquery_default_client_honours_bigquery_emulator_host(server, eve
 
 
 def test_read_bigquery_errors_are_one_sentence(server):
+    from finops_ml.data.sources.bigquery import read_bigquery
     from finops_ml.errors import FinopsError
-    from finops_ml.sources.bigquery import read_bigquery
 
     with pytest.raises(FinopsError, match="was not found"):
         list(read_bigquery(f"bq://{PROJECT}.billing.nope", client=server.client()))
@@ -521,7 +521,7 @@ def test_the_fake_server_is_not_trivially_agreeing(server):
 def test_pipeline_steps_push_the_features_down_to_bigquery(server, events_parquet, events, tmp_path, monkeypatch):
     """With a bq:// source the ingest step keeps only the table's totals and the features step runs the feature
     views in BigQuery: what comes back equals the same views run by DuckDB over the same rows."""
-    from finops_ml.steps import features_step, ingest_step
+    from finops_ml.training.steps import features_step, ingest_step
 
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", server.endpoint)
     control = tmp_path / "control.csv"

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from finops_ml.config import GeneratorConfig
-from finops_ml.gates import MODEL_GATES
-from finops_ml.generator import generate
-from finops_ml.registry import LocalRegistry
+from finops_ml.platform.registry import LocalRegistry
+from finops_ml.synthetic.generator import generate
+from finops_ml.training.gates import MODEL_GATES
 from pipelines.training import PIPELINE_NAME
 
 SCRIPT = Path(sys.executable).parent / "finops-ml"

@@ -28,8 +28,8 @@ from components.registry import check_gate, deploy_model, register_model
 from components.report import build_report
 from components.train import train_anomaly_detector, train_forecast, train_labeler
 from finops_ml.config import Config, GeneratorConfig
-from finops_ml.generator import generate
-from finops_ml.registry import LocalRegistry
+from finops_ml.platform.registry import LocalRegistry
+from finops_ml.synthetic.generator import generate
 
 # The smallest organisation the forecast can train on: 11 months = 3 holdout months + one backtest origin
 # 3 months earlier + 56 days of history + the 93-day horizon. One plant, two resources per project.

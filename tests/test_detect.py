@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from finops_ml.metrics import precision_recall_f1
-from finops_ml.models.anomaly import FEEDBACK_COLUMNS, labels_with_feedback, read_feedback
-from finops_ml.models.series import SeriesAnomalyDetector, detect
 from test_cli import _one_error_sentence, finops_ml
+
+from finops_ml.models.anomaly import FEEDBACK_COLUMNS, labels_with_feedback, read_feedback
+from finops_ml.models.metrics import precision_recall_f1
+from finops_ml.models.series import SeriesAnomalyDetector, detect
 
 
 def _series(freq: str, n: int, period: int, seed: int, n_anomalies: int = 12) -> tuple[pd.DataFrame, np.ndarray]:

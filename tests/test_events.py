@@ -8,8 +8,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from finops_ml.events import ARROW_SCHEMA, BillingEvent, event_id, net_cost_usd, parse_event
-
+from finops_ml.data.events import ARROW_SCHEMA, BillingEvent, event_id, net_cost_usd, parse_event
 
 # --- good records -------------------------------------------------------------------------------------------------
 

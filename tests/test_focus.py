@@ -1,4 +1,4 @@
-"""The CSV reader: FOCUS 1.0-1.2 files and flattened Cloud Billing export CSVs (finops_ml.sources.csv_files).
+"""The CSV reader: FOCUS 1.0-1.2 files and flattened Cloud Billing export CSVs (finops_ml.data.sources.csv_files).
 
 The FOCUS sample under ../shared/data/focus-1.0-sample is FinOps Foundation data (FOCUS-Sample-Data,
 FOCUS-1.0/focus_sample.csv, first 1,000 rows), licensed CC BY 4.0; see its SOURCE.md.
@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from finops_ml.config import GeneratorConfig
+from finops_ml.data.events import EXPORT_SCHEMA, parse_event
+from finops_ml.data.sources.csv_files import read_csv_events
 from finops_ml.errors import FinopsError
-from finops_ml.events import EXPORT_SCHEMA, parse_event
-from finops_ml.generator import generate
-from finops_ml.sources.csv_files import read_csv_events
+from finops_ml.synthetic.generator import generate
 
 # shared/ lies beside the repository (as in CI)
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "focus-1.0-sample" / "focus_sample_1000.csv"
@@ -324,7 +324,7 @@ def test_focus_preview_names_bom_and_multiline_values(tmp_path):
 
 def test_sample_ingests_every_row_and_reconciles_billed_cost(tmp_path):
     """The issue's bar: ingested + quarantined = 1,000 and BilledCost reconciled to the cent through ingest."""
-    from finops_ml.ingest import ingest
+    from finops_ml.data.ingest import ingest
 
     raw = pd.read_csv(SAMPLE)
     summary = ingest(str(SAMPLE), tmp_path / "out")

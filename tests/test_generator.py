@@ -9,13 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finops_ml import generator as gen
 from finops_ml.config import GeneratorConfig
+from finops_ml.data.events import ARROW_SCHEMA
+from finops_ml.data.ingest import ingest
 from finops_ml.errors import FinopsError
-from finops_ml.events import ARROW_SCHEMA
-from finops_ml.generator import ANOMALY_KINDS, LABEL_KEYS, TAX_RATES, build_organisation, generate, generate_from_monthly
-from finops_ml.ingest import ingest
-from finops_ml.org import PLANTS
+from finops_ml.synthetic import generator as gen
+from finops_ml.synthetic.generator import (
+    ANOMALY_KINDS,
+    LABEL_KEYS,
+    TAX_RATES,
+    build_organisation,
+    generate,
+    generate_from_monthly,
+)
+from finops_ml.synthetic.org import PLANTS
 
 OUTPUT_FILES = ["events.jsonl", "control_totals.csv", "generation.json", "truth/anomalies.csv",
                 "truth/anomaly_cells.csv", "truth/resources.csv"]

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import finops_ml.ingest as ingest_mod
-import finops_ml.sources.files as files_mod
+import finops_ml.data.ingest as ingest_mod
+import finops_ml.data.sources.files as files_mod
+from finops_ml.data.events import ARROW_SCHEMA, EXPORT_SCHEMA, BillingEvent, event_id, net_cost_usd, parse_event
+from finops_ml.data.ingest import ingest
 from finops_ml.errors import FinopsError
-from finops_ml.events import ARROW_SCHEMA, EXPORT_SCHEMA, BillingEvent, event_id, net_cost_usd, parse_event
-from finops_ml.generator import generate
-from finops_ml.ingest import ingest
+from finops_ml.synthetic.generator import generate
 
 OUTPUTS = ("events.parquet", "quarantine.jsonl", "ingest_summary.json")
 SUMMARY_KEYS = {"source", "read", "rows", "quarantined", "duplicates", "table_rows", "quarantine_reasons",

@@ -13,8 +13,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.image import PIPELINE_IMAGE
 from finops_ml.config import Config, GeneratorConfig
-from finops_ml.generator import generate
-from finops_ml.registry import LocalRegistry
+from finops_ml.platform.registry import LocalRegistry
+from finops_ml.synthetic.generator import generate
 from pipelines.local import compile_pipeline, run_local
 from pipelines.training import PIPELINE_NAME
 

@@ -4,17 +4,16 @@ of each anomaly, and clear reasons for events it cannot judge."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from finops_ml.ingest import ingest
+from finops_ml.data.ingest import ingest
+from finops_ml.data.warehouse import export_feature_view
 from finops_ml.models.anomaly import CostAnomalyDetector
+from finops_ml.models.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
 from finops_ml.models.trees import ForestScorer
-from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
-from finops_ml.warehouse import export_feature_view
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port
 from fastapi.testclient import TestClient
 
-from finops_ml import serving, steps
 from finops_ml.config import Config
-from finops_ml.generator import generate
 from finops_ml.models import forecast as forecast_lib
+from finops_ml.models.catalogue import MODELS
 from finops_ml.models.trees import ForestRegressor
-from finops_ml.registry import LocalRegistry
-from conftest import free_port
+from finops_ml.platform.registry import LocalRegistry
+from finops_ml.serving import app, predictors, schemas
+from finops_ml.synthetic.generator import generate
+from finops_ml.training import steps
 
 SCRIPT = Path(sys.executable).parent / "finops-ml"
 # 11 months: the forecast's 3 holdout months, one backtest origin and its 56 days of history.
@@ -47,10 +49,10 @@ def trained(tmp_path_factory) -> dict:
     steps.train_labeler_step(paths["resources"], str(truth / "resources.csv"), cfg, str(root / "m_labeler"),
                              str(root / "e_labeler"))
     registry = LocalRegistry(root / "registry")
-    for kind, name in serving.MODELS.items():  # registered whatever the gates say: the server is what is tested
+    for kind, name in ((k, s.name) for k, s in MODELS.items()):  # registered whatever the gates say: the server is what is tested
         evaluation = json.loads((root / f"e_{kind}" / "evaluation.json").read_text())
         registry.register(name, root / f"m_{kind}", evaluation["metrics"], cfg.digest(), evaluation["data_window"])
-    return {"registry": root / "registry", "dirs": serving.resolve_registry(root / "registry", list(serving.MODELS)),
+    return {"registry": root / "registry", "dirs": predictors.resolve_registry(root / "registry", list(MODELS)),
             **{k: pd.read_parquet(v) for k, v in paths.items()}}
 
 
@@ -65,8 +67,8 @@ def _ready(client: TestClient, route: str = "/health") -> None:
 @pytest.fixture(scope="module")
 def client(trained):
     """All three models in one app (as `finops-ml serve` without --model)."""
-    spec = serving.ServerSpec(models={k: str(d) for k, d in trained["dirs"].items()}, max_body_bytes=200_000)
-    with TestClient(serving.create_app(spec)) as c:
+    spec = app.ServerSpec(models={k: str(d) for k, d in trained["dirs"].items()}, max_body_bytes=200_000)
+    with TestClient(app.create_app(spec)) as c:
         _ready(c)
         yield c
 
@@ -81,13 +83,13 @@ def _predict(client, kind: str, instances, parameters=None):
 # ---- the contract ---------------------------------------------------------------------------------------------------
 
 def test_health_is_503_until_the_model_is_loaded_then_200(trained):
-    spec = serving.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])})
-    app = serving.create_app(spec)
-    cold = TestClient(app)  # not started: the lifespan (which loads the model) has not run
+    spec = app.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])})
+    server = app.create_app(spec)
+    cold = TestClient(server)  # not started: the lifespan (which loads the model) has not run
     r = cold.get("/health")
     assert r.status_code == 503 and "loading" in r.json()["error"]
     assert cold.post("/predict", json={"instances": [{}]}).status_code == 503
-    with TestClient(app) as c:
+    with TestClient(server) as c:
         _ready(c)
         body = c.get("/health").json()
         assert body["model"] == "labeler" and body["name"] == "resource-labeler" and body["version"] == 1
@@ -95,7 +97,7 @@ def test_health_is_503_until_the_model_is_loaded_then_200(trained):
 
 def test_a_model_that_fails_to_load_says_why_on_health(tmp_path):
     (tmp_path / "model.joblib").write_bytes(b"not a pickle")
-    with TestClient(serving.create_app(serving.ServerSpec(models={"anomaly": str(tmp_path)}))) as c:
+    with TestClient(app.create_app(app.ServerSpec(models={"anomaly": str(tmp_path)}))) as c:
         for _ in range(100):
             r = c.get("/health")
             if "failed" in r.text:
@@ -108,11 +110,11 @@ def test_routes_follow_the_aip_variables(trained):
     env = {"AIP_STORAGE_URI": str(trained["dirs"]["forecast"]), "AIP_HTTP_PORT": "9000",
            "AIP_HEALTH_ROUTE": "/v1/endpoints/123/deployedModels/456",
            "AIP_PREDICT_ROUTE": "/v1/endpoints/123/deployedModels/456:predict", "FINOPS_MAX_BODY_BYTES": "5000"}
-    spec = serving.spec_from_env(env)
+    spec = app.spec_from_env(env)
     assert spec.models == {"forecast": str(trained["dirs"]["forecast"])} and spec.max_body_bytes == 5000
-    with TestClient(serving.create_app(spec)) as c:
+    with TestClient(app.create_app(spec)) as c:
         _ready(c, env["AIP_HEALTH_ROUTE"])
-        series = next(iter(serving.ForecastPredictor(trained["dirs"]["forecast"]).stored))
+        series = next(iter(predictors.ForecastPredictor(trained["dirs"]["forecast"]).stored))
         r = c.post(env["AIP_PREDICT_ROUTE"], json={"instances": [{"service": series[0], "project_id": series[1]}]})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1
         assert c.post("/predict", json={"instances": []}).status_code == 404
@@ -123,13 +125,13 @@ def test_the_model_kind_is_found_without_a_registry_entry(trained, tmp_path):
 
     for kind, d in trained["dirs"].items():
         shutil.copy(d / "model.joblib", tmp_path / f"{kind}.joblib")
-    for kind in serving.MODELS:
+    for kind in MODELS:
         plain = tmp_path / kind
         plain.mkdir()
         (tmp_path / f"{kind}.joblib").rename(plain / "model.joblib")
-        assert serving.kind_of(plain) == kind
-    with pytest.raises(serving.FinopsError, match="AIP_STORAGE_URI is not set"):
-        serving.spec_from_env({})
+        assert predictors.kind_of(plain) == kind
+    with pytest.raises(app.FinopsError, match="AIP_STORAGE_URI is not set"):
+        app.spec_from_env({})
 
 
 def test_bad_instances_are_400_naming_the_instance_and_field(client):
@@ -210,7 +212,7 @@ def test_forecast_stored_answers_are_the_trained_forecast(client, trained):
 def test_forecast_from_history_equals_the_library_on_the_whole_panel(client, trained):
     import joblib
 
-    model = serving.ForecastPredictor(trained["dirs"]["forecast"])
+    model = predictors.ForecastPredictor(trained["dirs"]["forecast"])
     library_model = joblib.load(trained["dirs"]["forecast"] / "model.joblib")  # as trained, untouched
     panel = forecast_lib.SeriesPanel.from_daily(trained["daily_cost"])
     end = len(panel.days) - 20  # mid-month: the first month is the rest of the current one
@@ -248,7 +250,7 @@ def _anomaly_instance(rdc: pd.DataFrame, service: str, project: str, end: pd.Tim
                           for name, row in zip(wide.index, wide.to_numpy())]}
 
 
-def window_frame(inst: serving.AnomalyInstance) -> pd.DataFrame:
+def window_frame(inst: schemas.AnomalyInstance) -> pd.DataFrame:
     """An anomaly instance as the rows of the resource_daily_cost view (or daily_cost, for a cell's costs)."""
     n = inst.window_days()
     days = pd.date_range(end=pd.Timestamp(inst.end_date), periods=n, freq="D")
@@ -267,7 +269,7 @@ def window_frame(inst: serving.AnomalyInstance) -> pd.DataFrame:
 
 def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
     rdc = trained["resource_daily_cost"]
-    detector = serving.AnomalyPredictor(trained["dirs"]["anomaly"]).model
+    detector = predictors.AnomalyPredictor(trained["dirs"]["anomaly"]).model
     full = detector.score(rdc)
     flagged = full[full.is_anomaly]
     # Cells the detector flags on the whole history, and ordinary ones; judged from a 63-day window.
@@ -279,7 +281,7 @@ def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
     assert r.status_code == 200, r.text
     n_flagged = 0
     for inst, pred in zip(instances, r.json()["predictions"]):
-        cells = detector.score(window_frame(serving.AnomalyInstance.model_validate(inst)))
+        cells = detector.score(window_frame(schemas.AnomalyInstance.model_validate(inst)))
         want = cells.iloc[-1]
         assert pred["day"] == inst["end_date"] == str(want.day.date())
         assert pred["is_anomaly"] == bool(want.is_anomaly)
@@ -291,7 +293,7 @@ def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
 
 def test_anomaly_on_a_cells_daily_costs_equals_the_detector(client, trained):
     daily = trained["daily_cost"]
-    detector = serving.AnomalyPredictor(trained["dirs"]["anomaly"]).model
+    detector = predictors.AnomalyPredictor(trained["dirs"]["anomaly"]).model
     s, p = daily.service.iloc[0], daily.project_id.iloc[0]
     cell = daily[(daily.service == s) & (daily.project_id == p)].assign(day=lambda d: pd.to_datetime(d.day))
     cell = cell.sort_values("day").tail(70)
@@ -317,7 +319,7 @@ def test_labeler_answers_equal_the_library_for_every_resource(client, trained):
     r = _predict(client, "labeler", instances)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
-    model = serving.LabelerPredictor(trained["dirs"]["labeler"]).model
+    model = predictors.LabelerPredictor(trained["dirs"]["labeler"]).model
     library = model.predict(resources)
     labelled, _ = model.apply(resources)
     for target in ("owner", "cost_center", "plant"):
@@ -460,33 +462,34 @@ def test_a_gs_storage_uri_is_downloaded_through_the_storage_client(trained, monk
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
-        spec = serving.spec_from_env({"AIP_STORAGE_URI": "gs://bucket-1/models/cost-anomaly/v1/"})
+        spec = app.spec_from_env({"AIP_STORAGE_URI": "gs://bucket-1/models/cost-anomaly/v1/"})
     finally:
         server.shutdown()
     local = Path(spec.models["anomaly"])
     assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in model_dir.iterdir() if p.is_file())
     assert (local / "model.joblib").read_bytes() == (model_dir / "model.joblib").read_bytes()
     assert "/storage/v1/b/bucket-1/o" in seen
-    serving.AnomalyPredictor(local)  # loads
+    predictors.AnomalyPredictor(local)  # loads
 
 
 def test_a_random_forest_forecast_from_history_equals_the_library(trained, tmp_path):
     """The demo's forecast is usually the random forest, whose trees the server walks itself."""
-    import joblib
     import shutil
+
+    import joblib
 
     panel = forecast_lib.SeriesPanel.from_daily(trained["daily_cost"])
     model = forecast_lib.CostForecaster("random_forest", 0, 93).fit(panel)
     joblib.dump(model, tmp_path / "model.joblib")
     shutil.copy(trained["dirs"]["forecast"] / "forecast.csv", tmp_path / "forecast.csv")
-    served = serving.ForecastPredictor(tmp_path)
+    served = predictors.ForecastPredictor(tmp_path)
     assert isinstance(served.model.regressor_, ForestRegressor)
     last = panel.days[-1]
     library = forecast_lib.monthly(model.predict(panel, days=(last + pd.offsets.MonthEnd(2) - last).days),
                                    "forecast", by=("service", "project_id"))
     for i in range(0, len(panel.keys), max(1, len(panel.keys) // 3)):
         first_cost = panel.days[int(np.argmax(panel.values[i] > 0))]
-        inst = serving.ForecastInstance(service=panel.keys.service.iloc[i], project_id=panel.keys.project_id.iloc[i],
+        inst = schemas.ForecastInstance(service=panel.keys.service.iloc[i], project_id=panel.keys.project_id.iloc[i],
                                         history=panel.values[i, -95:].tolist(), end_date=last.date(),
                                         first_cost_date=first_cost.date())
         for m in served.forecast_history(inst, 2)["months"]:
@@ -505,13 +508,13 @@ def test_an_ensemble_forecast_is_served_like_the_library(trained, tmp_path):
     ensemble = forecast_lib.EnsembleForecaster(members=[single, twin])
     joblib.dump(ensemble, tmp_path / "model.joblib")
     shutil.copy(trained["dirs"]["forecast"] / "forecast.csv", tmp_path / "forecast.csv")
-    served = serving.ForecastPredictor(tmp_path)
+    served = predictors.ForecastPredictor(tmp_path)
     panel = forecast_lib.SeriesPanel.from_daily(trained["daily_cost"])
     last = panel.days[-1]
     library = forecast_lib.monthly(ensemble.predict(panel, days=(last + pd.offsets.MonthEnd(2) - last).days),
                                    "forecast", by=("service", "project_id"))
     first_cost = panel.days[int(np.argmax(panel.values[0] > 0))]
-    inst = serving.ForecastInstance(service=panel.keys.service.iloc[0], project_id=panel.keys.project_id.iloc[0],
+    inst = schemas.ForecastInstance(service=panel.keys.service.iloc[0], project_id=panel.keys.project_id.iloc[0],
                                     history=panel.values[0, -95:].tolist(), end_date=last.date(),
                                     first_cost_date=first_cost.date())
     months = served.forecast_history(inst, 2)["months"]

@@ -23,11 +23,11 @@ import pytest
 pytest.importorskip("confluent_kafka")
 
 from conftest import free_port  # noqa: E402
-from finops_ml.alerts import AlertDispatcher, Outbox, RetryPolicy, email_sender, slack_sender  # noqa: E402
-from finops_ml.fileio import atomic_path  # noqa: E402
-from finops_ml.kafka_io import ensure_topic, replay  # noqa: E402
-from finops_ml.streaming import StreamMetrics, StreamProcessor, StreamSettings, read_alert_ids  # noqa: E402
 
+from finops_ml.data.kafka_io import replay  # noqa: E402
+from finops_ml.fileio import atomic_path  # noqa: E402
+from finops_ml.stream.alerts import AlertDispatcher, Outbox, RetryPolicy, email_sender, slack_sender  # noqa: E402
+from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings, read_alert_ids  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # A toy detector with the real-time contract
@@ -306,7 +306,8 @@ def _processor(settings: StreamSettings, dispatcher=None) -> StreamProcessor:
 
 def _messages(bootstrap: str, topic: str) -> list:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-    from finops_ml.kafka_io import check_reachable
+
+    from finops_ml.data.kafka_io import check_reachable
 
     partitions = list(check_reachable(bootstrap).topics[topic].partitions)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "check", "enable.partition.eof": True})
@@ -495,8 +496,8 @@ SCRIPT = str(Path(sys.executable).parent / "finops-ml")
 def trained(tmp_path_factory, small_generated):
     """The small organisation's detector, trained as the pipeline does and registered in a local registry."""
     from finops_ml.config import Config
-    from finops_ml.registry import LocalRegistry
-    from finops_ml.steps import features_step, ingest_step, train_anomaly_step
+    from finops_ml.platform.registry import LocalRegistry
+    from finops_ml.training.steps import features_step, ingest_step, train_anomaly_step
 
     work = tmp_path_factory.mktemp("stream-model")
     ingest_step(str(small_generated / "events.jsonl"), str(small_generated / "control_totals.csv"),
@@ -523,8 +524,8 @@ def _final_cells(alerts: list[dict]) -> set[tuple[str, str, str]]:
 def _reference(bootstrap: str, topic: str, detector) -> tuple[set[str], int]:
     """What the stream must publish: one real-time state per partition over the topic's messages in offset order
     (alert keys), and how many messages are billing events."""
-    from finops_ml.alerts import alert_key
-    from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+    from finops_ml.models.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+    from finops_ml.stream.alerts import alert_key
 
     states: dict[int, RealtimeState] = {}
     keys, valid = set(), 0
@@ -548,7 +549,7 @@ def test_batch_and_stream_find_the_same_anomalies(kafka_bootstrap, sorted_events
     """Event-first: the time-sorted events streamed through Kafka give the batch detector's anomalous cells."""
     import pandas as pd
 
-    from finops_ml.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+    from finops_ml.models.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
 
     topic = _topic("agree")
     replay(sorted_events, kafka_bootstrap, topic, partitions=3)
@@ -654,7 +655,7 @@ def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, so
 
     expected, valid = _reference(kafka_bootstrap, topic, trained.detector)
     alerts = _messages(kafka_bootstrap, f"{topic}-alerts")
-    from finops_ml.alerts import alert_key
+    from finops_ml.stream.alerts import alert_key
 
     keys = [alert_key({"anomaly_id": m.key().decode(), "status": dict(m.headers())["finops.status"].decode()})
             for m in alerts]

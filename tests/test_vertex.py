@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_gcp import FakeGCP
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from typer.testing import CliRunner
 
-from fake_gcp import FakeGCP
 from finops_cli.main import app
 from finops_ml.config import CONFIG_DIR, Config, load_config
 from finops_ml.errors import FinopsError
-from finops_ml.registry import LocalRegistry, canary_split, keep_newest
-from finops_ml.vertex import VertexRegistry, deploy_vertex, validate
+from finops_ml.platform.registry import LocalRegistry, canary_split, keep_newest
+from finops_ml.platform.vertex import VertexRegistry, deploy_vertex, validate
 from pipelines.training import PIPELINE_NAME
 
 PROD = CONFIG_DIR / "prod.yaml"
@@ -233,7 +233,7 @@ def test_cloud_scheduler_job_posts_the_same_pipeline_job(gcp):
 
 
 def test_default_cloud_scheduler_target_is_the_regional_vertex_host(gcp):
-    from finops_ml.vertex import _vertex_host
+    from finops_ml.platform.vertex import _vertex_host
 
     cfg = load_config(PROD)
     assert _vertex_host(cfg) == "https://europe-west1-aiplatform.googleapis.com"

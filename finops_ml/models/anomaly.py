@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 
-from finops_ml.metrics import event_metrics, precision_recall_f1
+from finops_ml.models.metrics import event_metrics, precision_recall_f1
 
 FEATURES = ["robust_z", "log_ratio", "log_ratio_3d"]
 SKU_EWMA_ALPHA = 0.2  # a SKU's usual daily cost: EWMA over its resource's days (a SKU absent that day adds 0)

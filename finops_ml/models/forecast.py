@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from xgboost import XGBRegressor
 
-from finops_ml.metrics import forecast_accuracy, mape, mase
+from finops_ml.models.metrics import forecast_accuracy, mape
 
 FEATURES = ["h", "season_mult", "is_weekend", "is_month_end", "growth", "h_growth", "recent_ratio", "log_level",
             "weekend_ratio", "month_end_ratio", "service_code", "log_age"]

@@ -6,7 +6,7 @@
   kafka://host:port/topic    a bounded read of a topic (billing events as JSON values, keyed by event id)
 
 Every reader yields `SourceBatch`es: an Arrow table of rows in the export's shape (the columns of
-`finops_ml.events.EXPORT_SCHEMA`, any subset, nested as the export nests them; missing columns are nulls) and the
+`finops_ml.data.events.EXPORT_SCHEMA`, any subset, nested as the export nests them; missing columns are nulls) and the
 records it could not turn into rows at all (unparseable JSON, a FOCUS row that maps to nothing), each with where
 it came from and why. Ingest validates the rows, quarantines the invalid ones with their reason, computes event
 ids, dedupes and reconciles; a reader never drops a record silently.
@@ -45,14 +45,14 @@ class SourceBatch:
 def read_events(source: str, **options) -> Iterator[SourceBatch]:
     """Batches of billing events from a source URI (see the module doc)."""
     if source.startswith("bq://"):
-        from finops_ml.sources.bigquery import read_bigquery
+        from finops_ml.data.sources.bigquery import read_bigquery
 
         yield from read_bigquery(source, **options)
     elif source.startswith("kafka://"):
-        from finops_ml.sources.kafka import read_kafka
+        from finops_ml.data.sources.kafka import read_kafka
 
         yield from read_kafka(source, **options)
     else:
-        from finops_ml.sources.files import read_files
+        from finops_ml.data.sources.files import read_files
 
         yield from read_files(source, **options)

@@ -24,7 +24,7 @@ from sqlglot import exp
 
 from finops_ml.errors import FinopsError
 
-FEATURE_DIR = Path(__file__).resolve().parent.parent / "feature_defs"
+FEATURE_DIR = Path(__file__).resolve().parents[2] / "feature_defs"
 FEATURE_VIEWS = ("daily_cost", "resource_daily_cost", "resources")
 MEMORY_LIMIT = "3GB"
 

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from finops_ml.fileio import atomic_path, read_json  # noqa: E402
+from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER  # noqa: E402
 
 GATE_ORDER = ("forecast_accuracy", "anomaly_f1", "label_accuracy_owner", "label_accuracy_cost_center",
               "label_accuracy_plant", "label_compliance_after")
@@ -24,7 +25,7 @@ def build_summary(ingest_summary: dict, evaluations: dict[str, dict]) -> dict:
     gates = {}
     for evaluation in evaluations.values():
         gates.update(evaluation["gates"])
-    labeler = evaluations["resource-labeler"]["metrics"]
+    labeler = evaluations[LABELER]["metrics"]
     return {
         "gates": {g: gates[g] for g in GATE_ORDER if g in gates},
         "all_gates_passed": all(g["passed"] for g in gates.values()),
@@ -34,7 +35,7 @@ def build_summary(ingest_summary: dict, evaluations: dict[str, dict]) -> dict:
         "reconciliation_diff": ingest_summary["reconciliation_diff"],
         "total_net_cost": ingest_summary["total_net_cost"],
         "metrics": {name: e["metrics"] for name, e in evaluations.items()},
-        "data_window": evaluations["cost-forecast"]["data_window"],
+        "data_window": evaluations[FORECAST]["data_window"],
     }
 
 
@@ -162,7 +163,7 @@ def write_report(summary: dict, eval_dirs: dict[str, Path], html_path: str | Pat
                  for g, v in summary["gates"].items()]
     metric_rows = [[m, k, _fmt(v)] for m, ms in summary["metrics"].items() for k, v in ms.items()
                    if not isinstance(v, (dict, list))]
-    confusion = json.loads((eval_dirs["resource-labeler"] / "confusion.json").read_text())
+    confusion = json.loads((eval_dirs[LABELER] / "confusion.json").read_text())
     conf_html = "".join(
         f"<h3>Confusion matrix: {t}</h3>" + _table([[lab, *row] for lab, row in zip(c["labels"], c["matrix"])],
                                                    ["true \\ predicted", *c["labels"]])
@@ -173,13 +174,13 @@ def write_report(summary: dict, eval_dirs: dict[str, Path], html_path: str | Pat
 {summary['rows']['ingested']}, quarantined {summary['rows']['quarantined']}, duplicates {summary['rows']['duplicates']};
 reconciliation difference {summary['reconciliation_diff']}.</p>
 <h2>Gates</h2>{_table(gate_rows, ['gate', 'value', 'threshold', 'result'])}
-<h2>Forecast</h2>{_forecast_figure(eval_dirs['cost-forecast'])}
+<h2>Forecast</h2>{_forecast_figure(eval_dirs[FORECAST])}
 <h2>Budgets: forecast spend per month, P(spend &gt; budget), when it is crossed</h2>
-{_budget_section(eval_dirs['cost-forecast'])}
-<h2>Anomalies (holdout and training windows)</h2>{_anomaly_figure(eval_dirs['cost-anomaly'])}
-{_anomaly_causes(eval_dirs['cost-anomaly'])}
+{_budget_section(eval_dirs[FORECAST])}
+<h2>Anomalies (holdout and training windows)</h2>{_anomaly_figure(eval_dirs[ANOMALY])}
+{_anomaly_causes(eval_dirs[ANOMALY])}
 <h2>Labels and model comparison</h2>
-{_labels_figure(summary['metrics']['resource-labeler'], summary['metrics']['cost-forecast']['backtest_accuracy'])}
+{_labels_figure(summary['metrics'][LABELER], summary['metrics'][FORECAST]['backtest_accuracy'])}
 {conf_html}
 <h2>All metrics (held-out data)</h2>{_table(metric_rows, ['model', 'metric', 'value'])}
 """

@@ -15,13 +15,14 @@ from pathlib import Path
 import joblib
 import pandas as pd
 
-from finops_ml import gates
 from finops_ml.config import Config
+from finops_ml.data.ingest import ingest, reconcile
+from finops_ml.data.warehouse import export_feature_view
 from finops_ml.fileio import atomic_path, read_json, write_json
-from finops_ml.ingest import ingest, reconcile
 from finops_ml.models import anomaly, forecast, labeler
-from finops_ml.registry import LocalRegistry
-from finops_ml.warehouse import export_feature_view
+from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER
+from finops_ml.platform.registry import LocalRegistry
+from finops_ml.training import gates
 
 
 def _dirs(*paths: str | Path) -> list[Path]:
@@ -40,7 +41,7 @@ def ingest_step(source: str, control_totals: str, events_dir: str) -> dict:
     """The events table; for a BigQuery export, only its totals: the feature views will run in BigQuery."""
     if not source.startswith("bq://"):
         return ingest(source, events_dir, control_totals or None)
-    from finops_ml.sources.bigquery import summarise_bigquery
+    from finops_ml.data.sources.bigquery import summarise_bigquery
 
     (events_dir,) = _dirs(events_dir)
     totals = summarise_bigquery(source)
@@ -62,8 +63,8 @@ def features_step(events_dir: str, daily_cost_path: str, resource_daily_cost_pat
                "resources": resources_path}
     bigquery_source = Path(events_dir) / BIGQUERY_SOURCE
     if bigquery_source.exists():
-        from finops_ml.sources.bigquery import default_client, parse_bq_uri
-        from finops_ml.warehouse import run_feature_view_bigquery
+        from finops_ml.data.sources.bigquery import default_client, parse_bq_uri
+        from finops_ml.data.warehouse import run_feature_view_bigquery
 
         source = read_json(bigquery_source)["source"]
         client = default_client(parse_bq_uri(source)[0])
@@ -106,7 +107,7 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
         alerts.to_csv(tmp, index=False)
     write_json(eval_dir / "budget_alerts.json", {"budgets": alerts.to_dict(orient="records"),
                                                  "warnings": sorted({w for w in alerts["warning"] if w})})
-    return _finish(eval_dir, "cost-forecast", result["metrics"], cfg, daily)
+    return _finish(eval_dir, FORECAST, result["metrics"], cfg, daily)
 
 
 def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, labels_path: str, feedback_path: str,
@@ -128,7 +129,7 @@ def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, label
     found = cells[cells.is_anomaly].sort_values(["day", "impact"], ascending=[True, False])
     found[anomaly.ANOMALY_COLUMNS].to_csv(eval_dir / "anomalies.csv", index=False, float_format="%.4f")
     result["metrics"]["feedback_marks"] = 0 if feedback is None else int(len(feedback))
-    return _finish(eval_dir, "cost-anomaly", result["metrics"], cfg, daily)
+    return _finish(eval_dir, ANOMALY, result["metrics"], cfg, daily)
 
 
 def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
@@ -145,7 +146,7 @@ def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_
     (eval_dir / "confusion.json").write_text(json.dumps(result["confusion"]))
     metrics = result["metrics"]
     metrics["label_accuracy_min"] = min(metrics[f"label_accuracy_{t}"] for t in lc.targets)
-    return _finish(eval_dir, "resource-labeler", metrics, cfg, resources.rename(columns={"first_day": "day"}))
+    return _finish(eval_dir, LABELER, metrics, cfg, resources.rename(columns={"first_day": "day"}))
 
 
 def _finish(eval_dir: Path, model_name: str, metrics: dict, cfg: Config, data: pd.DataFrame) -> dict:
@@ -164,7 +165,7 @@ def gate_step(eval_dir: str) -> bool:
 def registry_for(registry_dir: str, cfg: Config):
     """The registry the config names: the directory registry, or the Vertex AI Model Registry (same contract)."""
     if cfg.registry.backend == "vertex":
-        from finops_ml.vertex import VertexRegistry
+        from finops_ml.platform.vertex import VertexRegistry
 
         return VertexRegistry(cfg)
     return LocalRegistry(registry_dir)
@@ -184,7 +185,7 @@ def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
     if not cfg.deploy.enabled:
         return {**out, "reason": "deploy.enabled is false"}
     if cfg.registry.backend == "vertex":
-        from finops_ml.vertex import deploy_vertex
+        from finops_ml.platform.vertex import deploy_vertex
 
         return deploy_vertex(cfg, name, int(version))
     registry = LocalRegistry(registry_dir)

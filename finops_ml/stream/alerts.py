@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from finops_ml.fileio import atomic_path
 
-log = logging.getLogger("finops_ml.alerts")
+log = logging.getLogger("finops_ml.stream.alerts")
 
 Sender = Callable[[dict], None]  # delivers one alert or raises
 

@@ -1,7 +1,7 @@
 """Real-time cost-anomaly detection on the Kafka billing topic: `finops-ml stream`.
 
 One `StreamProcessor` consumes the billing topic in a consumer group, scores each event with the registered
-detector (`finops_ml.realtime`: one incremental state per partition), publishes each anomaly once to the alerts
+detector (`finops_ml.models.realtime`: one incremental state per partition), publishes each anomaly once to the alerts
 topic (keyed by anomaly id) and hands it to the `AlertDispatcher` (Slack / email, own threads); an event that is
 not a billing event goes to the dead-letter topic with its reason in the `error.reason` header.
 
@@ -35,12 +35,13 @@ from typing import Any, Callable
 
 import orjson
 
-from finops_ml.alerts import AlertDispatcher, alert_key
+from finops_ml.data.kafka_io import check_reachable, client_config, ensure_topic
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import read_json, write_json
-from finops_ml.kafka_io import check_reachable, client_config, ensure_topic
+from finops_ml.models.catalogue import ANOMALY
+from finops_ml.stream.alerts import AlertDispatcher, alert_key
 
-log = logging.getLogger("finops_ml.streaming")
+log = logging.getLogger("finops_ml.stream.consumer")
 
 SNAPSHOT_VERSION = 1
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -463,16 +464,16 @@ def load_registered_detector(registry_dir: str | Path, version: str = "champion"
     """The cost-anomaly detector registered in the local registry under `version` (an alias or a number)."""
     import joblib
 
-    from finops_ml.registry import LocalRegistry
+    from finops_ml.platform.registry import LocalRegistry
 
     registry = LocalRegistry(registry_dir)
-    if not registry.versions("cost-anomaly"):
+    if not registry.versions(ANOMALY):
         raise FinopsError(f"No cost-anomaly model is registered in {registry_dir}; run `finops-ml run` first or "
                           f"point --registry at the registry that holds one.")
     try:
-        model_dir = registry.model_dir("cost-anomaly", version)
+        model_dir = registry.model_dir(ANOMALY, version)
     except (KeyError, FileNotFoundError):
         raise FinopsError(f"The registry {registry_dir} has no cost-anomaly version or alias '{version}'; "
-                          f"it has versions {registry.versions('cost-anomaly')} and aliases "
-                          f"{sorted(registry.aliases('cost-anomaly'))}.") from None
+                          f"it has versions {registry.versions(ANOMALY)} and aliases "
+                          f"{sorted(registry.aliases(ANOMALY))}.") from None
     return joblib.load(model_dir / "model.joblib"), model_dir

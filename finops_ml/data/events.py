@@ -249,7 +249,7 @@ def event_id(event: BillingEvent) -> str:
     """A stable id from the fields that identify a line item (never from floats, whose text form varies).
 
     A re-delivered line item gets the same id; a late correction (a later export_time) gets a new one.
-    The MD5 of the parts joined by '|' (32 hex digits); `finops_ml.ingest.EVENT_ID_SQL` computes the same in SQL.
+    The MD5 of the parts joined by '|' (32 hex digits); `finops_ml.data.ingest.EVENT_ID_SQL` computes the same in SQL.
     """
     parts = [
         event.billing_account_id,

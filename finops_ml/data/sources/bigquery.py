@@ -28,9 +28,9 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from finops_ml.data.events import EXPORT_SCHEMA, conform_array
+from finops_ml.data.sources import SourceBatch
 from finops_ml.errors import FinopsError
-from finops_ml.events import EXPORT_SCHEMA, conform_array
-from finops_ml.sources import SourceBatch
 
 # project ids may carry a domain ("example.com:proj"); datasets are [A-Za-z0-9_]; tables are looser but never
 # contain a backtick, a dot or white space.
@@ -178,7 +178,7 @@ def summarise_bigquery(source: str, client=None) -> dict:
     """Line items and net cost (USD) per invoice month of an export table, aggregated in BigQuery (one query).
 
     What the pipeline keeps of a BigQuery source instead of pulling every row: the feature views run in BigQuery
-    too (`finops_ml.warehouse.run_feature_view_bigquery`), and these totals reconcile with the invoice.
+    too (`finops_ml.data.warehouse.run_feature_view_bigquery`), and these totals reconcile with the invoice.
     """
     from google.api_core import exceptions as gexc
 

@@ -34,7 +34,6 @@ import pandas as pd
 
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import atomic_path
-from finops_ml.models.trees import ForestScorer
 from finops_ml.models.anomaly import (
     CAUSE_LABELS,
     MIN_BASELINE_DAYS,
@@ -43,6 +42,7 @@ from finops_ml.models.anomaly import (
     _fill_factors,
     anomaly_id,
 )
+from finops_ml.models.trees import ForestScorer
 
 STATE_VERSION = 1
 

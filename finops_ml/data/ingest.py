@@ -28,13 +28,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from finops_ml.data.events import ARROW_SCHEMA, COST_TYPES, CURRENCIES, EXPORT_SCHEMA, conform_array, parse_event
+from finops_ml.data.sources import Rejected, SourceBatch, read_events
+from finops_ml.data.warehouse import duckdb_session
 from finops_ml.errors import FinopsError
-from finops_ml.events import ARROW_SCHEMA, COST_TYPES, CURRENCIES, EXPORT_SCHEMA, conform_array, parse_event
 from finops_ml.fileio import atomic_path, write_json
-from finops_ml.sources import Rejected, SourceBatch, read_events
-from finops_ml.warehouse import duckdb_session
 
-# The same parts, in the same order, as finops_ml.events.event_id (which the tests compare with this).
+# The same parts, in the same order, as finops_ml.data.events.event_id (which the tests compare with this).
 EVENT_ID_SQL = "md5(concat_ws('|', " + ", ".join([
     "billing_account_id", "service.id", "sku.id", "coalesce(project.id, '')",
     "coalesce(nullif(resource.global_name, ''), nullif(resource.name, ''), '')", "coalesce(location.location, '')",

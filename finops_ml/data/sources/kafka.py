@@ -29,9 +29,9 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 import pyarrow.json as pajson
 
+from finops_ml.data.events import EXPORT_SCHEMA
+from finops_ml.data.sources import Rejected, SourceBatch
 from finops_ml.errors import FinopsError
-from finops_ml.events import EXPORT_SCHEMA
-from finops_ml.sources import Rejected, SourceBatch
 
 _PARSE = pajson.ParseOptions(explicit_schema=EXPORT_SCHEMA, unexpected_field_behavior="ignore")
 _READ = pajson.ReadOptions(use_threads=True, block_size=16 << 20)
@@ -148,7 +148,7 @@ def read_kafka(source: str, start: str | None = None, end: str | None = None, ti
     """
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
-    from finops_ml.kafka_io import check_reachable, client_config
+    from finops_ml.data.kafka_io import check_reachable, client_config
 
     bootstrap, topic, query = parse_uri(source)
     clean = f"kafka://{bootstrap}/{topic}"

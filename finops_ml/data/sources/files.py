@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
+from finops_ml.data.events import EXPORT_SCHEMA, parse_event
+from finops_ml.data.sources import Rejected, SourceBatch
 from finops_ml.errors import FinopsError
-from finops_ml.events import EXPORT_SCHEMA, parse_event
-from finops_ml.sources import Rejected, SourceBatch
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -44,7 +44,7 @@ def read_files(source: str, **_options) -> Iterator[SourceBatch]:
         if path.name.endswith(PARQUET_SUFFIXES):
             yield from read_parquet(path)
         elif path.name.endswith(CSV_SUFFIXES):
-            from finops_ml.sources.csv_files import read_csv_events
+            from finops_ml.data.sources.csv_files import read_csv_events
 
             yield from read_csv_events(path)
         else:

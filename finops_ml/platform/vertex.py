@@ -29,18 +29,15 @@ from typing import Any
 
 from finops_ml.config import Config
 from finops_ml.errors import FinopsError
-from finops_ml.registry import PRIMARY_METRIC, canary_split, keep_newest
+from finops_ml.models.catalogue import ANOMALY, MODELS, PRIMARY_METRIC
+from finops_ml.platform.registry import canary_split, keep_newest
 
 # The serving container contract (Vertex AI sets AIP_HTTP_PORT / AIP_PREDICT_ROUTE / AIP_HEALTH_ROUTE from these).
 SERVING_PORT = 8080
 PREDICT_ROUTE = "/predict"
 HEALTH_ROUTE = "/health"
-# Which evaluation schema the imported metrics are filed under, per model.
-METRICS_SCHEMA = {
-    "cost-forecast": "gs://google-cloud-aiplatform/schema/modelevaluation/forecasting_metrics_1.0.0.yaml",
-    "cost-anomaly": "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml",
-    "resource-labeler": "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml",
-}
+# Which evaluation schema the imported metrics are filed under, per model (from the catalogue).
+METRICS_SCHEMA = {spec.name: spec.evaluation_schema for spec in MODELS.values()}
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -294,7 +291,7 @@ class VertexRegistry:
         struct = struct_pb2.Struct()
         struct.update(_numbers(metrics))
         evaluation = ModelEvaluation(display_name=f"{name}-heldout-{label_value(run_id) or 'manual'}",
-                                     metrics_schema_uri=METRICS_SCHEMA.get(name, METRICS_SCHEMA["cost-anomaly"]),
+                                     metrics_schema_uri=METRICS_SCHEMA.get(name, METRICS_SCHEMA[ANOMALY]),
                                      metrics=struct)
         model.api_client.import_model_evaluation(parent=model.versioned_resource_name, model_evaluation=evaluation)
 

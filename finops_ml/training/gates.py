@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from finops_ml.config import Config
+from finops_ml.models.catalogue import MODELS
 
-MODEL_GATES = {
-    "cost-forecast": ("forecast_accuracy",),
-    "cost-anomaly": ("anomaly_f1",),
-    "resource-labeler": ("label_accuracy_owner", "label_accuracy_cost_center", "label_accuracy_plant",
-                         "label_compliance_after"),
-}
+MODEL_GATES = {spec.name: spec.gates for spec in MODELS.values()}
 
 
 def threshold(cfg: Config, gate: str) -> float:

@@ -28,10 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from finops_ml.config import GeneratorConfig
+from finops_ml.data.events import ARROW_SCHEMA, EXPORT_SCHEMA
 from finops_ml.errors import FinopsError
-from finops_ml.events import ARROW_SCHEMA, EXPORT_SCHEMA
 from finops_ml.fileio import atomic_dir
-from finops_ml.org import (
+from finops_ml.synthetic.org import (
     APPS,
     BILLING_ACCOUNT_ID,
     COMPANY_DOMAIN,

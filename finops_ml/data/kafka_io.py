@@ -20,8 +20,8 @@ from typing import Any, Iterator
 
 from pydantic import ValidationError
 
+from finops_ml.data.events import BillingEvent, event_id
 from finops_ml.errors import FinopsError
-from finops_ml.events import BillingEvent, event_id
 
 CONNECT_TIMEOUT_S = 5.0  # how long a broker may take to answer the first metadata request
 DEFAULT_PARTITIONS = 3  # partitions of a topic that replay creates

@@ -19,10 +19,7 @@ from pathlib import Path
 
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import atomic_dir, read_json, write_json
-
-# Which stored metric decides champion / challenger for each model, higher is better.
-PRIMARY_METRIC = {"cost-forecast": "forecast_accuracy", "cost-anomaly": "anomaly_f1",
-                  "resource-labeler": "label_accuracy_min"}
+from finops_ml.models.catalogue import PRIMARY_METRIC
 
 
 class LocalRegistry:

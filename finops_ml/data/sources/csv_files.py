@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from finops_ml.data.events import EXPORT_SCHEMA
+from finops_ml.data.sources import Rejected, SourceBatch
 from finops_ml.errors import FinopsError
-from finops_ml.events import EXPORT_SCHEMA
-from finops_ml.sources import Rejected, SourceBatch
 
 NULL_TOKENS = pa.array(["", "NULL", "null", "Null"])
 BLOCK_BYTES = 4 << 20  # Arrow reads about this much text per block; blocks are regrouped into `batch_rows` rows

@@ -1,148 +1,34 @@
-"""The prediction server: the three registered models behind the Vertex AI custom container contract.
-
-  POST {AIP_PREDICT_ROUTE}  {"instances": [...], "parameters": {...}}  ->  {"predictions": [...]}
-  GET  {AIP_HEALTH_ROUTE}   200 once the model is loaded, 503 before
-
-The port is AIP_HTTP_PORT (default 8080), the model's directory AIP_STORAGE_URI (a registry version directory, or
-gs://... on Vertex AI, downloaded at start-up). One model per server, as on a Vertex endpoint; `finops-ml serve`
-without --model serves the three side by side under /forecast, /anomaly and /labeler.
-
-Each model's instance is a pydantic model (the README documents them). Requests are cheap by design:
-- forecast: the model's stored forecast (forecast.csv beside the model, the library's own forecast for every
-  series), indexed by (service, project_id) at load time: a lookup; or, with the series' recent daily `history`,
-  the model run on that one series;
-- anomaly: a short window of a cell's daily costs (per resource, or for the whole cell) ending on the day judged;
-  the detector's recursive baseline runs over that window only;
-- labeler: one resource's metadata; the TF-IDF + logistic regression pipelines run on it without a DataFrame.
-
-A bad instance is a 400 whose message names the instance index and the field; a body over the limit is a 413.
-"""
+"""Predictors: load one model directory, answer validated instances (forecast, anomaly, labeler)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import tempfile
-import threading
-from contextlib import asynccontextmanager
-from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import joblib
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import read_json
 from finops_ml.models import anomaly as anomaly_lib
 from finops_ml.models import forecast as forecast_lib
 from finops_ml.models import labeler as labeler_lib
+from finops_ml.models.catalogue import MODELS
+from finops_ml.models.realtime import RealtimeModel, RealtimeState
 from finops_ml.models.trees import ForestRegressor
-from finops_ml.realtime import RealtimeModel, RealtimeState
-from finops_ml.registry import LocalRegistry
-
-# CLI name -> registry name
-MODELS = {"forecast": "cost-forecast", "anomaly": "cost-anomaly", "labeler": "resource-labeler"}
-DEFAULT_PORT = 8080
-# Vertex AI refuses online prediction requests over 1.5 MB; the server's default limit is the same.
-DEFAULT_MAX_BODY_BYTES = 1_500_000
-MAX_WINDOW_DAYS = 366
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-# ---- instances ------------------------------------------------------------------------------------------------------
-
-class ForecastInstance(_Strict):
-    """A (service, project) series. Without `history`: the model's stored forecast for it. With `history` (daily
-    net cost in USD, oldest first, the last value on `end_date`, at least 56 days; the model reads the last 91, and the
-    series' age up to a year: send `first_cost_date` when the series had cost before the history sent): the model run
-    on that series."""
-
-    service: str = Field(min_length=1)
-    project_id: str = Field(min_length=1)
-    horizon_months: int | None = Field(None, ge=1, le=12, description="default: the model's horizon")
-    history: list[float] | None = Field(None, min_length=forecast_lib.MIN_HISTORY, max_length=MAX_WINDOW_DAYS)
-    end_date: date | None = None
-    first_cost_date: date | None = Field(None, description="the series' first day with cost, when before `history`")
-
-    @model_validator(mode="after")
-    def _history_has_an_end(self) -> "ForecastInstance":
-        if (self.history is None) != (self.end_date is None):
-            raise ValueError("history and end_date go together: send both (a series' own history) or neither "
-                             "(the model's stored forecast)")
-        return self
-
-
-class ResourceCosts(_Strict):
-    resource_name: str
-    daily_costs: list[float | None] = Field(min_length=1, max_length=MAX_WINDOW_DAYS,
-                                            description="null where the resource had no cost line that day")
-
-
-class AnomalyInstance(_Strict):
-    """One daily cell (end_date x service x project) judged from a window of days ending on it: the daily net cost
-    of each of its resources (`resources`, as the resource_daily_cost view), or of the whole cell (`daily_costs`:
-    the cell is then one resource and borrows its service's seasonal factors). Oldest first, equal lengths."""
-
-    service: str = Field(min_length=1)
-    project_id: str = Field(min_length=1)
-    end_date: date
-    daily_costs: list[float] | None = Field(None, min_length=1, max_length=MAX_WINDOW_DAYS)
-    resources: list[ResourceCosts] | None = Field(None, min_length=1, max_length=2000)
-
-    @model_validator(mode="after")
-    def _one_kind_of_window(self) -> "AnomalyInstance":
-        if (self.daily_costs is None) == (self.resources is None):
-            raise ValueError("send exactly one of daily_costs (the cell's daily cost) or resources "
-                             "(each resource's daily cost)")
-        if self.resources is not None and len({len(r.daily_costs) for r in self.resources}) > 1:
-            raise ValueError("every resource's daily_costs must cover the same days (use null where it had no cost)")
-        return self
-
-    def window_days(self) -> int:
-        return len(self.daily_costs) if self.daily_costs is not None else len(self.resources[0].daily_costs)
-
-
-class LabelerInstance(_Strict):
-    """A resource as the `resources` feature view describes it; labels it already carries may be given."""
-
-    resource_name: str = Field(min_length=1)
-    project_id: str = Field(min_length=1)
-    service: str = Field(min_length=1)
-    project_name: str = ""
-    skus: str | list[str] = Field("", description="SKU descriptions, a list or ' | '-joined")
-    region: str | None = None
-    env: str | None = None
-    workload: str | None = None
-    owner: str | None = None
-    cost_center: str | None = None
-    plant: str | None = None
-
-
-class NoParameters(_Strict):
-    pass
-
-
-class LabelerParameters(_Strict):
-    confidence_threshold: float | None = Field(None, ge=0.0, le=1.0,
-                                               description="default: the model's (applied only above it)")
-
-
-class RequestError(Exception):
-    """A bad request: its message is one sentence for the client."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+from finops_ml.platform.registry import LocalRegistry
+from finops_ml.serving.schemas import (
+    AnomalyInstance,
+    ForecastInstance,
+    LabelerInstance,
+    LabelerParameters,
+    NoParameters,
+    RequestError,
+)
 
 
 def _num(x: Any) -> float | None:
@@ -171,7 +57,7 @@ class Predictor:
         self._instances = TypeAdapter(list[self.instance_model])
 
     def describe(self) -> dict:
-        return {"model": self.kind, "name": self.entry.get("name", MODELS[self.kind]),
+        return {"model": self.kind, "name": self.entry.get("name", MODELS[self.kind].name),
                 "version": self.entry.get("version"), "dir": str(self.model_dir)}
 
     def validate(self, instances: Any, parameters: Any) -> tuple[list, BaseModel]:
@@ -283,7 +169,7 @@ class ForecastPredictor(Predictor):
 
 
 class AnomalyPredictor(Predictor):
-    """The detector on one cell's window, run day by day by the real-time detector (`finops_ml.realtime`: the batch
+    """The detector on one cell's window, run day by day by the real-time detector (`finops_ml.models.realtime`: the batch
     detector's decisions; the tests hold them equal): the fitted detector is prepared once at load
     (`RealtimeModel`), each request feeds its window into a fresh state and asks for the last day's judgement."""
 
@@ -465,15 +351,14 @@ def kind_of(model_dir: str | Path) -> str:
     entry = model_dir / "entry.json"
     if entry.exists():
         name = read_json(entry).get("name")
-        for kind, registered in MODELS.items():
-            if name == registered:
+        for kind, spec in MODELS.items():
+            if name == spec.name:
                 return kind
     if not (model_dir / "model.joblib").exists():
         raise FinopsError(f"No model.joblib in {model_dir}; set AIP_STORAGE_URI to a model version directory.")
     model = joblib.load(model_dir / "model.joblib")
-    for kind, cls in (("forecast", forecast_lib.CostForecaster), ("anomaly", anomaly_lib.CostAnomalyDetector),
-                      ("labeler", labeler_lib.ResourceLabeler)):
-        if isinstance(model, cls):
+    for kind, spec in MODELS.items():
+        if isinstance(model, spec.estimator_class()):
             return kind
     raise FinopsError(f"{model_dir / 'model.joblib'} holds none of the three finops-ml models.")
 
@@ -487,7 +372,7 @@ def resolve_registry(registry: str | Path, models: list[str], alias: str = "cham
     reg = LocalRegistry(root)
     dirs = {}
     for kind in models:
-        name = MODELS[kind]
+        name = MODELS[kind].name
         if not reg.versions(name):
             raise FinopsError(f"Registry {root} has no {name} model; train one (finops-ml run) or serve another "
                               "--model.")
@@ -497,198 +382,3 @@ def resolve_registry(registry: str | Path, models: list[str], alias: str = "cham
                               f"{', '.join(sorted(known)) or 'no aliases'}); pass another --alias.")
         dirs[kind] = reg.model_dir(name, alias)
     return dirs
-
-
-# ---- the HTTP app ---------------------------------------------------------------------------------------------------
-
-class ServerSpec(BaseModel):
-    """What one server process serves; passed to worker processes as JSON in FINOPS_SERVE_SPEC."""
-
-    models: dict[Literal["forecast", "anomaly", "labeler"], str]  # kind -> model directory
-    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
-    health_route: str = "/health"
-    predict_route: str = "/predict"
-
-    def routes(self) -> dict[str, tuple[str, str]]:
-        """kind -> (health route, predict route): the AIP_* routes for one model, /<kind>/... for several."""
-        if len(self.models) == 1:
-            return {next(iter(self.models)): (self.health_route, self.predict_route)}
-        return {kind: (f"/{kind}/health", f"/{kind}/predict") for kind in self.models}
-
-
-def create_app(spec: ServerSpec):
-    """The FastAPI app; models load on a background thread at start-up, health says 503 until they are ready."""
-    predictors: dict[str, Predictor] = {}
-    failures: dict[str, str] = {}
-
-    def load() -> None:
-        for kind, model_dir in spec.models.items():
-            try:
-                predictors[kind] = PREDICTORS[kind](model_dir)
-            except Exception as exc:  # reported by health and predict; the process stays up to say so
-                failures[kind] = f"{exc.__class__.__name__}: {exc}"
-
-    @asynccontextmanager
-    async def lifespan(app):
-        thread = threading.Thread(target=load, name="model-loader", daemon=True)
-        thread.start()
-        yield
-
-    app = FastAPI(title="finops-ml prediction server", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
-
-    def error(status: int, message: str) -> Response:
-        return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
-
-    def not_ready(kind: str) -> Response:
-        if kind in failures:
-            return error(503, f"model {kind} failed to load: {failures[kind]}")
-        return error(503, f"model {kind} is loading; retry shortly.")
-
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > spec.max_body_bytes:
-            raise RequestError(f"request body of {int(declared):,} bytes is over the limit of "
-                               f"{spec.max_body_bytes:,} bytes; send fewer instances per request.", 413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > spec.max_body_bytes:
-                raise RequestError(f"request body is over the limit of {spec.max_body_bytes:,} bytes; send fewer "
-                                   "instances per request.", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def make_routes(kind: str, health_route: str, predict_route: str) -> None:
-        async def health() -> Response:
-            if kind not in predictors:
-                return not_ready(kind)
-            return JSONResponse({"status": "ready", **predictors[kind].describe()})
-
-        async def predict(request: Request) -> Response:
-            predictor = predictors.get(kind)
-            if predictor is None:
-                return not_ready(kind)
-            try:
-                body = await read_body(request)
-                try:
-                    payload = json.loads(body)
-                except ValueError as exc:
-                    raise RequestError(f"request body is not valid JSON ({exc}); send "
-                                       '{"instances": [...], "parameters": {...}}.') from None
-                if not isinstance(payload, dict) or "instances" not in payload:
-                    raise RequestError('request body must be a JSON object with an "instances" list.')
-                unknown = set(payload) - {"instances", "parameters"}
-                if unknown:
-                    raise RequestError(f"request body has unknown key(s) {', '.join(sorted(unknown))}; only "
-                                       '"instances" and "parameters" are read.')
-                instances = payload["instances"]
-                if not isinstance(instances, list) or not instances:
-                    raise RequestError('"instances" must be a non-empty list.')
-                parameters = payload.get("parameters")
-                if parameters is not None and not isinstance(parameters, dict):
-                    raise RequestError('"parameters" must be a JSON object.')
-                items, params = predictor.validate(instances, parameters)
-                predictions = predictor.predict(items, params)
-            except RequestError as exc:
-                return error(exc.status, str(exc))
-            return Response(json.dumps({"predictions": predictions}, allow_nan=False), media_type="application/json")
-
-        app.add_api_route(health_route, health, methods=["GET"])
-        app.add_api_route(predict_route, predict, methods=["POST"])
-
-    routes = spec.routes()
-    for kind, (h, p) in routes.items():
-        make_routes(kind, h, p)
-    if len(routes) > 1:
-        async def health_all() -> Response:
-            for kind in spec.models:
-                if kind not in predictors:
-                    return not_ready(kind)
-            return JSONResponse({"status": "ready", "models": [p.describe() for p in predictors.values()]})
-
-        app.add_api_route(spec.health_route, health_all, methods=["GET"])
-    app.state.predictors = predictors
-    return app
-
-
-# ---- process entry: env (Vertex AI contract) or the CLI's spec -------------------------------------------------------
-
-SPEC_ENV = "FINOPS_SERVE_SPEC"
-MAX_BODY_ENV = "FINOPS_MAX_BODY_BYTES"
-
-
-def spec_from_env(environ: dict | None = None) -> ServerSpec:
-    """The server's spec: FINOPS_SERVE_SPEC (set by `finops-ml serve`), else the AIP_* variables of Vertex AI."""
-    env = os.environ if environ is None else environ
-    if env.get(SPEC_ENV):
-        return ServerSpec.model_validate_json(env[SPEC_ENV])
-    uri = env.get("AIP_STORAGE_URI")
-    if not uri:
-        raise FinopsError("AIP_STORAGE_URI is not set; set it to the model's directory (a registry version "
-                          "directory, or gs://bucket/path).")
-    model_dir = download_gcs(uri) if uri.startswith("gs://") else Path(uri)
-    max_body = env.get(MAX_BODY_ENV, str(DEFAULT_MAX_BODY_BYTES))
-    if not max_body.isdigit() or int(max_body) < 1:
-        raise FinopsError(f"{MAX_BODY_ENV}={max_body!r} is not a positive number of bytes; fix or unset it.")
-    return ServerSpec(models={kind_of(model_dir): str(model_dir)}, max_body_bytes=int(max_body),
-                      health_route=env.get("AIP_HEALTH_ROUTE") or "/health",
-                      predict_route=env.get("AIP_PREDICT_ROUTE") or "/predict")
-
-
-def download_gcs(uri: str) -> Path:
-    """Copy the model artifacts under a gs:// prefix to a local directory (what Vertex AI gives a container)."""
-    from google.cloud import storage
-
-    bucket_name, _, prefix = uri[len("gs://"):].partition("/")
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    target = Path(tempfile.mkdtemp(prefix="finops-model-"))
-    client = storage.Client()
-    found = 0
-    for blob in client.list_blobs(bucket_name, prefix=prefix):
-        rel = blob.name[len(prefix):]
-        if not rel or rel.endswith("/"):
-            continue
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        blob.download_to_filename(str(target / rel))
-        found += 1
-    if not found:
-        raise FinopsError(f"No model artifacts under {uri}; check AIP_STORAGE_URI.")
-    return target
-
-
-def app_from_env():
-    """uvicorn factory (`finops_ml.serving:app_from_env`): one app per worker process."""
-    return create_app(spec_from_env())
-
-
-def run_server(spec: ServerSpec, host: str, port: int, workers: int = 1, log_level: str = "info") -> None:
-    """Serve with uvicorn's production settings: uvloop + httptools, no access log, `workers` processes."""
-    import uvicorn
-
-    os.environ[SPEC_ENV] = spec.model_dump_json()
-    uvicorn.run("finops_ml.serving:app_from_env", factory=True, host=host, port=port, workers=workers,
-                loop="uvloop", http="httptools", access_log=False, log_level=log_level,
-                timeout_graceful_shutdown=5)
-
-
-def main() -> None:
-    """Container entry point: serve the model of AIP_STORAGE_URI on AIP_HTTP_PORT."""
-    import sys
-
-    try:
-        spec = spec_from_env()
-        port = os.environ.get("AIP_HTTP_PORT", str(DEFAULT_PORT))
-        if not port.isdigit():
-            raise FinopsError(f"AIP_HTTP_PORT={port!r} is not a port number; fix or unset it.")
-        workers = os.environ.get("FINOPS_WORKERS", "1")
-        if not workers.isdigit() or int(workers) < 1:
-            raise FinopsError(f"FINOPS_WORKERS={workers!r} is not a positive number; fix or unset it.")
-    except FinopsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    run_server(spec, "0.0.0.0", int(port), int(workers))
-
-
-if __name__ == "__main__":
-    main()
