@@ -217,7 +217,10 @@ def _print_gates(summary: dict) -> None:
         value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
         table.add_row(gate, value, f"{g['threshold']:.2f}", "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]")
     console.print(table)
-    console.print(f"label compliance before: {summary['label_compliance_before']:.4f}; rows {summary['rows']}; "
+    for name, reason in summary.get("not_trained", {}).items():
+        console.print(f"[yellow]{name} not trained:[/] {reason}")
+    before = summary["label_compliance_before"]
+    console.print(f"label compliance before: {'n/a' if before is None else f'{before:.4f}'}; rows {summary['rows']}; "
                   f"reconciliation diff {summary['reconciliation_diff']}")
     regs = ", ".join(f"{r['name']} v{r['version']} ({'/'.join(r['aliases'])})" for r in summary["registered"])
     console.print(f"registered: {regs or 'nothing (no gate passed)'}")

@@ -10,6 +10,7 @@ and the same code runs on the local runner and on Vertex AI. Each training step 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import joblib
@@ -18,6 +19,7 @@ import pandas as pd
 from finops_ml.config import Config
 from finops_ml.data.ingest import ingest, reconcile
 from finops_ml.data.warehouse import export_feature_view
+from finops_ml.errors import InsufficientData
 from finops_ml.fileio import atomic_path, read_json, write_json
 from finops_ml.models import anomaly, forecast, labeler
 from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER
@@ -92,8 +94,11 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
     cells = Path(anomaly_eval_dir) / "cells.parquet" if anomaly_eval_dir else None
     anomalies = pd.read_parquet(cells) if cells and cells.exists() else None
     f = cfg.forecast
-    result = forecast.train_and_evaluate(daily, f.candidates, f.holdout_months, f.horizon_months,
-                                         f.backtest_origins, f.interval, cfg.seed, anomalies, cfg.budgets)
+    try:
+        result = forecast.train_and_evaluate(daily, f.candidates, f.holdout_months, f.horizon_months,
+                                             f.backtest_origins, f.interval, cfg.seed, anomalies, cfg.budgets)
+    except InsufficientData as exc:
+        return _finish(eval_dir, FORECAST, {}, cfg, daily, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
     for name in ("forecast", "forecast_monthly", "forecast_daily"):
         with atomic_path(model_dir / f"{name}.csv") as tmp:
@@ -121,8 +126,11 @@ def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, label
     feedback = anomaly.read_feedback(feedback_path) if feedback_path and Path(feedback_path).exists() else None
     labels = anomaly.labels_with_feedback(truth, feedback)
     a = cfg.anomaly
-    result = anomaly.train_and_evaluate(daily, labels, a.holdout_months, a.window_days, a.n_estimators, cfg.seed,
-                                        resources)
+    try:
+        result = anomaly.train_and_evaluate(daily, labels, a.holdout_months, a.window_days, a.n_estimators,
+                                            cfg.seed, resources)
+    except InsufficientData as exc:
+        return _finish(eval_dir, ANOMALY, {}, cfg, daily, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
     cells = result["cells"]
     cells[anomaly.CELL_COLUMNS].to_parquet(eval_dir / "cells.parquet", index=False)
@@ -137,8 +145,12 @@ def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_
     resources = pd.read_parquet(resources_path)
     truth = pd.read_csv(truth_path) if truth_path else None
     lc = cfg.labeler
-    result = labeler.train_and_evaluate(resources, lc.targets, lc.confidence_threshold, lc.test_share, cfg.seed, truth,
-                                        lc.target_precision)
+    window = resources.rename(columns={"first_day": "day"})
+    try:
+        result = labeler.train_and_evaluate(resources, lc.targets, lc.confidence_threshold, lc.test_share, cfg.seed,
+                                            truth, lc.target_precision)
+    except InsufficientData as exc:
+        return _finish(eval_dir, LABELER, {}, cfg, window, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
     result["review"].to_csv(model_dir / "review_list.csv", index=False)
     result["labelled"].to_parquet(eval_dir / "labelled.parquet", index=False)
@@ -146,16 +158,27 @@ def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_
     (eval_dir / "confusion.json").write_text(json.dumps(result["confusion"]))
     metrics = result["metrics"]
     metrics["label_accuracy_min"] = min(metrics[f"label_accuracy_{t}"] for t in lc.targets)
-    return _finish(eval_dir, LABELER, metrics, cfg, resources.rename(columns={"first_day": "day"}))
+    return _finish(eval_dir, LABELER, metrics, cfg, window)
 
 
-def _finish(eval_dir: Path, model_name: str, metrics: dict, cfg: Config, data: pd.DataFrame) -> dict:
-    days = pd.to_datetime(data["day"])
-    evaluation = {"model_name": model_name, "metrics": metrics, "gates": gates.check(model_name, metrics, cfg),
-                  "passed": gates.passed(model_name, metrics, cfg),
-                  "data_window": {"start": str(days.min().date()), "end": str(days.max().date())}}
+def _finish(eval_dir: Path, model_name: str, metrics: dict, cfg: Config, data: pd.DataFrame,
+            not_trained: str | None = None) -> dict:
+    """Write EVAL_DIR/evaluation.json. A model the data cannot train (`not_trained`: the one-sentence reason) has
+    no metrics, fails its gates and is not registered; the other models of the run carry on."""
+    days = pd.to_datetime(data["day"]).dropna() if "day" in data else pd.Series(dtype="datetime64[ns]")
+    window = {"start": str(days.min().date()), "end": str(days.max().date())} if len(days) else None
+    evaluation = {"model_name": model_name, "trained": not_trained is None, "not_trained_reason": not_trained,
+                  "metrics": metrics, "gates": gates.check(model_name, metrics, cfg),
+                  "passed": not_trained is None and gates.passed(model_name, metrics, cfg), "data_window": window}
     write_json(eval_dir / "evaluation.json", evaluation)
     return evaluation
+
+
+def loggable_metrics(metrics: dict) -> dict[str, float]:
+    """The finite numbers among a step's metrics: what KFP `Metrics` can hold (NaN/inf would make
+    executor_output.json invalid JSON; nested tables stay in evaluation.json)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def gate_step(eval_dir: str) -> bool:
