@@ -15,7 +15,7 @@ from rich.table import Table
 
 from finops_ml.config import Config, load_config
 from finops_ml.errors import FinopsError
-from finops_ml.fileio import read_json, write_json
+from finops_ml.fileio import exclusive_lock, read_json, write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ML for cloud FinOps on Google Cloud: cost forecast, anomalies, auto-labelling.")
@@ -115,6 +115,13 @@ def run(
                                                        "when it exists."),
 ):
     """Run the whole training pipeline on this machine with the KFP local runner."""
+    out = out.resolve()
+    with exclusive_lock(out, "finops-ml run"):  # a second run into the same --out is refused, not interleaved
+        _run(seed, out, config, source, feedback)
+
+
+def _run(seed: Optional[int], out: Path, config: Optional[Path], source: Optional[str],
+         feedback: Optional[Path]) -> None:
     try:
         cfg = _config(config, seed)
     except FinopsError as exc:
@@ -123,8 +130,6 @@ def run(
     from finops_ml.synthetic.generator import generate as gen
     from pipelines.local import run_local
 
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
     for stale in ("summary.json", "report.html", "anomalies.csv"):  # a failed run must not leave the last run's results looking new
         (out / stale).unlink(missing_ok=True)
     timings: dict[str, float] = {}

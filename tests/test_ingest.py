@@ -21,7 +21,7 @@ from finops_ml.errors import FinopsError
 from finops_ml.synthetic.generator import generate
 
 OUTPUTS = ("events.parquet", "quarantine.jsonl", "ingest_summary.json")
-SUMMARY_KEYS = {"source", "read", "rows", "quarantined", "duplicates", "table_rows", "quarantine_reasons",
+SUMMARY_KEYS = {"ingest_id", "source", "read", "rows", "quarantined", "duplicates", "table_rows", "quarantine_reasons",
                 "cost_by_invoice_month", "total_net_cost", "reconciliation", "reconciliation_diff", "seconds",
                 "events", "quarantine"}
 TIMESTAMPS = ("usage_start_time", "usage_end_time", "export_time")
@@ -158,7 +158,7 @@ def test_quarantine_holds_each_bad_record_with_reason(mixed_jsonl, json_batch, t
     out = tmp_path / "out"
     ingest(str(path), out)
     quarantined = _quarantine(out)
-    assert all(set(q) == {"source", "location", "reason", "record"} for q in quarantined)
+    assert all(set(q) == {"ingest_id", "source", "location", "reason", "record"} for q in quarantined)
     assert all(isinstance(q["location"], str) for q in quarantined)
     assert sorted(int(q["location"]) for q in quarantined) == list(exp["bad"])
     raw_lines = path.read_text().splitlines()
@@ -213,7 +213,9 @@ def test_reingest_adds_nothing(mixed_jsonl, tmp_path):
     # The summary describes the whole resulting table, not only this run's (empty) additions.
     assert second["cost_by_invoice_month"] == first["cost_by_invoice_month"]
     assert second["total_net_cost"] == first["total_net_cost"]
-    assert len(_quarantine(out)) == first["quarantined"]  # this run's quarantine, not an accumulation
+    # Each ingest appends its own records (issue 12: re-ingesting used to overwrite the earlier quarantine).
+    assert [q["ingest_id"] for q in _quarantine(out)] == ([first["ingest_id"]] * first["quarantined"]
+                                                         + [second["ingest_id"]] * second["quarantined"])
 
 
 def test_redelivered_copy_via_glob(mixed_jsonl, tmp_path):

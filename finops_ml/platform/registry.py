@@ -18,8 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from finops_ml.errors import FinopsError
-from finops_ml.fileio import atomic_dir, read_json, write_json
+from finops_ml.fileio import atomic_dir, exclusive_lock, read_json, write_json
 from finops_ml.models.catalogue import PRIMARY_METRIC
+
+LOCK_WAIT_S = 120.0  # a registration takes seconds: a concurrent one waits its turn rather than fail
 
 
 class LocalRegistry:
@@ -41,7 +43,13 @@ class LocalRegistry:
 
     def register(self, name: str, model_dir: str | Path, metrics: dict, config_digest: str, data_window: dict,
                  run_id: str = "") -> dict:
-        """Store a new version; move `latest`, and `champion` when not worse than the current champion."""
+        """Store a new version; move `latest`, and `champion` when not worse than the current champion.
+        Registrations of one model are serialised (a lock per model), so two at once get two versions."""
+        with exclusive_lock(self.root / name, "registration", wait_s=LOCK_WAIT_S):
+            return self._register(name, model_dir, metrics, config_digest, data_window, run_id)
+
+    def _register(self, name: str, model_dir: str | Path, metrics: dict, config_digest: str, data_window: dict,
+                  run_id: str) -> dict:
         version = (self.versions(name) or [0])[-1] + 1
         primary = PRIMARY_METRIC.get(name)
         value = metrics.get(primary) if primary else None
@@ -67,6 +75,10 @@ class LocalRegistry:
 
     def promote(self, name: str, version: int) -> dict:
         """Move the `champion` alias to an existing version (a person's decision: no metric comparison)."""
+        with exclusive_lock(self.root / name, "promotion", wait_s=LOCK_WAIT_S):
+            return self._promote(name, version)
+
+    def _promote(self, name: str, version: int) -> dict:
         if int(version) not in self.versions(name):
             known = ", ".join(f"v{v}" for v in self.versions(name)) or "none"
             raise FinopsError(f"Model {name} has no version {version} in the registry {self.root} (versions: {known}); "
@@ -84,6 +96,10 @@ class LocalRegistry:
     def deploy(self, name: str, version: int, canary_percent: int, keep_versions: int) -> dict:
         """Serve `version` with `canary_percent` of the traffic (all of it on an empty endpoint), the versions already
         serving share the rest in their proportions, and only the newest `keep_versions` versions stay deployed."""
+        with exclusive_lock(self.root / name, "deployment", wait_s=LOCK_WAIT_S):
+            return self._deploy(name, version, canary_percent, keep_versions)
+
+    def _deploy(self, name: str, version: int, canary_percent: int, keep_versions: int) -> dict:
         if int(version) not in self.versions(name):
             raise FinopsError(f"Model {name} has no version {version} in the registry {self.root}; register it first.")
         current = {int(v): p for v, p in self.endpoint(name)["traffic"].items()}
