@@ -521,3 +521,95 @@ def test_an_ensemble_forecast_is_served_like_the_library(trained, tmp_path):
     assert any(m["forecast"] > 0 for m in months)
     for m in months:
         assert m["forecast"] == pytest.approx(library.get((inst.service, inst.project_id, m["month"]), 0.0), rel=1e-9)
+
+
+# ---- hostile requests (issue 12): 4xx naming the instance and field, never a 500 or a stalled health check ----------
+
+def test_hostile_values_are_400_naming_the_instance_and_field(client):
+    day = "2026-01-31"
+    window = {"service": "s", "project_id": "p", "end_date": day}
+    cases = [
+        ("anomaly", [{**window, "daily_costs": [1.0] * 40 + [1e200]}],
+         "instances[0].daily_costs[40]: Input should be less than or equal to 1000000000000"),
+        ("anomaly", [{**window, "resources": [{"resource_name": "vm", "daily_costs": [None] * 40}]}],
+         "instances[0].resources[0]: every day is null"),
+        ("anomaly", [{**window, "end_date": "0001-01-01", "daily_costs": [1.0] * 40}],
+         "instances[0].end_date: Input should be greater than or equal to 2000-01-01"),
+        ("anomaly", [{**window, "end_date": "9999-12-31", "daily_costs": [1.0] * 40}],
+         "instances[0].end_date: Input should be less than or equal to 2100-12-31"),
+        ("forecast", [{"service": "s", "project_id": "p", "history": [1.0] * 59 + [1e308], "end_date": day}],
+         "instances[0].history[59]: Input should be less than or equal to 1000000000000"),
+    ]
+    for kind, instances, message in cases:
+        r = _predict(client, kind, instances)
+        assert r.status_code == 400, (kind, r.text)
+        assert r.json()["error"].startswith(message), r.json()["error"]
+
+
+def test_json_nested_too_deeply_is_a_400(client):
+    body = '{"instances": [' + "[" * 1000 + "]" * 1000 + "]}"
+    r = client.post("/labeler/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nests JSON too deeply" in r.json()["error"], r.text
+
+
+def test_too_many_instances_are_a_413_naming_the_limit(client, trained):
+    labeler = [{"resource_name": f"vm-{i}", "project_id": "p", "service": "s"}
+               for i in range(schemas.MAX_INSTANCES["labeler"] + 1)]
+    big = app.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])}, max_body_bytes=10_000_000)
+    with TestClient(app.create_app(big)) as c:
+        _ready(c)
+        r = c.post("/predict", json={"instances": labeler})
+    assert r.status_code == 413 and "over this server's limit of 2,000" in r.json()["error"], r.text
+    history = {"service": "s", "project_id": "p", "history": [1.0] * 60, "end_date": "2026-01-31"}
+    r = _predict(client, "forecast", [history] * (schemas.MAX_INSTANCES["forecast_history"] + 1))
+    assert r.status_code == 413 and "instances with a history" in r.json()["error"], r.text
+
+
+def test_health_answers_while_a_heavy_request_computes_and_errors_are_json(trained, monkeypatch):
+    import threading
+
+    spec = app.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])})
+    with TestClient(app.create_app(spec)) as c:
+        _ready(c)
+        predictor_cls = predictors.PREDICTORS["labeler"]
+        monkeypatch.setattr(predictor_cls, "predict", lambda self, items, params: time.sleep(2) or [{}] * len(items))
+        slow = threading.Thread(target=lambda: c.post("/predict", json={"instances": [
+            {"resource_name": "vm", "project_id": "p", "service": "s"}]}))
+        slow.start()
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        assert c.get("/health").status_code == 200
+        assert time.perf_counter() - t0 < 1.0, "health waited for the heavy request"
+        slow.join()
+        monkeypatch.setattr(predictor_cls, "predict", lambda self, items, params: 1 / 0)
+        r = c.post("/predict", json={"instances": [{"resource_name": "vm", "project_id": "p", "service": "s"}]})
+    assert r.status_code == 500 and "could not answer this request" in r.json()["error"]
+
+
+def test_a_body_that_stops_arriving_is_a_408(trained):
+    import socket
+    import threading
+
+    import uvicorn
+
+    spec = app.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])}, body_timeout_s=1.0)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app.create_app(spec), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"instances\": [")
+            answer = s.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "not received within 1 s" in answer, answer
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -65,3 +65,17 @@ def test_only_finite_numbers_reach_the_kfp_metrics():
     metrics = {"a": 1, "b": 0.5, "nan": float("nan"), "inf": float("inf"), "flag": True, "table": {"x": 1},
                "name": "linear", "none": None}
     assert steps.loggable_metrics(metrics) == {"a": 1.0, "b": 0.5}
+
+
+def test_a_step_whose_retry_succeeded_is_not_reported_as_failed():
+    import io
+
+    from pipelines.local import StepLog
+
+    events = []
+    log = StepLog(io.StringIO(), lambda task, what, seconds: events.append((task, what)))
+    log.write("Executing task 'build-features'\nTask 'build-features' finished with status FAILURE\n"
+              "Executing task 'build-features'\nTask 'build-features' finished with status SUCCESS\n"
+              "Executing task 'train-labeler'\nTask 'train-labeler' finished with status FAILURE\n")
+    assert log.failed == ["train-labeler"]
+    assert events[-1] == ("train-labeler", "failure") and ("build-features", "success") in events

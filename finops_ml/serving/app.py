@@ -15,12 +15,17 @@ Each model's instance is a pydantic model (the README documents them). Requests 
   the detector's recursive baseline runs over that window only;
 - labeler: one resource's metadata; the TF-IDF + logistic regression pipelines run on it without a DataFrame.
 
-A bad instance is a 400 whose message names the instance index and the field; a body over the limit is a 413.
+A bad instance is a 400 whose message names the instance index and the field; a body over the limit, or more
+instances than the kind's limit (schemas.MAX_INSTANCES), is a 413; a body not received within `body_timeout_s` is a
+408. Validation and prediction run on a worker thread, so health answers stay fast while a heavy request computes.
+Anything unexpected is a 500 with a JSON sentence (the traceback goes to the server's log), never a reset connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -31,18 +36,28 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from finops_ml.errors import FinopsError
 from finops_ml.serving.predictors import PREDICTORS, Predictor, kind_of
 from finops_ml.serving.schemas import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, RequestError
 
+log = logging.getLogger("finops_ml.serving")
+
 # ---- the HTTP app ---------------------------------------------------------------------------------------------------
+
+def _answer(predictor: Predictor, instances: list, parameters: dict | None) -> str:
+    """Validate, predict and serialise (on a worker thread: the event loop keeps answering health checks)."""
+    items, params = predictor.validate(instances, parameters)
+    return json.dumps({"predictions": predictor.predict(items, params)}, allow_nan=False)
+
 
 class ServerSpec(BaseModel):
     """What one server process serves; passed to worker processes as JSON in FINOPS_SERVE_SPEC."""
 
     models: dict[Literal["forecast", "anomaly", "labeler"], str]  # kind -> model directory
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
+    body_timeout_s: float = Field(30.0, gt=0)  # a client that stops sending mid-body gets 408, not a held worker
     health_route: str = "/health"
     predict_route: str = "/predict"
 
@@ -107,9 +122,16 @@ def create_app(spec: ServerSpec):
             if predictor is None:
                 return not_ready(kind)
             try:
-                body = await read_body(request)
+                try:
+                    body = await asyncio.wait_for(read_body(request), spec.body_timeout_s)
+                except asyncio.TimeoutError:
+                    raise RequestError(f"request body not received within {spec.body_timeout_s:g} s; send it "
+                                       "whole.", 408) from None
                 try:
                     payload = json.loads(body)
+                except RecursionError:
+                    raise RequestError("request body nests JSON too deeply; send "
+                                       '{"instances": [...], "parameters": {...}}.') from None
                 except ValueError as exc:
                     raise RequestError(f"request body is not valid JSON ({exc}); send "
                                        '{"instances": [...], "parameters": {...}}.') from None
@@ -125,11 +147,14 @@ def create_app(spec: ServerSpec):
                 parameters = payload.get("parameters")
                 if parameters is not None and not isinstance(parameters, dict):
                     raise RequestError('"parameters" must be a JSON object.')
-                items, params = predictor.validate(instances, parameters)
-                predictions = predictor.predict(items, params)
+                answer = await run_in_threadpool(_answer, predictor, instances, parameters)
             except RequestError as exc:
                 return error(exc.status, str(exc))
-            return Response(json.dumps({"predictions": predictions}, allow_nan=False), media_type="application/json")
+            except Exception:
+                log.exception("%s prediction failed", kind)
+                return error(500, f"the {kind} model could not answer this request (an internal error, logged by "
+                                  "the server); check the instances' values or report it.")
+            return Response(answer, media_type="application/json")
 
         app.add_api_route(health_route, health, methods=["GET"])
         app.add_api_route(predict_route, predict, methods=["POST"])

@@ -22,6 +22,7 @@ from finops_ml.models.realtime import RealtimeModel, RealtimeState
 from finops_ml.models.trees import ForestRegressor
 from finops_ml.platform.registry import LocalRegistry
 from finops_ml.serving.schemas import (
+    MAX_INSTANCES,
     AnomalyInstance,
     ForecastInstance,
     LabelerInstance,
@@ -61,10 +62,14 @@ class Predictor:
                 "version": self.entry.get("version"), "dir": str(self.model_dir)}
 
     def validate(self, instances: Any, parameters: Any) -> tuple[list, BaseModel]:
+        _check_count(len(instances), MAX_INSTANCES[self.kind], "instances")
         try:
             items = self._instances.validate_python(instances)
         except ValidationError as exc:
             raise RequestError(_describe_error(exc, "instances")) from None
+        if self.kind == "forecast":  # a forecast from a history runs the model: heavier than a stored lookup
+            _check_count(sum(i.history is not None for i in items), MAX_INSTANCES["forecast_history"],
+                         "instances with a history")
         try:
             params = self.parameters_model.model_validate(parameters or {})
         except ValidationError as exc:
@@ -73,6 +78,12 @@ class Predictor:
 
     def predict(self, instances: list, parameters: BaseModel) -> list[dict]:
         raise NotImplementedError
+
+
+def _check_count(n: int, limit: int, what: str) -> None:
+    if n > limit:
+        raise RequestError(f"the request has {n:,} {what}, over this server's limit of {limit:,}; split it into "
+                           "smaller requests.", 413)
 
 
 def _describe_error(exc: ValidationError, root: str) -> str:
