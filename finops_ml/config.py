@@ -241,6 +241,7 @@ class StreamConfig(_Strict):
     retry_backoff_max_s: float = Field(8.0, gt=0.0, le=600.0)
     delivery_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
     drain_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
+    until_end: bool = False  # stop at the end of the topic, closing the open days (backfills, tests, benchmarks)
 
 
 # Which top-level keys each pipeline step reads: a step receives these only (`Config.for_step`), so a change

@@ -246,3 +246,35 @@ def test_with_updates_validates_and_names_where(tmp_path):
     assert cfg.with_updates("--x", schedule={"timezone": "UTC"}).schedule.timezone == "UTC"
     with pytest.raises(FinopsError, match=r"^--api-endpoint: key 'gcp.api_endpoint' is invalid: 'a b' is not an API"):
         cfg.with_updates("--api-endpoint", gcp={"api_endpoint": "a b"})
+
+
+# ---- the serving container's environment (pydantic-settings) ----------------------------------------------------
+
+def test_container_settings_read_the_environment(monkeypatch):
+    from finops_ml.serving.app import container_settings
+
+    monkeypatch.setenv("AIP_HTTP_PORT", "9000")
+    monkeypatch.setenv("AIP_PREDICT_ROUTE", "/v1/endpoints/1/deployedModels/2:predict")
+    monkeypatch.setenv("AIP_HEALTH_ROUTE", "")  # empty: unset, the default applies
+    monkeypatch.setenv("FINOPS_WORKERS", "3")
+    env = container_settings()
+    assert (env.aip_http_port, env.aip_predict_route, env.aip_health_route, env.finops_workers) == \
+        (9000, "/v1/endpoints/1/deployedModels/2:predict", "/health", 3)
+    assert container_settings({"AIP_HTTP_PORT": "8081"}).aip_http_port == 8081  # an explicit mapping wins
+
+
+@pytest.mark.parametrize("name, value, problem", [
+    ("AIP_HTTP_PORT", "http", "valid integer"),
+    ("AIP_HTTP_PORT", "70000", "less than or equal to 65535"),
+    ("FINOPS_WORKERS", "0", "greater than or equal to 1"),
+    ("FINOPS_MAX_BODY_BYTES", "1.5MB", "valid integer"),
+    ("AIP_HEALTH_ROUTE", "health", "pattern"),
+])
+def test_a_bad_container_variable_is_one_sentence_naming_it(monkeypatch, name, value, problem):
+    from finops_ml.serving.app import container_settings
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(FinopsError) as exc:
+        container_settings()
+    msg = str(exc.value)
+    assert msg.startswith(f"{name}={value!r} is invalid (") and problem in msg and msg.endswith("fix or unset it.")

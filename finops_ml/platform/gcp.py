@@ -48,8 +48,8 @@ def validate(cfg: Config, source: str | Path, command: str) -> None:
             raise missing("pipeline.source", "set the BigQuery billing export (bq://PROJECT.DATASET.TABLE) or a "
                                              "kafka:// topic")
     if "registry" in needs and cfg.registry.backend != "vertex":
-        raise FinopsError(f"Config file {source}: key 'registry.backend' is 'local'; set it to vertex: a local registry "
-                          "would vanish with the job's container.")
+        raise FinopsError(f"Config file {source}: key 'registry.backend' is 'local'; set it to vertex: a local "
+                          "registry would vanish with the job's container.")
     if "registry_storage" in needs and not (g.staging_bucket or p.pipeline_root):
         raise missing("gcp.staging_bucket", "set a gs:// prefix for the models' artifacts (or pipeline.pipeline_root)")
     if "deploy" in needs and d.enabled and not d.serving_image:

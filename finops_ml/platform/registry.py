@@ -95,7 +95,8 @@ class LocalRegistry(ModelRegistry):
         version = (self.versions(name) or [0])[-1] + 1
         primary = PRIMARY_METRIC.get(name)
         aliases = self.aliases(name)
-        champion_value = self.entry(name, aliases["champion"])["metrics"].get(primary) if "champion" in aliases else None
+        champion = self.entry(name, aliases["champion"]) if "champion" in aliases else None
+        champion_value = champion["metrics"].get(primary) if champion else None
         is_champion = self.wins(name, metrics, champion_value)
         entry = {"name": name, "version": version, "run_id": run_id, "metrics": metrics, "primary_metric": primary,
                  "config_digest": config_digest, "data_window": data_window,
