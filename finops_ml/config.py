@@ -21,11 +21,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _format(pattern: str, what: str, fix: str) -> AfterValidator:
-    """A string that is empty (not set: the local world) or matches `pattern`; else "'VALUE' is not WHAT; FIX"
-    (`what` may be the whole problem: "cannot be ...")."""
+def _format(pattern: str, problem: str, fix: str) -> AfterValidator:
+    """A string that is empty (not set: the local world) or matches `pattern`; else "'VALUE' PROBLEM; FIX"."""
     regex = re.compile(pattern)
-    problem = what if what.startswith("cannot ") else f"is not {what}"
 
     def check(value: str) -> str:
         if value and not regex.match(value):
@@ -40,19 +38,19 @@ def _format(pattern: str, what: str, fix: str) -> AfterValidator:
 _SA_FIX = "use NAME@PROJECT.iam.gserviceaccount.com"
 ServiceAccount = Annotated[str, _format(
     r"^[a-z0-9-]+@[a-z0-9.-]+\.iam\.gserviceaccount\.com$|^[0-9]+-compute@developer\.gserviceaccount\.com$",
-    "a service account email", _SA_FIX)]
+    "is not a service account email", _SA_FIX)]
 ContainerImage = Annotated[str, _format(
-    r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[\w.-]+|@sha256:[0-9a-f]{64})?$", "a container image",
+    r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[\w.-]+|@sha256:[0-9a-f]{64})?$", "is not a container image",
     "give REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG (built from deploy/Dockerfile.*)")]
 ApiEndpoint = Annotated[str, _format(
-    r"^(http://)?[^\s/]+$", "an API endpoint",
+    r"^(http://)?[^\s/]+$", "is not an API endpoint",
     "give a host name such as europe-west1-aiplatform.googleapis.com (or http://127.0.0.1:PORT for a loopback "
     "recorder)")]
-GcsPath = Annotated[str, _format(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", "a gs:// path",
+GcsPath = Annotated[str, _format(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", "is not a gs:// path",
                                  "set a gs://BUCKET/PATH")]
 _LABEL_FIX = "use lowercase letters, digits, '_' and '-' (keys start with a letter, 63 characters at most)"
-LabelKey = Annotated[str, _format(r"^[a-z][a-z0-9_-]{0,62}$", "a valid GCP label key", _LABEL_FIX)]
-LabelValue = Annotated[str, _format(r"^[a-z0-9_-]{0,63}$", "a valid GCP label value", _LABEL_FIX)]
+LabelKey = Annotated[str, _format(r"^[a-z][a-z0-9_-]{0,62}$", "is not a valid GCP label key", _LABEL_FIX)]
+LabelValue = Annotated[str, _format(r"^[a-z0-9_-]{0,63}$", "is not a valid GCP label value", _LABEL_FIX)]
 
 
 class GeneratorConfig(_Strict):
@@ -137,9 +135,9 @@ class PipelineConfig(_Strict):
 
 class GcpConfig(_Strict):
     """Where the production path runs (see README "Production on Vertex AI"); no secret ever goes here."""
-    project: Annotated[str, _format(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", "a GCP project id",
+    project: Annotated[str, _format(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", "is not a GCP project id",
                                     "use the project's id (6-30 lowercase letters, digits, hyphens)")] = ""
-    region: Annotated[str, _format(r"^[a-z]+-[a-z]+[0-9]+$", "a GCP region", "use a region such as europe-west1")
+    region: Annotated[str, _format(r"^[a-z]+-[a-z]+[0-9]+$", "is not a GCP region", "use a region such as europe-west1")
                       ] = "europe-west1"
     # The Vertex AI API endpoint (default: REGION-aiplatform.googleapis.com); a regional or private (PSC) endpoint,
     # or http://127.0.0.1:PORT for a loopback recorder (plain http: anonymous credentials, never a real token).
@@ -147,7 +145,7 @@ class GcpConfig(_Strict):
     scheduler_api_endpoint: ApiEndpoint = ""  # the Cloud Scheduler API endpoint, the same way
     service_account: ServiceAccount = ""  # the pipeline runner's service account
     # VPC peering of the pipeline job, optional
-    network: Annotated[str, _format(r"^projects/[^/\s]+/global/networks/[^/\s]+$", "a network name",
+    network: Annotated[str, _format(r"^projects/[^/\s]+/global/networks/[^/\s]+$", "is not a network name",
                                     "use projects/PROJECT_NUMBER/global/networks/NAME")] = ""
     labels: dict[LabelKey, LabelValue] = {}
     staging_bucket: GcsPath = ""  # gs:// prefix for model artifacts; default: PIPELINE_ROOT/models
@@ -202,7 +200,8 @@ class ScheduleConfig(_Strict):
 
 
 class ServingConfig(_Strict):
-    # `finops-ml serve` defaults; in a container the AIP_* and FINOPS_* variables decide (finops_ml/serving.py).
+    # `finops-ml serve` defaults; in a container the AIP_* and FINOPS_* variables decide
+    # (finops_ml.serving.app.ContainerSettings).
     alias: str = "champion"
     max_body_bytes: int = Field(1_500_000, ge=1_000, le=100_000_000)  # Vertex AI's own limit is 1.5 MB
     workers: int = Field(1, ge=1, le=64)

@@ -117,6 +117,7 @@ def test_submit_sends_the_compiled_pipeline_with_its_parameters(gcp):
 
 BAD_CONFIGS = [
     (lambda raw: raw["gcp"].pop("project"), "gcp.project", "is missing"),
+    (lambda raw: raw["gcp"].update(region=""), "gcp.region", "is missing"),
     (lambda raw: raw["gcp"].update(project="Acme Prod"), "gcp.project", "is not a GCP project id"),
     (lambda raw: raw["pipeline"].update(pipeline_root="/data/pipeline_root"), "pipeline.pipeline_root", "gs://"),
     (lambda raw: raw["gcp"].update(service_account=""), "gcp.service_account", "is missing"),

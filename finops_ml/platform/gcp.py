@@ -36,6 +36,8 @@ def validate(cfg: Config, source: str | Path, command: str) -> None:
     g, p, d, s = cfg.gcp, cfg.pipeline, cfg.deploy, cfg.schedule
     if not g.project:
         raise missing("gcp.project", "set the id of the GCP project to run in")
+    if not g.region:
+        raise missing("gcp.region", "set the region to run in, such as europe-west1")
     if "pipeline" in needs:
         if not p.pipeline_root:
             raise missing("pipeline.pipeline_root", "set a gs://BUCKET/PATH where Vertex AI writes the runs' artifacts")
