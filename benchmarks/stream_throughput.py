@@ -127,12 +127,14 @@ def _producer_process(bootstrap, topic, path, rate, start_evt, out_q):
 
 
 def make_processor(bootstrap: str, topic: str, detector, state_dir: Path, until_end: bool):
+    from finops_ml.config import StreamConfig
     from finops_ml.data.kafka_io import ensure_topic  # noqa: F401
     from finops_ml.models.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
-    from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings
+    from finops_ml.stream.consumer import StreamMetrics, StreamProcessor
 
-    settings = StreamSettings(bootstrap, topic, f"{topic}-alerts", f"{topic}-dlq", f"{topic}-g", str(state_dir),
-                              checkpoint_interval_s=5.0, until_end=until_end)
+    settings = StreamConfig(bootstrap=bootstrap, topic=topic, alerts_topic=f"{topic}-alerts",
+                            dead_letter_topic=f"{topic}-dlq", group=f"{topic}-g", state_dir=str(state_dir),
+                            checkpoint_interval_s=5.0, until_end=until_end, session_timeout_ms=6000)
     model = RealtimeModel(detector)
     processor = StreamProcessor(settings, new_state=lambda: RealtimeState(model, lateness_days=1),
                                 load_state=RealtimeState.load, detect=detect_anomaly_realtime,

@@ -135,7 +135,7 @@ def _run(seed: Optional[int], out: Path, config: Optional[Path], source: Optiona
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     data = out / "data"
-    arguments = {"config_json": cfg.to_json(), "registry_dir": str((out / cfg.registry.path).resolve()),
+    arguments = {**cfg.step_parameters(), "registry_dir": str((out / cfg.registry.path).resolve()),
                  "run_id": f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"}
     try:
         if source:

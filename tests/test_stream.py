@@ -24,10 +24,11 @@ pytest.importorskip("confluent_kafka")
 
 from conftest import free_port  # noqa: E402
 
+from finops_ml.config import StreamConfig  # noqa: E402
 from finops_ml.data.kafka_io import replay  # noqa: E402
 from finops_ml.fileio import atomic_path  # noqa: E402
 from finops_ml.stream.alerts import AlertDispatcher, Outbox, RetryPolicy, email_sender, slack_sender  # noqa: E402
-from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings, read_alert_ids  # noqa: E402
+from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, read_alert_ids  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # A toy detector with the real-time contract
@@ -294,12 +295,13 @@ def sorted_events(tmp_path_factory, small_generated) -> Path:
     return path
 
 
-def _settings(bootstrap: str, topic: str, state_dir: Path, **kw) -> StreamSettings:
-    return StreamSettings(bootstrap, topic, f"{topic}-alerts", f"{topic}-dlq", f"{topic}-group", str(state_dir),
-                          **{"checkpoint_interval_s": 0.5, "until_end": True, "session_timeout_ms": 2000, **kw})
+def _settings(bootstrap: str, topic: str, state_dir: Path, **kw) -> StreamConfig:
+    return StreamConfig(bootstrap=bootstrap, topic=topic, alerts_topic=f"{topic}-alerts",
+                        dead_letter_topic=f"{topic}-dlq", group=f"{topic}-group", state_dir=str(state_dir),
+                        **{"checkpoint_interval_s": 0.5, "until_end": True, "session_timeout_ms": 2000, **kw})
 
 
-def _processor(settings: StreamSettings, dispatcher=None) -> StreamProcessor:
+def _processor(settings: StreamConfig, dispatcher=None) -> StreamProcessor:
     return StreamProcessor(settings, new_state=ToyState, load_state=ToyState.load, detect=toy_detect,
                            invalid_event=ToyInvalid, dispatcher=dispatcher, metrics=StreamMetrics())
 
