@@ -1,7 +1,7 @@
 """Model quality against the standard baselines, side by side, over generator seeds and organisation shapes.
 
-    python benchmarks/model_quality.py [--seeds 101-105] [--shapes small_stable,large_fast_migration]
-                                       [--tasks forecast,anomaly,labels] [--out out/model_quality]
+    python -m benchmarks.model_quality [--seeds 101-105] [--shapes small_stable,large_fast_migration]
+                                         [--tasks forecast,anomaly,labels] [--out out/model_quality]
 
 For each (seed, shape) it generates the organisation (finops_ml.synthetic.generator, ORG_SHAPES), ingests it, builds the
 feature views as the pipeline does, then evaluates the baselines (benchmarks/baselines.py) and our models (their
@@ -38,17 +38,14 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import baselines  # noqa: E402
-
-from finops_ml.config import load_config  # noqa: E402
-from finops_ml.data.ingest import ingest  # noqa: E402
-from finops_ml.data.warehouse import export_feature_view  # noqa: E402
-from finops_ml.fileio import atomic_path, read_json, write_json  # noqa: E402
-from finops_ml.models import anomaly, forecast, labeler  # noqa: E402
-from finops_ml.models.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape  # noqa: E402
-from finops_ml.synthetic.generator import generate, shape_config  # noqa: E402
+from benchmarks import baselines
+from finops_ml.config import load_config
+from finops_ml.data.ingest import ingest
+from finops_ml.data.warehouse import export_feature_view
+from finops_ml.fileio import atomic_path, read_json, write_json
+from finops_ml.models import anomaly, forecast, labeler
+from finops_ml.models.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape
+from finops_ml.synthetic.generator import generate, shape_config
 
 TASKS = ("forecast", "anomaly", "labels")
 # Headline metrics per task: (column, higher is better).

@@ -391,7 +391,7 @@ def test_deploy_model_serves_the_new_champion_from_the_local_endpoint(chain):
 def test_register_and_deploy_components_with_the_vertex_backend(chain, monkeypatch):
     """The same two components, with `registry.backend: vertex`, call the real aiplatform SDK from their own
     processes (here against the recording fake; on Vertex AI with the pipeline runner's identity)."""
-    from fake_gcp import FakeGCP
+    from testsupport.fake_gcp import FakeGCP
 
     fake = FakeGCP()
     try:

@@ -20,13 +20,12 @@ import pytest
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 
-from conftest import free_port  # noqa: E402
-
 from finops_ml.config import GeneratorConfig  # noqa: E402
 from finops_ml.data.events import parse_event  # noqa: E402
 from finops_ml.data.kafka_io import replay  # noqa: E402
 from finops_ml.data.sources import read_events  # noqa: E402
 from finops_ml.synthetic.generator import generate  # noqa: E402
+from testsupport.net import free_port  # noqa: E402
 
 SCRIPT = str(Path(sys.executable).parent / "finops-ml")
 

@@ -7,14 +7,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port
 from fastapi.testclient import TestClient
 
 from finops_ml.config import Config
@@ -25,6 +23,7 @@ from finops_ml.platform.registry import LocalRegistry
 from finops_ml.serving import app, predictors, schemas
 from finops_ml.synthetic.generator import generate
 from finops_ml.training import steps
+from testsupport.net import free_port, wait_for_http
 
 SCRIPT = Path(sys.executable).parent / "finops-ml"
 # 11 months: the forecast's 3 holdout months, one backtest origin and its 56 days of history.
@@ -339,26 +338,11 @@ def _cli(*args: str) -> list[str]:
     return [*base, *args]
 
 
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def _wait_healthy(proc: subprocess.Popen, url: str) -> dict:
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            status, body = _get(url)
-            if status == 200:
-                return body
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the server never became healthy"
-        time.sleep(0.2)
+    try:
+        return json.loads(wait_for_http(url, timeout=60, proc=proc))
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}: {proc.stdout.read() if proc.poll() is not None else ''}")
 
 
 def _post(url: str, body: dict) -> dict:

@@ -22,12 +22,11 @@ import pytest
 
 pytest.importorskip("confluent_kafka")
 
-from conftest import free_port  # noqa: E402
-
 from finops_ml.data.kafka_io import replay  # noqa: E402
 from finops_ml.fileio import atomic_path  # noqa: E402
 from finops_ml.stream.alerts import AlertDispatcher, Outbox, RetryPolicy, email_sender, slack_sender  # noqa: E402
 from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings, read_alert_ids  # noqa: E402
+from testsupport.net import free_port  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # A toy detector with the real-time contract

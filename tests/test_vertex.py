@@ -1,6 +1,6 @@
 """The Vertex AI production path through the REAL clients (google-cloud-aiplatform REST transport,
 google-cloud-scheduler REST transport, google-cloud-storage via STORAGE_EMULATOR_HOST) against the recording fake
-in tests/fake_gcp.py. The tests assert the request bodies the clients send.
+in testsupport/fake_gcp.py. The tests assert the request bodies the clients send.
 
 Not exercised offline: the SDK's pipeline-root bucket check (it asks the Resource Manager API for the project
 number and retries for a minute offline), so it is skipped here; and whether the real Vertex AI accepts our metrics
@@ -12,11 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from fake_gcp import FakeGCP
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from typer.testing import CliRunner
@@ -27,6 +27,7 @@ from finops_ml.errors import FinopsError
 from finops_ml.platform.registry import LocalRegistry, canary_split, keep_newest
 from finops_ml.platform.vertex import VertexRegistry, deploy_vertex, validate
 from pipelines.training import PIPELINE_NAME
+from testsupport.fake_gcp import FakeGCP
 
 PROD = CONFIG_DIR / "prod.yaml"
 LOC = "/v1/projects/acme-finops-prod/locations/europe-west1"
@@ -454,7 +455,9 @@ def test_pipeline_dockerfile_installs_what_the_components_import_and_runs_unpriv
     copied = {args.split()[0].rstrip("/") for op, args in instructions if op == "COPY"}
     # every package the project installs, and the data the library reads beside them
     root = DOCKERFILE.parent.parent
-    packages = {p.name for p in root.iterdir() if (p / "__init__.py").exists() and p.name != "tests"}
+    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in find["include"]}
+    assert {"finops_ml", "components", "pipelines", "finops_cli"} <= packages
     assert packages <= copied and {"feature_defs", "configs", "pyproject.toml"} <= copied
     users = [args for op, args in instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
