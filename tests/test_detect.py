@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_cli import _one_error_sentence, finops_ml
 
 from finops_ml.models.anomaly import FEEDBACK_COLUMNS, labels_with_feedback, read_feedback
 from finops_ml.models.metrics import precision_recall_f1
 from finops_ml.models.series import SeriesAnomalyDetector, detect
+from testsupport.cli import finops_ml, one_error_sentence
 
 
 def _series(freq: str, n: int, period: int, seed: int, n_anomalies: int = 12) -> tuple[pd.DataFrame, np.ndarray]:
@@ -88,13 +88,13 @@ def test_detect_cli_on_daily_data_without_series_id(tmp_path):
 def test_detect_cli_names_what_is_wrong_with_a_malformed_csv(tmp_path, content, message):
     (tmp_path / "bad.csv").write_text(content)
     result = finops_ml("detect", "--input", str(tmp_path / "bad.csv"), "--output", str(tmp_path / "o.csv"))
-    assert message in _one_error_sentence(result)
+    assert message in one_error_sentence(result)
     assert not (tmp_path / "o.csv").exists()
 
 
 def test_detect_cli_missing_input(tmp_path):
     result = finops_ml("detect", "--input", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o.csv"))
-    assert "does not exist" in _one_error_sentence(result)
+    assert "does not exist" in one_error_sentence(result)
 
 
 # ---- feedback --------------------------------------------------------------------------------------------------------
@@ -128,9 +128,9 @@ def test_feedback_cli_appends_a_verdict_that_read_feedback_accepts(tmp_path):
     assert list(marks.columns) == FEEDBACK_COLUMNS and list(marks.verdict) == ["unexpected", "expected"]
     assert marks.day.iloc[0] == "2026-03-02" and marks.project_id.iloc[0] == "acme-corp-data-platform"
     bad = finops_ml("feedback", "anom-2", "--verdict", "expected", "--anomalies", str(anomalies), "--file", str(file))
-    assert "anom-2 is not in" in _one_error_sentence(bad)
+    assert "anom-2 is not in" in one_error_sentence(bad)
     bad = finops_ml("feedback", "anom-1", "--verdict", "maybe", "--anomalies", str(anomalies), "--file", str(file))
-    assert "--verdict must be one of" in _one_error_sentence(bad)
+    assert "--verdict must be one of" in one_error_sentence(bad)
 
 
 def test_malformed_feedback_file_is_a_clear_error(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -25,9 +24,10 @@ from finops_ml.data.events import parse_event  # noqa: E402
 from finops_ml.data.kafka_io import replay  # noqa: E402
 from finops_ml.data.sources import read_events  # noqa: E402
 from finops_ml.synthetic.generator import generate  # noqa: E402
+from testsupport import cli  # noqa: E402
 from testsupport.net import free_port  # noqa: E402
 
-SCRIPT = str(Path(sys.executable).parent / "finops-ml")
+SCRIPT = str(cli.SCRIPT)
 
 
 @pytest.fixture(scope="module")

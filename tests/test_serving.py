@@ -23,9 +23,9 @@ from finops_ml.platform.registry import LocalRegistry
 from finops_ml.serving import app, predictors, schemas
 from finops_ml.synthetic.generator import generate
 from finops_ml.training import steps
+from testsupport.cli import command
 from testsupport.net import free_port, wait_for_http
 
-SCRIPT = Path(sys.executable).parent / "finops-ml"
 # 11 months: the forecast's 3 holdout months, one backtest origin and its 56 days of history.
 SMALL = {"generator": {"months": 11, "plants": 1, "resources_per_project": 3}, "forecast": {"candidates": ["linear"], "backtest_origins": 1}, "anomaly": {"n_estimators": 50}}
 
@@ -333,11 +333,6 @@ def test_labeler_answers_equal_the_library_for_every_resource(client, trained):
 
 # ---- finops-ml serve ------------------------------------------------------------------------------------------------
 
-def _cli(*args: str) -> list[str]:
-    base = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "from finops_cli.main import main; main()"]
-    return [*base, *args]
-
-
 def _wait_healthy(proc: subprocess.Popen, url: str) -> dict:
     try:
         return json.loads(wait_for_http(url, timeout=60, proc=proc))
@@ -357,7 +352,7 @@ RESOURCE = {"resource_name": "mes-vm-01", "project_id": "p", "service": "Compute
 
 def test_finops_ml_serve_answers_on_a_loopback_port(trained):
     port = free_port()
-    proc = subprocess.Popen(_cli("serve", "--registry", str(trained["registry"]), "--port", str(port)),
+    proc = subprocess.Popen(command("serve", "--registry", str(trained["registry"]), "--port", str(port)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "300"})
     try:
@@ -401,7 +396,7 @@ def test_the_container_entry_point_follows_the_aip_variables(trained):
 ])
 def test_finops_ml_serve_errors_are_one_sentence(trained, args, message):
     args = args if "--registry" in args else ["--registry", str(trained["registry"]), *args]
-    r = subprocess.run(_cli("serve", *args), capture_output=True, text=True, timeout=60,
+    r = subprocess.run(command("serve", *args), capture_output=True, text=True, timeout=60,
                        env={**os.environ, "COLUMNS": "400"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]

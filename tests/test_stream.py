@@ -26,6 +26,7 @@ from finops_ml.data.kafka_io import replay  # noqa: E402
 from finops_ml.fileio import atomic_path  # noqa: E402
 from finops_ml.stream.alerts import AlertDispatcher, Outbox, RetryPolicy, email_sender, slack_sender  # noqa: E402
 from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings, read_alert_ids  # noqa: E402
+from testsupport import cli  # noqa: E402
 from testsupport.net import free_port  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -484,11 +485,10 @@ def test_k8s_manifests_wire_config_secret_state_and_metrics():
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import urllib.request  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-SCRIPT = str(Path(sys.executable).parent / "finops-ml")
+SCRIPT = str(cli.SCRIPT)
 
 
 @pytest.fixture(scope="module")

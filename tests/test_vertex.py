@@ -61,7 +61,7 @@ def _cli(*args: str):
     """The command in-process; `.text` is its output with rich's line wrapping undone."""
     import finops_cli.vertex as cli
 
-    cli.console.width = cli.err.width = 300  # tables unwrapped
+    cli.console.width = 300  # tables unwrapped (errors are never wrapped)
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     result.text = " ".join(result.output.split())
     return result
