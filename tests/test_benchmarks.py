@@ -13,6 +13,8 @@ from finops_ml.config import load_config
 from finops_ml.data.ingest import ingest
 from finops_ml.data.warehouse import export_feature_view
 
+pytestmark = pytest.mark.unit
+
 
 def _cells(days=120, spike_day=100, seed=0):
     """Two cell series with weekly seasonality and noise; one spike (x3) in the first."""

@@ -34,6 +34,8 @@ from finops_ml.data.warehouse import FEATURE_VIEWS, feature_sql_for, run_feature
 bigquery = pytest.importorskip("google.cloud.bigquery")
 from google.auth.credentials import AnonymousCredentials  # noqa: E402
 
+pytestmark = pytest.mark.gcp
+
 PROJECT = "finops-test"
 DETAILED = f"{PROJECT}.billing.gcp_billing_export_resource_v1_0123AB_4567CD_89EF01"
 STANDARD = f"{PROJECT}.billing.gcp_billing_export_v1_0123AB_4567CD_89EF01"

@@ -19,6 +19,8 @@ from finops_ml.training.gates import MODEL_GATES
 from pipelines.training import PIPELINE_NAME
 from testsupport.cli import finops_ml, one_error_sentence
 
+pytestmark = pytest.mark.cli
+
 # Small enough for seconds per step, long enough for the forecast (3 holdout months + 1 backtest origin).
 SMALL_CONFIG = {
     "seed": 42,
@@ -139,6 +141,8 @@ def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return finops_ml("run", "--config", str(config), "--out", str(out), timeout=300), out
 
 
+@pytest.mark.kfp
+@pytest.mark.slow
 def test_run_end_to_end_writes_summary_and_report(demo_run):
     result, out = demo_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -166,6 +170,8 @@ def test_run_end_to_end_writes_summary_and_report(demo_run):
     assert anomalies.anomaly_id.str.startswith("anom-").all() and (anomalies.impact > 0).all()
 
 
+@pytest.mark.kfp
+@pytest.mark.slow
 def test_run_registers_exactly_the_models_whose_gates_passed(demo_run):
     result, out = demo_run
     summary = json.loads((out / "summary.json").read_text())
@@ -180,6 +186,8 @@ def test_run_registers_exactly_the_models_whose_gates_passed(demo_run):
     assert ("nothing (no gate passed)" in result.stdout) == (not passed)
 
 
+@pytest.mark.kfp
+@pytest.mark.slow
 def test_run_reports_progress_and_timings(demo_run):
     result, out = demo_run
     timings = json.loads((out / "summary.json").read_text())["timings_s"]

@@ -47,7 +47,8 @@ CONFIG = Config(
 RUN_ID = "components-test-run"
 
 # The local runner notes that the components name a custom base image: here they run in this environment.
-pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+pytestmark = [pytest.mark.kfp, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")]
 
 
 # ---- one-step pipelines: import the inputs by URI, run the component, return its outputs ----------------------
@@ -388,6 +389,7 @@ def test_deploy_model_serves_the_new_champion_from_the_local_endpoint(chain):
     assert state["model"] == "cost-forecast" and state["traffic"] == {"1": 100}
 
 
+@pytest.mark.gcp
 def test_register_and_deploy_components_with_the_vertex_backend(chain, monkeypatch):
     """The same two components, with `registry.backend: vertex`, call the real aiplatform SDK from their own
     processes (here against the recording fake; on Vertex AI with the pipeline runner's identity)."""

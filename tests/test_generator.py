@@ -24,6 +24,8 @@ from finops_ml.synthetic.generator import (
 )
 from finops_ml.synthetic.org import PLANTS
 
+pytestmark = pytest.mark.unit
+
 OUTPUT_FILES = ["events.jsonl", "control_totals.csv", "generation.json", "truth/anomalies.csv",
                 "truth/anomaly_cells.csv", "truth/resources.csv"]
 

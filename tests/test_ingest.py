@@ -20,6 +20,8 @@ from finops_ml.data.ingest import ingest
 from finops_ml.errors import FinopsError
 from finops_ml.synthetic.generator import generate
 
+pytestmark = pytest.mark.unit
+
 OUTPUTS = ("events.parquet", "quarantine.jsonl", "ingest_summary.json")
 SUMMARY_KEYS = {"source", "read", "rows", "quarantined", "duplicates", "table_rows", "quarantine_reasons",
                 "cost_by_invoice_month", "total_net_cost", "reconciliation", "reconciliation_diff", "seconds",

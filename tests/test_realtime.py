@@ -15,6 +15,8 @@ from finops_ml.models.anomaly import CostAnomalyDetector
 from finops_ml.models.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
 from finops_ml.models.trees import ForestScorer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def fitted(small_generated, tmp_path_factory):

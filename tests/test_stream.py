@@ -223,6 +223,7 @@ def _wait(predicate, timeout_s: float = 20.0, what: str = "condition") -> None:
 # Delivery
 
 
+@pytest.mark.unit
 def test_slack_and_email_receive_the_alert_with_cause_impact_and_id(tmp_path, webhook, smtp_server):
     controller, handler = smtp_server
     senders = {"slack": slack_sender(webhook.url, 5.0),
@@ -240,6 +241,7 @@ def test_slack_and_email_receive_the_alert_with_cause_impact_and_id(tmp_path, we
     assert "cause: resource vm-1, sku N2 core, 90% of the rise" in mail.get_payload()
 
 
+@pytest.mark.unit
 def test_failed_deliveries_are_retried_then_kept_pending_and_sent_on_the_next_start(tmp_path, webhook):
     webhook.fail = True
     attempts = []
@@ -261,6 +263,7 @@ def test_failed_deliveries_are_retried_then_kept_pending_and_sent_on_the_next_st
     assert third.pending("slack") == [] and "a1" in third
 
 
+@pytest.mark.unit
 def test_a_slow_channel_does_not_hold_up_the_other(tmp_path, webhook, smtp_server):
     controller, handler = smtp_server
     webhook.release.clear()  # Slack hangs until released
@@ -324,6 +327,7 @@ def _messages(bootstrap: str, topic: str) -> list:
     return out
 
 
+@pytest.mark.kafka
 def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bootstrap, sorted_events, tmp_path,
                                                                         webhook, smtp_server):
     controller, handler = smtp_server
@@ -375,6 +379,7 @@ def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bo
     assert f"finops_stream_detection_latency_seconds_count {float(len(expected))}" in text
 
 
+@pytest.mark.kafka
 def test_restart_resumes_from_the_snapshot_and_repeats_no_alert(kafka_bootstrap, sorted_events, tmp_path, webhook):
     """A first run stops half-way (state snapshot + offsets); a run that lost its snapshot's last part re-detects
     alerts already published, and publishes none of them again."""
@@ -417,6 +422,7 @@ def test_restart_resumes_from_the_snapshot_and_repeats_no_alert(kafka_bootstrap,
     assert sorted(webhook.ids()) == sorted(expected)
 
 
+@pytest.mark.kafka
 def test_a_hanging_webhook_does_not_stall_the_stream(kafka_bootstrap, sorted_events, tmp_path, webhook):
     """Slack hangs on every request: the stream still consumes everything and publishes every alert to the
     alerts topic; the Slack deliveries stay pending in the outbox for the next start."""
@@ -437,6 +443,7 @@ def test_a_hanging_webhook_does_not_stall_the_stream(kafka_bootstrap, sorted_eve
     webhook.release.set()
 
 
+@pytest.mark.unit
 def test_k8s_manifests_wire_config_secret_state_and_metrics():
     import yaml
 
@@ -544,6 +551,8 @@ def _reference(bootstrap: str, topic: str, detector) -> tuple[set[str], int]:
     return keys, valid
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_batch_and_stream_find_the_same_anomalies(kafka_bootstrap, sorted_events, trained, tmp_path):
     """Event-first: the time-sorted events streamed through Kafka give the batch detector's anomalous cells."""
     import pandas as pd
@@ -606,6 +615,9 @@ def _half(path: Path, lines: list[bytes]) -> Path:
     return path
 
 
+@pytest.mark.kafka
+@pytest.mark.cli
+@pytest.mark.slow
 def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, sorted_events, trained, tmp_path,
                                                              webhook, smtp_server):
     controller, handler = smtp_server
@@ -673,6 +685,7 @@ def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, so
 
 
 
+@pytest.mark.cli
 def test_stream_cli_bad_input_is_one_sentence(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     result = subprocess.run([SCRIPT, "stream", "--registry", str(tmp_path / "none"), "--bootstrap", "127.0.0.1:1"],

@@ -29,6 +29,8 @@ from finops_ml.platform.vertex import VertexRegistry, deploy_vertex, validate
 from pipelines.training import PIPELINE_NAME
 from testsupport.fake_gcp import FakeGCP
 
+pytestmark = pytest.mark.gcp
+
 PROD = CONFIG_DIR / "prod.yaml"
 LOC = "/v1/projects/acme-finops-prod/locations/europe-west1"
 WINDOW = {"start": "2025-08-01", "end": "2026-06-30"}
