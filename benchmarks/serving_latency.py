@@ -81,7 +81,8 @@ def pools(run_dir: Path, size: int, seed: int) -> dict[str, dict]:
             continue
         bodies.append({"instances": [{
             "service": service, "project_id": project, "end_date": str(end_day.date()),
-            "resources": [{"resource_name": n, "daily_costs": [None if np.isnan(v) else round(float(v), 6) for v in row]}
+            "resources": [{"resource_name": n,
+                           "daily_costs": [None if np.isnan(v) else round(float(v), 6) for v in row]}
                           for n, row in zip(wide.index, wide.to_numpy())]}]})
     out["anomaly"] = bodies
 

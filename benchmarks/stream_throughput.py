@@ -1,4 +1,5 @@
-"""End-to-end throughput and detection latency of the stream (`finops_ml.stream.consumer`) on a real Kafka-protocol broker.
+"""End-to-end throughput and detection latency of the stream (`finops_ml.stream.consumer`) on a real Kafka-protocol
+broker.
 
     .venv/bin/python -m benchmarks.stream_throughput [--rows N] [--rate EVENTS_PER_S] [--bootstrap HOST:PORT]
 
@@ -137,12 +138,14 @@ def batch_stream_agreement(bootstrap: str, alerts_topic: str, detector, work: Pa
     cell = lambda a: (a["day"], a["service"], a["project_id"])  # noqa: E731
     stream = {cell(a) for a in alerts if a.get("status") != "retracted"} - {
         cell(a) for a in alerts if a.get("status") == "retracted"}
-    cells = detector.score(pd.read_parquet(work / "resource_daily.parquet"), pd.read_parquet(work / "resources.parquet"))
+    cells = detector.score(pd.read_parquet(work / "resource_daily.parquet"),
+                           pd.read_parquet(work / "resources.parquet"))
     batch = {(str(d.date()), s, p) for d, s, p in
              cells.loc[cells.is_anomaly, ["day", "service", "project_id"]].itertuples(index=False)}
     statuses = {s: sum(a.get("status") == s for a in alerts) for s in ("open", "confirmed", "retracted")}
     return (f"batch/stream agreement: batch {len(batch)} anomalous cells, stream {len(stream)} "
-            f"({statuses['open']} raised open, {statuses['confirmed']} at day close, {statuses['retracted']} retracted); "
+            f"({statuses['open']} raised open, {statuses['confirmed']} at day close, "
+            f"{statuses['retracted']} retracted); "
             f"only batch {len(batch - stream)}, only stream {len(stream - batch)}")
 
 

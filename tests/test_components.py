@@ -167,8 +167,8 @@ def chain(tmp_path_factory) -> SimpleNamespace:
     features = features_from(events_uri=events.uri)
     daily_uri = features.outputs["daily_cost"].uri
     anomaly = anomaly_from(resource_daily_cost_uri=features.outputs["resource_daily_cost"].uri,
-                           resources_uri=features.outputs["resources"].uri, anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
-                           config_json=cfg_json)
+                           resources_uri=features.outputs["resources"].uri,
+                           anomaly_labels=str(data / "truth" / "anomaly_cells.csv"), config_json=cfg_json)
     trained = {
         "cost-forecast": forecast_from(daily_cost_uri=daily_uri,
                                        anomaly_evaluation_uri=anomaly.outputs["evaluation"].uri, config_json=cfg_json),

@@ -27,7 +27,8 @@ from testsupport.cli import command
 from testsupport.net import free_port, wait_for_http
 
 # 11 months: the forecast's 3 holdout months, one backtest origin and its 56 days of history.
-SMALL = {"generator": {"months": 11, "plants": 1, "resources_per_project": 3}, "forecast": {"candidates": ["linear"], "backtest_origins": 1}, "anomaly": {"n_estimators": 50}}
+SMALL = {"generator": {"months": 11, "plants": 1, "resources_per_project": 3},
+         "forecast": {"candidates": ["linear"], "backtest_origins": 1}, "anomaly": {"n_estimators": 50}}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def trained(tmp_path_factory) -> dict:
     steps.train_labeler_step(paths["resources"], str(truth / "resources.csv"), cfg, str(root / "m_labeler"),
                              str(root / "e_labeler"))
     registry = LocalRegistry(root / "registry")
-    for kind, name in ((k, s.name) for k, s in MODELS.items()):  # registered whatever the gates say: the server is what is tested
+    # registered whatever the gates say: the server is what is tested
+    for kind, name in ((k, s.name) for k, s in MODELS.items()):
         evaluation = json.loads((root / f"e_{kind}" / "evaluation.json").read_text())
         registry.register(name, root / f"m_{kind}", evaluation["metrics"], cfg.digest(), evaluation["data_window"])
     return {"registry": root / "registry", "dirs": predictors.resolve_registry(root / "registry", list(MODELS)),

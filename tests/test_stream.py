@@ -465,7 +465,8 @@ def test_k8s_manifests_wire_config_secret_state_and_metrics():
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert container["command"] == ["finops-ml"] and container["args"][:1] == ["stream"]  # the image has no entrypoint
     config_path = container["args"][container["args"].index("--config") + 1]
-    assert config_path == f"{mounts['config']}/stream.yaml" and volumes["config"]["configMap"]["name"] == "finops-ml-stream"
+    assert config_path == f"{mounts['config']}/stream.yaml"
+    assert volumes["config"]["configMap"]["name"] == "finops-ml-stream"
     assert cfg.state_dir.startswith(mounts["state"]) and cfg.registry.startswith(mounts["state"])
     pvc = docs[("PersistentVolumeClaim", volumes["state"]["persistentVolumeClaim"]["claimName"])]
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]  # partitions move between replicas with their snapshots
@@ -626,7 +627,8 @@ def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, so
     n1, n2 = len(lines) // 3, 2 * len(lines) // 3
     bad = [b"{not json", b'{"service": {"description": "BigQuery"}, "cost": 1}']
     config = tmp_path / "stream.yaml"
-    config.write_text(f"stream:\n  checkpoint_interval_s: 3600\n  session_timeout_ms: 2000\n  slack_webhook_env: TEST_SLACK_URL\n"
+    config.write_text(f"stream:\n  checkpoint_interval_s: 3600\n  session_timeout_ms: 2000\n"
+                      "  slack_webhook_env: TEST_SLACK_URL\n"
                       f"  smtp_host: 127.0.0.1\n  smtp_port: {controller.port}\n  email_to: [oncall@acme.test]\n"
                       f"  drain_timeout_s: 5\n")
     state_dir = tmp_path / "state"

@@ -119,7 +119,8 @@ BAD_CONFIGS = [
     (lambda raw: raw["pipeline"].update(pipeline_root="/data/pipeline_root"), "pipeline.pipeline_root", "gs://"),
     (lambda raw: raw["gcp"].update(service_account=""), "gcp.service_account", "is missing"),
     (lambda raw: raw["gcp"].update(network="finops-vpc"), "gcp.network", "is not a network name"),
-    (lambda raw: raw["pipeline"].update(source="out/data/events.jsonl"), "pipeline.source", "cannot be read on Vertex AI"),
+    (lambda raw: raw["pipeline"].update(source="out/data/events.jsonl"), "pipeline.source",
+     "cannot be read on Vertex AI"),
     (lambda raw: raw["pipeline"].update(image="europe-docker.pkg.dev/PROJECT/finops-ml/pipeline:0.1.0"),
      "pipeline.image", "not a container image"),
     (lambda raw: raw["registry"].update(backend="local"), "registry.backend", "is 'local'"),
@@ -300,7 +301,8 @@ def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
 
     better = _register(registry, model_dir, 0.95, "run-3")
     assert better["version"] == 3 and better["aliases"] == ["champion"]
-    assert sorted(gcp.sent("POST", r"/models:upload$")[-1]["body"]["model"]["versionAliases"]) == ["champion", "default"]
+    uploaded = gcp.sent("POST", r"/models:upload$")[-1]["body"]["model"]
+    assert sorted(uploaded["versionAliases"]) == ["champion", "default"]
     assert registry.versions("cost-anomaly") == [1, 2, 3]
     assert registry.aliases("cost-anomaly") == {"champion": 3, "default": 3, "challenger": 2}
     assert len(gcp.models) == 1  # one parent model, three versions
@@ -343,7 +345,8 @@ def test_deploy_canary_split_and_undeploy_beyond_the_newest_n(gcp, model_dir):
     (undeploy,) = gcp.sent("POST", r":undeployModel$")
     id4 = fourth["deployed_model_id"]
     assert undeploy["body"] == {"deployedModelId": id1, "trafficSplit": {id2: 90, id4: 10}}
-    assert fourth["traffic"] == {"v2": 90, "v4": 10} and fourth["undeployed"] == [{"deployed_model_id": id1, "version": 1}]
+    assert fourth["traffic"] == {"v2": 90, "v4": 10}
+    assert fourth["undeployed"] == [{"deployed_model_id": id1, "version": 1}]
     (endpoint,) = gcp.endpoints.values()
     assert {d["modelVersionId"] for d in endpoint["deployedModels"]} == {"2", "4"}
     assert not gcp.unknown()
