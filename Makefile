@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 SEED ?= 42
 
-.PHONY: run test compile bench clean
+.PHONY: run test lint compile bench clean
 
 $(BIN)/finops-ml: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: $(BIN)/finops-ml
 
 test: $(BIN)/finops-ml
 	$(BIN)/pytest -q
+
+lint: $(BIN)/finops-ml
+	$(BIN)/ruff check .
 
 compile: $(BIN)/finops-ml
 	$(BIN)/finops-ml compile --output $(OUT)/training_pipeline.yaml

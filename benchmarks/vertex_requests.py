@@ -1,8 +1,8 @@
 """How many API requests each production operation sends, and how long the client side takes, with the real
-google-cloud-aiplatform / -scheduler / -storage clients against the recording fake of tests/fake_gcp.py on
+google-cloud-aiplatform / -scheduler / -storage clients against the recording fake of testsupport/fake_gcp.py on
 127.0.0.1 (so the times are the clients' own work plus loopback HTTP, not Vertex AI's latency).
 
-    .venv/bin/python benchmarks/vertex_requests.py
+    .venv/bin/python -m benchmarks.vertex_requests
 
 Prints one row per operation: requests by method (GET / POST / DELETE) and wall seconds. Useful against the
 Vertex AI API's per-minute read/write quotas: the SDK re-reads resources (e.g. the endpoint) often.
@@ -11,22 +11,17 @@ Vertex AI API's per-minute read/write quotas: the SDK re-reads resources (e.g. t
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from fake_gcp import FakeGCP  # noqa: E402
-
-from finops_ml.config import CONFIG_DIR, load_config  # noqa: E402
-from finops_ml.platform.deploy import deploy_vertex  # noqa: E402
-from finops_ml.platform.schedules import create_schedule, submit  # noqa: E402
-from finops_ml.platform.vertex_registry import VertexRegistry  # noqa: E402
-from pipelines.local import compile_pipeline  # noqa: E402
+from finops_ml.config import CONFIG_DIR, load_config
+from finops_ml.platform.deploy import deploy_vertex
+from finops_ml.platform.schedules import create_schedule, submit
+from finops_ml.platform.vertex_registry import VertexRegistry
+from pipelines.local import compile_pipeline
+from testsupport.fake_gcp import FakeGCP
 
 
 def main() -> None:

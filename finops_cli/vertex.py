@@ -20,18 +20,12 @@ from finops_ml.config import Config, load_config
 from finops_ml.errors import FinopsError
 
 console = Console()
-err = Console(stderr=True)
 schedule_app = typer.Typer(no_args_is_help=True, help="Retraining schedules: Vertex AI schedules or Cloud Scheduler.")
 
 CONFIG_HELP = "Per-environment YAML config (configs/dev.yaml, configs/prod.yaml)."
 ENDPOINT_HELP = ("API endpoint for the Google clients instead of the default one: a regional or private (PSC) host, "
                  "or http://127.0.0.1:PORT for a loopback recorder. Overrides gcp.api_endpoint and "
                  "gcp.scheduler_api_endpoint.")
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
 
 
 def _load(config: Path, command: str, api_endpoint: Optional[str] = None, **schedule: Optional[str]) -> Config:
@@ -54,7 +48,8 @@ def _template(cfg: Config, template: Optional[Path]) -> Iterator[Path]:
     """The compiled pipeline: the given YAML, or compiled now with the config's pipeline image."""
     if template is not None:
         if not template.exists():
-            raise FinopsError(f"Pipeline template {template} does not exist; run `finops-ml compile` or drop --template.")
+            raise FinopsError(f"Pipeline template {template} does not exist; run `finops-ml compile` "
+                              "or drop --template.")
         yield template
         return
     from pipelines.local import compile_pipeline
@@ -86,12 +81,9 @@ def submit(
     """Submit the training pipeline to Vertex AI Pipelines (PipelineJob), without waiting for it."""
     from finops_ml.platform import schedules
 
-    try:
-        cfg = _load(config, "submit", api_endpoint)
-        with _template(cfg, template) as path, _google_errors("Submitting the pipeline job"):
-            job = schedules.submit(cfg, path, job_id)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = _load(config, "submit", api_endpoint)
+    with _template(cfg, template) as path, _google_errors("Submitting the pipeline job"):
+        job = schedules.submit(cfg, path, job_id)
     console.print(f"submitted {job['name']} ({job['state']})")
 
 
@@ -105,12 +97,9 @@ def schedule_create(
     """Create the retraining schedule (cron and time zone from the config)."""
     from finops_ml.platform import schedules
 
-    try:
-        cfg = _load(config, "schedule", api_endpoint, backend=_backend(backend))
-        with _template(cfg, template) as path, _google_errors("Creating the schedule"):
-            created = schedules.create_schedule(cfg, path)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = _load(config, "schedule", api_endpoint, backend=_backend(backend))
+    with _template(cfg, template) as path, _google_errors("Creating the schedule"):
+        created = schedules.create_schedule(cfg, path)
     console.print(f"created {created['backend']} schedule {created['name']}: {created['cron']}")
 
 
@@ -123,12 +112,9 @@ def schedule_list(
     """List the schedules of the project and region."""
     from finops_ml.platform import schedules
 
-    try:
-        cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
-        with _google_errors("Listing the schedules"):
-            rows = schedules.list_schedules(cfg)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
+    with _google_errors("Listing the schedules"):
+        rows = schedules.list_schedules(cfg)
     table = Table(title=f"{cfg.schedule.backend} schedules in {cfg.gcp.project}/{cfg.gcp.region}")
     for col in ("display name", "cron", "state", "name"):
         table.add_column(col)
@@ -147,12 +133,9 @@ def schedule_delete(
     """Delete the schedule with this display name."""
     from finops_ml.platform import schedules
 
-    try:
-        cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
-        with _google_errors("Deleting the schedule"):
-            deleted = schedules.delete_schedule(cfg, name or cfg.schedule.display_name)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
+    with _google_errors("Deleting the schedule"):
+        deleted = schedules.delete_schedule(cfg, name or cfg.schedule.display_name)
     for resource in deleted:
         console.print(f"deleted {resource}")
 
@@ -173,17 +156,14 @@ def promote(
     """Move the champion alias to VERSION (no re-evaluation: a person's decision, e.g. a rollback)."""
     from finops_ml.platform.registry import registry_for
 
-    try:
-        cfg = load_config(config)
-        if cfg.registry.backend == "vertex":
-            cfg = _load(config, "gcp", api_endpoint)
-        elif not (registry / model).is_dir():
-            raise FinopsError(f"Model {model} is not in the local registry {registry}; pass --registry DIR "
-                              "(a run's OUT/registry).")
-        with _google_errors("Moving the champion alias"):
-            registry_for(cfg, registry).promote(model, version)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = load_config(config)
+    if cfg.registry.backend == "vertex":
+        cfg = _load(config, "gcp", api_endpoint)
+    elif not (registry / model).is_dir():
+        raise FinopsError(f"Model {model} is not in the local registry {registry}; pass --registry DIR "
+                          "(a run's OUT/registry).")
+    with _google_errors("Moving the champion alias"):
+        registry_for(cfg, registry).promote(model, version)
     console.print(f"{model}: champion is now v{version} ({cfg.registry.backend} registry)")
 
 

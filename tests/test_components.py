@@ -47,7 +47,8 @@ CONFIG = Config(
 RUN_ID = "components-test-run"
 
 # The local runner notes that the components name a custom base image: here they run in this environment.
-pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+pytestmark = [pytest.mark.kfp, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")]
 
 
 # ---- one-step pipelines: import the inputs by URI, run the component, return its outputs ----------------------
@@ -166,7 +167,8 @@ def chain(tmp_path_factory) -> SimpleNamespace:
     features = features_from(events_uri=events.uri)
     daily_uri = features.outputs["daily_cost"].uri
     anomaly = anomaly_from(resource_daily_cost_uri=features.outputs["resource_daily_cost"].uri,
-                           resources_uri=features.outputs["resources"].uri, anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
+                           resources_uri=features.outputs["resources"].uri,
+                           anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
                            config_json=step_config["anomaly_config"])
     trained = {
         "cost-forecast": forecast_from(daily_cost_uri=daily_uri,
@@ -391,10 +393,11 @@ def test_deploy_model_serves_the_new_champion_from_the_local_endpoint(chain):
     assert state["model"] == "cost-forecast" and state["traffic"] == {"1": 100}
 
 
+@pytest.mark.gcp
 def test_register_and_deploy_components_with_the_vertex_backend(chain, monkeypatch):
     """The same two components, with `registry.backend: vertex`, call the real aiplatform SDK from their own
     processes (here against the recording fake; on Vertex AI with the pipeline runner's identity)."""
-    from fake_gcp import FakeGCP
+    from testsupport.fake_gcp import FakeGCP
 
     fake = FakeGCP()
     try:

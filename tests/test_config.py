@@ -10,6 +10,8 @@ import pytest
 from finops_ml.config import CONFIG_DIR, STEP_SECTIONS, Config, GeneratorConfig, load_config
 from finops_ml.errors import FinopsError
 
+pytestmark = pytest.mark.unit
+
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 
 

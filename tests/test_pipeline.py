@@ -18,7 +18,9 @@ from finops_ml.synthetic.generator import generate
 from pipelines.local import compile_pipeline, run_local
 from pipelines.training import PIPELINE_NAME
 
-pytestmark = [  # the local runner's notes: our image is the pipeline image, display names are for Vertex AI
+pytestmark = [
+    pytest.mark.kfp,
+    # the local runner's notes: our image is the pipeline image, display names are for Vertex AI
     pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning"),
     pytest.mark.filterwarnings("ignore:Task .* have no effect in the current local runner:UserWarning"),
 ]
@@ -92,6 +94,7 @@ def _output_parameter(run, task: str):
 
 # ---- the local run ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_local_run_has_no_failed_step_and_reports_each_step(pipeline_run):
     assert pipeline_run.failed == []
     log = pipeline_run.log_path.read_text()
@@ -103,6 +106,7 @@ def test_local_run_has_no_failed_step_and_reports_each_step(pipeline_run):
     assert all(seconds > 0 for seconds in ended.values())
 
 
+@pytest.mark.slow
 def test_step_timings_cover_every_task_that_ran(pipeline_run, compiled):
     plain, guarded = _structure(compiled)
     assert plain == {"ingest-events", "build-features", "train-forecast", "train-anomaly-detector", "train-labeler",
@@ -115,6 +119,7 @@ def test_step_timings_cover_every_task_that_ran(pipeline_run, compiled):
     assert {p.name for p in pipeline_run.run_dir.iterdir()} == expected
 
 
+@pytest.mark.slow
 def test_register_runs_only_for_models_whose_gate_passed(pipeline_run, compiled):
     _, guarded = _structure(compiled)
     labeler = _evaluation(pipeline_run, "train-labeler")
@@ -144,6 +149,7 @@ def test_register_runs_only_for_models_whose_gate_passed(pipeline_run, compiled)
             assert not (pipeline_run.registry_dir / model).exists()
 
 
+@pytest.mark.slow
 def test_gate_outputs_match_the_evaluations(pipeline_run, compiled):
     root_tasks = compiled["root"]["dag"]["tasks"]
     for gate in ("check-gate", "check-gate-2", "check-gate-3"):
@@ -151,6 +157,7 @@ def test_gate_outputs_match_the_evaluations(pipeline_run, compiled):
         assert _output_parameter(pipeline_run, gate) is _evaluation(pipeline_run, trainer)["passed"]
 
 
+@pytest.mark.slow
 def test_local_run_writes_the_report_and_summary(pipeline_run):
     html = (pipeline_run.run_dir / "build-report" / "report").read_text()
     summary = json.loads((pipeline_run.run_dir / "build-report" / "summary").read_text())

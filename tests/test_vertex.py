@@ -1,6 +1,6 @@
 """The Vertex AI production path through the REAL clients (google-cloud-aiplatform REST transport,
 google-cloud-scheduler REST transport, google-cloud-storage via STORAGE_EMULATOR_HOST) against the recording fake
-in tests/fake_gcp.py. The tests assert the request bodies the clients send.
+in testsupport/fake_gcp.py. The tests assert the request bodies the clients send.
 
 Not exercised offline: the SDK's pipeline-root bucket check (it asks the Resource Manager API for the project
 number and retries for a minute offline), so it is skipped here; and whether the real Vertex AI accepts our metrics
@@ -12,11 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from fake_gcp import FakeGCP
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from typer.testing import CliRunner
@@ -29,6 +29,9 @@ from finops_ml.platform.gcp import validate
 from finops_ml.platform.registry import LocalRegistry, ModelRegistry, canary_split, keep_newest, registry_for
 from finops_ml.platform.vertex_registry import VertexRegistry
 from pipelines.training import PIPELINE_NAME
+from testsupport.fake_gcp import FakeGCP
+
+pytestmark = pytest.mark.gcp
 
 PROD = CONFIG_DIR / "prod.yaml"
 LOC = "/v1/projects/acme-finops-prod/locations/europe-west1"
@@ -62,7 +65,7 @@ def _cli(*args: str):
     """The command in-process; `.text` is its output with rich's line wrapping undone."""
     import finops_cli.vertex as cli
 
-    cli.console.width = cli.err.width = 300  # tables unwrapped
+    cli.console.width = 300  # tables unwrapped (errors are never wrapped)
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     result.text = " ".join(result.output.split())
     return result
@@ -122,7 +125,8 @@ BAD_CONFIGS = [
     (lambda raw: raw["pipeline"].update(pipeline_root="/data/pipeline_root"), "pipeline.pipeline_root", "gs://"),
     (lambda raw: raw["gcp"].update(service_account=""), "gcp.service_account", "is missing"),
     (lambda raw: raw["gcp"].update(network="finops-vpc"), "gcp.network", "is not a network name"),
-    (lambda raw: raw["pipeline"].update(source="out/data/events.jsonl"), "pipeline.source", "cannot be read on Vertex AI"),
+    (lambda raw: raw["pipeline"].update(source="out/data/events.jsonl"), "pipeline.source",
+     "cannot be read on Vertex AI"),
     (lambda raw: raw["pipeline"].update(image="europe-docker.pkg.dev/PROJECT/finops-ml/pipeline:0.1.0"),
      "pipeline.image", "not a container image"),
     (lambda raw: raw["registry"].update(backend="local"), "registry.backend", "is 'local'"),
@@ -318,7 +322,8 @@ def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
 
     better = _register(registry, model_dir, 0.95, "run-3")
     assert better["version"] == 3 and better["aliases"] == ["champion"]
-    assert sorted(gcp.sent("POST", r"/models:upload$")[-1]["body"]["model"]["versionAliases"]) == ["champion", "default"]
+    uploaded = gcp.sent("POST", r"/models:upload$")[-1]["body"]["model"]
+    assert sorted(uploaded["versionAliases"]) == ["champion", "default"]
     assert registry.versions("cost-anomaly") == [1, 2, 3]
     assert registry.aliases("cost-anomaly") == {"champion": 3, "default": 3, "challenger": 2}
     # What was stored with a version, read back through the registry interface (labels and evaluation).
@@ -368,7 +373,8 @@ def test_deploy_canary_split_and_undeploy_beyond_the_newest_n(gcp, model_dir):
     (undeploy,) = gcp.sent("POST", r":undeployModel$")
     id4 = fourth["deployed_model_id"]
     assert undeploy["body"] == {"deployedModelId": id1, "trafficSplit": {id2: 90, id4: 10}}
-    assert fourth["traffic"] == {"v2": 90, "v4": 10} and fourth["undeployed"] == [{"deployed_model_id": id1, "version": 1}]
+    assert fourth["traffic"] == {"v2": 90, "v4": 10}
+    assert fourth["undeployed"] == [{"deployed_model_id": id1, "version": 1}]
     (endpoint,) = gcp.endpoints.values()
     assert {d["modelVersionId"] for d in endpoint["deployedModels"]} == {"2", "4"}
     assert not gcp.unknown()
@@ -490,7 +496,9 @@ def test_pipeline_dockerfile_installs_what_the_components_import_and_runs_unpriv
     copied = {args.split()[0].rstrip("/") for op, args in instructions if op == "COPY"}
     # every package the project installs, and the data the library reads beside them
     root = DOCKERFILE.parent.parent
-    packages = {p.name for p in root.iterdir() if (p / "__init__.py").exists() and p.name != "tests"}
+    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in find["include"]}
+    assert {"finops_ml", "components", "pipelines", "finops_cli"} <= packages
     assert packages <= copied and {"feature_defs", "configs", "pyproject.toml"} <= copied
     users = [args for op, args in instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
