@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import time
@@ -11,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from finops_ml.config import Config, load_config
@@ -249,11 +251,47 @@ from finops_cli import stream as _stream  # noqa: E402
 _stream.register(app)
 
 
+# The modules of each runtime's extra (pyproject.toml [project.optional-dependencies]): a command that imports one
+# that is not installed says which extra to install.
+EXTRAS = {
+    "kfp": "pipeline", "pyarrow": "pipeline", "duckdb": "pipeline", "sqlglot": "pipeline", "matplotlib": "pipeline",
+    "google.cloud.bigquery": "pipeline", "db_dtypes": "pipeline",
+    "fastapi": "serving", "uvicorn": "serving",
+    "confluent_kafka": "stream", "orjson": "stream", "prometheus_client": "stream",
+    "google.cloud.aiplatform": "vertex", "google.cloud.storage": "vertex", "google.cloud.scheduler_v1": "vertex",
+    "google.api_core": "vertex",
+}
+_OWN = ("finops_ml", "finops_cli", "components", "pipelines")
+
+
+def missing_module_message(exc: ImportError) -> str | None:
+    """The sentence for a module a command needs and this installation lacks; None for an error of the project's own."""
+    name = exc.name or ""
+    # `from google.cloud import bigquery` without the package: ImportError "cannot import name 'bigquery' from ..."
+    found = re.match(r"cannot import name '(\w+)' from '([\w.]+)'", str(exc))
+    if found and not isinstance(exc, ModuleNotFoundError):
+        name = f"{found.group(2)}.{found.group(1)}"
+    if not name or name.startswith(_OWN):
+        return None
+    extra = next((e for m, e in EXTRAS.items() if name == m or name.startswith(m + ".")), None)
+    if extra is None:
+        return (f"this command needs the Python module {name}, which is not installed; install the extras of the "
+                "runtimes you use (pipeline, serving, stream, vertex), or all of them: pip install 'finops-ml[dev]'.")
+    return (f"this command needs the {extra} extra (the Python module {name} is not installed): "
+            f"pip install 'finops-ml[{extra}]'.")
+
+
 def main() -> None:
     try:
         app()
     except FinopsError as exc:
         err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+    except ImportError as exc:
+        message = missing_module_message(exc)
+        if message is None:
+            raise
+        err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
         sys.exit(1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from finops_ml.errors import FinopsError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ ships as the package finops_ml.configs (pyproject.toml), a directory in an editable install and in a wheel.
+CONFIG_DIR = Path(str(files("finops_ml.configs")))
 
 
 class _Strict(BaseModel):
@@ -215,11 +217,11 @@ class Config(_Strict):
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """Load and validate a YAML config; with no path, `configs/local.yaml` (or the built-in defaults)."""
+    """Load and validate a YAML config; with no path, the packaged `configs/local.yaml`."""
     if path is None:
         path = CONFIG_DIR / "local.yaml"
-        if not path.exists():
-            return Config()
+        if not path.is_file():
+            raise FinopsError(f"The default config {path} is not installed; reinstall finops-ml or pass --config.")
     path = Path(path)
     if not path.exists():
         raise FinopsError(f"Config file {path} does not exist; pass an existing file with --config.")
