@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 SEED ?= 42
 
-.PHONY: run test lint compile bench clean
+.PHONY: run test lint compile bench constraints clean
 
 $(BIN)/finops-ml: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ compile: $(BIN)/finops-ml
 
 bench: $(BIN)/finops-ml
 	$(BIN)/python benchmarks/pipeline_timings.py
+
+# Pin the Docker images to the versions of this environment (run it after the tests pass here, on Linux).
+constraints: $(BIN)/finops-ml
+	$(BIN)/python deploy/constraints.py constraints.txt
 
 clean:
 	rm -rf $(OUT) .pytest_cache

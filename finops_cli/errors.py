@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 import traceback
@@ -61,6 +62,38 @@ class ErrorHandlingGroup(typer.core.TyperGroup):
             raise
         except FinopsError as exc:
             print_error(str(exc))
+        except ImportError as exc:  # a module of an extra this installation lacks, or a bug of ours
+            print_error(missing_module_message(exc) or unexpected_error_message(exc))
         except Exception as exc:
             print_error(unexpected_error_message(exc))
         raise typer.Exit(1)
+
+
+# The modules of each runtime's extra (pyproject.toml [project.optional-dependencies]): a command that imports one
+# that is not installed says which extra to install.
+EXTRAS = {
+    "kfp": "pipeline", "pyarrow": "pipeline", "duckdb": "pipeline", "sqlglot": "pipeline", "matplotlib": "pipeline",
+    "google.cloud.bigquery": "pipeline", "db_dtypes": "pipeline",
+    "fastapi": "serving", "uvicorn": "serving",
+    "confluent_kafka": "stream", "orjson": "stream", "prometheus_client": "stream",
+    "google.cloud.aiplatform": "vertex", "google.cloud.storage": "vertex", "google.cloud.scheduler_v1": "vertex",
+    "google.api_core": "vertex",
+}
+_OWN = ("finops_ml", "finops_cli", "components", "pipelines")
+
+
+def missing_module_message(exc: ImportError) -> str | None:
+    """The sentence for a module a command needs and this installation lacks; None for an error of the project's own."""
+    name = exc.name or ""
+    # `from google.cloud import bigquery` without the package: ImportError "cannot import name 'bigquery' from ..."
+    found = re.match(r"cannot import name '(\w+)' from '([\w.]+)'", str(exc))
+    if found and not isinstance(exc, ModuleNotFoundError):
+        name = f"{found.group(2)}.{found.group(1)}"
+    if not name or name.startswith(_OWN):
+        return None
+    extra = next((e for m, e in EXTRAS.items() if name == m or name.startswith(m + ".")), None)
+    if extra is None:
+        return (f"this command needs the Python module {name}, which is not installed; install the extras of the "
+                "runtimes you use (pipeline, serving, stream, vertex), or all of them: pip install 'finops-ml[dev]'.")
+    return (f"this command needs the {extra} extra (the Python module {name} is not installed): "
+            f"pip install 'finops-ml[{extra}]'.")

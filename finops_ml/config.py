@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import zoneinfo
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,7 +15,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from finops_ml.errors import FinopsError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ ships as the package finops_ml.configs (pyproject.toml), a directory in an editable install and in a wheel.
+CONFIG_DIR = Path(str(files("finops_ml.configs")))
 
 
 class _Strict(BaseModel):
@@ -353,11 +355,11 @@ def _config_error(exc: ValidationError, where: str) -> FinopsError:
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """Load and validate a YAML config; with no path, `configs/local.yaml` (or the built-in defaults)."""
+    """Load and validate a YAML config; with no path, the packaged `configs/local.yaml`."""
     if path is None:
         path = CONFIG_DIR / "local.yaml"
-        if not path.exists():
-            return Config()
+        if not path.is_file():
+            raise FinopsError(f"The default config {path} is not installed; reinstall finops-ml or pass --config.")
     path = Path(path)
     if not path.exists():
         raise FinopsError(f"Config file {path} does not exist; pass an existing file with --config.")
