@@ -46,7 +46,8 @@ class LocalRegistry:
         primary = PRIMARY_METRIC.get(name)
         value = metrics.get(primary) if primary else None
         aliases = self.aliases(name)
-        champion_value = self.entry(name, aliases["champion"])["metrics"].get(primary) if "champion" in aliases else None
+        champion_value = (self.entry(name, aliases["champion"])["metrics"].get(primary) if "champion" in aliases
+                          else None)
         is_champion = champion_value is None or (value is not None and value >= champion_value)
         entry = {"name": name, "version": version, "run_id": run_id, "metrics": metrics, "primary_metric": primary,
                  "config_digest": config_digest, "data_window": data_window,

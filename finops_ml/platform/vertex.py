@@ -42,7 +42,8 @@ CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
-_SERVICE_ACCOUNT = re.compile(r"^[a-z0-9-]+@[a-z0-9.-]+\.iam\.gserviceaccount\.com$|^[0-9]+-compute@developer\.gserviceaccount\.com$")
+_SERVICE_ACCOUNT = re.compile(r"^[a-z0-9-]+@[a-z0-9.-]+\.iam\.gserviceaccount\.com$"
+                              r"|^[0-9]+-compute@developer\.gserviceaccount\.com$")
 _NETWORK = re.compile(r"^projects/[^/\s]+/global/networks/[^/\s]+$")
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -69,7 +70,8 @@ def validate(cfg: Config, source: str | Path, command: str) -> None:
     if not g.project:
         raise bad("gcp.project", "is missing", "set the id of the GCP project to run in")
     if not _PROJECT.match(g.project):
-        raise bad("gcp.project", f"'{g.project}' is not a GCP project id", "use the project's id (6-30 lowercase letters, digits, hyphens)")
+        raise bad("gcp.project", f"'{g.project}' is not a GCP project id",
+                  "use the project's id (6-30 lowercase letters, digits, hyphens)")
     if not _REGION.match(g.region):
         raise bad("gcp.region", f"'{g.region}' is not a GCP region", "use a region such as europe-west1")
     for key in ("api_endpoint", "scheduler_api_endpoint"):
@@ -85,7 +87,8 @@ def validate(cfg: Config, source: str | Path, command: str) -> None:
     if "pipeline" in needs:
         root = p.pipeline_root
         if not root:
-            raise bad("pipeline.pipeline_root", "is missing", "set a gs://BUCKET/PATH where Vertex AI writes the runs' artifacts")
+            raise bad("pipeline.pipeline_root", "is missing",
+                      "set a gs://BUCKET/PATH where Vertex AI writes the runs' artifacts")
         if not re.match(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", root):
             raise bad("pipeline.pipeline_root", f"'{root}' is not a gs:// path", "set a gs://BUCKET/PATH")
         if not g.service_account:
@@ -94,35 +97,43 @@ def validate(cfg: Config, source: str | Path, command: str) -> None:
             raise bad("gcp.service_account", f"'{g.service_account}' is not a service account email",
                       "use NAME@PROJECT.iam.gserviceaccount.com")
         if g.network and not _NETWORK.match(g.network):
-            raise bad("gcp.network", f"'{g.network}' is not a network name", "use projects/PROJECT_NUMBER/global/networks/NAME")
+            raise bad("gcp.network", f"'{g.network}' is not a network name",
+                      "use projects/PROJECT_NUMBER/global/networks/NAME")
         if not p.image or "PROJECT" in p.image or not _IMAGE.match(p.image):
             raise bad("pipeline.image", f"'{p.image}' is not a container image" if p.image else "is missing",
-                      "set the pipeline image built from deploy/Dockerfile.pipeline (REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG)")
+                      "set the pipeline image built from deploy/Dockerfile.pipeline "
+                      "(REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG)")
         if not p.source.startswith(("bq://", "kafka://")):
             raise bad("pipeline.source", f"'{p.source}' cannot be read on Vertex AI" if p.source else "is missing",
                       "set the BigQuery billing export (bq://PROJECT.DATASET.TABLE) or a kafka:// topic")
     if "registry" in needs and cfg.registry.backend != "vertex":
-        raise bad("registry.backend", "is 'local'", "set it to vertex: a local registry would vanish with the job's container")
+        raise bad("registry.backend", "is 'local'",
+                  "set it to vertex: a local registry would vanish with the job's container")
     if "registry_storage" in needs:
         if not (g.staging_bucket or p.pipeline_root).startswith("gs://"):
-            raise bad("gcp.staging_bucket", "is missing", "set a gs:// prefix for the models' artifacts (or pipeline.pipeline_root)")
+            raise bad("gcp.staging_bucket", "is missing",
+                      "set a gs:// prefix for the models' artifacts (or pipeline.pipeline_root)")
     if "deploy" in needs and d.enabled:
         if not d.serving_image or "PROJECT" in d.serving_image or not _IMAGE.match(d.serving_image):
-            raise bad("deploy.serving_image", f"'{d.serving_image}' is not a container image" if d.serving_image else "is missing",
+            raise bad("deploy.serving_image",
+                      f"'{d.serving_image}' is not a container image" if d.serving_image else "is missing",
                       "set the serving image built from deploy/Dockerfile.serving")
         if d.service_account and not _SERVICE_ACCOUNT.match(d.service_account):
             raise bad("deploy.service_account", f"'{d.service_account}' is not a service account email",
                       "use NAME@PROJECT.iam.gserviceaccount.com")
         if d.min_replicas > d.max_replicas:
-            raise bad("deploy.min_replicas", f"{d.min_replicas} is above deploy.max_replicas {d.max_replicas}", "lower it")
+            raise bad("deploy.min_replicas", f"{d.min_replicas} is above deploy.max_replicas {d.max_replicas}",
+                      "lower it")
     if "schedule" in needs:
         if len(s.cron.split()) != 5:
-            raise bad("schedule.cron", f"'{s.cron}' is not a 5-field cron expression", "use e.g. '0 3 * * 1' (minute hour day month weekday)")
+            raise bad("schedule.cron", f"'{s.cron}' is not a 5-field cron expression",
+                      "use e.g. '0 3 * * 1' (minute hour day month weekday)")
         if s.timezone not in zoneinfo.available_timezones():
             raise bad("schedule.timezone", f"'{s.timezone}' is not an IANA time zone", "use e.g. Europe/Paris or UTC")
         if s.backend == "cloud_scheduler" and not _SERVICE_ACCOUNT.match(s.service_account):
-            raise bad("schedule.service_account", f"'{s.service_account}' is not a service account email" if s.service_account
-                      else "is missing", "set the service account Cloud Scheduler calls the Vertex AI API as")
+            raise bad("schedule.service_account",
+                      f"'{s.service_account}' is not a service account email" if s.service_account else "is missing",
+                      "set the service account Cloud Scheduler calls the Vertex AI API as")
 
 
 # ---------------------------------------------------------------------------------------------- clients
@@ -267,7 +278,8 @@ class VertexRegistry:
             parent_model=parent.resource_name if parent is not None else None,
             is_default_version=is_champion or parent is None,
             version_aliases=[alias],
-            version_description=f"run {run_id}; {primary} {value}; data {data_window.get('start')}..{data_window.get('end')}",
+            version_description=(f"run {run_id}; {primary} {value}; "
+                                 f"data {data_window.get('start')}..{data_window.get('end')}"),
             artifact_uri=artifact_uri,
             serving_container_image_uri=d.serving_image or None,
             serving_container_predict_route=PREDICT_ROUTE,
@@ -307,7 +319,8 @@ class VertexRegistry:
             known = ", ".join(f"v{v}" for v in sorted(versions)) or "none"
             raise FinopsError(f"Model {name} has no version {version} in the Vertex AI Model Registry (versions: "
                               f"{known}); pass one of its versions.")
-        aliases = ["champion", "default"] + (["-challenger"] if "challenger" in versions[int(version)].version_aliases else [])
+        aliases = ["champion", "default"] + (["-challenger"] if "challenger" in versions[int(version)].version_aliases
+                                             else [])
         parent.versioning_registry.add_version_aliases(new_aliases=aliases, version=str(version))
         return {"name": name, "version": int(version), "resource_name": parent.resource_name}
 
