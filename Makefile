@@ -11,7 +11,7 @@ SEED ?= 42
 $(BIN)/finops-ml: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'  # the versions the suite passed with
 	touch $(BIN)/finops-ml
 
 run: $(BIN)/finops-ml

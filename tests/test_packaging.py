@@ -32,6 +32,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SOURCES = ("pyproject.toml", "README.md", "finops_ml", "finops_cli", "components", "pipelines", "feature_defs",
            "configs")
 
+# Each test is `unit` unless it starts a subprocess (`cli`).
+pytestmark = pytest.mark.unit
+
 
 def _extra(name: str) -> set[str]:
     return {canonicalize_name(Requirement(r).name) for r in PYPROJECT["project"]["optional-dependencies"][name]}
@@ -132,6 +135,7 @@ def _without(modules: str, code: str, *args: str, cwd: Path | None = None) -> su
                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("blocked, command, extra", [
     ("kfp", ["compile", "--output", "p.yaml"], "pipeline"),
     ("pyarrow", ["generate", "--out", "data"], "pipeline"),
@@ -149,6 +153,7 @@ def test_a_command_whose_extra_is_missing_says_which_to_install(tmp_path, blocke
     assert not (tmp_path / "p.yaml").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.cli
 def test_the_server_runs_without_the_other_runtimes():
     """The serving image's path: the app and the predictors import, `python -m finops_ml.serving` reads its settings."""
     code = """
@@ -162,6 +167,7 @@ def test_the_server_runs_without_the_other_runtimes():
     assert r.returncode == 1 and r.stderr.startswith("error: AIP_STORAGE_URI is not set"), r.stderr
 
 
+@pytest.mark.cli
 def test_the_library_never_imports_kfp():
     code = """
     import pkgutil, importlib, finops_ml
@@ -203,6 +209,8 @@ def _fresh_venv(tmp_path: Path) -> Path:
     return venv
 
 
+@pytest.mark.cli
+@pytest.mark.slow
 def test_the_wheel_installed_in_a_fresh_venv_runs_from_another_folder(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

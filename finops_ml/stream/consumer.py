@@ -307,8 +307,8 @@ class StreamProcessor:
             except orjson.JSONDecodeError as exc:
                 raise self.invalid_event(f"invalid JSON: {exc}") from None
             if not isinstance(event, dict):
-                raise self.invalid_event(f"the message is {'empty' if event is None else 'a JSON ' + type(event).__name__}"
-                                         f", not a billing event (a JSON object)")
+                what = "empty" if event is None else "a JSON " + type(event).__name__
+                raise self.invalid_event(f"the message is {what}, not a billing event (a JSON object)")
             anomalies = self.detect(event, state)
         except self.invalid_event as exc:
             self._dead_letter(msg, str(exc))
