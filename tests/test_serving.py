@@ -543,6 +543,8 @@ def test_an_ensemble_forecast_is_served_like_the_library(trained, tmp_path):
 
 # ---- hostile requests (issue 12): 4xx naming the instance and field, never a 500 or a stalled health check ----------
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_hostile_values_are_400_naming_the_instance_and_field(client):
     day = "2026-01-31"
     window = {"service": "s", "project_id": "p", "end_date": day}
@@ -564,12 +566,16 @@ def test_hostile_values_are_400_naming_the_instance_and_field(client):
         assert r.json()["error"].startswith(message), r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_json_nested_too_deeply_is_a_400(client):
     body = '{"instances": [' + "[" * 1000 + "]" * 1000 + "]}"
     r = client.post("/labeler/predict", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400 and "nests JSON too deeply" in r.json()["error"], r.text
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_too_many_instances_are_a_413_naming_the_limit(client, trained):
     labeler = [{"resource_name": f"vm-{i}", "project_id": "p", "service": "s"}
                for i in range(schemas.MAX_INSTANCES["labeler"] + 1)]
@@ -583,6 +589,8 @@ def test_too_many_instances_are_a_413_naming_the_limit(client, trained):
     assert r.status_code == 413 and "instances with a history" in r.json()["error"], r.text
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_health_answers_while_a_heavy_request_computes_and_errors_are_json(trained, monkeypatch):
     import threading
 
@@ -604,6 +612,8 @@ def test_health_answers_while_a_heavy_request_computes_and_errors_are_json(train
     assert r.status_code == 500 and "could not answer this request" in r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_a_body_that_stops_arriving_is_a_408(trained):
     import socket
     import threading
