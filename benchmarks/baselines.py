@@ -8,8 +8,8 @@ Forecast (service-level daily series, 7-day season, forecast over the holdout da
 Anomaly (daily cells day x service x project, each cell series on a full day grid, missing days as 0):
   rolling z-score |z| > 3 (trailing 28 days), the rule "value > 1.25 x trailing mean and > mean + 2 std"
   (trailing 28 days), STL-residual robust z-score |z| > 3 (statsmodels STL, weekly period, 5-week seasonal and
-  4-week trend smoothers, robust, over the whole series as series_decompose_anomalies does), plain Isolation Forest on the cell series (its threshold chosen on
-  the training months' labels, as our detector's).
+  4-week trend smoothers, robust, over the whole series as series_decompose_anomalies does), plain Isolation Forest
+  on the cell series (its threshold chosen on the training months' labels, as our detector's).
 Labels: majority class (confidence: its share of the training labels), nearest-name rule (the label of the most
   similar labelled resource name by cosine similarity of character n-grams; confidence: that similarity).
 """

@@ -1,13 +1,13 @@
 """Model quality against the standard baselines, side by side, over generator seeds and organisation shapes.
 
-    python benchmarks/model_quality.py [--seeds 101-105] [--shapes small_stable,large_fast_migration]
-                                       [--tasks forecast,anomaly,labels] [--out out/model_quality]
+    python -m benchmarks.model_quality [--seeds 101-105] [--shapes small_stable,large_fast_migration]
+                                         [--tasks forecast,anomaly,labels] [--out out/model_quality]
 
 For each (seed, shape) it generates the organisation (finops_ml.synthetic.generator, ORG_SHAPES), ingests it, builds the
 feature views as the pipeline does, then evaluates the baselines (benchmarks/baselines.py) and our models (their
 public train_and_evaluate, with the settings of configs/local.yaml) on the same holdout with the same metric
-functions (finops_ml.models.metrics). It prints one table per task (mean and worst over seeds x shapes) and one per shape,
-and writes every figure to OUT/results.csv (long format) and OUT/results.json.
+functions (finops_ml.models.metrics). It prints one table per task (mean and worst over seeds x shapes) and one per
+shape, and writes every figure to OUT/results.csv (long format) and OUT/results.json.
 
 Metrics:
 - forecast, at (service, month) over the last `forecast.holdout_months` full months: accuracy = 1 - WAPE;
@@ -38,17 +38,14 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import baselines  # noqa: E402
-
-from finops_ml.config import load_config  # noqa: E402
-from finops_ml.data.ingest import ingest  # noqa: E402
-from finops_ml.data.warehouse import export_feature_view  # noqa: E402
-from finops_ml.fileio import atomic_path, read_json, write_json  # noqa: E402
-from finops_ml.models import anomaly, forecast, labeler  # noqa: E402
-from finops_ml.models.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape  # noqa: E402
-from finops_ml.synthetic.generator import generate, shape_config  # noqa: E402
+from benchmarks import baselines
+from finops_ml.config import load_config
+from finops_ml.data.ingest import ingest
+from finops_ml.data.warehouse import export_feature_view
+from finops_ml.fileio import atomic_path, read_json, write_json
+from finops_ml.models import anomaly, forecast, labeler
+from finops_ml.models.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape
+from finops_ml.synthetic.generator import generate, shape_config
 
 TASKS = ("forecast", "anomaly", "labels")
 # Headline metrics per task: (column, higher is better).
@@ -172,7 +169,8 @@ def eval_labels(d: Path, cfg, seed: int) -> list[dict]:
     result, secs = _timed(labeler.train_and_evaluate, resources, lc.targets, lc.confidence_threshold, lc.test_share,
                           seed, truth.reset_index().rename(columns={"resource_name": "resource"}), lc.target_precision)
     m = result["metrics"]
-    ours = {"model": "ours", "seconds": secs, "coverage": float(np.mean([m[f"label_coverage_{t}"] for t in lc.targets])),
+    ours = {"model": "ours", "seconds": secs,
+            "coverage": float(np.mean([m[f"label_coverage_{t}"] for t in lc.targets])),
             "applied_precision": m.get("applied_label_precision", np.nan),
             "compliance_before": m["label_compliance_before"], "compliance_after": m["label_compliance_after"]}
     for t in lc.targets:
@@ -298,12 +296,14 @@ def main(argv: list[str] | None = None) -> int:
                     timing["forecast"] = time.perf_counter() - t0
                 if "labels" in tasks:
                     t0 = time.perf_counter()
-                    records += [{"task": "labels", "shape": shape, "seed": seed, **r} for r in eval_labels(d, cfg, seed)]
+                    records += [{"task": "labels", "shape": shape, "seed": seed, **r}
+                                for r in eval_labels(d, cfg, seed)]
                     timing["labels"] = time.perf_counter() - t0
                 if not args.workdir:
                     shutil.rmtree(d, ignore_errors=True)
                 write_json(Path(args.out) / "partial.json", {"runs": records})  # what is done survives a stop
-                console.print(f"[bold]{shape} seed {seed}[/bold]: " + ", ".join(f"{k} {v:.1f} s" for k, v in timing.items())
+                console.print(f"[bold]{shape} seed {seed}[/bold]: "
+                              + ", ".join(f"{k} {v:.1f} s" for k, v in timing.items())
                               + f" (elapsed {time.perf_counter() - started:.0f} s)")
     finally:
         limits.restore_original_limits()
@@ -323,7 +323,8 @@ def report(df: pd.DataFrame, tasks, seeds, shapes, args, console: Console, start
     for task in tasks:
         t = df[df.task == task].dropna(axis=1, how="all")
         parts = [(f"{task}: mean (worst) over {n} runs, seeds {args.seeds} x {', '.join(shapes)}", t)]
-        parts += [(f"{task} on {shape}: mean (worst) over seeds {args.seeds}", t[t["shape"] == shape]) for shape in shapes]
+        parts += [(f"{task} on {shape}: mean (worst) over seeds {args.seeds}", t[t["shape"] == shape])
+                  for shape in shapes]
         for title, part in parts:
             table = summary(part, task)
             console.print(rich_table(table, title))
@@ -337,7 +338,8 @@ def report(df: pd.DataFrame, tasks, seeds, shapes, args, console: Console, start
     write_json(out / "results.json", {"seeds": seeds, "shapes": shapes, "tasks": tasks,
                                       "seconds": time.perf_counter() - started,
                                       "runs": df.replace({np.nan: None}).to_dict(orient="records")})
-    console.print(f"figures: {out / 'results.csv'}, {out / 'results.json'}, {out / 'tables.md'}; total {time.perf_counter() - started:.0f} s")
+    console.print(f"figures: {out / 'results.csv'}, {out / 'results.json'}, {out / 'tables.md'}; "
+                  f"total {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import pytest
 
 from finops_ml.models.anomaly import CostAnomalyDetector, ResourcePanel, best_threshold, train_and_evaluate
 
+pytestmark = pytest.mark.unit
+
 START = pd.Timestamp("2025-01-01")
 N_DAYS = 330  # Jan 1 .. Nov 26: training to the end of August, holdout September .. November
 CUTOFF = pd.Timestamp("2025-08-31")

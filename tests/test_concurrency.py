@@ -13,6 +13,8 @@ from finops_ml.errors import FinopsError
 from finops_ml.fileio import exclusive_lock
 from finops_ml.platform.registry import LocalRegistry
 
+pytestmark = pytest.mark.unit
+
 
 def _jsonl(path, billing_record, bad_lines: int = 1):
     rows = [json.dumps(billing_record(usage_start_time=f"2025-09-{d:02d}T00:00:00Z",

@@ -8,6 +8,8 @@ from finops_ml.config import BudgetConfig
 from finops_ml.models import budget as B
 from finops_ml.models import forecast as F
 
+pytestmark = pytest.mark.unit
+
 
 def _daily(days=400, services=("Compute Engine", "BigQuery"), projects=("p1", "p2", "p3"), growth=0.01, seed=0):
     rng = np.random.default_rng(seed)

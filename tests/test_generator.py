@@ -24,6 +24,8 @@ from finops_ml.synthetic.generator import (
 )
 from finops_ml.synthetic.org import PLANTS
 
+pytestmark = pytest.mark.unit
+
 OUTPUT_FILES = ["events.jsonl", "control_totals.csv", "generation.json", "truth/anomalies.csv",
                 "truth/anomaly_cells.csv", "truth/resources.csv"]
 
@@ -407,7 +409,8 @@ def test_generate_from_monthly_accepts_yyyymm(tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("month,service,cost\n202507,Cloud Run,10.01\n202508,Cloud Run,20.02\n")
     generate_from_monthly(csv, GeneratorConfig(plants=1, resources_per_project=4), 1, tmp_path / "out", fmt="parquet")
-    summary = ingest(str(tmp_path / "out" / "events.parquet"), tmp_path / "ing", tmp_path / "out" / "control_totals.csv")
+    summary = ingest(str(tmp_path / "out" / "events.parquet"), tmp_path / "ing",
+                     tmp_path / "out" / "control_totals.csv")
     assert summary["reconciliation_diff"] == 0.0
     assert summary["cost_by_invoice_month"] == {"202507": 10.01, "202508": 20.02}
 

@@ -9,6 +9,8 @@ import pytest
 from finops_ml.models import labeler
 from finops_ml.models.labeler import PlantAliases, ResourceLabeler, compliance, precision_threshold, train_and_evaluate
 
+pytestmark = pytest.mark.unit
+
 PLANTS = {  # code: (alias in names, project alias, people by role, ops cost center, engineering cost center)
     "lyon": ("lyn", "lyn", ("c_dubois", "m_lefevre", "a_moreau"), "cc-4110", "cc-4120"),
     "stuttgart": ("stg", "stg", ("j_wagner", "l_becker", "s_hoffmann"), "cc-4210", "cc-4220"),

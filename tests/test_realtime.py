@@ -15,6 +15,8 @@ from finops_ml.models.anomaly import CostAnomalyDetector
 from finops_ml.models.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
 from finops_ml.models.trees import ForestScorer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def fitted(small_generated, tmp_path_factory):
@@ -89,7 +91,10 @@ def test_state_saved_and_restored_mid_stream_goes_on_identically(fitted, tmp_pat
     restored = RealtimeState.load(tmp_path / "state.pkl")
     for k, v in _stream(events[half:], restored).items():
         got.setdefault(k, []).extend(v)
-    assert {k: [a["status"] for a in v] for k, v in got.items()} == {k: [a["status"] for a in v] for k, v in expected.items()}
+    def statuses(alerts):
+        return {k: [a["status"] for a in v] for k, v in alerts.items()}
+
+    assert statuses(got) == statuses(expected)
     assert restored.counters == whole.counters
     # Events delivered twice (replayed from an older offset) are late once their day closed, and an anomaly already
     # raised is not raised again (its open days' costs would double: the stream restarts from the state's offsets).
@@ -168,5 +173,6 @@ def test_realtime_cause_matches_the_batch_cause(fitted):
     state = RealtimeState.from_detector(detector)
     raised = _stream(events, state)
     by_id = cells.set_index("anomaly_id")
-    same = [raised[k][0]["cause"]["resource"] == by_id.loc[k, "cause_resource"] for k in _decided(raised) & set(by_id.index)]
+    same = [raised[k][0]["cause"]["resource"] == by_id.loc[k, "cause_resource"]
+            for k in _decided(raised) & set(by_id.index)]
     assert np.mean(same) >= 0.95

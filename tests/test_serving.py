@@ -7,14 +7,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port
 from fastapi.testclient import TestClient
 
 from finops_ml.config import Config
@@ -25,10 +23,12 @@ from finops_ml.platform.registry import LocalRegistry
 from finops_ml.serving import app, predictors, schemas
 from finops_ml.synthetic.generator import generate
 from finops_ml.training import steps
+from testsupport.cli import command
+from testsupport.net import free_port, wait_for_http
 
-SCRIPT = Path(sys.executable).parent / "finops-ml"
 # 11 months: the forecast's 3 holdout months, one backtest origin and its 56 days of history.
-SMALL = {"generator": {"months": 11, "plants": 1, "resources_per_project": 3}, "forecast": {"candidates": ["linear"], "backtest_origins": 1}, "anomaly": {"n_estimators": 50}}
+SMALL = {"generator": {"months": 11, "plants": 1, "resources_per_project": 3},
+         "forecast": {"candidates": ["linear"], "backtest_origins": 1}, "anomaly": {"n_estimators": 50}}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def trained(tmp_path_factory) -> dict:
     steps.train_labeler_step(paths["resources"], str(truth / "resources.csv"), cfg, str(root / "m_labeler"),
                              str(root / "e_labeler"))
     registry = LocalRegistry(root / "registry")
-    for kind, name in ((k, s.name) for k, s in MODELS.items()):  # registered whatever the gates say: the server is what is tested
+    # registered whatever the gates say: the server is what is tested
+    for kind, name in ((k, s.name) for k, s in MODELS.items()):
         evaluation = json.loads((root / f"e_{kind}" / "evaluation.json").read_text())
         registry.register(name, root / f"m_{kind}", evaluation["metrics"], cfg.digest(), evaluation["data_window"])
     return {"registry": root / "registry", "dirs": predictors.resolve_registry(root / "registry", list(MODELS)),
@@ -82,6 +83,8 @@ def _predict(client, kind: str, instances, parameters=None):
 
 # ---- the contract ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_health_is_503_until_the_model_is_loaded_then_200(trained):
     spec = app.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])})
     server = app.create_app(spec)
@@ -95,6 +98,7 @@ def test_health_is_503_until_the_model_is_loaded_then_200(trained):
         assert body["model"] == "labeler" and body["name"] == "resource-labeler" and body["version"] == 1
 
 
+@pytest.mark.unit
 def test_a_model_that_fails_to_load_says_why_on_health(tmp_path):
     (tmp_path / "model.joblib").write_bytes(b"not a pickle")
     with TestClient(app.create_app(app.ServerSpec(models={"anomaly": str(tmp_path)}))) as c:
@@ -106,6 +110,8 @@ def test_a_model_that_fails_to_load_says_why_on_health(tmp_path):
         assert r.status_code == 503 and "failed to load" in r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_routes_follow_the_aip_variables(trained):
     env = {"AIP_STORAGE_URI": str(trained["dirs"]["forecast"]), "AIP_HTTP_PORT": "9000",
            "AIP_HEALTH_ROUTE": "/v1/endpoints/123/deployedModels/456",
@@ -120,6 +126,8 @@ def test_routes_follow_the_aip_variables(trained):
         assert c.post("/predict", json={"instances": []}).status_code == 404
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_the_model_kind_is_found_without_a_registry_entry(trained, tmp_path):
     import shutil
 
@@ -134,6 +142,8 @@ def test_the_model_kind_is_found_without_a_registry_entry(trained, tmp_path):
         app.spec_from_env({})
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_bad_instances_are_400_naming_the_instance_and_field(client):
     ok = {"resource_name": "vm-1", "project_id": "p", "service": "Compute Engine"}
     cases = [
@@ -160,6 +170,8 @@ def test_bad_instances_are_400_naming_the_instance_and_field(client):
         assert r.json()["error"].startswith(message), r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_bad_envelopes_are_400_with_what_to_send(client):
     cases = [(b"{not json", "request body is not valid JSON"),
              (b'{"rows": []}', 'request body must be a JSON object with an "instances" list'),
@@ -172,6 +184,8 @@ def test_bad_envelopes_are_400_with_what_to_send(client):
         assert r.status_code == 400 and r.json()["error"].startswith(message), r.text
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_oversized_bodies_are_413_declared_or_streamed(client):
     big = json.dumps({"instances": [{"resource_name": "x" * 1000, "project_id": "p", "service": "s"}] * 250})
     assert len(big) > 200_000
@@ -182,6 +196,8 @@ def test_oversized_bodies_are_413_declared_or_streamed(client):
     assert r.status_code == 413, r.text
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_wrong_route_is_404_and_wrong_method_405(client):
     assert client.post("/labelr/predict", json={"instances": [{}]}).status_code == 404
     assert client.get("/labeler/predict").status_code == 405
@@ -190,6 +206,8 @@ def test_wrong_route_is_404_and_wrong_method_405(client):
 
 # ---- each model answers what the library answers ------------------------------------------------------------------
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_forecast_stored_answers_are_the_trained_forecast(client, trained):
     table = pd.read_csv(trained["dirs"]["forecast"] / "forecast.csv")
     keys = table[["service", "project_id"]].drop_duplicates().head(5)
@@ -209,6 +227,8 @@ def test_forecast_stored_answers_are_the_trained_forecast(client, trained):
     assert r.status_code == 400 and "at most 3 months" in r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_forecast_from_history_equals_the_library_on_the_whole_panel(client, trained):
     import joblib
 
@@ -267,6 +287,8 @@ def window_frame(inst: schemas.AnomalyInstance) -> pd.DataFrame:
                          "resource_name": np.asarray(names, object)[r_idx], "net_cost": cost[r_idx, t_idx]})
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
     rdc = trained["resource_daily_cost"]
     detector = predictors.AnomalyPredictor(trained["dirs"]["anomaly"]).model
@@ -291,6 +313,8 @@ def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
     assert n_flagged >= 2  # a 63-day window still catches what the full history catches
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_anomaly_on_a_cells_daily_costs_equals_the_detector(client, trained):
     daily = trained["daily_cost"]
     detector = predictors.AnomalyPredictor(trained["dirs"]["anomaly"]).model
@@ -305,6 +329,8 @@ def test_anomaly_on_a_cells_daily_costs_equals_the_detector(client, trained):
     assert pred["score"] == pytest.approx(float(want.score), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_labeler_answers_equal_the_library_for_every_resource(client, trained):
     resources = trained["resources"]
     instances = []
@@ -334,31 +360,11 @@ def test_labeler_answers_equal_the_library_for_every_resource(client, trained):
 
 # ---- finops-ml serve ------------------------------------------------------------------------------------------------
 
-def _cli(*args: str) -> list[str]:
-    base = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "from finops_cli.main import main; main()"]
-    return [*base, *args]
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def _wait_healthy(proc: subprocess.Popen, url: str) -> dict:
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            status, body = _get(url)
-            if status == 200:
-                return body
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the server never became healthy"
-        time.sleep(0.2)
+    try:
+        return json.loads(wait_for_http(url, timeout=60, proc=proc))
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}: {proc.stdout.read() if proc.poll() is not None else ''}")
 
 
 def _post(url: str, body: dict) -> dict:
@@ -371,9 +377,11 @@ def _post(url: str, body: dict) -> dict:
 RESOURCE = {"resource_name": "mes-vm-01", "project_id": "p", "service": "Compute Engine"}
 
 
+@pytest.mark.cli
+@pytest.mark.slow
 def test_finops_ml_serve_answers_on_a_loopback_port(trained):
     port = free_port()
-    proc = subprocess.Popen(_cli("serve", "--registry", str(trained["registry"]), "--port", str(port)),
+    proc = subprocess.Popen(command("serve", "--registry", str(trained["registry"]), "--port", str(port)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "300"})
     try:
@@ -389,6 +397,8 @@ def test_finops_ml_serve_answers_on_a_loopback_port(trained):
     assert "/forecast/predict" in out and "/anomaly/predict" in out and "/labeler/predict" in out
 
 
+@pytest.mark.cli
+@pytest.mark.slow
 def test_the_container_entry_point_follows_the_aip_variables(trained):
     """What deploy/Dockerfile.serving runs: python -m finops_ml.serving, configured by Vertex AI's variables."""
     port = free_port()
@@ -415,15 +425,19 @@ def test_the_container_entry_point_follows_the_aip_variables(trained):
     (["--alias", "gold"], "has no alias or version 'gold'"),
     (["--workers", "0"], "--workers 0 is not a positive number"),
 ])
+@pytest.mark.cli
+@pytest.mark.slow
 def test_finops_ml_serve_errors_are_one_sentence(trained, args, message):
     args = args if "--registry" in args else ["--registry", str(trained["registry"]), *args]
-    r = subprocess.run(_cli("serve", *args), capture_output=True, text=True, timeout=60,
+    r = subprocess.run(command("serve", *args), capture_output=True, text=True, timeout=60,
                        env={**os.environ, "COLUMNS": "400"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
 
 
+@pytest.mark.gcp
+@pytest.mark.slow
 def test_a_gs_storage_uri_is_downloaded_through_the_storage_client(trained, monkeypatch):
     """On Vertex AI, AIP_STORAGE_URI is gs://...: the real storage client, pointed at a recording server."""
     import threading
@@ -472,6 +486,8 @@ def test_a_gs_storage_uri_is_downloaded_through_the_storage_client(trained, monk
     predictors.AnomalyPredictor(local)  # loads
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_a_random_forest_forecast_from_history_equals_the_library(trained, tmp_path):
     """The demo's forecast is usually the random forest, whose trees the server walks itself."""
     import shutil
@@ -497,6 +513,8 @@ def test_a_random_forest_forecast_from_history_equals_the_library(trained, tmp_p
             assert m["forecast"] == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_an_ensemble_forecast_is_served_like_the_library(trained, tmp_path):
     """The forecast step may register the mean of its two best candidates: the server loads and runs it too."""
     import shutil
@@ -525,6 +543,8 @@ def test_an_ensemble_forecast_is_served_like_the_library(trained, tmp_path):
 
 # ---- hostile requests (issue 12): 4xx naming the instance and field, never a 500 or a stalled health check ----------
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_hostile_values_are_400_naming_the_instance_and_field(client):
     day = "2026-01-31"
     window = {"service": "s", "project_id": "p", "end_date": day}
@@ -546,12 +566,16 @@ def test_hostile_values_are_400_naming_the_instance_and_field(client):
         assert r.json()["error"].startswith(message), r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_json_nested_too_deeply_is_a_400(client):
     body = '{"instances": [' + "[" * 1000 + "]" * 1000 + "]}"
     r = client.post("/labeler/predict", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400 and "nests JSON too deeply" in r.json()["error"], r.text
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_too_many_instances_are_a_413_naming_the_limit(client, trained):
     labeler = [{"resource_name": f"vm-{i}", "project_id": "p", "service": "s"}
                for i in range(schemas.MAX_INSTANCES["labeler"] + 1)]
@@ -565,6 +589,8 @@ def test_too_many_instances_are_a_413_naming_the_limit(client, trained):
     assert r.status_code == 413 and "instances with a history" in r.json()["error"], r.text
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_health_answers_while_a_heavy_request_computes_and_errors_are_json(trained, monkeypatch):
     import threading
 
@@ -586,6 +612,8 @@ def test_health_answers_while_a_heavy_request_computes_and_errors_are_json(train
     assert r.status_code == 500 and "could not answer this request" in r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_a_body_that_stops_arriving_is_a_408(trained):
     import socket
     import threading

@@ -1,4 +1,4 @@
-"""Pipeline steps when the data cannot train a model: the reason is recorded, the gates fail, the report still builds."""
+"""Pipeline steps when the data cannot train a model: the reason is recorded, the gates fail, the report builds."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from finops_ml.training import steps
 from finops_ml.training.report import build_summary, write_report
 
 REASON = "The labeler needs at least 20 labelled resources per label; the data holds 0."
+
+pytestmark = pytest.mark.unit
 
 
 def _resources() -> pd.DataFrame:

@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +25,8 @@ from sqlglot import exp
 
 from finops_ml.errors import FinopsError
 
-FEATURE_DIR = Path(__file__).resolve().parents[2] / "feature_defs"
+# feature_defs/ ships as the package finops_ml.feature_defs (pyproject.toml).
+FEATURE_DIR = Path(str(files("finops_ml.feature_defs")))
 FEATURE_VIEWS = ("daily_cost", "resource_daily_cost", "resources")
 MEMORY_LIMIT = "3GB"
 

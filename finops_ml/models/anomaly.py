@@ -96,7 +96,8 @@ def _learn_factors(panel: ResourcePanel, warmup_days: int) -> pd.DataFrame:
             dow[ok, w] = np.nanmedian(sel[:, ok], axis=0)
         dow = dow / np.nanmean(dow, axis=1, keepdims=True)
         flat = x.to_numpy() / dow.T[weekday]
-        level = pd.DataFrame(np.where(month_end[:, None], np.nan, flat)).rolling(15, center=True, min_periods=5).median()
+        level = pd.DataFrame(np.where(month_end[:, None], np.nan, flat)).rolling(15, center=True,
+                                                                                  min_periods=5).median()
         level = level.to_numpy()
         me_ratio = (flat / level)[month_end]
         me = np.where(np.sum(np.isfinite(me_ratio), axis=0) >= 3, np.nanmedian(me_ratio, axis=0), np.nan)
@@ -218,7 +219,8 @@ class CostAnomalyDetector:
         factors = _fill_factors(self.factors_, panel.resources)
         weekday = np.asarray(panel.days.dayofweek)
         dow = factors[[f"dow{w}" for w in range(7)]].to_numpy()
-        season = dow[:, weekday] * np.where(_month_end(panel.days)[None, :], factors["month_end"].to_numpy()[:, None], 1.0)
+        season = dow[:, weekday] * np.where(_month_end(panel.days)[None, :], factors["month_end"].to_numpy()[:, None],
+                                            1.0)
         x = panel.cost
         sigma = factors["sigma"].to_numpy()
         base, established = _robust_baseline(x / season, sigma, self.baseline_days, self.warmup_days,
@@ -239,7 +241,8 @@ class CostAnomalyDetector:
             return out
 
         actual_c = to_cells(np.nan_to_num(x))
-        expected_c, excess_c, var_c, new_c = (to_cells(expected_r), to_cells(excess_r), to_cells(var_r), to_cells(new_r))
+        expected_c, excess_c, var_c, new_c = (to_cells(expected_r), to_cells(excess_r), to_cells(var_r),
+                                              to_cells(new_r))
         log_ratio = np.log((np.maximum(expected_c + excess_c, 0.0) + 1.0) / (np.maximum(expected_c, 0.0) + 1.0))
         z = np.clip(excess_c / np.sqrt(var_c + 1.0), -50, 50)
         lr = pd.DataFrame(log_ratio.T)

@@ -153,7 +153,8 @@ def make_classifier(seed: int):
 
 def _design(resources: pd.DataFrame, target: str, aliases: PlantAliases, learning: bool,
             own_labels: bool = True) -> pd.DataFrame:
-    return pd.concat([resource_text(resources), label_context(resources, target, aliases, learning, own_labels)], axis=1)
+    return pd.concat([resource_text(resources), label_context(resources, target, aliases, learning, own_labels)],
+                     axis=1)
 
 
 def _fit_target(resources: pd.DataFrame, target: str, seed: int):
@@ -173,7 +174,8 @@ def _fit_target(resources: pd.DataFrame, target: str, seed: int):
     return model, aliases
 
 
-def _predict_target(model, aliases: PlantAliases, resources: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+def _predict_target(model, aliases: PlantAliases, resources: pd.DataFrame,
+                    target: str) -> tuple[np.ndarray, np.ndarray]:
     with threadpool_limits(1):
         proba = model.predict_proba(_design(resources, target, aliases, learning=False))
     return model.classes_[proba.argmax(axis=1)], proba.max(axis=1)

@@ -78,8 +78,8 @@ class _Resource:
         expected = self.base * self.season(calendar_day)
         return True, expected, (self.sigma * (expected + 1.0)) ** 2
 
-    def close(self, day: int, calendar_day, cost: float, established: bool, reject_sigmas: float, accept_after_days: int,
-              skus: dict[str, float]) -> None:
+    def close(self, day: int, calendar_day, cost: float, established: bool, reject_sigmas: float,
+              accept_after_days: int, skus: dict[str, float]) -> None:
         """The batch filter's update with the day's complete cost (see anomaly._robust_baseline)."""
         self.last_day = max(self.last_day, day)
         flat = cost / self.season(calendar_day)
@@ -99,7 +99,8 @@ class _Resource:
             srt = sorted(self.accepted)
             self.base = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
         for sku in self.sku_ewma.keys() | skus.keys():
-            self.sku_ewma[sku] = (1 - SKU_EWMA_ALPHA) * self.sku_ewma.get(sku, 0.0) + SKU_EWMA_ALPHA * skus.get(sku, 0.0)
+            self.sku_ewma[sku] = ((1 - SKU_EWMA_ALPHA) * self.sku_ewma.get(sku, 0.0)
+                                  + SKU_EWMA_ALPHA * skus.get(sku, 0.0))
 
 
 def _calendar_day(day: int) -> tuple[int, bool]:
@@ -188,7 +189,8 @@ class RealtimeState:
             with open(path, "rb") as f:
                 state = pickle.load(f)
         except FileNotFoundError:
-            raise FinopsError(f"Real-time state {path} does not exist; start from a registered detector instead.") from None
+            raise FinopsError(f"Real-time state {path} does not exist; start from a registered detector "
+                              "instead.") from None
         except Exception as exc:
             raise FinopsError(f"Real-time state {path} cannot be read ({exc.__class__.__name__}); "
                               "delete it to start from the registered detector.") from None

@@ -60,7 +60,8 @@ class SeriesAnomalyDetector:
         times = pd.to_datetime(times).reset_index(drop=True)
         values = pd.Series(values, dtype=float).reset_index(drop=True)
         n = len(times)
-        out = pd.DataFrame({"expected": np.full(n, np.nan), "score": np.full(n, np.nan), "is_anomaly": np.zeros(n, bool)})
+        out = pd.DataFrame({"expected": np.full(n, np.nan), "score": np.full(n, np.nan),
+                            "is_anomaly": np.zeros(n, bool)})
         if n < 3:
             return out
         cadence = times.diff().dropna().median()
@@ -96,7 +97,8 @@ class SeriesAnomalyDetector:
             if np.isnan(v):
                 continue
             if seasonal:
-                lags = accepted[t - period * np.arange(1, self.seasons + 1)[t - period * np.arange(1, self.seasons + 1) >= 0]]
+                back = t - period * np.arange(1, self.seasons + 1)
+                lags = accepted[back[back >= 0]]
                 lags = lags[np.isfinite(lags)]
                 base = float(np.median(lags)) if len(lags) else np.nan
             else:

@@ -180,8 +180,8 @@ class ForecastPredictor(Predictor):
 
 
 class AnomalyPredictor(Predictor):
-    """The detector on one cell's window, run day by day by the real-time detector (`finops_ml.models.realtime`: the batch
-    detector's decisions; the tests hold them equal): the fitted detector is prepared once at load
+    """The detector on one cell's window, run day by day by the real-time detector (`finops_ml.models.realtime`: the
+    batch detector's decisions; the tests hold them equal): the fitted detector is prepared once at load
     (`RealtimeModel`), each request feeds its window into a fresh state and asks for the last day's judgement."""
 
     kind = "anomaly"

@@ -6,9 +6,10 @@ Slack or SMTP server delays only its own channel. A delivery is tried `attempts`
 
 Pending deliveries live in an outbox journal (`Outbox`, one JSON object a line, appended and flushed to the OS
 before the alert is handed to any channel): {"alert": {...}} when an alert is accepted, {"sent": channel,
-"id": alert key} once a channel delivered it (`alert_key`: the anomaly id, or id/retracted for a retraction). At start the journal is read back: accepted alerts without a
-`sent` line for a channel are queued again (kill -9 loses nothing), and every id ever accepted is remembered so
-that the same anomaly is never sent twice (at most a delivery whose `sent` line the kill prevented is repeated).
+"id": alert key} once a channel delivered it (`alert_key`: the anomaly id, or id/retracted for a retraction). At
+start the journal is read back: accepted alerts without a `sent` line for a channel are queued again (kill -9 loses
+nothing), and every id ever accepted is remembered so that the same anomaly is never sent twice (at most a
+delivery whose `sent` line the kill prevented is repeated).
 """
 
 from __future__ import annotations

@@ -156,7 +156,8 @@ def build_organisation(cfg: GeneratorConfig, rng: np.random.Generator, n_days: i
             resources.append(
                 _Resource(
                     name=name, project_id=pid, project_name=pname, project_number=f"{700000000000 + p_idx * 7919}",
-                    workload=workload, env=env, service=svc_key, region=region, country=plant.country if plant else "BE", plant=plant_label,
+                    workload=workload, env=env, service=svc_key, region=region,
+                    country=plant.country if plant else "BE", plant=plant_label,
                     owner=f"{owner}@{COMPANY_DOMAIN}".replace("@", "_at_").replace(".", "_"),
                     cost_center=cost_center, start=start, end=end, base=base,
                     weekend=float(np.clip(spec.weekend_factor + rng.normal(0, 0.05), 0.3, 1.05)), labelled=labelled,
@@ -237,7 +238,8 @@ def _inject_anomalies(cfg, rng, resources, series, cost, days):
             else:
                 extra[s, window] += delta
             anomalies.append(
-                dict(anomaly_id=f"an-{len(anomalies) + 1:04d}", kind=kind, service=SERVICE_BY_KEY[res.service].description,
+                dict(anomaly_id=f"an-{len(anomalies) + 1:04d}", kind=kind,
+                     service=SERVICE_BY_KEY[res.service].description,
                      project_id=res.project_id, resource=res.name, sku=sku.description,
                      start=days[start].date().isoformat(), end=days[start + int(length) - 1].date().isoformat(),
                      injected_cost=round(float(delta.sum()), 2), _cell=series_cell[s], _window=window, _delta=delta)
@@ -386,7 +388,8 @@ def _billing_rows(cfg, rng, resources, project_month_cost: pd.Series, days) -> p
         # The project's own country (not the plant a corporate resource's label names), so tax is per project.
         project_country[r.project_id] = r.country
     rows = []
-    month_end = {m: pd.Timestamp(datetime.strptime(m, "%Y%m"), tz="UTC") + pd.offsets.MonthEnd(0) for m in df.month.unique()}
+    month_end = {m: pd.Timestamp(datetime.strptime(m, "%Y%m"), tz="UTC") + pd.offsets.MonthEnd(0)
+                 for m in df.month.unique()}
 
     def row(project, month, cost, cost_type, sku, adjustment=None):
         start = pd.Timestamp(datetime.strptime(month, "%Y%m"), tz="UTC")
@@ -415,7 +418,8 @@ def _billing_rows(cfg, rng, resources, project_month_cost: pd.Series, days) -> p
     for k in range(3):
         m = months[int(rng.integers(1, len(months)))]
         p = projects[int(rng.integers(len(projects)))]
-        rows.append(row(p, m, -float(round(rng.uniform(50, 500), 2)), "adjustment", ("ADJUSTMENT", "Billing adjustment"),
+        rows.append(row(p, m, -float(round(rng.uniform(50, 500), 2)), "adjustment",
+                        ("ADJUSTMENT", "Billing adjustment"),
                         {"id": f"adj-{k + 1:03d}", "description": "Service credit for an incident",
                          "mode": "MANUAL_ADJUSTMENT", "type": "GENERAL_ADJUSTMENT"}))
     return pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA)
@@ -575,7 +579,8 @@ def generate_from_monthly(csv_path: str | Path, cfg: GeneratorConfig, seed: int,
         raise FinopsError(f"{csv_path} names unknown services {unknown}; use one of {sorted(known)}.")
     months = sorted(hist.invoice_month.unique())
     first = datetime.strptime(months[0], "%Y%m")
-    span = (datetime.strptime(months[-1], "%Y%m").year - first.year) * 12 + datetime.strptime(months[-1], "%Y%m").month - first.month + 1
+    last = datetime.strptime(months[-1], "%Y%m")
+    span = (last.year - first.year) * 12 + last.month - first.month + 1
     cfg = cfg.model_copy(update={"start": first.strftime("%Y-%m-01"), "months": max(span, 6), "anomaly_share": 0.0})
     rng = np.random.default_rng(seed)
     days = _days(cfg)

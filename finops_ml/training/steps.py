@@ -22,8 +22,8 @@ from finops_ml.data.warehouse import export_feature_view
 from finops_ml.errors import InsufficientData
 from finops_ml.fileio import atomic_path, read_json, write_json
 from finops_ml.models import anomaly, forecast, labeler
-from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER
-from finops_ml.platform.registry import LocalRegistry
+from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER, by_name
+from finops_ml.platform.registry import LocalRegistry, registry_for
 from finops_ml.training import gates
 
 
@@ -169,7 +169,9 @@ def _finish(eval_dir: Path, model_name: str, metrics: dict, cfg: Config, data: p
     window = {"start": str(days.min().date()), "end": str(days.max().date())} if len(days) else None
     evaluation = {"model_name": model_name, "trained": not_trained is None, "not_trained_reason": not_trained,
                   "metrics": metrics, "gates": gates.check(model_name, metrics, cfg),
-                  "passed": not_trained is None and gates.passed(model_name, metrics, cfg), "data_window": window}
+                  "passed": not_trained is None and gates.passed(model_name, metrics, cfg), "data_window": window,
+                  # what this training step was sent (STEP_SECTIONS), registered with the model
+                  "config_digest": cfg.digest(by_name(model_name).kind)}
     write_json(eval_dir / "evaluation.json", evaluation)
     return evaluation
 
@@ -185,19 +187,11 @@ def gate_step(eval_dir: str) -> bool:
     return bool(read_json(Path(eval_dir) / "evaluation.json")["passed"])
 
 
-def registry_for(registry_dir: str, cfg: Config):
-    """The registry the config names: the directory registry, or the Vertex AI Model Registry (same contract)."""
-    if cfg.registry.backend == "vertex":
-        from finops_ml.platform.vertex import VertexRegistry
-
-        return VertexRegistry(cfg)
-    return LocalRegistry(registry_dir)
-
-
 def register_step(model_dir: str, eval_dir: str, registry_dir: str, cfg: Config, run_id: str) -> dict:
+    """Register a trained model with the digest of the config its training step was sent."""
     evaluation = read_json(Path(eval_dir) / "evaluation.json")
-    return registry_for(registry_dir, cfg).register(evaluation["model_name"], model_dir, evaluation["metrics"],
-                                                    cfg.digest(), evaluation["data_window"], run_id)
+    return registry_for(cfg, registry_dir).register(evaluation["model_name"], model_dir, evaluation["metrics"],
+                                                    evaluation["config_digest"], evaluation["data_window"], run_id)
 
 
 def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
@@ -208,7 +202,7 @@ def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
     if not cfg.deploy.enabled:
         return {**out, "reason": "deploy.enabled is false"}
     if cfg.registry.backend == "vertex":
-        from finops_ml.platform.vertex import deploy_vertex
+        from finops_ml.platform.deploy import deploy_vertex
 
         return deploy_vertex(cfg, name, int(version))
     registry = LocalRegistry(registry_dir)
