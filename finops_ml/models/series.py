@@ -2,20 +2,28 @@
 
 What `finops-ml detect` runs on a CSV of `timestamp,value[,series_id]`. Per series:
 
-- the cadence is the median step between timestamps; points are placed on that grid (a missing point stays missing);
-- the season is a day for sub-daily data and a week for daily data (when the series spans three of them);
+- the cadence is the median step between timestamps; points are placed on that grid (a missing point stays missing,
+  points sharing a grid slot are averaged for the baseline);
+- the season is found in the data: a day or a week (in points of the grid), whichever has the larger
+  autocorrelation of the detrended series, if that reaches `min_autocorrelation`; otherwise there is none;
 - a point's expected value is the median of the *accepted* values at the same phase of the last `seasons` seasons
   (or of the last `window` accepted values without a season): causal, and an anomaly does not leak into the
   baseline that judges the next points. A change that lasts `accept_after` points is accepted as the new normal;
-- its score is the robust z of its residual: residual / (scale x expected), where scale is an exponentially
-  weighted mean absolute *relative* residual of the accepted points (x 1.25, the normal-noise sigma of a mean
-  absolute deviation; cost and usage noise grows with the level), at least 1% so that a flat series does not flag
-  rounding noise;
-- a point is anomalous when its score reaches `threshold` (a rise by default: `direction="both"` for drops too).
-  The first season (or `window` points) only warms the baseline up: no score.
+- its robust z is residual / scale, where scale is a robust spread of the accepted residuals of the last
+  `scale_seasons` seasons: the larger of 1.4826 x their median absolute value and their 90th percentile / 1.645
+  (both the normal sigma; the second keeps a series whose residuals are mostly exactly zero from flagging every move),
+  and at least the series' noise floor (the median non-zero step between consecutive values / sqrt 2);
+- two kinds of evidence make an anomaly:
+  a *point* whose robust z reaches the larger of `threshold` and the (1 - `budget`) quantile of the series' own
+  robust z (the alarm budget: a heavy-tailed series flags only its most extreme points), or
+  a *lasting deviation*: the median robust z of the last `local_window` points reaches `local_threshold`
+  (a shift, a drop or a burst of many points, which no single point may show);
+- `direction` says which deviations count: rises, drops or both. The first season (or `window` points) only warms
+  the baseline up: no score.
 
-The same outlier-rejecting, causal idea as the billing detector (models/anomaly.py), which additionally knows
-resources, weekday and month-end factors and learns its threshold from labels: this one needs none of that.
+The score written out is the larger of the point's robust z and the local median z scaled by
+threshold / local_threshold, so that both kinds of evidence read on one scale. Expected value and scores are causal;
+the budget is the only batch quantity (a quantile over the whole series).
 """
 
 from __future__ import annotations
@@ -29,107 +37,154 @@ import pandas as pd
 from finops_ml.errors import FinopsError
 
 DAY = pd.Timedelta(days=1)
+MAD_SIGMA = 1.4826  # sigma / median |x| for a normal distribution
+Q90_SIGMA = 1.6449  # 90th percentile of |x| / sigma for a normal distribution
+DIRECTIONS = ("up", "down", "both")
 
 
 @dataclass
 class SeriesAnomalyDetector:
-    threshold: float = 4.0
-    direction: str = "up"  # up | both
+    threshold: float = 5.0
+    direction: str = "both"  # up | down | both
+    budget: float = 0.005  # share of a series' points that may be point anomalies (0: no budget)
+    local_threshold: float = 3.0
+    local_window: int = 12  # points
     seasons: int = 4
-    window: int = 7
+    window: int = 12  # points of the baseline without a season
     accept_after: int | None = None  # points; default: one season (or `window`)
-    scale_halflife: int | None = None  # points; default: two seasons (or 4 x `window`)
+    scale_seasons: int = 4  # seasons (or 20 x `window` points) of residuals behind the scale
+    min_autocorrelation: float = 0.3
 
     def __post_init__(self):
-        if self.direction not in ("up", "both"):
-            raise FinopsError(f"direction must be 'up' or 'both', not {self.direction!r}.")
-        if not self.threshold > 0:
-            raise FinopsError(f"threshold must be positive, not {self.threshold}.")
+        if self.direction not in DIRECTIONS:
+            raise FinopsError(f"direction must be one of {', '.join(DIRECTIONS)}, not {self.direction!r}.")
+        if not self.threshold > 0 or not self.local_threshold > 0:
+            raise FinopsError(f"thresholds must be positive, not {self.threshold} and {self.local_threshold}.")
+        if not 0 <= self.budget < 1:
+            raise FinopsError(f"budget must be a share of points in [0, 1), not {self.budget}.")
+        if self.local_window < 1 or self.window < 1 or self.seasons < 1:
+            raise FinopsError("local_window, window and seasons must be at least 1.")
 
-    @staticmethod
-    def period(cadence: pd.Timedelta, span: pd.Timedelta) -> int:
-        """Points per season: a day for sub-daily data, a week for daily data, none otherwise."""
-        if cadence < DAY and span >= 3 * DAY and (DAY / cadence) == round(DAY / cadence):
-            return int(round(DAY / cadence))
-        if cadence == DAY and span >= 21 * DAY:
-            return 7
-        return 1
+    def period(self, x: np.ndarray, cadence: pd.Timedelta) -> int:
+        """Points per season found in the data (a day or a week of grid points); 1 when neither shows."""
+        best, best_r = 1, self.min_autocorrelation
+        for season in (DAY, 7 * DAY):
+            points = season / cadence
+            if points != round(points) or points < 4 or len(x) < 3 * points:
+                continue
+            p = int(round(points))
+            trend = pd.Series(x).rolling(p, center=True, min_periods=max(p // 2, 1)).median().to_numpy()
+            r = _autocorrelation(x - trend, p)
+            if r >= best_r:
+                best, best_r = p, r
+        return best
 
     def score_series(self, times: pd.Series, values: pd.Series) -> pd.DataFrame:
-        """Score one series (sorted, unique timestamps): expected, score (NaN while warming up), is_anomaly."""
+        """Score one series (sorted timestamps): expected, score (NaN while warming up), is_anomaly."""
         times = pd.to_datetime(times).reset_index(drop=True)
-        values = pd.Series(values, dtype=float).reset_index(drop=True)
+        values = pd.Series(values, dtype=float).reset_index(drop=True).to_numpy()
         n = len(times)
-        out = pd.DataFrame({"expected": np.full(n, np.nan), "score": np.full(n, np.nan), "is_anomaly": np.zeros(n, bool)})
+        out = pd.DataFrame({"expected": np.full(n, np.nan), "score": np.full(n, np.nan),
+                            "is_anomaly": np.zeros(n, bool)})
         if n < 3:
             return out
         cadence = times.diff().dropna().median()
         if cadence <= pd.Timedelta(0):
             return out
-        grid_pos = np.round((times - times.iloc[0]) / cadence).astype(int).to_numpy()
-        period = self.period(cadence, times.iloc[-1] - times.iloc[0])
-        size = int(grid_pos[-1]) + 1
-        x = np.full(size, np.nan)
-        x[grid_pos] = values.to_numpy()
-        expected, score = self._filter(x, period)
-        out["expected"] = expected[grid_pos]
-        out["score"] = score[grid_pos]
-        out["is_anomaly"] = np.nan_to_num(score[grid_pos], nan=0.0) >= self.threshold
+        slot = np.round((times - times.iloc[0]) / cadence).astype(int).to_numpy()
+        size = int(slot[-1]) + 1
+        counts = np.bincount(slot, minlength=size)
+        with np.errstate(invalid="ignore"):
+            x = np.bincount(slot, weights=values, minlength=size) / counts  # NaN where no point
+        period = self.period(x, cadence)
+        expected, scale = self._filter(x, period, _noise_floor(values))
+        z = (values - expected[slot]) / scale[slot]
+        signed = {"up": z, "down": -z, "both": np.abs(z)}[self.direction]
+        local = pd.Series(z).rolling(self.local_window, min_periods=self.local_window).median().to_numpy()
+        local = {"up": local, "down": -local, "both": np.abs(local)}[self.direction]
+        point_threshold = self.threshold
+        finite = signed[np.isfinite(signed)]
+        if self.budget > 0 and len(finite):
+            point_threshold = max(point_threshold, float(np.quantile(finite, 1 - self.budget)))
+        with np.errstate(invalid="ignore"):
+            flagged = (signed >= point_threshold) | (local >= self.local_threshold)
+        out["expected"] = expected[slot]
+        out["score"] = np.fmax(signed, local * (self.threshold / self.local_threshold))
+        out["is_anomaly"] = flagged & np.isfinite(signed)
         return out
 
-    def _filter(self, x: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray]:
+    def _filter(self, x: np.ndarray, period: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """Causal expected value and scale at every grid slot (NaN while warming up)."""
         size = len(x)
         seasonal = period > 1
         warmup = period if seasonal else self.window
-        accept_after = self.accept_after or (period if seasonal else self.window)
-        halflife = self.scale_halflife or (2 * period if seasonal else 4 * self.window)
-        alpha = 1.0 - 0.5 ** (1.0 / halflife)
+        accept_after = self.accept_after or warmup
+        scale_n = self.scale_seasons * period if seasonal else 20 * self.window
+        lags = period * np.arange(1, self.seasons + 1)
         accepted = np.full(size, np.nan)
         expected = np.full(size, np.nan)
-        score = np.full(size, np.nan)
-        scale = np.nan
-        n_resid = 0
+        scale = np.full(size, np.nan)
+        residuals: list[float] = []  # absolute residuals of accepted points, newest last
         rejected_run: list[int] = []
-        recent_window: list[int] = []  # positions of the last accepted values (no season)
+        recent: list[int] = []  # slots of the last accepted values (no season)
+        current = np.nan
         for t in range(size):
             v = x[t]
             if np.isnan(v):
                 continue
             if seasonal:
-                lags = accepted[t - period * np.arange(1, self.seasons + 1)[t - period * np.arange(1, self.seasons + 1) >= 0]]
-                lags = lags[np.isfinite(lags)]
-                base = float(np.median(lags)) if len(lags) else np.nan
+                past = accepted[t - lags[lags <= t]]
             else:
-                vals = accepted[recent_window]
-                base = float(np.median(vals)) if len(vals) else np.nan
-            if np.isnan(base) or t < warmup:
+                past = accepted[recent]
+            past = past[np.isfinite(past)]
+            if t < warmup or not len(past):
                 accepted[t] = v
                 if not seasonal:
-                    recent_window = (recent_window + [t])[-self.window:]
+                    recent = (recent + [t])[-self.window:]
                 continue
+            base = float(np.median(past))
             expected[t] = base
             resid = v - base
-            level = max(abs(base), 1e-9)
-            if n_resid >= warmup:  # the scale has seen a season of residuals
-                score[t] = (resid if self.direction == "up" else abs(resid)) / (max(scale, 0.01) * level)
-            ok = np.isnan(score[t]) or abs(resid) <= self.threshold * max(scale, 0.01) * level
-            if ok:
+            if len(residuals) >= warmup:  # the scale has seen a season of residuals
+                if len(residuals) % max(1, period // 24) == 0 or np.isnan(current):
+                    tail = np.asarray(residuals[-scale_n:])
+                    current = max(MAD_SIGMA * float(np.median(tail)), float(np.quantile(tail, 0.9)) / Q90_SIGMA,
+                                  floor, 1e-9 * max(abs(base), 1.0))
+                scale[t] = current
+            if np.isnan(scale[t]) or abs(resid) <= self.threshold * scale[t]:
                 accepted[t] = v
                 rejected_run = []
-                rel = abs(resid) / level * 1.25
-                n_resid += 1
-                # a plain mean over the first season of residuals, then exponentially weighted
-                scale = rel if n_resid == 1 else scale + (rel - scale) * max(alpha, 1.0 / n_resid)
+                residuals.append(abs(resid))
+                if len(residuals) > 2 * scale_n:
+                    del residuals[:scale_n]
                 if not seasonal:
-                    recent_window = (recent_window + [t])[-self.window:]
+                    recent = (recent + [t])[-self.window:]
             else:
                 rejected_run.append(t)
                 if len(rejected_run) >= accept_after:  # a lasting change is the new normal
                     accepted[rejected_run] = x[rejected_run]
                     if not seasonal:
-                        recent_window = (recent_window + rejected_run)[-self.window:]
+                        recent = (recent + rejected_run)[-self.window:]
                     rejected_run = []
-        return expected, score
+        return expected, scale
+
+
+def _autocorrelation(y: np.ndarray, lag: int) -> float:
+    a, b = y[:-lag], y[lag:]
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < max(2 * lag, 30):
+        return np.nan
+    a, b = a[both], b[both]
+    if a.std() == 0 or b.std() == 0:
+        return np.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _noise_floor(values: np.ndarray) -> float:
+    """Typical move between consecutive distinct values (/ sqrt 2: the sigma of one value); 0 for a constant series."""
+    steps = np.abs(np.diff(values))
+    steps = steps[steps > 0]
+    return float(np.median(steps)) / np.sqrt(2) if len(steps) else 0.0
 
 
 def read_series_csv(path: str | Path) -> pd.DataFrame:
