@@ -5,7 +5,8 @@ What `finops-ml detect` runs on a CSV of `timestamp,value[,series_id]`. Per seri
 - the cadence is the median step between timestamps; points are placed on that grid (a missing point stays missing,
   points sharing a grid slot are averaged for the baseline);
 - the season is found in the data: a day or a week (in points of the grid), whichever has the larger
-  autocorrelation of the detrended series, if that reaches `min_autocorrelation`; otherwise there is none;
+  autocorrelation of the detrended series (the week by a margin), if that reaches `min_autocorrelation`;
+  otherwise there is none;
 - a point's expected value is the median of the *accepted* values at the same phase of the last `seasons` seasons
   (or of the last `window` accepted values without a season): causal, and an anomaly does not leak into the
   baseline that judges the next points. A change that lasts `accept_after` points is accepted as the new normal;
@@ -40,6 +41,7 @@ DAY = pd.Timedelta(days=1)
 MAD_SIGMA = 1.4826  # sigma / median |x| for a normal distribution
 Q90_SIGMA = 1.6449  # 90th percentile of |x| / sigma for a normal distribution
 DIRECTIONS = ("up", "down", "both")
+WEEK_MARGIN = 0.05
 
 
 @dataclass
@@ -66,7 +68,11 @@ class SeriesAnomalyDetector:
             raise FinopsError("local_window, window and seasons must be at least 1.")
 
     def period(self, x: np.ndarray, cadence: pd.Timedelta) -> int:
-        """Points per season found in the data (a day or a week of grid points); 1 when neither shows."""
+        """Points per season found in the data (a day or a week of grid points); 1 when neither shows.
+
+        The week wins over the day only when its autocorrelation is higher by WEEK_MARGIN: a purely daily
+        pattern also repeats every week, and a longer season needs more history for the same baseline.
+        """
         best, best_r = 1, self.min_autocorrelation
         for season in (DAY, 7 * DAY):
             points = season / cadence
@@ -75,43 +81,46 @@ class SeriesAnomalyDetector:
             p = int(round(points))
             trend = pd.Series(x).rolling(p, center=True, min_periods=max(p // 2, 1)).median().to_numpy()
             r = _autocorrelation(x - trend, p)
-            if r >= best_r:
+            if r >= best_r + (WEEK_MARGIN if best > 1 else 0.0):
                 best, best_r = p, r
         return best
 
     def score_series(self, times: pd.Series, values: pd.Series) -> pd.DataFrame:
         """Score one series (sorted timestamps): expected, score (NaN while warming up), is_anomaly."""
+        expected, z = self.robust_z(times, values)
+        score, flagged = self.decide(z)
+        return pd.DataFrame({"expected": expected, "score": score, "is_anomaly": flagged})
+
+    def robust_z(self, times: pd.Series, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Causal expected value and signed robust z of every point (NaN while warming up)."""
         times = pd.to_datetime(times).reset_index(drop=True)
         values = pd.Series(values, dtype=float).reset_index(drop=True).to_numpy()
         n = len(times)
-        out = pd.DataFrame({"expected": np.full(n, np.nan), "score": np.full(n, np.nan),
-                            "is_anomaly": np.zeros(n, bool)})
         if n < 3:
-            return out
+            return np.full(n, np.nan), np.full(n, np.nan)
         cadence = times.diff().dropna().median()
         if cadence <= pd.Timedelta(0):
-            return out
+            return np.full(n, np.nan), np.full(n, np.nan)
         slot = np.round((times - times.iloc[0]) / cadence).astype(int).to_numpy()
         size = int(slot[-1]) + 1
         counts = np.bincount(slot, minlength=size)
         with np.errstate(invalid="ignore"):
             x = np.bincount(slot, weights=values, minlength=size) / counts  # NaN where no point
-        period = self.period(x, cadence)
-        expected, scale = self._filter(x, period, _noise_floor(values))
-        z = (values - expected[slot]) / scale[slot]
-        signed = {"up": z, "down": -z, "both": np.abs(z)}[self.direction]
+        expected, scale = self._filter(x, self.period(x, cadence), _noise_floor(values))
+        return expected[slot], (values - expected[slot]) / scale[slot]
+
+    def decide(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score (point z or scaled local median z, in `direction`) and anomaly flag of every point."""
+        orient = {"up": 1.0, "down": -1.0, "both": None}[self.direction]
         local = pd.Series(z).rolling(self.local_window, min_periods=self.local_window).median().to_numpy()
-        local = {"up": local, "down": -local, "both": np.abs(local)}[self.direction]
+        point, local = (np.abs(z), np.abs(local)) if orient is None else (orient * z, orient * local)
         point_threshold = self.threshold
-        finite = signed[np.isfinite(signed)]
+        finite = point[np.isfinite(point)]
         if self.budget > 0 and len(finite):
             point_threshold = max(point_threshold, float(np.quantile(finite, 1 - self.budget)))
         with np.errstate(invalid="ignore"):
-            flagged = (signed >= point_threshold) | (local >= self.local_threshold)
-        out["expected"] = expected[slot]
-        out["score"] = np.fmax(signed, local * (self.threshold / self.local_threshold))
-        out["is_anomaly"] = flagged & np.isfinite(signed)
-        return out
+            flagged = ((point >= point_threshold) | (local >= self.local_threshold)) & np.isfinite(point)
+        return np.fmax(point, local * (self.threshold / self.local_threshold)), flagged
 
     def _filter(self, x: np.ndarray, period: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
         """Causal expected value and scale at every grid slot (NaN while warming up)."""
