@@ -3,7 +3,8 @@
 What `finops-ml detect` runs on a CSV of `timestamp,value[,series_id]`. Per series:
 
 - the cadence is the median step between timestamps; points are placed on that grid (a missing point stays missing,
-  points sharing a grid slot are averaged for the baseline);
+  points sharing a grid slot are averaged for the baseline; a grid more than 20 times larger than the series, from
+  bursts of points far apart, is not used: the points are then taken in order, without a season);
 - the season is found in the data: a day or a week (in points of the grid), whichever has the larger
   autocorrelation of the detrended series (the week by a margin), if that reaches `min_autocorrelation`;
   otherwise there is none;
@@ -42,6 +43,7 @@ MAD_SIGMA = 1.4826  # sigma / median |x| for a normal distribution
 Q90_SIGMA = 1.6449  # 90th percentile of |x| / sigma for a normal distribution
 DIRECTIONS = ("up", "down", "both")
 WEEK_MARGIN = 0.05
+MAX_GRID_SPARSITY = 20  # grid slots per point beyond which timestamps are taken as mere order
 
 
 @dataclass
@@ -92,22 +94,29 @@ class SeriesAnomalyDetector:
         return pd.DataFrame({"expected": expected, "score": score, "is_anomaly": flagged})
 
     def robust_z(self, times: pd.Series, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        """Causal expected value and signed robust z of every point (NaN while warming up)."""
-        times = pd.to_datetime(times).reset_index(drop=True)
+        """Causal expected value and signed robust z of every point (NaN while warming up), in the input order."""
+        times = pd.to_datetime(pd.Series(times)).reset_index(drop=True)
         values = pd.Series(values, dtype=float).reset_index(drop=True).to_numpy()
         n = len(times)
-        if n < 3:
-            return np.full(n, np.nan), np.full(n, np.nan)
-        cadence = times.diff().dropna().median()
-        if cadence <= pd.Timedelta(0):
-            return np.full(n, np.nan), np.full(n, np.nan)
+        expected, z = np.full(n, np.nan), np.full(n, np.nan)
+        order = np.argsort(times.to_numpy(), kind="stable")
+        times, values = times.iloc[order].reset_index(drop=True), values[order]
+        cadence = times.diff().dropna().median() if n >= 3 else pd.Timedelta(0)
+        if not cadence > pd.Timedelta(0):
+            return expected, z
         slot = np.round((times - times.iloc[0]) / cadence).astype(int).to_numpy()
+        seasonal = True
+        if slot[-1] > MAX_GRID_SPARSITY * n:  # bursts far apart: a grid would be mostly empty, use the order alone
+            slot, seasonal = np.arange(n), False
         size = int(slot[-1]) + 1
         counts = np.bincount(slot, minlength=size)
         with np.errstate(invalid="ignore"):
             x = np.bincount(slot, weights=values, minlength=size) / counts  # NaN where no point
-        expected, scale = self._filter(x, self.period(x, cadence), _noise_floor(values))
-        return expected[slot], (values - expected[slot]) / scale[slot]
+        period = self.period(x, cadence) if seasonal else 1
+        grid_expected, scale = self._filter(x, period, _noise_floor(values))
+        expected[order] = grid_expected[slot]
+        z[order] = (values - grid_expected[slot]) / scale[slot]
+        return expected, z
 
     def decide(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score (point z or scaled local median z, in `direction`) and anomaly flag of every point."""
@@ -137,10 +146,8 @@ class SeriesAnomalyDetector:
         rejected_run: list[int] = []
         recent: list[int] = []  # slots of the last accepted values (no season)
         current = np.nan
-        for t in range(size):
+        for t in np.flatnonzero(np.isfinite(x)):
             v = x[t]
-            if np.isnan(v):
-                continue
             if seasonal:
                 past = accepted[t - lags[lags <= t]]
             else:
