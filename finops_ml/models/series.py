@@ -10,26 +10,35 @@ What `finops-ml detect` runs on a CSV of `timestamp,value[,series_id]`. Per seri
   otherwise there is none;
 - a point's expected value is the median of the *accepted* values at the same phase of the last `seasons` seasons
   (or of the last `window` accepted values without a season): causal, and an anomaly does not leak into the
-  baseline that judges the next points. A change that lasts `accept_after` points is accepted as the new normal;
+  baseline that judges the next points. When half of the last `accept_after` points (default: a season) were
+  rejected, the change has lasted: those points are accepted and the history behind the baseline moves to the new
+  level (median ratio, or median difference for a series with negative values), so a lasting shift is flagged for
+  about half a season, not for every season the baseline remembers;
 - its robust z is residual / scale, where scale is a robust spread of the accepted residuals of the last
   `scale_seasons` seasons: the larger of 1.4826 x their median absolute value and their 90th percentile / 1.645
   (both the normal sigma; the second keeps a series whose residuals are mostly exactly zero from flagging every move),
-  and at least the series' noise floor (the median non-zero step between consecutive values / sqrt 2);
-- two kinds of evidence make an anomaly:
+  and at least the series' noise floor (the median non-zero step between consecutive points once the seasonal
+  profile is removed, / sqrt 2: an on/off series is judged against the size of its ordinary moves);
+- two kinds of evidence raise an alarm:
   a *point* whose robust z reaches the larger of `threshold` and the (1 - `budget`) quantile of the series' own
   robust z (the alarm budget: a heavy-tailed series flags only its most extreme points), or
   a *lasting deviation*: the median robust z of the last `local_window` points reaches `local_threshold`
   (a shift, a drop or a burst of many points, which no single point may show);
+- with `until_normal`, an alarm then lasts while the series stays disturbed: while the median deviation of the last
+  `local_window` points is above what normal noise gives (its mean + 3 standard errors under a normal law), so an
+  incident reads as one period, not as scattered points;
 - `direction` says which deviations count: rises, drops or both. The first season (or `window` points) only warms
   the baseline up: no score.
 
 The score written out is the larger of the point's robust z and the local median z scaled by
-threshold / local_threshold, so that both kinds of evidence read on one scale. Expected value and scores are causal;
-the budget is the only batch quantity (a quantile over the whole series).
+threshold / local_threshold, so that both kinds of evidence read on one scale. Expected value, scores and alarms are
+causal except for two batch quantities taken over the whole series: the budget's quantile and the noise floor.
+Measured on real labelled series: benchmarks/nab_detect.py.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +67,7 @@ class SeriesAnomalyDetector:
     accept_after: int | None = None  # points; default: one season (or `window`)
     scale_seasons: int = 4  # seasons (or 20 x `window` points) of residuals behind the scale
     min_autocorrelation: float = 0.3
+    until_normal: bool = True  # an alarm lasts until the deviation of the last `local_window` points looks normal
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:
@@ -113,7 +123,7 @@ class SeriesAnomalyDetector:
         with np.errstate(invalid="ignore"):
             x = np.bincount(slot, weights=values, minlength=size) / counts  # NaN where no point
         period = self.period(x, cadence) if seasonal else 1
-        grid_expected, scale = self._filter(x, period, _noise_floor(values))
+        grid_expected, scale = self._filter(x, period, _noise_floor(x, period))
         expected[order] = grid_expected[slot]
         z[order] = (values - grid_expected[slot]) / scale[slot]
         return expected, z
@@ -121,7 +131,8 @@ class SeriesAnomalyDetector:
     def decide(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score (point z or scaled local median z, in `direction`) and anomaly flag of every point."""
         orient = {"up": 1.0, "down": -1.0, "both": None}[self.direction]
-        local = pd.Series(z).rolling(self.local_window, min_periods=self.local_window).median().to_numpy()
+        w = self.local_window
+        local = pd.Series(z).rolling(w, min_periods=w).median().to_numpy()
         point, local = (np.abs(z), np.abs(local)) if orient is None else (orient * z, orient * local)
         point_threshold = self.threshold
         finite = point[np.isfinite(point)]
@@ -129,6 +140,14 @@ class SeriesAnomalyDetector:
             point_threshold = max(point_threshold, float(np.quantile(finite, 1 - self.budget)))
         with np.errstate(invalid="ignore"):
             flagged = ((point >= point_threshold) | (local >= self.local_threshold)) & np.isfinite(point)
+            if self.until_normal:
+                # median deviation of the last w points; normal noise stays below its mean + 3 standard errors
+                spread = pd.Series(point).rolling(w, min_periods=1).median().to_numpy()
+                if orient is None:  # median of w |N(0,1)|: 0.6745, standard error 0.5 / (2 phi(0.6745) sqrt(w))
+                    normal = 0.6745 + 3 * 0.5 / (2 * 0.3178 * np.sqrt(w))
+                else:  # median of w N(0,1): 0, standard error 1.2533 / sqrt(w)
+                    normal = 3 * 1.2533 / np.sqrt(w)
+                flagged = _hold(flagged, spread > normal)
         return np.fmax(point, local * (self.threshold / self.local_threshold)), flagged
 
     def _filter(self, x: np.ndarray, period: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -138,20 +157,18 @@ class SeriesAnomalyDetector:
         warmup = period if seasonal else self.window
         accept_after = self.accept_after or warmup
         scale_n = self.scale_seasons * period if seasonal else 20 * self.window
+        refresh = max(1, period // 24)  # the scale is recomputed every `refresh` residuals (quantiles are costly)
         lags = period * np.arange(1, self.seasons + 1)
         accepted = np.full(size, np.nan)
         expected = np.full(size, np.nan)
         scale = np.full(size, np.nan)
         residuals: list[float] = []  # absolute residuals of accepted points, newest last
-        rejected_run: list[int] = []
+        outcomes: deque[tuple[int, bool]] = deque(maxlen=accept_after)  # (slot, rejected) of the last points
         recent: list[int] = []  # slots of the last accepted values (no season)
         current = np.nan
         for t in np.flatnonzero(np.isfinite(x)):
             v = x[t]
-            if seasonal:
-                past = accepted[t - lags[lags <= t]]
-            else:
-                past = accepted[recent]
+            past = accepted[t - lags[lags <= t]] if seasonal else accepted[recent]
             past = past[np.isfinite(past)]
             if t < warmup or not len(past):
                 accepted[t] = v
@@ -162,27 +179,48 @@ class SeriesAnomalyDetector:
             expected[t] = base
             resid = v - base
             if len(residuals) >= warmup:  # the scale has seen a season of residuals
-                if len(residuals) % max(1, period // 24) == 0 or np.isnan(current):
+                if len(residuals) % refresh == 0 or np.isnan(current):
                     tail = np.asarray(residuals[-scale_n:])
                     current = max(MAD_SIGMA * float(np.median(tail)), float(np.quantile(tail, 0.9)) / Q90_SIGMA,
                                   floor, 1e-9 * max(abs(base), 1.0))
                 scale[t] = current
-            if np.isnan(scale[t]) or abs(resid) <= self.threshold * scale[t]:
+            rejected = not np.isnan(scale[t]) and abs(resid) > self.threshold * scale[t]
+            outcomes.append((t, rejected))
+            if not rejected:
                 accepted[t] = v
-                rejected_run = []
                 residuals.append(abs(resid))
                 if len(residuals) > 2 * scale_n:
                     del residuals[:scale_n]
                 if not seasonal:
                     recent = (recent + [t])[-self.window:]
+                continue
+            pending = [u for u, r in outcomes if r]
+            if len(pending) < max(1, accept_after // 2):
+                continue
+            # Half of the last `accept_after` points broke the baseline: a lasting change, the new normal. The
+            # history behind the seasonal baseline moves to the new level at once (by the median ratio for a
+            # non-negative series, else by the median difference), so that the change is not flagged for
+            # `seasons` seasons more.
+            if seasonal:
+                lo = max(0, pending[0] - self.seasons * period)
+                if np.all(x[pending] >= 0) and np.all(expected[pending] > 0) and np.nanmin(accepted) >= 0:
+                    accepted[lo:pending[0]] *= float(np.median(x[pending] / expected[pending]))
+                else:
+                    accepted[lo:pending[0]] += float(np.median(x[pending] - expected[pending]))
             else:
-                rejected_run.append(t)
-                if len(rejected_run) >= accept_after:  # a lasting change is the new normal
-                    accepted[rejected_run] = x[rejected_run]
-                    if not seasonal:
-                        recent = (recent + rejected_run)[-self.window:]
-                    rejected_run = []
+                recent = sorted(set(recent) | set(pending))[-self.window:]
+            accepted[pending] = x[pending]
+            outcomes.clear()
         return expected, scale
+
+
+def _hold(flagged: np.ndarray, disturbed: np.ndarray) -> np.ndarray:
+    """An alarm, once raised, stays on while the series is disturbed."""
+    out = flagged.copy()
+    for t in range(1, len(out)):
+        if not out[t] and out[t - 1] and disturbed[t]:
+            out[t] = True
+    return out
 
 
 def _autocorrelation(y: np.ndarray, lag: int) -> float:
@@ -196,10 +234,17 @@ def _autocorrelation(y: np.ndarray, lag: int) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _noise_floor(values: np.ndarray) -> float:
-    """Typical move between consecutive distinct values (/ sqrt 2: the sigma of one value); 0 for a constant series."""
-    steps = np.abs(np.diff(values))
-    steps = steps[steps > 0]
+def _noise_floor(x: np.ndarray, period: int) -> float:
+    """Typical move between consecutive points once the seasonal profile (median per phase) is removed, / sqrt 2
+    (the sigma of one point): non-zero moves only, so that a series that is mostly flat gets the size of its
+    ordinary moves; 0 for a constant series. NaN slots of the grid are skipped."""
+    if period > 1:
+        phase = np.arange(len(x)) % period
+        profile = pd.Series(x).groupby(phase).median().to_numpy()
+        x = x - profile[phase]
+    x = x[np.isfinite(x)]
+    steps = np.abs(np.diff(x))
+    steps = steps[steps > 1e-12 * max(float(np.max(np.abs(x))) if len(x) else 0.0, 1.0)]
     return float(np.median(steps)) / np.sqrt(2) if len(steps) else 0.0
 
 
