@@ -55,7 +55,8 @@ def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: s
                   owner_confusion: Output[ClassificationMetrics],
                   cost_center_confusion: Output[ClassificationMetrics],
                   plant_confusion: Output[ClassificationMetrics]):
-    """TF-IDF + logistic regression per label; confident predictions applied, the rest to review."""
+    """TF-IDF + logistic regression per label; confident predictions applied, the rest to review. Raises
+    InsufficientData when a label is carried by too few resources to learn and measure it."""
     import json
     import os
 
@@ -67,6 +68,10 @@ def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: s
     for key, value in result["metrics"].items():
         if isinstance(value, (int, float)) and value == value:
             metrics.log_metric(key, value)
+    for name, values in result["metrics"].get("baselines", {}).items():  # beside ours, on the same folds
+        for key, value in values.items():
+            if value == value:
+                metrics.log_metric(f"baseline_{name}_{key}", value)
     confusion = json.load(open(os.path.join(evaluation.path, "confusion.json")))
     for target, artifact in (("owner", owner_confusion), ("cost_center", cost_center_confusion),
                              ("plant", plant_confusion)):

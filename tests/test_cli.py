@@ -27,7 +27,7 @@ SMALL_CONFIG = {
     "anomaly": {"n_estimators": 50},
 }
 GATES = ["forecast_accuracy", "anomaly_f1", "label_accuracy_owner", "label_accuracy_cost_center",
-         "label_accuracy_plant", "label_compliance_after"]
+         "label_accuracy_plant", "label_compliance_after", "label_applied_precision"]
 
 
 def finops_ml(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.dummy import DummyClassifier
 from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
@@ -46,6 +46,9 @@ ALIAS_MIN_PURITY = 0.9  # ... and at least this share of those carrying it have 
 CV_FOLDS = 4
 LR_C = 20.0
 PEER_WEIGHT = 1.0
+ANALOG_MIN_SCORE = 0.1  # below this likeness a role has no counterpart in the plant: no analogy
+ANALOG_MIN_SUPPORT = 5  # analogies checked on the training resources before one is trusted
+PROJECT_DROPOUT = True
 
 
 def _tokens(value) -> str:
@@ -72,6 +75,74 @@ def resource_text(resources: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"text": text, "context": context})
 
 
+def _project_words(project, name) -> set[str]:
+    return set(_words(project)) | set(_words(name if isinstance(name, str) else ""))
+
+
+ANALOGY_TARGETS = ("owner", "cost_center")
+
+
+class _Analogy:
+    """The value of a label that plays, in a resource's plant, the role its kind of resource gets elsewhere.
+
+    Owners and cost centers repeat across plants: the ops lead of each plant owns its MES servers, each plant's
+    engineering cost center pays for its quality projects. Each value has a profile of the kinds of resources it
+    labels (workload x service, workload, service) and of the plants it serves. For a resource, the values that
+    label its kind in the *other* projects make a role profile; the answer is the value of the resource's plant
+    whose profile is closest to it. Only other projects count, so the answer for a project that was learnt from
+    is the one a new project would get.
+    """
+
+    def fit(self, resources: pd.DataFrame, target: str) -> "_Analogy":
+        cols = ["project_id", "workload", "service", target] + (["plant"] if "plant" in resources.columns else [])
+        known = resources.loc[resources[target].notna(), cols]
+        kinds = self._kinds(known.workload, known.service)
+        self.values_ = sorted(known[target].unique())
+        self.projects_ = {p: i for i, p in enumerate(sorted(known.project_id.unique()))}
+        self.kinds_ = {k: i for i, k in enumerate(sorted({k for ks in kinds for k in ks}))}
+        plant_values = known["plant"].dropna().unique() if "plant" in known else []
+        self.plants_ = {p: i for i, p in enumerate(sorted(plant_values))}
+        v_idx = {v: i for i, v in enumerate(self.values_)}
+        shape = (len(self.values_), len(self.projects_))
+        self.kind_counts_ = np.zeros((*shape, len(self.kinds_)))
+        self.plant_counts_ = np.zeros((*shape, len(self.plants_)))
+        plants = known["plant"].to_numpy() if "plant" in known else [None] * len(known)
+        for ks, v, p, plant in zip(kinds, known[target], known.project_id, plants):
+            i, j = v_idx[v], self.projects_[p]
+            for k in ks:
+                self.kind_counts_[i, j, self.kinds_[k]] += 1
+            if isinstance(plant, str):
+                self.plant_counts_[i, j, self.plants_[plant]] += 1
+        return self
+
+    @staticmethod
+    def _kinds(workload, service) -> list[tuple[str, ...]]:
+        return [(f"ws={w}::{s}",) for w, s in zip(pd.Series(workload).fillna("none"), service)]
+
+    def best(self, workload: str, service: str, project: str, plants: list[str]) -> str | None:
+        idx = [self.plants_[p] for p in plants if p in self.plants_]
+        if not idx or not self.values_:
+            return None
+        kind_counts, plant_counts = self.kind_counts_, self.plant_counts_
+        j = self.projects_.get(project)
+        if j is not None:  # the other projects only
+            kind_counts = kind_counts.sum(axis=1) - kind_counts[:, j]
+            plant_counts = plant_counts.sum(axis=1) - plant_counts[:, j]
+        else:
+            kind_counts, plant_counts = kind_counts.sum(axis=1), plant_counts.sum(axis=1)
+        own = [self.kinds_[k] for k in self._kinds([workload], [service])[0] if k in self.kinds_]
+        if not own:
+            return None
+        # the role: what the values that label this kind elsewhere label, in shares
+        weight = kind_counts[:, own].sum(axis=1)
+        role = (weight[:, None] * kind_counts / np.maximum(kind_counts.sum(axis=1, keepdims=True), 1)).sum(axis=0)
+        norms = np.linalg.norm(kind_counts, axis=1) * np.linalg.norm(role)
+        similarity = np.divide(kind_counts @ role, norms, out=np.zeros(len(norms)), where=norms > 0)
+        share = plant_counts[:, idx].sum(axis=1) / np.maximum(plant_counts.sum(axis=1), 1)
+        score = similarity * share
+        return self.values_[int(score.argmax())] if score.max() >= ANALOG_MIN_SCORE else None
+
+
 class PlantAliases:
     """Name words that say a plant, learnt from the resources that carry the plant label; and, per kind of
     resource (workload x service), who owns it in each project (its owner's peers elsewhere)."""
@@ -92,7 +163,39 @@ class PlantAliases:
         # plain dicts: the fitted labeler is pickled with the model
         self.counts_ = dict(self.counts_)
         self.owners_ = {kind: dict(by_project) for kind, by_project in owners.items()}
+        self._fit_projects(resources)
+        self.analogs_ = {t: _Analogy().fit(resources, t) for t in ANALOGY_TARGETS if t in resources.columns}
         return self
+
+    def _fit_projects(self, resources: pd.DataFrame) -> None:
+        """The plant of each project (the most common among its labelled resources) and the projects each word of
+        a project's id or name appears in: a word shared by projects of one plant says that plant."""
+        self.project_plant_: dict[str, str] = {}
+        if "plant" in resources.columns:
+            known = resources[resources.plant.notna()]
+            self.project_plant_ = {p: s.value_counts().index[0] for p, s in known.groupby("project_id").plant}
+        words: dict[str, set] = defaultdict(set)
+        for project, name in resources[["project_id", "project_name"]].drop_duplicates().itertuples(index=False):
+            for w in _project_words(project, name):
+                words[w].add(project)
+        self.project_words_ = dict(words)
+
+    def project_plants(self, project: str, project_name) -> list[str]:
+        """Plants the words of a project's id and name say, from the other projects only (so a project the
+        aliases were learnt from says what a new project would)."""
+        out = set()
+        for w in _project_words(project, project_name):
+            plants = Counter(self.project_plant_[p] for p in self.project_words_.get(w, ())
+                             if p != project and p in self.project_plant_)
+            if plants:
+                plant, n = plants.most_common(1)[0]
+                if n >= ALIAS_MIN_SUPPORT and n / sum(plants.values()) >= ALIAS_MIN_PURITY:
+                    out.add(plant)
+        return sorted(out)
+
+    def analog(self, target: str, workload: str, service: str, project: str, plants: list[str]) -> str | None:
+        a = getattr(self, "analogs_", {}).get(target)
+        return a.best(workload, service, project, plants) if a is not None else None
 
     def peers(self, workload: str, service: str, project: str) -> list[str]:
         """Owners of the same kind of resource in the other projects: the roles of people are alike across
@@ -130,10 +233,14 @@ def label_context(resources: pd.DataFrame, target: str, aliases: PlantAliases, l
     own_plant = resources["plant"].to_numpy() if learning and "plant" in resources.columns else [None] * len(resources)
     others = [t for t in TARGETS if t != target and t in resources.columns] if own_labels else []
     values = {t: resources[t].to_numpy() for t in others}
+    project_name = resources.project_name.to_numpy()
+    project_plants = {p: aliases.project_plants(p, n) for p, n in dict(zip(project, project_name)).items()}
     out, peer_tokens = [], []
     for i, name in enumerate(resources.resource_name.to_numpy()):
-        plants = aliases.plants(name, own_plant[i]) or ["none"]
+        named = aliases.plants(name, own_plant[i])
+        plants = named or ["none"]
         tokens = [f"{k}alias={p}" for p in plants for k in ("", f"{project[i]}::", f"{workload[i]}::")]
+        tokens += [f"palias={p}" for p in project_plants[project[i]]]
         peers = [f"peer={o}" for o in aliases.peers(workload[i], service[i], project[i])] if target == "owner" else []
         peer_tokens.append(" ".join(peers) or "peer=none")
         for t in others:
@@ -142,6 +249,27 @@ def label_context(resources: pd.DataFrame, target: str, aliases: PlantAliases, l
                 tokens += [f"own_{t}={v}", f"{workload[i]}::own_{t}={v}"]
         out.append(" ".join(tokens))
     return pd.DataFrame({"labels": out, "peers": peer_tokens}, index=resources.index)
+
+
+def analog_labels(resources: pd.DataFrame, target: str, aliases: PlantAliases, learning: bool = False,
+                  own_labels: bool = True) -> np.ndarray:
+    """Per resource, the value of `target` that plays its role in its plant (`_Analogy`), or None: the plant is the
+    resource's plant label (`own_labels`), else the one its name says, else its project's."""
+    out = np.full(len(resources), None, dtype=object)
+    if target not in ANALOGY_TARGETS:
+        return out
+    own_plant = resources["plant"].to_numpy() if "plant" in resources.columns else [None] * len(resources)
+    columns = ["resource_name", "project_id", "project_name", "workload", "service"]
+    project_plants: dict[str, list[str]] = {}
+    for i, (name, project, project_name, workload, service) in enumerate(resources[columns].itertuples(index=False)):
+        if own_labels and isinstance(own_plant[i], str):
+            where = [own_plant[i]]
+        else:
+            if project not in project_plants:
+                project_plants[project] = aliases.project_plants(project, project_name)
+            where = aliases.plants(name, own_plant[i] if learning else None) or project_plants[project]
+        out[i] = aliases.analog(target, workload if isinstance(workload, str) else "none", service, project, where)
+    return out
 
 
 def make_classifier(seed: int):
@@ -156,13 +284,25 @@ def make_classifier(seed: int):
 
 def _design(resources: pd.DataFrame, target: str, aliases: PlantAliases, learning: bool,
             own_labels: bool = True) -> pd.DataFrame:
-    return pd.concat([resource_text(resources), label_context(resources, target, aliases, learning, own_labels)], axis=1)
+    return pd.concat([resource_text(resources), label_context(resources, target, aliases, learning, own_labels)],
+                     axis=1)
+
+
+def _without_project(design: pd.DataFrame, project: pd.Series) -> pd.DataFrame:
+    """The rows as a project never seen would show them: the tokens naming the project itself removed."""
+    out = design.copy()
+    for col in ("context", "labels"):
+        out[col] = [" ".join(t for t in tokens.split() if t != p and not t.startswith(p + "::"))
+                    for tokens, p in zip(design[col], project)]
+    return out
 
 
 def _fit_target(resources: pd.DataFrame, target: str, seed: int):
     """The classifier of one label and its plant aliases, from the resources that carry the label.
 
-    Each row is learnt twice when the resource has other labels: with them and without them.
+    Each row is learnt twice when the resource has other labels: with them and without them; and once more as a
+    project never seen would show it (the tokens naming its project removed), so that what carries over to a new
+    project (aliases, kinds of resources, owners' peers) is learnt too, not only the project's own habits.
     """
     known = resources[resources[target].notna()]
     aliases = PlantAliases().fit(resources)
@@ -171,6 +311,9 @@ def _fit_target(resources: pd.DataFrame, target: str, seed: int):
     has_other = with_own["labels"].str.contains("own_", regex=False)
     x = pd.concat([with_own, without[has_other]], ignore_index=True)
     y = pd.concat([known[target], known.loc[has_other.to_numpy(), target]], ignore_index=True)
+    if PROJECT_DROPOUT:
+        x = pd.concat([x, _without_project(without, known.project_id)], ignore_index=True)
+        y = pd.concat([y, known[target]], ignore_index=True)
     if y.nunique() == 1:  # a fold whose training resources all carry one value (whole projects held out)
         return DummyClassifier(strategy="most_frequent").fit(x, y), aliases
     with threadpool_limits(1):  # BLAS threads only slow a model this size down (and a lot on a busy machine)
@@ -178,7 +321,8 @@ def _fit_target(resources: pd.DataFrame, target: str, seed: int):
     return model, aliases
 
 
-def _predict_target(model, aliases: PlantAliases, resources: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+def _predict_target(model, aliases: PlantAliases, resources: pd.DataFrame,
+                    target: str) -> tuple[np.ndarray, np.ndarray]:
     with threadpool_limits(1):
         proba = model.predict_proba(_design(resources, target, aliases, learning=False))
     return model.classes_[proba.argmax(axis=1)], proba.max(axis=1)
@@ -214,7 +358,7 @@ def precision_threshold(resources: pd.DataFrame, target: str, floor: float, seed
     return max(floor, float(0.5 * (c[i] + below)))
 
 
-class _Applies:
+class LabelApplier:
     """`apply` for any labeler with `predict` (`{t}_predicted`, `{t}_confidence`) and `thresholds_` per target."""
 
     thresholds_: dict
@@ -242,7 +386,7 @@ class _Applies:
 
 
 @dataclass
-class ResourceLabeler(_Applies):
+class ResourceLabeler(LabelApplier):
     targets: tuple[str, ...] = TARGETS
     confidence_threshold: float = 0.6
     seed: int = 42
@@ -250,6 +394,8 @@ class ResourceLabeler(_Applies):
     models_: dict = field(default_factory=dict)
     aliases_: dict = field(default_factory=dict)
     thresholds_: dict = field(default_factory=dict)
+    projects_: dict = field(default_factory=dict)  # per target: the projects with resources that carry it
+    analogy_precision_: dict = field(default_factory=dict)  # per target: how often an analogy was right (or NaN)
 
     def fit(self, resources: pd.DataFrame) -> "ResourceLabeler":
         for target in self.targets:
@@ -258,7 +404,29 @@ class ResourceLabeler(_Applies):
             self.models_[target], self.aliases_[target] = _fit_target(resources, target, self.seed)
             self.thresholds_[target] = self.confidence_threshold if not self.target_precision else (
                 precision_threshold(resources, target, self.confidence_threshold, self.seed, self.target_precision))
+            known = resources[resources[target].notna()]
+            self.projects_[target] = set(known.project_id)
+            # as for a new project: from the other projects only, the resource's labels unknown
+            analog = analog_labels(known, target, self.aliases_[target], learning=True, own_labels=False)
+            found = analog != None  # noqa: E711 (elementwise)
+            self.analogy_precision_[target] = (float((analog[found] == known[target].to_numpy()[found]).mean())
+                                               if found.sum() >= ANALOG_MIN_SUPPORT else float("nan"))
         return self
+
+    def analogy(self, target: str, resources: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
+        """(which resources, value, confidence) where the analogy answers instead of the classifier: resources of a
+        project where no resource carries the label (the classifier knows nothing of that project's habits) and
+        the resource's kind has a counterpart in its plant. Confidence: how often the analogy was right on the
+        training resources, judged as new projects."""
+        precisions = getattr(self, "analogy_precision_", {})  # none in a labeler pickled before analogies
+        precision = precisions.get(target, float("nan"))
+        if target not in precisions or precision != precision:
+            return np.zeros(len(resources), bool), np.full(len(resources), None, dtype=object), precision
+        new = ~resources.project_id.isin(self.projects_[target]).to_numpy()
+        values = np.full(len(resources), None, dtype=object)
+        if new.any():
+            values[new] = analog_labels(resources[new], target, self.aliases_[target])
+        return values != None, values, precision  # noqa: E711
 
     def predict(self, resources: pd.DataFrame) -> pd.DataFrame:
         """Per resource and target: predicted value and confidence (from the resource's other known labels too)."""
@@ -266,13 +434,15 @@ class ResourceLabeler(_Applies):
         for target, model in self.models_.items():
             known = resources.assign(**{target: None}) if target in resources.columns else resources
             pred, conf = _predict_target(model, self.aliases_[target], known, target)
+            use, analog, precision = self.analogy(target, known)
+            pred, conf = np.where(use, analog, pred), np.where(use, precision, conf)
             out[f"{target}_predicted"] = pred
             out[f"{target}_confidence"] = conf
         return out
 
 
 @dataclass
-class MajorityLabeler(_Applies):
+class MajorityLabeler(LabelApplier):
     """Baseline: the most common label among the labelled resources of the same project (`by_project`), or of all
     of them (a project with no labelled resource falls back to that); confidence: that label's share there."""
 
@@ -308,7 +478,6 @@ class MajorityLabeler(_Applies):
 
 # ------------------------------------------------------------------------------------------------- evaluation
 
-MIN_LABELLED = 10  # resources carrying a label needed to learn it and to measure it on folds of a few resources
 MAX_FOLDS = 10
 
 
@@ -318,22 +487,28 @@ def without_labels(resources: pd.DataFrame) -> pd.DataFrame:
     return resources.drop(columns=[t for t in TARGETS if t in resources.columns])
 
 
-def check_trainable(resources: pd.DataFrame, targets) -> None:
-    """InsufficientData unless every target is carried by MIN_LABELLED resources with at least two values."""
-    counts = {t: int(resources[t].notna().sum()) if t in resources.columns else 0 for t in targets}
-    values = {t: int(resources[t].nunique()) if t in resources.columns else 0 for t in targets}
-    short = [t for t in targets if counts[t] < MIN_LABELLED or values[t] < 2]
-    if short:
-        found = ", ".join(f"{t} on {counts[t]} ({values[t]} distinct)" for t in short)
-        raise InsufficientData(
-            f"The labeler needs at least {MIN_LABELLED} resources carrying each label, with at least 2 distinct "
-            f"values, to learn and measure it; this data has {found}: label more resources or leave those labels "
-            "out of labeler.targets.")
-
-
 def n_folds(test_share: float) -> int:
     """Folds whose test part is about `test_share` of the labelled resources."""
     return int(min(MAX_FOLDS, max(2, round(1.0 / test_share))))
+
+
+def min_labelled(test_share: float) -> int:
+    """Resources carrying a label needed to learn it and measure it: two per fold."""
+    return 2 * n_folds(test_share)
+
+
+def check_trainable(resources: pd.DataFrame, targets, test_share: float) -> None:
+    """InsufficientData unless every target is carried by `min_labelled` resources with at least two values."""
+    need = min_labelled(test_share)
+    counts = {t: int(resources[t].notna().sum()) if t in resources.columns else 0 for t in targets}
+    values = {t: int(resources[t].nunique()) if t in resources.columns else 0 for t in targets}
+    short = [t for t in targets if counts[t] < need or values[t] < 2]
+    if short:
+        found = ", ".join(f"{t} on {counts[t]} ({values[t]} distinct)" for t in short)
+        raise InsufficientData(
+            f"The labeler needs at least {need} resources carrying each label, with at least 2 distinct values, to "
+            f"learn and measure it; this data has {found}: label more resources or leave those labels out of "
+            "labeler.targets.")
 
 
 def random_folds(known: pd.DataFrame, target: str, test_share: float, seed: int) -> list[np.ndarray]:
@@ -519,7 +694,7 @@ def train_and_evaluate(resources: pd.DataFrame, targets: list[str], confidence_t
     training resources (0 leaves it as configured).
     """
     targets = list(targets)
-    check_trainable(resources, targets)
+    check_trainable(resources, targets, test_share)
     result = evaluate(lambda ts: ResourceLabeler(ts, confidence_threshold, seed, target_precision), resources,
                       targets, test_share, seed, truth)
     result["metrics"]["baselines"] = {
