@@ -10,9 +10,14 @@ One classifier per label, a logistic regression over what a person reads to gues
   always goes with one plant ("lyn", "stg", "corp") says that plant, alone and with the project and workload
   (a shared data-platform resource that serves a plant says so in its name);
 - the resource's other known labels (its cost center says its plant, its plant and workload its cost center).
-  Rows are learnt both with and without them, since many unlabelled resources carry none.
+  Rows are learnt both with and without them, since many unlabelled resources carry none;
+- words of the project's id and name that, in the other projects, go with one plant.
+Rows are learnt once more with the tokens naming their project removed, as a project never seen shows them.
+For a project where no resource carries the label, the answer comes by analogy when there is one (`_Analogy`:
+the value that plays, in the resource's plant, the role its kind of resource gets in the other plants).
 
-Resources that carry the label train it; accuracy is measured on labelled resources held out from training.
+Resources that carry the label train it; `evaluate` measures it on labelled resources held out from training
+(out of fold, a random resource split and whole projects held out), beside baselines judged the same way.
 Only predictions whose probability reaches the applying threshold are applied; the others go to a review list.
 That threshold is the configured confidence threshold; with `target_precision` > 0 it is raised per label where
 cross-validation on the training resources shows predictions at that confidence right less often than wanted.
@@ -240,7 +245,8 @@ def label_context(resources: pd.DataFrame, target: str, aliases: PlantAliases, l
         named = aliases.plants(name, own_plant[i])
         plants = named or ["none"]
         tokens = [f"{k}alias={p}" for p in plants for k in ("", f"{project[i]}::", f"{workload[i]}::")]
-        tokens += [f"palias={p}" for p in project_plants[project[i]]]
+        if not named:  # the project's words say the plant of a resource whose name says none
+            tokens += [f"palias={p}" for p in project_plants[project[i]]]
         peers = [f"peer={o}" for o in aliases.peers(workload[i], service[i], project[i])] if target == "owner" else []
         peer_tokens.append(" ".join(peers) or "peer=none")
         for t in others:
