@@ -313,3 +313,17 @@ def test_the_prediction_server_answers_by_analogy_as_the_library_does(tmp_path):
         assert [p[target]["predicted"] for p in served] == library[f"{target}_predicted"].tolist()
         np.testing.assert_allclose([p[target]["confidence"] for p in served], library[f"{target}_confidence"],
                                    rtol=1e-9)
+
+
+def test_the_training_step_says_in_one_sentence_that_the_labels_are_too_few(tmp_path):
+    from finops_ml.config import Config
+    from finops_ml.errors import InsufficientData
+    from finops_ml.training.steps import train_labeler_step
+
+    # an export where no resource carries owner / cost_center / plant
+    organisation().assign(owner=None, cost_center=None, plant=None, first_day="2026-01-01").to_parquet(
+        tmp_path / "resources.parquet")
+    with pytest.raises(InsufficientData) as err:
+        train_labeler_step(str(tmp_path / "resources.parquet"), "", Config(), str(tmp_path / "m"), str(tmp_path / "e"))
+    assert str(err.value).count(". ") == 0 and "owner on 0 (0 distinct), cost_center on 0" in str(err.value)
+    assert not (tmp_path / "m" / "model.joblib").exists()
