@@ -43,7 +43,8 @@ def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: s
                   owner_confusion: Output[ClassificationMetrics],
                   cost_center_confusion: Output[ClassificationMetrics],
                   plant_confusion: Output[ClassificationMetrics]):
-    """TF-IDF + logistic regression per label; confident predictions applied, the rest to review."""
+    """TF-IDF + logistic regression per label; confident predictions applied, the rest to review. Raises
+    InsufficientData when a label is carried by too few resources to learn and measure it."""
     import json
     import os
 
@@ -54,6 +55,9 @@ def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: s
                                 evaluation.path)
     for key, value in loggable_metrics(result["metrics"]).items():
         metrics.log_metric(key, value)
+    for name, values in result["metrics"].get("baselines", {}).items():  # beside ours, on the same folds
+        for key, value in loggable_metrics(values).items():
+            metrics.log_metric(f"baseline_{name}_{key}", value)
     path = os.path.join(evaluation.path, "confusion.json")
     confusion = json.load(open(path)) if os.path.exists(path) else {}
     for target, artifact in (("owner", owner_confusion), ("cost_center", cost_center_confusion),

@@ -114,6 +114,8 @@ class GatesConfig(_Strict):
     anomaly_f1: float = Field(0.85, ge=0.0, le=1.0)
     label_accuracy: float = Field(0.90, ge=0.0, le=1.0)
     label_compliance_after: float = Field(0.95, ge=0.0, le=1.0)
+    # share of the labels confident enough to apply that are right, on held-out labelled resources (all labels pooled)
+    label_applied_precision: float = Field(0.95, ge=0.0, le=1.0)
 
 
 class RegistryConfig(_Strict):

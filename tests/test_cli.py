@@ -29,7 +29,7 @@ SMALL_CONFIG = {
     "anomaly": {"n_estimators": 50},
 }
 GATES = ["forecast_accuracy", "anomaly_f1", "label_accuracy_owner", "label_accuracy_cost_center",
-         "label_accuracy_plant", "label_compliance_after"]
+         "label_accuracy_plant", "label_compliance_after", "label_applied_precision"]
 
 
 @pytest.fixture(scope="module")

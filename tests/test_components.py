@@ -239,7 +239,7 @@ def test_build_features_writes_daily_cost_and_resources(chain):
     ("cost-forecast", ["forecast_accuracy"]),
     ("cost-anomaly", ["anomaly_f1"]),
     ("resource-labeler", ["label_accuracy_owner", "label_accuracy_cost_center", "label_accuracy_plant",
-                          "label_compliance_after"]),
+                          "label_compliance_after", "label_applied_precision"]),
 ])
 def test_trainer_writes_model_and_held_out_evaluation(chain, name, gate_names):
     trained = chain.trained[name]
@@ -444,7 +444,8 @@ def test_build_report_writes_html_with_plots_and_a_summary_of_the_gates(chain):
     assert "Gates" in html and "forecast_accuracy" in html
 
     assert list(summary["gates"]) == ["forecast_accuracy", "anomaly_f1", "label_accuracy_owner",
-                                      "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after"]
+                                      "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after",
+                                      "label_applied_precision"]
     for name in chain.trained:
         for gate, g in _evaluation(chain, name)["gates"].items():
             assert summary["gates"][gate] == g

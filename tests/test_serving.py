@@ -342,6 +342,9 @@ def test_labeler_answers_equal_the_library_for_every_resource(client, trained):
             value = getattr(row, target)
             inst[target] = None if pd.isna(value) else value
         instances.append(inst)
+    # and the same resources in a project never seen labelled (where the labeler answers by analogy)
+    resources = pd.concat([resources, resources.assign(project_id="acme-new-prd")], ignore_index=True)
+    instances += [{**inst, "project_id": "acme-new-prd"} for inst in instances]
     r = _predict(client, "labeler", instances)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]

@@ -323,8 +323,12 @@ class LabelerPredictor(Predictor):
                     proba = e / e.sum()
                 k = int(proba.argmax())
                 known = getattr(inst, target)
-                confidence = float(proba[k])
-                o[target] = {"predicted": str(classes[k]), "confidence": confidence, "known": known,
+                predicted, confidence = str(classes[k]), float(proba[k])
+                if frame is not None:  # a project the labeler never saw labelled: the analogy answers, if any
+                    use, analog, precision = self.model.analogy(target, frame)
+                    if use[0]:
+                        predicted, confidence = str(analog[0]), float(precision)
+                o[target] = {"predicted": predicted, "confidence": confidence, "known": known,
                              "apply": known is None and confidence >= threshold}
             out.append(o)
         return out

@@ -144,7 +144,7 @@ def _labels_figure(metrics: dict, backtest: dict) -> str:
     a.bar(["before", "after"], [metrics["label_compliance_before"], metrics["label_compliance_after"]],
           color=["#aaa", "#2ca02c"])
     a.set_ylim(0, 1)
-    a.set_title("Label compliance (share of cost fully labelled)")
+    a.set_title("Label compliance (share of cost correctly labelled)")
     b.bar(list(backtest), list(backtest.values()), color="#1f77b4")
     b.set_ylim(min(backtest.values(), default=1.0) - 0.05, 1)
     b.set_title("Forecast models: backtest accuracy (1 - WAPE)")

@@ -9,7 +9,6 @@ and the same code runs on the local runner and on Vertex AI. Each training step 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -141,6 +140,8 @@ def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, label
 
 
 def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
+    """The labeler, judged on held-out labelled resources beside its baselines (InsufficientData, one sentence, when
+    a label is carried by too few resources to learn and measure it)."""
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     resources = pd.read_parquet(resources_path)
     truth = pd.read_csv(truth_path) if truth_path else None
@@ -151,11 +152,14 @@ def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_
                                             truth, lc.target_precision)
     except InsufficientData as exc:
         return _finish(eval_dir, LABELER, {}, cfg, window, not_trained=str(exc))
-    joblib.dump(result["model"], model_dir / "model.joblib")
-    result["review"].to_csv(model_dir / "review_list.csv", index=False)
-    result["labelled"].to_parquet(eval_dir / "labelled.parquet", index=False)
-    result["review"].to_csv(eval_dir / "review_list.csv", index=False)
-    (eval_dir / "confusion.json").write_text(json.dumps(result["confusion"]))
+    with atomic_path(model_dir / "model.joblib") as tmp:
+        joblib.dump(result["model"], tmp)
+    for d in (model_dir, eval_dir):
+        with atomic_path(d / "review_list.csv") as tmp:
+            result["review"].to_csv(tmp, index=False)
+    with atomic_path(eval_dir / "labelled.parquet") as tmp:
+        result["labelled"].to_parquet(tmp, index=False)
+    write_json(eval_dir / "confusion.json", result["confusion"])
     metrics = result["metrics"]
     metrics["label_accuracy_min"] = min(metrics[f"label_accuracy_{t}"] for t in lc.targets)
     return _finish(eval_dir, LABELER, metrics, cfg, window)
