@@ -326,6 +326,8 @@ class _Injector:
         tail_end = t0 + length
         if kind == "level_shift" and self.rng.random() < self.spec.shift_persist_share:
             tail_end = self.n_days  # it stays: the new level is the new normal after the labelled window
+            if not self._free(cell, t0, tail_end):
+                return None
             factors = np.r_[factors, np.full(tail_end - t0 - length, factor)]
         return dict(kind=kind, cell=cell, t0=t0, length=length, tail_end=tail_end, resources=[r],
                     scale={s: factors for s in self.series_of[r]}, sigma=sigma, k=k, size=factor,
