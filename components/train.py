@@ -32,8 +32,8 @@ def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input
                            anomaly_feedback: str, config_json: str, model: Output[Model],
                            evaluation: Output[Artifact], metrics: Output[Metrics],
                            confusion: Output[ClassificationMetrics]):
-    """Isolation Forest on robust features; threshold from the training window's labels (and users' feedback);
-    each anomaly with its dollar impact and cause."""
+    """Label-free thresholds (alarm budgets; refined by users' feedback, replaced by ground truth on synthetic data);
+    rises and drops, each with its dollar impact, % deviation and cause; evaluated by injection into the holdout."""
     import math
 
     from finops_ml.config import Config
@@ -41,12 +41,16 @@ def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input
 
     result = train_anomaly_step(resource_daily_cost.path, resources.path, anomaly_labels, anomaly_feedback,
                                 Config.from_json(config_json), model.path, evaluation.path)
-    for key in ("anomaly_f1", "precision", "recall", "event_f1", "mean_detection_delay_days"):
-        value = result["metrics"][key]  # the delay is NaN when no anomalous event was detected
+    m = result["metrics"]
+    injected = m["evaluation"]["injected"]
+    values = {key: m[key] for key in ("anomaly_f1", "precision", "recall", "event_f1", "mean_detection_delay_days",
+                                      "threshold_up", "threshold_down", "holdout_alarm_rate")}
+    values.update({f"injected_{key}": injected[key] for key in ("f1", "precision", "recall", "alarm_rate_clean")})
+    values.update({f"injected_recall_{kind}": r for kind, r in injected["recall_per_kind"].items()})
+    for key, value in values.items():  # the delay is NaN when no anomalous event was detected
         if value is not None and math.isfinite(value):  # NaN would make executor_output.json invalid JSON
             metrics.log_metric(key, value)
-    m = result["metrics"]
-    confusion.log_confusion_matrix(["normal", "anomaly"], m["confusion"])  # holdout cells: truth x predicted
+    confusion.log_confusion_matrix(["normal", "anomaly"], m["confusion"])  # holdout cells of the evidence used
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)

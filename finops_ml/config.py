@@ -86,6 +86,32 @@ class AnomalyConfig(_Strict):
     injection_sigma_multiple: tuple[float, float] = (3.0, 30.0)
     injection_material_share: float = Field(0.25, gt=0.0, le=5.0)
     injection_min_impact_usd: float = Field(0.0, ge=0.0)
+    # The detector's thresholds need no labels: per direction, the share of normal cells allowed to alarm (the
+    # score's robust body extrapolated to it), or a fixed score threshold. Feedback verdicts refine the learnt ones;
+    # the generator's truth replaces them (synthetic data only).
+    alarm_budget_up: float = Field(0.002, gt=0.0, lt=0.5)
+    alarm_budget_down: float = Field(0.002, gt=0.0, lt=0.5)
+    threshold_up: float | None = Field(None, gt=0.0)
+    threshold_down: float | None = Field(None, gt=0.0)
+    # What is worth an alert: a deviation of at least this % of the cell's expected cost, and this $ impact (a
+    # project's own minimum, else its service's, else the default).
+    min_pct_deviation: float = Field(25.0, ge=0.0)
+    min_impact_usd: float = Field(0.0, ge=0.0)
+    min_impact_usd_by_service: dict[str, float] = {}
+    min_impact_usd_by_project: dict[str, float] = {}
+    # An always-on resource without cost is a drop for its first `stop_days` days, then gone; a new resource that
+    # grew `runaway_factor` times since its first day, at `runaway_rate` a day or faster, runs away.
+    stop_days: int = Field(3, ge=1, le=60)
+    runaway_factor: float = Field(1.5, gt=1.0)
+    runaway_rate: float = Field(0.10, gt=0.0)
+
+    @field_validator("min_impact_usd_by_service", "min_impact_usd_by_project")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if not v >= 0)
+        if bad:
+            raise ValueError(f"minimum impacts must be 0 or more (see {', '.join(bad)})")
+        return value
 
     @field_validator("injection_sigma_multiple")
     @classmethod

@@ -8,13 +8,14 @@ resource_daily_cost view; given daily cost per cell only, a cell is one resource
 - an established resource's expected cost is the median of its last `baseline_days` *accepted* de-seasonalised
   days times today's season. A day is accepted into the baseline only when it lies within `reject_sigmas` noise
   scales of it, so a level shift, a drift or a drop in progress does not leak into the baseline that judges it; a
-  change that persists for `accept_after_days` is accepted as the new normal (the baseline restarts from recent days);
+  change that persists for `accept_after_days` is accepted as the new normal (the baseline restarts from recent days),
+  and a return to the former level within `accept_after_days` of that restores it at once (a long incident ended);
 - an established *always-on* resource (a cost every day of its last `baseline_days`) that has no cost today is
   judged at a cost of 0 (an outage, a broken export, a deleted resource) for its first `stop_days` days without
   cost; after that it is gone, not expected any more;
 - a resource younger than `warmup_days` is new spend (it ramps up): its cost is its own expectation, reported but not
-  an anomaly, unless it runs away: once its de-seasonalised cost has grown `runaway_factor` times since its first
-  day, at `runaway_rate` a day or faster, its first day's cost is its expectation.
+  an anomaly, unless it runs away: once its cost has grown `runaway_factor` times since its first days, at
+  `runaway_rate` a day or faster, its first level is its expectation.
 
 Everything is causal (a recursive filter over days: a cell only sees its past, with factors fixed in `fit`), so the
 same detector runs event by event (`finops_ml.models.realtime`). A cell's excess is the sum of its judged resources'
@@ -160,20 +161,26 @@ class FilterSettings:
     eps: float
 
 
-def _causal_filter(flat: np.ndarray, sigma: np.ndarray, s: FilterSettings) -> tuple[np.ndarray, np.ndarray]:
+def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
+                   s: FilterSettings) -> tuple[np.ndarray, np.ndarray]:
     """The causal outlier-rejecting filter over de-seasonalised costs (resources x days).
 
     Returns, per resource and day, the expected de-seasonalised cost of a judged resource (NaN where it is not
     judged: absent, or new spend in its warm-up) and its observed de-seasonalised cost (its cost, 0 for an always-on
     resource that stopped billing, NaN otherwise). Day t's expectation of an established resource is the median of its
-    last `baseline_days` accepted values before t; a runaway new resource is expected at its first days' level.
+    last `baseline_days` accepted values before t; a runaway new resource is expected at its first level (`flat`
+    times `season` is the cost: growth is measured on costs, as the new resource's own season is unknown).
     """
     n_res, n_days = flat.shape
     accepted = np.full((n_res, s.baseline_days), np.nan)
     recent = np.full((n_res, s.baseline_days), np.nan)
-    level0 = np.full(n_res, np.nan)  # a resource's first de-seasonalised level
+    level0 = np.full(n_res, np.nan)  # a resource's first level (cost)
+    previous = np.full((n_res, s.baseline_days), np.nan)  # the accepted days before the last new normal
+    previous_base = np.full(n_res, np.nan)
+    reset_day = np.full(n_res, -(10 ** 9))
     pos_acc = np.zeros(n_res, int)
     pos_rec = np.zeros(n_res, int)
+    pos_prev = np.zeros(n_res, int)
     rejected_run = np.zeros(n_res, int)
     age = np.full(n_res, -1)
     run = np.zeros(n_res, int)  # consecutive days with cost, up to the last one
@@ -183,6 +190,7 @@ def _causal_filter(flat: np.ndarray, sigma: np.ndarray, s: FilterSettings) -> tu
     rows = np.arange(n_res)
     for t in range(n_days):
         x = flat[:, t]
+        cost = x * season[:, t]
         present = np.isfinite(x)
         age = np.where(age >= 0, age + 1, np.where(present, 0, -1))
         n_acc = np.sum(np.isfinite(accepted), axis=1)
@@ -196,11 +204,20 @@ def _causal_filter(flat: np.ndarray, sigma: np.ndarray, s: FilterSettings) -> tu
         # A new resource that grew by runaway_factor at runaway_rate a day or faster since its first day runs away.
         # Its first level is the larger of its first two days (a resource created in the day bills part of it).
         steep = np.maximum(s.runaway_factor, (1.0 + s.runaway_rate) ** np.maximum(age, 0))
-        runaway = present & ~established & (age >= 2) & (level0 > 0) & (x >= steep * level0)
-        ref_out[:, t] = np.where(established & observed, base, np.where(runaway, level0, np.nan))
+        runaway = present & ~established & (age >= 2) & (level0 > 0) & (cost >= steep * level0)
+        ref_out[:, t] = np.where(established & observed, base, np.where(runaway, level0 / season[:, t], np.nan))
         obs_out[:, t] = obs
         dev = np.abs(np.log((np.maximum(obs, 0.0) + s.eps) / (np.maximum(base, 0.0) + s.eps)))
         ok = observed & (~established | (dev <= s.reject_sigmas * sigma))
+        # Back to the level before a recent new normal (the end of a long incident): that level again, at once.
+        back = np.abs(np.log((np.maximum(obs, 0.0) + s.eps) / (np.maximum(previous_base, 0.0) + s.eps)))
+        revert = (observed & ~ok & established & (t - reset_day <= s.accept_after_days)
+                  & (back <= s.reject_sigmas * sigma))
+        if revert.any():
+            accepted[revert] = previous[revert]
+            pos_acc[revert] = pos_prev[revert]
+            previous_base[revert] = np.nan
+            ok = ok | revert
         rejected_run = np.where(observed & ~ok, rejected_run + 1, np.where(ok, 0, rejected_run))
         # record every observed value; accept the normal ones
         recent[rows[observed], pos_rec[observed]] = obs[observed]
@@ -210,10 +227,14 @@ def _causal_filter(flat: np.ndarray, sigma: np.ndarray, s: FilterSettings) -> tu
         # A change that has lasted `accept_after_days` is the new normal: restart from the recent days.
         reset = rejected_run >= s.accept_after_days
         if reset.any():
+            previous[reset] = accepted[reset]
+            pos_prev[reset] = pos_acc[reset]
+            previous_base[reset] = base[reset]
+            reset_day[reset] = t
             accepted[reset] = recent[reset]
             pos_acc[reset] = pos_rec[reset]
             rejected_run[reset] = 0
-        level0 = np.where(present & (age == 0), x, np.where(present & (age == 1), np.fmax(level0, x), level0))
+        level0 = np.where(present & (age == 0), cost, np.where(present & (age == 1), np.fmax(level0, cost), level0))
         run = np.where(present, np.where(gap == 0, run + 1, 1), run)
         gap = np.where(present, 0, np.where(age >= 0, gap + 1, 0))
     return ref_out, obs_out
@@ -261,7 +282,7 @@ class CostAnomalyDetector:
     n_estimators: int = 200  # unused: the detector has no forest any more; kept so that configs still validate
     seed: int = 42
     reject_sigmas: float = 3.0
-    accept_after_days: int = 28
+    accept_after_days: int = 21
     alarm_budget_up: float = 0.002  # share of normal cells allowed to alarm, per direction (label-free thresholds)
     alarm_budget_down: float = 0.002
     threshold_up: float | None = None  # fixed score thresholds instead of learnt ones
@@ -270,14 +291,25 @@ class CostAnomalyDetector:
     min_impact: float = 0.0  # ... and by at least this many dollars (overrides per project, else per service)
     min_impact_by_service: dict[str, float] = field(default_factory=dict)
     min_impact_by_project: dict[str, float] = field(default_factory=dict)
-    stop_days: int = 7  # days an always-on resource without cost is judged at 0 before it is taken as gone
-    runaway_factor: float = 2.0  # a new resource that grew this much since its first day ...
-    runaway_rate: float = 0.12  # ... at this rate a day or faster runs away (a usual ramp-up is slower)
+    stop_days: int = 3  # days an always-on resource without cost is judged at 0 before it is taken as gone
+    runaway_factor: float = 1.5  # a new resource that grew this much since its first day ...
+    runaway_rate: float = 0.10  # ... at this rate a day or faster runs away (a usual ramp-up is slower)
     threshold_up_: float = float("nan")
     threshold_down_: float = float("nan")
     eps_: float = float("nan")
     calibration_: dict = field(default_factory=dict, repr=False)
     factors_: pd.DataFrame | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, a, seed: int = 42) -> "CostAnomalyDetector":
+        """An unfitted detector with the settings of an `AnomalyConfig` (finops_ml.config)."""
+        return cls(window_days=a.window_days, n_estimators=a.n_estimators, seed=seed,
+                   alarm_budget_up=a.alarm_budget_up, alarm_budget_down=a.alarm_budget_down,
+                   threshold_up=a.threshold_up, threshold_down=a.threshold_down,
+                   min_pct_deviation=a.min_pct_deviation, min_impact=a.min_impact_usd,
+                   min_impact_by_service=dict(a.min_impact_usd_by_service),
+                   min_impact_by_project=dict(a.min_impact_usd_by_project), stop_days=a.stop_days,
+                   runaway_factor=a.runaway_factor, runaway_rate=a.runaway_rate)
 
     @property
     def warmup_days(self) -> int:
@@ -319,7 +351,7 @@ class CostAnomalyDetector:
         season = dow[:, weekday] * np.where(_month_end(panel.days)[None, :], month_end, 1.0)
         x = panel.cost
         sigma = factors["sigma"].to_numpy()
-        ref, obs = _causal_filter(x / season, sigma, self.filter_settings())
+        ref, obs = _causal_filter(x / season, season, sigma, self.filter_settings())
         judged = np.isfinite(ref)
         present = np.isfinite(x)
         expected_r = np.where(judged, ref * season, np.where(present, x, 0.0))  # new resources explain themselves
@@ -646,6 +678,7 @@ def train_and_evaluate(daily: pd.DataFrame, truth: pd.DataFrame | None, holdout_
     from finops_ml.models.anomaly_eval import evaluate_by_injection
 
     injected = evaluate_by_injection(model, train, daily[daily.day > cutoff], resources, **(injection or {}))
+    injected["recall_by_kind"] = injected["recall_per_kind"]  # the name summary.json readers know
     used = "ground_truth" if ground_truth is not None else "injected"
     main = ground_truth if ground_truth is not None else injected
     metrics = {

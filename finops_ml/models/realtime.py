@@ -53,19 +53,22 @@ class InvalidEvent(FinopsError):
 
 class _Resource:
     __slots__ = ("cell", "first_day", "last_day", "run", "level0", "dow", "month_end", "sigma", "accepted", "recent",
-                 "rejected_run", "base", "sku_ewma", "labels")
+                 "rejected_run", "base", "previous", "previous_base", "reset_day", "sku_ewma", "labels")
 
     def __init__(self, cell, first_day, factors, baseline_days):
         self.cell = cell
         self.first_day = first_day
         self.last_day: int | None = None  # the last closed day it had cost
         self.run = 0  # consecutive closed days with cost, up to last_day
-        self.level0 = math.nan  # its first level: the larger of its first two days (de-seasonalised)
+        self.level0 = math.nan  # its first level: the larger cost of its first two days
         self.dow, self.month_end, self.sigma = factors
         self.accepted: deque = deque(maxlen=baseline_days)
         self.recent: deque = deque(maxlen=baseline_days)
         self.rejected_run = 0
         self.base: float | None = None  # median of `accepted` once it holds MIN_BASELINE_DAYS values
+        self.previous: deque | None = None  # the accepted days before the last new normal, and their median
+        self.previous_base = math.nan
+        self.reset_day = -(10 ** 9)
         self.sku_ewma: dict[str, float] = {}
         self.labels: dict[str, str] = {}
 
@@ -89,9 +92,9 @@ class _Resource:
         if self.established(day, m):
             expected = self.base * season
         elif (cost is not None and day - self.first_day >= 2 and self.level0 > 0
-              and cost / season >= max(m.runaway_factor, (1.0 + m.runaway_rate) ** (day - self.first_day))
+              and cost / season * season >= max(m.runaway_factor, (1.0 + m.runaway_rate) ** (day - self.first_day))
               * self.level0):
-            expected = self.level0 * season
+            expected = self.level0 / season * season
         else:
             return False, 0.0, 0.0
         return True, expected, (self.sigma * (expected + m.eps)) ** 2
@@ -102,8 +105,13 @@ class _Resource:
         day's cost, 0 for a resource judged missing (`present` False)."""
         established = self.established(day, m)
         flat = cost / self.season(calendar_day)
-        ok = not established or (abs(math.log((max(flat, 0.0) + m.eps) / (max(self.base, 0.0) + m.eps)))
-                                 <= m.reject_sigmas * self.sigma)
+        band = m.reject_sigmas * self.sigma
+        ok = not established or abs(math.log((max(flat, 0.0) + m.eps) / (max(self.base, 0.0) + m.eps))) <= band
+        if (not ok and established and day - self.reset_day <= m.accept_after_days
+                and abs(math.log((max(flat, 0.0) + m.eps) / (max(self.previous_base, 0.0) + m.eps))) <= band):
+            self.accepted = self.previous  # back to the level before the new normal: the incident ended
+            self.previous, self.previous_base = None, math.nan
+            ok = True
         self.recent.append(flat)
         if ok:
             self.accepted.append(flat)
@@ -111,6 +119,7 @@ class _Resource:
         else:
             self.rejected_run += 1
             if self.rejected_run >= m.accept_after_days:  # a lasting change is the new normal
+                self.previous, self.previous_base, self.reset_day = self.accepted, self.base, day
                 self.accepted = deque(self.recent, maxlen=self.accepted.maxlen)
                 self.rejected_run = 0
         n = len(self.accepted)
@@ -121,9 +130,10 @@ class _Resource:
             return
         age = day - self.first_day
         if age == 0:
-            self.level0 = flat
+            self.level0 = flat * self.season(calendar_day)
         elif age == 1:
-            self.level0 = flat if math.isnan(self.level0) else max(self.level0, flat)
+            cost = flat * self.season(calendar_day)
+            self.level0 = cost if math.isnan(self.level0) else max(self.level0, cost)
         self.run = self.run + 1 if self.last_day == day - 1 else 1
         self.last_day = day
         for sku in self.sku_ewma.keys() | skus.keys():
