@@ -11,7 +11,7 @@ import pytest
 from finops_ml.config import AnomalyConfig
 from finops_ml.data.ingest import ingest
 from finops_ml.data.warehouse import run_feature_view
-from finops_ml.errors import FinopsError
+from finops_ml.errors import FinopsError, InsufficientData
 from finops_ml.models.anomaly_eval import evaluate_by_injection, spec_from_config
 from finops_ml.synthetic.injector import (
     DIRECTION,
@@ -337,6 +337,9 @@ def test_harness_with_the_config_keys(org, split):
     assert spec.sigma_multiple == (4.0, 8.0) and spec.min_impact_usd == 2.0 and spec.material_share == 0.25
     with pytest.raises(FinopsError, match="holdout window has no cost rows"):
         evaluate_by_injection(_Silent(), split[0], split[1].iloc[:0])
+    with pytest.raises(InsufficientData, match="need 45 days of billing history"):
+        short = split[1][split[1].day < pd.Timestamp("2025-06-10")]  # 40 days and no history before them
+        evaluate_by_injection(_Silent(), split[0].iloc[:0], short, draws=1)
 
 
 def test_panel_round_trip(org):

@@ -15,7 +15,8 @@ and is judged on the holdout's daily cells (day x service x project):
 
 The figures are the mean over draws; `spread` holds their standard deviation, minimum and maximum. Untouched
 cells of the data may hold real anomalies: flagging them counts against precision here, and the alarm rate on
-the untouched holdout says how often that happens. The harness fits nothing.
+the untouched holdout says how often that happens. The harness fits nothing. When no anomaly finds a place (no
+resource of the holdout has `min_history_days` of history before it) it raises InsufficientData.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from finops_ml.errors import FinopsError
+from finops_ml.errors import FinopsError, InsufficientData
 from finops_ml.models.metrics import event_metrics, precision_recall_f1
 from finops_ml.synthetic.injector import DIRECTION, KINDS, CostPanel, InjectionSpec, inject
 
@@ -108,6 +109,9 @@ def evaluate_by_injection(detector, train_daily: pd.DataFrame, holdout_daily: pd
         cells = _draw_cells(_scored_cells(detector, injection.daily(), resources, first), injection, first)
         per_draw.append({"draw": draw, "anomalies": int(len(injection.anomalies)), **_draw_metrics(cells)})
         pooled.append(cells.assign(draw=draw))
+    if not any(d["anomalies"] for d in per_draw):
+        raise InsufficientData(f"No anomaly could be injected into the holdout from {first.date()}: its resources "
+                               f"need {spec.min_history_days} days of billing history before it.")
     cells = pd.concat(pooled, ignore_index=True)
     positives = cells[cells.truth]
 
