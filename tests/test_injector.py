@@ -11,7 +11,7 @@ import pytest
 from finops_ml.config import AnomalyConfig
 from finops_ml.data.ingest import ingest
 from finops_ml.data.warehouse import run_feature_view
-from finops_ml.errors import FinopsError
+from finops_ml.errors import FinopsError, InsufficientData
 from finops_ml.models.anomaly_eval import evaluate_by_injection, spec_from_config
 from finops_ml.synthetic.injector import (
     DIRECTION,
@@ -331,12 +331,34 @@ def test_harness_counts_false_alarms_and_is_reproducible(org, split):
     assert c["per_draw"] != a["per_draw"]
 
 
+def test_known_anomalies_are_left_out_of_the_precision_side(org, split):
+    """Cells the data already holds as anomalies (ground truth, feedback) are no false alarms when found."""
+
+    class Everything(_Silent):
+        def score(self, daily, resources=None):
+            return super().score(daily).assign(is_anomaly=True)
+
+    holdout = split[1]
+    known = holdout[holdout.project_id == "p0"].drop_duplicates(["day", "service", "project_id"])
+    known = known.assign(date=known.day.dt.strftime("%Y-%m-%d"))[["date", "service", "project_id"]]
+    plain = evaluate_by_injection(Everything(), *split, draws=1, seed=3)
+    left = evaluate_by_injection(Everything(), *split, draws=1, seed=3, known=known)
+    assert left["known_cells_left_out"] == len(known) == 2 * holdout.day.nunique()
+    assert left["clean_cells"] == plain["clean_cells"] - len(known)
+    d_plain, d_left = plain["per_draw"][0], left["per_draw"][0]
+    assert d_left["positive_cells"] == d_plain["positive_cells"]  # injected truth wins over "known"
+    assert d_left["flagged_cells"] < d_plain["flagged_cells"] and left["precision"] > plain["precision"]
+
+
 def test_harness_with_the_config_keys(org, split):
     cfg = AnomalyConfig(injection_draws=2, injection_sigma_multiple=(4.0, 8.0), injection_min_impact_usd=2.0)
     spec = spec_from_config(cfg)
     assert spec.sigma_multiple == (4.0, 8.0) and spec.min_impact_usd == 2.0 and spec.material_share == 0.25
     with pytest.raises(FinopsError, match="holdout window has no cost rows"):
         evaluate_by_injection(_Silent(), split[0], split[1].iloc[:0])
+    with pytest.raises(InsufficientData, match="need 45 days of billing history"):
+        short = split[1][split[1].day < pd.Timestamp("2025-06-10")]  # 40 days and no history before them
+        evaluate_by_injection(_Silent(), split[0].iloc[:0], short, draws=1)
 
 
 def test_panel_round_trip(org):

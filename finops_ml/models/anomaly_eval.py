@@ -15,7 +15,8 @@ and is judged on the holdout's daily cells (day x service x project):
 
 The figures are the mean over draws; `spread` holds their standard deviation, minimum and maximum. Untouched
 cells of the data may hold real anomalies: flagging them counts against precision here, and the alarm rate on
-the untouched holdout says how often that happens. The harness fits nothing.
+the untouched holdout says how often that happens. The harness fits nothing. When no anomaly finds a place (no
+resource of the holdout has `min_history_days` of history before it) it raises InsufficientData.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from finops_ml.errors import FinopsError
+from finops_ml.errors import FinopsError, InsufficientData
 from finops_ml.models.metrics import event_metrics, precision_recall_f1
 from finops_ml.synthetic.injector import DIRECTION, KINDS, CostPanel, InjectionSpec, inject
 
@@ -50,18 +51,30 @@ def _scored_cells(detector, daily: pd.DataFrame, resources: pd.DataFrame | None,
     return out.groupby(CELL, as_index=False, sort=True)["predicted"].any()
 
 
-def _draw_cells(scored: pd.DataFrame, injection, first: pd.Timestamp) -> pd.DataFrame:
-    """The holdout's cells with truth (material injected), kind, direction, and don't-care (changed, immaterial)."""
+def _known_cells(known: pd.DataFrame | None) -> pd.DataFrame:
+    if known is None or known.empty:
+        return pd.DataFrame({"day": pd.Series(dtype="datetime64[ns]"), "service": pd.Series(dtype=str),
+                             "project_id": pd.Series(dtype=str), "known": pd.Series(dtype=bool)})
+    day = known["day"] if "day" in known.columns else known["date"]
+    return pd.DataFrame({"day": pd.to_datetime(day).dt.tz_localize(None).dt.normalize(),
+                         "service": known["service"].astype(str), "project_id": known["project_id"].astype(str),
+                         "known": True}).drop_duplicates(CELL)
+
+
+def _draw_cells(scored: pd.DataFrame, injection, first: pd.Timestamp, known: pd.DataFrame) -> pd.DataFrame:
+    """The holdout's cells with truth (material injected), kind, direction, and don't-care (changed but not
+    material, or a known anomaly of the data)."""
     truth = injection.cells.assign(day=pd.to_datetime(injection.cells["date"]))
     truth = truth[truth.material & (truth.day >= first)]
     truth = truth.drop_duplicates(CELL)[[*CELL, "anomaly_id", "kind", "direction"]].assign(truth=True)
     changed = injection.cell_delta()
     changed = changed[changed.day >= first][CELL].drop_duplicates().assign(changed=True)
     cells = scored.merge(truth, on=CELL, how="outer").merge(changed, on=CELL, how="left")
-    cells["predicted"] = cells["predicted"].astype("boolean").fillna(False).astype(bool)
-    cells["truth"] = cells["truth"].astype("boolean").fillna(False).astype(bool)
-    cells["dont_care"] = cells["changed"].astype("boolean").fillna(False).astype(bool) & ~cells["truth"]
-    return cells.drop(columns="changed").sort_values(CELL).reset_index(drop=True)
+    cells = cells.merge(known, on=CELL, how="left")
+    for c in ("predicted", "truth", "changed", "known"):
+        cells[c] = cells[c].astype("boolean").fillna(False).astype(bool)
+    cells["dont_care"] = (cells["changed"] | cells["known"]) & ~cells["truth"]
+    return cells.drop(columns=["changed", "known"]).sort_values(CELL).reset_index(drop=True)
 
 
 def _draw_metrics(cells: pd.DataFrame) -> dict:
@@ -84,11 +97,14 @@ def _ratio(hits: int, total: int) -> float:
 
 def evaluate_by_injection(detector, train_daily: pd.DataFrame, holdout_daily: pd.DataFrame,
                           resources: pd.DataFrame | None = None, draws: int = 5, seed: int = 0,
-                          spec: InjectionSpec | None = None, cells_share: float = 0.2) -> dict:
+                          spec: InjectionSpec | None = None, cells_share: float = 0.2,
+                          known: pd.DataFrame | None = None) -> dict:
     """Score a fitted detector (`.score(daily, resources)` -> one row per cell with is_anomaly) on `draws` copies
     of the holdout with injected anomalies, and on the untouched holdout. `train_daily` and `holdout_daily` are
     daily cost per resource (the resource_daily_cost view) before and from the holdout's first day. Each draw
-    injects anomalies into `cells_share` of the holdout's cells (at least one of each kind)."""
+    injects anomalies into `cells_share` of the holdout's cells (at least one of each kind). `known`: cells
+    (date or day, service, project_id) already known to be anomalous (ground truth, feedback): left out of the
+    precision side and of the alarm rate, so that finding them is not counted as a false alarm."""
     if holdout_daily is None or holdout_daily.empty:
         raise FinopsError("The holdout window has no cost rows: there is nothing to inject anomalies into.")
     spec = spec or InjectionSpec()
@@ -96,6 +112,7 @@ def evaluate_by_injection(detector, train_daily: pd.DataFrame, holdout_daily: pd
     panel = CostPanel.from_daily(history)
     first = pd.to_datetime(holdout_daily["day"]).dt.tz_localize(None).dt.normalize().min()
     lo = int(panel.days.searchsorted(first))
+    known_cells = _known_cells(known)
     clean_cells = _scored_cells(detector, panel.to_daily(), resources, first)
     holdout_cells = int(clean_cells[["service", "project_id"]].drop_duplicates().shape[0])
     n_kinds = sum(1 for k in KINDS if spec.kinds.get(k, 0) > 0)
@@ -105,9 +122,13 @@ def evaluate_by_injection(detector, train_daily: pd.DataFrame, holdout_daily: pd
     for draw in range(draws):
         rng = np.random.default_rng([seed, draw])
         injection = inject(panel, rng, n, spec, (lo, len(panel.days)))
-        cells = _draw_cells(_scored_cells(detector, injection.daily(), resources, first), injection, first)
+        cells = _draw_cells(_scored_cells(detector, injection.daily(), resources, first), injection, first,
+                            known_cells)
         per_draw.append({"draw": draw, "anomalies": int(len(injection.anomalies)), **_draw_metrics(cells)})
         pooled.append(cells.assign(draw=draw))
+    if not any(d["anomalies"] for d in per_draw):
+        raise InsufficientData(f"No anomaly could be injected into the holdout from {first.date()}: its resources "
+                               f"need {spec.min_history_days} days of billing history before it.")
     cells = pd.concat(pooled, ignore_index=True)
     positives = cells[cells.truth]
 
@@ -134,6 +155,8 @@ def evaluate_by_injection(detector, train_daily: pd.DataFrame, holdout_daily: pd
     for direction in sorted(set(DIRECTION.values())):
         mine = positives[positives.direction == direction]
         recall_per_direction[direction] = _ratio(int(mine.predicted.sum()), len(mine))
+    clean_cells = clean_cells.merge(known_cells, on=CELL, how="left")
+    clean_cells = clean_cells[~clean_cells["known"].astype("boolean").fillna(False).astype(bool)]
     clean_flagged = int(clean_cells.predicted.sum())
     return {
         "evidence": "injected", "draws": draws, "seed": seed, "anomalies_per_draw": mean("anomalies"),
@@ -145,5 +168,6 @@ def evaluate_by_injection(detector, train_daily: pd.DataFrame, holdout_daily: pd
         "recall_per_direction": recall_per_direction,
         "positive_cells": int(len(positives)),
         "alarm_rate_clean": _ratio(clean_flagged, len(clean_cells)), "clean_cells": int(len(clean_cells)),
-        "clean_flagged": clean_flagged, "holdout_start": str(first.date()), "per_draw": per_draw,
+        "clean_flagged": clean_flagged, "known_cells_left_out": int(len(known_cells)),
+        "holdout_start": str(first.date()), "per_draw": per_draw,
     }

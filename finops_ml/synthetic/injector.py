@@ -225,6 +225,8 @@ class _Injector:
         self.cell_of_res = pd.MultiIndex.from_frame(cells).get_indexer(
             pd.MultiIndex.from_frame(self.res_keys[CELL_KEYS]))
         self.res_of_cell = [np.flatnonzero(self.cell_of_res == c) for c in range(len(cells))]
+        # A spread rise needs two resources in its cell, unless no cell has two (a table without resource names).
+        self.spread_min = 2 if max(len(x) for x in self.res_of_cell) >= 2 else 1
         res_cost = np.zeros((self.n_res, self.n_days))
         np.add.at(res_cost, self.res_of, np.nan_to_num(self.clean))
         has = np.zeros((self.n_res, self.n_days), bool)
@@ -366,8 +368,7 @@ class _Injector:
         if not self._free(cell, t0, t0 + length):
             return None
         members = [m for m in self.res_of_cell[cell] if self._established(m, t0, length)]
-        many = max(len(x) for x in self.res_of_cell) >= 2  # a table without resource names: the cell is one
-        if len(members) < (2 if many else 1):
+        if len(members) < self.spread_min:
             return None
         rise = float(self.rng.uniform(*self.spec.spread_rise))
         factors = np.full(length, 1.0 + rise)
