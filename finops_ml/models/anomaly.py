@@ -169,12 +169,14 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
     judged: absent, or new spend in its warm-up) and its observed de-seasonalised cost (its cost, 0 for an always-on
     resource that stopped billing, NaN otherwise). Day t's expectation of an established resource is the median of its
     last `baseline_days` accepted values before t; a runaway new resource is expected at its first level (`flat`
-    times `season` is the cost: growth is measured on costs, as the new resource's own season is unknown).
+    times `season` is the cost: a new resource's own season is unknown, so its growth must show in its costs and in
+    its de-seasonalised costs alike).
     """
     n_res, n_days = flat.shape
     accepted = np.full((n_res, s.baseline_days), np.nan)
     recent = np.full((n_res, s.baseline_days), np.nan)
-    level0 = np.full(n_res, np.nan)  # a resource's first level (cost)
+    level0 = np.full(n_res, np.nan)  # a resource's first level: cost, and de-seasonalised
+    flat0 = np.full(n_res, np.nan)
     previous = np.full((n_res, s.baseline_days), np.nan)  # the accepted days before the last new normal
     previous_base = np.full(n_res, np.nan)
     reset_day = np.full(n_res, -(10 ** 9))
@@ -204,8 +206,9 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
         # A new resource that grew by runaway_factor at runaway_rate a day or faster since its first day runs away.
         # Its first level is the larger of its first two days (a resource created in the day bills part of it).
         steep = np.maximum(s.runaway_factor, (1.0 + s.runaway_rate) ** np.maximum(age, 0))
-        runaway = present & ~established & (age >= 2) & (level0 > 0) & (cost >= steep * level0)
-        ref_out[:, t] = np.where(established & observed, base, np.where(runaway, level0 / season[:, t], np.nan))
+        runaway = (present & ~established & (age >= 2) & (level0 > 0) & (cost >= steep * level0)
+                   & (x >= steep * flat0))
+        ref_out[:, t] = np.where(established & observed, base, np.where(runaway, flat0, np.nan))
         obs_out[:, t] = obs
         dev = np.abs(np.log((np.maximum(obs, 0.0) + s.eps) / (np.maximum(base, 0.0) + s.eps)))
         ok = observed & (~established | (dev <= s.reject_sigmas * sigma))
@@ -235,6 +238,7 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
             pos_acc[reset] = pos_rec[reset]
             rejected_run[reset] = 0
         level0 = np.where(present & (age == 0), cost, np.where(present & (age == 1), np.fmax(level0, cost), level0))
+        flat0 = np.where(present & (age == 0), x, np.where(present & (age == 1), np.fmax(flat0, x), flat0))
         run = np.where(present, np.where(gap == 0, run + 1, 1), run)
         gap = np.where(present, 0, np.where(age >= 0, gap + 1, 0))
     return ref_out, obs_out
@@ -677,7 +681,11 @@ def train_and_evaluate(daily: pd.DataFrame, truth: pd.DataFrame | None, holdout_
                                                        cells[cells.day <= cutoff].is_anomaly)[2]
     from finops_ml.models.anomaly_eval import evaluate_by_injection
 
-    injected = evaluate_by_injection(model, train, daily[daily.day > cutoff], resources, **(injection or {}))
+    # Cells known to be anomalous (truth, verdicts) are no false alarm of the injected evaluation.
+    known = labels_with_feedback(truth, feedback)
+    known = known[known.material.astype(bool)] if known is not None else None
+    injected = evaluate_by_injection(model, train, daily[daily.day > cutoff], resources, known=known,
+                                     **(injection or {}))
     injected["recall_by_kind"] = injected["recall_per_kind"]  # the name summary.json readers know
     used = "ground_truth" if ground_truth is not None else "injected"
     main = ground_truth if ground_truth is not None else injected

@@ -52,15 +52,16 @@ class InvalidEvent(FinopsError):
 
 
 class _Resource:
-    __slots__ = ("cell", "first_day", "last_day", "run", "level0", "dow", "month_end", "sigma", "accepted", "recent",
-                 "rejected_run", "base", "previous", "previous_base", "reset_day", "sku_ewma", "labels")
+    __slots__ = ("cell", "first_day", "last_day", "run", "level0", "flat0", "dow", "month_end", "sigma", "accepted",
+                 "recent", "rejected_run", "base", "previous", "previous_base", "reset_day", "sku_ewma", "labels")
 
     def __init__(self, cell, first_day, factors, baseline_days):
         self.cell = cell
         self.first_day = first_day
         self.last_day: int | None = None  # the last closed day it had cost
         self.run = 0  # consecutive closed days with cost, up to last_day
-        self.level0 = math.nan  # its first level: the larger cost of its first two days
+        self.level0 = math.nan  # its first level: the larger cost of its first two days, and de-seasonalised
+        self.flat0 = math.nan
         self.dow, self.month_end, self.sigma = factors
         self.accepted: deque = deque(maxlen=baseline_days)
         self.recent: deque = deque(maxlen=baseline_days)
@@ -91,10 +92,12 @@ class _Resource:
         season = self.season(calendar_day)
         if self.established(day, m):
             expected = self.base * season
-        elif (cost is not None and day - self.first_day >= 2 and self.level0 > 0
-              and cost / season * season >= max(m.runaway_factor, (1.0 + m.runaway_rate) ** (day - self.first_day))
-              * self.level0):
-            expected = self.level0 / season * season
+        elif cost is not None and day - self.first_day >= 2 and self.level0 > 0:
+            steep = max(m.runaway_factor, (1.0 + m.runaway_rate) ** (day - self.first_day))
+            flat = cost / season  # as the batch filter, which holds costs de-seasonalised
+            if not (flat * season >= steep * self.level0 and flat >= steep * self.flat0):
+                return False, 0.0, 0.0
+            expected = self.flat0 * season
         else:
             return False, 0.0, 0.0
         return True, expected, (self.sigma * (expected + m.eps)) ** 2
@@ -130,10 +133,11 @@ class _Resource:
             return
         age = day - self.first_day
         if age == 0:
-            self.level0 = flat * self.season(calendar_day)
+            self.level0, self.flat0 = flat * self.season(calendar_day), flat
         elif age == 1:
             cost = flat * self.season(calendar_day)
             self.level0 = cost if math.isnan(self.level0) else max(self.level0, cost)
+            self.flat0 = flat if math.isnan(self.flat0) else max(self.flat0, flat)
         self.run = self.run + 1 if self.last_day == day - 1 else 1
         self.last_day = day
         for sku in self.sku_ewma.keys() | skus.keys():
@@ -372,6 +376,11 @@ class RealtimeState:
             c[2] += net
         else:
             c[3] += net
+            if day - res.first_day >= 2 and not res.established(day, m):  # a new resource: has it run away?
+                judged, expected, var = res.judge(day, d.calendar, r[0], m)
+                if judged:
+                    r[1], r[2], r[3] = True, expected, var
+                    c[0], c[1], c[2], c[3] = c[0] + expected, c[1] + var, c[2] + r[0], c[3] - r[0]
 
         # The open judgement of a rise, with the established resources not seen yet today taken at their
         # expectation: cheap tests first.
