@@ -504,17 +504,16 @@ def explain(cells: pd.DataFrame, daily: pd.DataFrame, resources: pd.DataFrame | 
     if not flagged.any():
         return cells
     if "sku" in daily.columns and "resource_name" in daily.columns:
-        day = pd.to_datetime(daily["day"])
         wanted = cells.loc[flagged, ["service", "project_id", "cause_resource"]].drop_duplicates()
-        rows = daily.assign(day=day).merge(wanted.rename(columns={"cause_resource": "resource_name"}),
-                                           on=["service", "project_id", "resource_name"])
-        per_resource = {k: g.pivot_table(index="day", columns="sku", values="net_cost", aggfunc="sum", fill_value=0.0)
-                        for k, g in rows.groupby(["service", "project_id", "resource_name"])}
+        rows = daily.merge(wanted.rename(columns={"cause_resource": "resource_name"}),
+                           on=["service", "project_id", "resource_name"])
+        rows = rows[rows["sku"].notna()]
+        histories = {k: _SkuHistory(g) for k, g in rows.groupby(["service", "project_id", "resource_name"])}
         skus = []
         for i in np.flatnonzero(flagged):
             row = cells.iloc[i]
-            table = per_resource.get((row.service, row.project_id, row.cause_resource))
-            skus.append(_top_sku(table, row.day, row.direction) if table is not None else None)
+            history = histories.get((row.service, row.project_id, row.cause_resource))
+            skus.append(history.top(row.day, row.direction) if history is not None else None)
         cells.loc[flagged, "cause_sku"] = skus
     if resources is not None and "resource_name" in resources.columns:
         labels = resources.drop_duplicates(["project_id", "resource_name"]).set_index(["project_id", "resource_name"])
@@ -525,17 +524,28 @@ def explain(cells: pd.DataFrame, daily: pd.DataFrame, resources: pd.DataFrame | 
     return cells
 
 
-def _top_sku(table: pd.DataFrame, day, direction: str = "up") -> str | None:
-    """The SKU whose cost on `day` moved most from its EWMA over the resource's earlier days (up: rose most; down:
-    fell most, a SKU without cost that day counting 0)."""
-    if direction == "up" and day not in table.index:
-        return None
-    usual = np.zeros(table.shape[1])
-    for values in table[table.index < day].to_numpy():
-        usual = (1 - SKU_EWMA_ALPHA) * usual + SKU_EWMA_ALPHA * values
-    today = table.loc[day].to_numpy() if day in table.index else np.zeros(table.shape[1])
-    move = today - usual
-    return str(table.columns[int(np.argmin(move) if direction == "down" else np.argmax(move))])
+class _SkuHistory:
+    """A resource's daily cost per SKU (days with cost x SKUs, sorted) and, before each of those days, each SKU's
+    usual daily cost: an EWMA over the resource's earlier days with cost (a SKU absent that day adds 0)."""
+
+    def __init__(self, rows: pd.DataFrame):
+        self.days, d_idx = np.unique(pd.to_datetime(rows["day"]).to_numpy(), return_inverse=True)
+        self.skus, s_idx = np.unique(rows["sku"].astype(str).to_numpy(), return_inverse=True)
+        self.cost = np.zeros((len(self.days), len(self.skus)))
+        np.add.at(self.cost, (d_idx, s_idx), rows["net_cost"].to_numpy(float))
+        self.usual = np.zeros((len(self.days) + 1, len(self.skus)))
+        for i, values in enumerate(self.cost):
+            self.usual[i + 1] = (1 - SKU_EWMA_ALPHA) * self.usual[i] + SKU_EWMA_ALPHA * values
+
+    def top(self, day, direction: str = "up") -> str | None:
+        """The SKU whose cost on `day` moved most from its usual cost (up: rose most; down: fell most, a SKU
+        without cost that day counting 0)."""
+        i = int(np.searchsorted(self.days, np.datetime64(day)))
+        billed = i < len(self.days) and self.days[i] == np.datetime64(day)
+        if direction == "up" and not billed:
+            return None
+        move = (self.cost[i] if billed else 0.0) - self.usual[i]
+        return str(self.skus[int(np.argmin(move) if direction == "down" else np.argmax(move))])
 
 
 def label_cells(cells: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
