@@ -226,7 +226,7 @@ def test_a_drop_and_a_stop_are_found_with_direction_down(clean):
     org, _, detector = clean
     org = Org(seed=3)
     dropped = org.scale(2, "r2-0", 262, 5, 0.1)  # an outage: -90% for 5 days
-    stopped = org.scale(4, "r4-1", 280, 2, np.nan)  # stops billing altogether for 2 days
+    stopped = org.scale(4, "r4-1", 280, 2, np.nan)[:detector.stop_days]  # stops billing for 2 days
     org.res[(5, "r5-2")] *= 4.0  # the largest resource of its cell ...
     org.scale(5, "r5-2", 300, N_DAYS - 300, np.nan)  # ... is deleted: a drop for `stop_days` days, then gone
     cells = detector.score(org.daily()).set_index(["project_id", "day"])
@@ -241,6 +241,7 @@ def test_a_drop_and_a_stop_are_found_with_direction_down(clean):
     gone = gone[gone.index >= _day(300)]
     assert gone.is_anomaly.sum() == detector.stop_days  # then it is gone, not expected any more
     assert not cells.loc["p2"].is_anomaly.drop(dropped).any()
+    assert not cells.loc["p4"].is_anomaly.drop(stopped).any()  # its return is no anomaly
 
 
 def test_new_resources_are_new_spend_but_a_runaway_one_is_found(clean):

@@ -295,7 +295,7 @@ class CostAnomalyDetector:
     min_impact: float = 0.0  # ... and by at least this many dollars (overrides per project, else per service)
     min_impact_by_service: dict[str, float] = field(default_factory=dict)
     min_impact_by_project: dict[str, float] = field(default_factory=dict)
-    stop_days: int = 3  # days an always-on resource without cost is judged at 0 before it is taken as gone
+    stop_days: int = 1  # days an always-on resource without cost is judged at 0 before it is taken as gone
     runaway_factor: float = 1.5  # a new resource that grew this much since its first day ...
     runaway_rate: float = 0.10  # ... at this rate a day or faster runs away (a usual ramp-up is slower)
     threshold_up_: float = float("nan")
