@@ -24,17 +24,23 @@ def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input
                            anomaly_feedback: str, config_json: str, model: Output[Model],
                            evaluation: Output[Artifact], metrics: Output[Metrics],
                            confusion: Output[ClassificationMetrics]):
-    """Isolation Forest on robust features; threshold from the training window's labels (and users' feedback);
-    each anomaly with its dollar impact and cause."""
+    """Label-free thresholds (alarm budgets; refined by users' feedback, replaced by ground truth on synthetic data);
+    rises and drops, each with its dollar impact, % deviation and cause; evaluated by injection into the holdout."""
     from finops_ml.config import Config
     from finops_ml.training.steps import loggable_metrics, train_anomaly_step
 
     result = train_anomaly_step(resource_daily_cost.path, resources.path, anomaly_labels, anomaly_feedback,
                                 Config.from_json(config_json), model.path, evaluation.path)
-    for key, value in loggable_metrics(result["metrics"]).items():
+    m = result["metrics"]
+    values = loggable_metrics(m)
+    injected = (m.get("evaluation") or {}).get("injected") or {}
+    values.update({f"injected_{key}": v for key, v in loggable_metrics(injected).items()})
+    values.update({f"injected_recall_{kind}": r
+                   for kind, r in loggable_metrics(injected.get("recall_per_kind") or {}).items()})
+    for key, value in values.items():
         metrics.log_metric(key, value)
-    if "confusion" in result["metrics"]:  # holdout cells: truth x predicted
-        confusion.log_confusion_matrix(["normal", "anomaly"], result["metrics"]["confusion"])
+    if "confusion" in m:  # holdout cells of the evidence used: truth x predicted
+        confusion.log_confusion_matrix(["normal", "anomaly"], m["confusion"])
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)

@@ -69,6 +69,19 @@ class GeneratorConfig(_Strict):
     migration_span: float = Field(0.55, gt=0.0, le=1.0)  # share of the history over which plants' migration waves start
     late_resource_share: float = Field(0.25, ge=0.0, le=1.0)  # share of plant resources arriving at a random later day
     noise_sigma: float = Field(0.06, ge=0.0, le=1.0)  # lognormal daily noise of each SKU series
+    # Anomalies (finops_ml.synthetic.injector): the share of the newer kinds (drops, runaway new resources, rises
+    # spread over a service) beside spikes, level shifts, drifts and new SKUs; the size range as a multiple k of the
+    # affected resource's own log-sigma (log-uniform); and the least $ change of a material (labelled) cell-day.
+    new_anomaly_kinds_share: float = Field(0.3, ge=0.0, le=1.0)
+    anomaly_sigma_multiple: tuple[float, float] = (3.0, 30.0)
+    material_min_usd: float = Field(1.0, ge=0.0)
+
+    @field_validator("anomaly_sigma_multiple")
+    @classmethod
+    def _sigma_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return value
 
 
 class ForecastConfig(_Strict):
@@ -99,6 +112,50 @@ class AnomalyConfig(_Strict):
     holdout_months: int = Field(3, ge=1, le=12)
     window_days: int = Field(28, ge=7, le=120)
     n_estimators: int = Field(200, ge=10, le=2000)
+    # Evaluation by injection (finops_ml.models.anomaly_eval): `injection_draws` seeded copies of the holdout, each
+    # with anomalies in `injection_cells_share` of its cells (at least one of each kind), sized as a multiple k of
+    # each resource's own log-sigma (log-uniform in injection_sigma_multiple). A cell-day is labelled when the
+    # injected change is at least `injection_material_share` of its expected cost and `injection_min_impact_usd`
+    # (0 by default: scale-free, for exports whose daily costs are cents).
+    injection_draws: int = Field(5, ge=1, le=100)
+    injection_cells_share: float = Field(0.2, gt=0.0, le=1.0)
+    injection_sigma_multiple: tuple[float, float] = (3.0, 30.0)
+    injection_material_share: float = Field(0.25, gt=0.0, le=5.0)
+    injection_min_impact_usd: float = Field(0.0, ge=0.0)
+    # The detector's thresholds need no labels: per direction, the share of normal cells allowed to alarm (the
+    # score's robust body extrapolated to it), or a fixed score threshold. Feedback verdicts refine the learnt ones;
+    # the generator's truth replaces them (synthetic data only).
+    alarm_budget_up: float = Field(0.002, gt=0.0, lt=0.5)
+    alarm_budget_down: float = Field(0.002, gt=0.0, lt=0.5)
+    threshold_up: float | None = Field(None, gt=0.0)
+    threshold_down: float | None = Field(None, gt=0.0)
+    # What is worth an alert: a deviation of at least this % of the cell's expected cost, and this $ impact (a
+    # project's own minimum, else its service's, else the default).
+    min_pct_deviation: float = Field(25.0, ge=0.0)
+    min_impact_usd: float = Field(0.0, ge=0.0)
+    min_impact_usd_by_service: dict[str, float] = {}
+    min_impact_usd_by_project: dict[str, float] = {}
+    # An always-on resource without cost is a drop for its first `stop_days` days (one alert by default), then gone;
+    # a new resource that grew `runaway_factor` times since its first days, at `runaway_rate` a day or faster, runs
+    # away.
+    stop_days: int = Field(1, ge=1, le=60)
+    runaway_factor: float = Field(1.5, gt=1.0)
+    runaway_rate: float = Field(0.10, gt=0.0)
+
+    @field_validator("min_impact_usd_by_service", "min_impact_usd_by_project")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if not v >= 0)
+        if bad:
+            raise ValueError(f"minimum impacts must be 0 or more (see {', '.join(bad)})")
+        return value
+
+    @field_validator("injection_sigma_multiple")
+    @classmethod
+    def _sigma_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return value
 
 
 class LabelerConfig(_Strict):

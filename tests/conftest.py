@@ -14,7 +14,7 @@ from finops_ml.config import GeneratorConfig
 from finops_ml.synthetic.generator import generate
 from testsupport.kafka import tansu_binary, tansu_broker
 
-# Three plants so that one (Monterrey, MX) is taxed; seed 7 injects all four anomaly kinds at this size.
+# Three plants so that one (Monterrey, MX) is taxed; seed 7 injects all seven anomaly kinds at this size.
 SMALL_GENERATOR = dict(plants=3, resources_per_project=4, months=8)
 SMALL_SEED = 7
 

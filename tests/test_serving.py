@@ -28,7 +28,8 @@ from testsupport.net import free_port, wait_for_http
 
 # 11 months: the forecast's 3 holdout months, one backtest origin and its 56 days of history.
 SMALL = {"generator": {"months": 11, "plants": 1, "resources_per_project": 3},
-         "forecast": {"candidates": ["linear"], "backtest_origins": 1}, "anomaly": {"n_estimators": 50}}
+         "forecast": {"candidates": ["linear"], "backtest_origins": 1},
+         "anomaly": {"n_estimators": 50, "injection_draws": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +164,9 @@ def test_bad_instances_are_400_naming_the_instance_and_field(client):
          "instances[0].daily_costs: a window of 10 days is too short"),
         ("anomaly", [{"service": "s", "project_id": "p", "end_date": "2026-01-31"}],
          "instances[0]: send exactly one of daily_costs"),
+        ("anomaly", [{"service": "s", "project_id": "p", "end_date": "2026-01-31",
+                      "resources": [{"resource_name": "vm", "daily_costs": [1.0] * 55 + [None] * 5}]}],
+         "instances[0].resources: no cost on end_date"),
     ]
     for kind, instances, message, *params in cases:
         r = _predict(client, kind, instances, *params)
@@ -306,11 +310,37 @@ def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
         cells = detector.score(window_frame(schemas.AnomalyInstance.model_validate(inst)))
         want = cells.iloc[-1]
         assert pred["day"] == inst["end_date"] == str(want.day.date())
-        assert pred["is_anomaly"] == bool(want.is_anomaly)
-        for key in ("net_cost", "expected", "score", "impact", "new_cost"):
+        assert pred["is_anomaly"] == bool(want.is_anomaly) and pred["direction"] == want.direction
+        for key in ("net_cost", "expected", "score", "impact", "pct_deviation", "new_cost"):
             assert pred[key] == pytest.approx(float(want[key]), rel=1e-9, abs=1e-9), key
+        assert pred["threshold"] == detector.thresholds()[want.direction]
         n_flagged += pred["is_anomaly"]
     assert n_flagged >= 2  # a 63-day window still catches what the full history catches
+
+
+@pytest.mark.unit
+@pytest.mark.slow
+def test_a_resource_that_stops_billing_is_answered_as_a_drop(client, trained):
+    """The judged day may have no cost at all: an always-on resource without cost is a drop, as in batch."""
+    rdc = trained["resource_daily_cost"]
+    detector = predictors.AnomalyPredictor(trained["dirs"]["anomaly"]).model
+    full = detector.score(rdc)
+    calm = full[~full.is_anomaly & full.judged & (full.day > full.day.min() + pd.Timedelta(days=100))]
+    calm = calm[calm.net_cost == calm.groupby(["service", "project_id"]).net_cost.transform("max")].iloc[0]
+    inst = _anomaly_instance(rdc, calm.service, calm.project_id, calm.day, 63)
+    for r in inst["resources"]:
+        r["daily_costs"][-1] = None  # the whole cell stops billing on the judged day
+    pred = _predict(client, "anomaly", [inst]).json()["predictions"][0]
+    assert pred["is_anomaly"] and pred["direction"] == "down" and pred["net_cost"] == 0.0
+    assert pred["pct_deviation"] == pytest.approx(-100.0) and pred["impact"] == pytest.approx(-pred["expected"])
+    frame = window_frame(schemas.AnomalyInstance.model_validate(inst))
+    other = pd.DataFrame({"day": [pd.Timestamp(inst["end_date"])], "service": ["other"], "project_id": ["other"],
+                          "resource_name": ["x"], "net_cost": [1.0]})  # the batch's days run to the judged one
+    cells = detector.score(pd.concat([frame, other], ignore_index=True))
+    want = cells[cells.service == calm.service].iloc[-1]
+    assert str(want.day.date()) == inst["end_date"] and want.is_anomaly and want.direction == "down"
+    assert pred["expected"] == pytest.approx(float(want.expected), rel=1e-9)
+    assert pred["cause"]["resource"] == want.cause_resource
 
 
 @pytest.mark.unit

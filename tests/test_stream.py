@@ -243,6 +243,17 @@ def test_slack_and_email_receive_the_alert_with_cause_impact_and_id(tmp_path, we
 
 
 @pytest.mark.unit
+def test_an_alert_says_its_direction_and_deviation():
+    from finops_ml.stream.alerts import alert_text
+
+    rise = alert_text({**_alert(1), "direction": "up", "pct_deviation": 202.5})
+    assert "($81.00 over, +202%)" in rise and "impact $81.00, +202% (score 2 >= threshold 1)" in rise
+    drop = alert_text({**_alert(2), "actual": 0.0, "impact": -40.0, "direction": "down", "pct_deviation": -100.0,
+                       "cause": {"resource": "vm-1", "sku": "N2 core", "share": 1.0}})
+    assert "$0.00 against $40.00 expected ($40.00 under, -100%)" in drop and "100% of the drop" in drop
+
+
+@pytest.mark.unit
 def test_failed_deliveries_are_retried_then_kept_pending_and_sent_on_the_next_start(tmp_path, webhook):
     webhook.fail = True
     attempts = []

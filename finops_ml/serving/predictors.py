@@ -182,7 +182,8 @@ class ForecastPredictor(Predictor):
 class AnomalyPredictor(Predictor):
     """The detector on one cell's window, run day by day by the real-time detector (`finops_ml.models.realtime`: the
     batch detector's decisions; the tests hold them equal): the fitted detector is prepared once at load
-    (`RealtimeModel`), each request feeds its window into a fresh state and asks for the last day's judgement."""
+    (`RealtimeModel`), each request feeds its window into a fresh state and asks for the last day's judgement: its
+    direction, $ impact and % deviation, and cause."""
 
     kind = "anomaly"
     instance_model = AnomalyInstance
@@ -205,25 +206,33 @@ class AnomalyPredictor(Predictor):
                 raise RequestError(f"instances[{i}].{field}: a window of {n} days is too short for this detector; "
                                    f"send at least {self.min_days} days ending on end_date.")
             names, cost = _window_matrix(inst)
-            if not np.isfinite(cost[:, -1]).any():
-                raise RequestError(f"instances[{i}].{field}: no cost on end_date (the last value); the day judged "
-                                   "must have a cost.")
-            out.append(self.judge(inst, names, cost))
+            answer = self.judge(inst, names, cost)
+            if answer is None:
+                raise RequestError(f"instances[{i}].{field}: no cost on end_date (the last value) and no always-on "
+                                   "resource that stopped billing: there is nothing to judge that day.")
+            out.append(answer)
         return out
 
-    def judge(self, inst: AnomalyInstance, names: list[str], cost: np.ndarray) -> dict:
-        """The window's last day as the detector decides it (resources x days, NaN: no cost that day)."""
+    def judge(self, inst: AnomalyInstance, names: list[str], cost: np.ndarray) -> dict | None:
+        """The window's last day as the detector decides it (resources x days, NaN: no cost that day); None when
+        nothing is judged that day (no cost, and no always-on resource missing)."""
         state = RealtimeState(self.realtime, lateness_days=0)
         end = inst.end_date.toordinal()
         first = end - cost.shape[1] + 1
         for r, t in _present(cost):
             state.add_cost(first + t, inst.service, inst.project_id, names[r], "", float(cost[r, t]))
+        state.close_through(end - 1)  # every earlier day, the last ones included when the end date has no cost
         j = state.judgement(end, inst.service, inst.project_id)
+        if j is None:
+            return None
+        anomalous = bool(j["is_anomaly"])
         return {"service": inst.service, "project_id": inst.project_id, "day": inst.end_date.isoformat(),
                 "net_cost": _num(j["actual"]), "expected": _num(j["expected"]), "score": _num(j["score"]),
-                "threshold": _num(self.realtime.threshold), "is_anomaly": bool(j["is_anomaly"]),
-                "impact": _num(j["impact"]) if j["is_anomaly"] else 0.0, "new_cost": _num(j["new_cost"]),
-                "cause": j["cause"] if j["is_anomaly"] else None}
+                "threshold": _num(j["threshold"]), "is_anomaly": anomalous, "direction": j["direction"],
+                "impact": _num(j["impact"]) if anomalous else 0.0,
+                "pct_deviation": (_num(j["pct_deviation"]) if j["pct_deviation"] is not None else None)
+                if anomalous else 0.0,
+                "new_cost": _num(j["new_cost"]), "cause": j["cause"] if anomalous else None}
 
 
 def _present(cost: np.ndarray):

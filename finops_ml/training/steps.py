@@ -116,24 +116,30 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
 
 def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, labels_path: str, feedback_path: str,
                        cfg: Config, model_dir: str, eval_dir: str) -> dict:
-    """The detector on daily cost per resource (it judges the cells they add up to). Labels: ground truth where
-    there is one, corrected and extended by the users' feedback (anomalies marked expected / unexpected)."""
+    """The detector on daily cost per resource (it judges the cells they add up to), trained without labels; the
+    users' feedback (anomalies marked expected / unexpected) refines its thresholds, and ground truth (synthetic
+    data) replaces them. Evaluated by injection into the holdout, and against the truth and the verdicts."""
+    from finops_ml.models.anomaly_eval import spec_from_config
+
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     daily = pd.read_parquet(resource_daily_cost_path)
     resources = pd.read_parquet(resources_path) if resources_path else None
     truth = pd.read_csv(labels_path) if labels_path else None
     feedback = anomaly.read_feedback(feedback_path) if feedback_path and Path(feedback_path).exists() else None
-    labels = anomaly.labels_with_feedback(truth, feedback)
     a = cfg.anomaly
+    injection = {"draws": a.injection_draws, "seed": cfg.seed, "spec": spec_from_config(a),
+                 "cells_share": a.injection_cells_share}
     try:
-        result = anomaly.train_and_evaluate(daily, labels, a.holdout_months, a.window_days, a.n_estimators,
-                                            cfg.seed, resources)
+        result = anomaly.train_and_evaluate(daily, truth, a.holdout_months, resources=resources, feedback=feedback,
+                                            detector=anomaly.CostAnomalyDetector.from_config(a, cfg.seed),
+                                            injection=injection)
     except InsufficientData as exc:
         return _finish(eval_dir, ANOMALY, {}, cfg, daily, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
     cells = result["cells"]
     cells[anomaly.CELL_COLUMNS].to_parquet(eval_dir / "cells.parquet", index=False)
-    found = cells[cells.is_anomaly].sort_values(["day", "impact"], ascending=[True, False])
+    found = cells[cells.is_anomaly].assign(size=lambda c: c.impact.abs())
+    found = found.sort_values(["day", "size"], ascending=[True, False])
     found[anomaly.ANOMALY_COLUMNS].to_csv(eval_dir / "anomalies.csv", index=False, float_format="%.4f")
     result["metrics"]["feedback_marks"] = 0 if feedback is None else int(len(feedback))
     return _finish(eval_dir, ANOMALY, result["metrics"], cfg, daily)
