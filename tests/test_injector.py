@@ -30,6 +30,8 @@ N_DAYS = 200
 SIGMAS = (0.02, 0.08, 0.25)
 SCALES = (0.05, 40.0, 9000.0)  # cents to thousands a day: nothing may depend on the cost scale
 
+pytestmark = pytest.mark.unit
+
 
 def _org(n_projects: int = 6, seed: int = 0) -> pd.DataFrame:
     """Daily cost per resource and SKU: each cell (service x project) has three resources of similar cost and
