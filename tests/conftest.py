@@ -98,17 +98,13 @@ def billing_record() -> Callable[..., dict[str, Any]]:
 
 
 # What each test needs, as declared by its markers (pyproject.toml lists them): every test names at least one, so
-# that `pytest -m unit` and friends select every test they should.
+# that `pytest -m unit` and friends select every test they should. A test without one errors (the others still run).
 KIND_MARKERS = ("unit", "cli", "kfp", "kafka", "gcp")
 
 
-def pytest_collection_modifyitems(config, items):
-    unmarked = [item.nodeid for item in items if not any(item.get_closest_marker(m) for m in KIND_MARKERS)]
-    broker = [item.nodeid for item in items
-              if "kafka_bootstrap" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("kafka")]
-    if unmarked:
-        raise pytest.UsageError(f"{len(unmarked)} test(s) have none of the markers {', '.join(KIND_MARKERS)} "
-                                f"(add a module-level pytestmark or a per-test mark): {', '.join(unmarked[:5])}")
-    if broker:
-        raise pytest.UsageError(f"{len(broker)} test(s) use kafka_bootstrap without the kafka marker: "
-                                f"{', '.join(broker[:5])}")
+def pytest_runtest_setup(item):
+    if not any(item.get_closest_marker(m) for m in KIND_MARKERS):
+        pytest.fail(f"{item.nodeid} has none of the markers {', '.join(KIND_MARKERS)}; add a module-level pytestmark "
+                    "or a per-test mark (pyproject.toml lists them).", pytrace=False)
+    if "kafka_bootstrap" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("kafka"):
+        pytest.fail(f"{item.nodeid} uses kafka_bootstrap without the kafka marker.", pytrace=False)

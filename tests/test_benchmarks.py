@@ -95,6 +95,7 @@ def prepared(small_generated, tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_labels_and_anomaly_are_evaluated_on_the_same_holdout_for_all(prepared, small_seed):
     cfg = load_config()
     rows = model_quality.eval_labels(prepared, cfg, small_seed)
