@@ -68,12 +68,13 @@ def test_forecast_baselines_give_monthly_forecasts_with_intervals():
 
 
 def test_label_baselines():
-    names = pd.Series(["lyon-mes-vm-01", "lyon-mes-vm-02", "stg-mes-vm-01"])
-    labels = pd.Series(["lyon", "lyon", "stuttgart"])
-    pred, conf = baselines.MajorityLabeler().fit(names, labels).predict(pd.Series(["x", "y"]))
-    assert pred.tolist() == ["lyon", "lyon"] and conf == pytest.approx([2 / 3, 2 / 3])
-    pred, conf = baselines.NearestNameLabeler().fit(names, labels).predict(pd.Series(["stg-mes-vm-07", "qqq"]))
-    assert pred[0] == "stuttgart" and conf[0] > 0.5 and conf[1] < 0.2
+    # the majority baselines (same project, overall) live in the library's evaluation: finops_ml.models.labeler
+    known = pd.DataFrame({"resource_name": ["lyon-mes-vm-01", "lyon-mes-vm-02", "stg-mes-vm-01"],
+                          "project_id": ["p1", "p1", "p2"], "owner": ["a", "a", "b"],
+                          "cost_center": ["cc1", "cc1", "cc2"], "plant": ["lyon", "lyon", "stuttgart"]})
+    asked = pd.DataFrame({"resource_name": ["stg-mes-vm-07", "qqq"], "project_id": ["p2", "p3"]})
+    out = baselines.NearestNameLabeler().fit(known).predict(asked)
+    assert out.plant_predicted[0] == "stuttgart" and out.plant_confidence[0] > 0.5 and out.plant_confidence[1] < 0.2
 
 
 def test_seeds_and_summary():
@@ -99,10 +100,10 @@ def prepared(small_generated, tmp_path_factory) -> Path:
 def test_labels_and_anomaly_are_evaluated_on_the_same_holdout_for_all(prepared, small_seed):
     cfg = load_config()
     rows = model_quality.eval_labels(prepared, cfg, small_seed)
-    assert [r["model"] for r in rows] == ["majority_class", "nearest_name", "ours"]
+    assert [r["model"] for r in rows] == ["project_majority", "majority_class", "nearest_name", "ours"]
     assert len({r["compliance_before"] for r in rows}) == 1
-    for r in rows:
-        assert 0 <= r["acc_owner"] <= 1 and r["compliance_after"] >= r["compliance_before"]
+    for r in rows:  # correct-only compliance: a baseline's wrong labels do not raise it
+        assert 0 <= r["acc_owner"] <= 1 and 0 <= r["compliance_after"] <= 1
     rows, cells = model_quality.eval_anomaly(prepared, cfg, small_seed)
     assert [r["model"] for r in rows] == ["rolling_zscore", "rule_1.25x_mean_2std", "stl_robust_z",
                                           "isolation_forest", "ours"]

@@ -167,7 +167,9 @@ def test_run_end_to_end_writes_summary_and_report(demo_run):
 
     anomalies = pd.read_csv(out / "anomalies.csv")  # what `finops-ml feedback` reads the anomaly ids from
     assert list(anomalies.columns) == ANOMALY_COLUMNS
-    assert anomalies.anomaly_id.str.startswith("anom-").all() and (anomalies.impact > 0).all()
+    assert anomalies.anomaly_id.str.startswith("anom-").all()
+    assert ((anomalies.impact > 0) == (anomalies.direction == "up")).all()  # drops have a negative impact
+    assert (anomalies.pct_deviation.abs() >= 25).all()
 
 
 @pytest.mark.kfp

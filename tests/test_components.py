@@ -319,9 +319,11 @@ def test_anomaly_detector_logs_its_holdout_confusion_matrix(chain):
     logged = trained.outputs["confusion"].metadata["confusionMatrix"]
     assert [a["displayName"] for a in logged["annotationSpecs"]] == ["normal", "anomaly"]
     matrix = [row["row"] for row in logged["rows"]]
-    metrics = _evaluation(chain, "cost-anomaly")["metrics"]
-    assert matrix[1][1] + matrix[0][1] == metrics["flagged_cells"]
-    assert matrix[1][0] + matrix[1][1] == metrics["holdout_anomalous_cells"]
+    evaluation = _evaluation(chain, "cost-anomaly")["metrics"]["evaluation"]
+    assert evaluation["used"] == "ground_truth"  # the chain's synthetic data carries its truth
+    truth = evaluation["ground_truth"]
+    assert matrix[1][1] + matrix[0][1] == truth["flagged_cells"]
+    assert matrix[1][0] + matrix[1][1] == truth["anomalous_cells"]
 
 
 # ---- gates and registry --------------------------------------------------------------------------------------------

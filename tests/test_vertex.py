@@ -493,13 +493,15 @@ def test_pipeline_dockerfile_installs_what_the_components_import_and_runs_unpriv
     text = DOCKERFILE.read_text()
     instructions = [line.split(None, 1) for line in text.splitlines() if line and not line.startswith(("#", " "))]
     assert instructions[0] == ["FROM", "python:3.11-slim"]
-    copied = {args.split()[0].rstrip("/") for op, args in instructions if op == "COPY"}
+    copied = {source.rstrip("/") for op, args in instructions if op == "COPY" for source in args.split()[:-1]}
     # every package the project installs, and the data the library reads beside them
     root = DOCKERFILE.parent.parent
-    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    packages = {pattern.rstrip("*") for pattern in find["include"]}
-    assert {"finops_ml", "components", "pipelines", "finops_cli"} <= packages
-    assert packages <= copied and {"feature_defs", "configs", "pyproject.toml"} <= copied
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    # the folders the packages are built from: their own name, or the folder package-dir maps them to
+    folders = {setuptools["package-dir"].get(p, p.replace(".", "/")).split("/")[0] for p in setuptools["packages"]}
+    assert folders == {"finops_ml", "components", "pipelines", "finops_cli", "feature_defs", "configs"}
+    assert folders | {"pyproject.toml", "constraints.txt"} <= copied
+    packages = folders
     users = [args for op, args in instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     ignore = (DOCKERFILE.parent / "Dockerfile.pipeline.dockerignore").read_text().splitlines()

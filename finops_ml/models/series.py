@@ -134,12 +134,14 @@ class SeriesAnomalyDetector:
         w = self.local_window
         local = pd.Series(z).rolling(w, min_periods=w).median().to_numpy()
         point, local = (np.abs(z), np.abs(local)) if orient is None else (orient * z, orient * local)
-        point_threshold = self.threshold
-        finite = point[np.isfinite(point)]
-        if self.budget > 0 and len(finite):
-            point_threshold = max(point_threshold, float(np.quantile(finite, 1 - self.budget)))
         with np.errstate(invalid="ignore"):
-            flagged = ((point >= point_threshold) | (local >= self.local_threshold)) & np.isfinite(point)
+            lasting = local >= self.local_threshold
+            point_threshold = self.threshold
+            # the budget is for isolated points: those inside a lasting deviation are judged by that evidence
+            isolated = point[np.isfinite(point) & ~lasting]
+            if self.budget > 0 and len(isolated):
+                point_threshold = max(point_threshold, float(np.quantile(isolated, 1 - self.budget)))
+            flagged = ((point >= point_threshold) | lasting) & np.isfinite(point)
             if self.until_normal:
                 # median deviation of the last w points; normal noise stays below its mean + 3 standard errors
                 spread = pd.Series(point).rolling(w, min_periods=1).median().to_numpy()
