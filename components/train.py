@@ -7,8 +7,9 @@ from components.image import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifact], config_json: str,
                    model: Output[Model], evaluation: Output[Artifact], metrics: Output[Metrics]):
-    """Backtest linear / random forest / XGBoost and their ensemble on the anomaly-adjusted history, evaluate the
-    best on the holdout, refit, forecast daily and monthly with calibrated intervals, and check the budgets."""
+    """Backtest linear / random forest / XGBoost, the naive forecasts and the ensemble of the two best on the
+    anomaly-adjusted history, evaluate the best on the holdout from rolling origins beside the naive baselines,
+    refit, forecast daily and monthly with calibrated intervals, and check the budgets."""
     import math
 
     from finops_ml.config import Config
@@ -16,13 +17,15 @@ def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifac
 
     result = train_forecast_step(daily_cost.path, anomaly_evaluation.path, Config.from_json(config_json), model.path,
                                  evaluation.path)
-    for key in ("forecast_accuracy", "seasonal_naive_accuracy", "naive_accuracy", "mape", "mase",
-                "interval_coverage", "interval_coverage_daily", "budget_alerts"):
-        value = result["metrics"][key]
+    m = result["metrics"]
+    logged = {key: m[key] for key in ("forecast_accuracy", "forecast_accuracy_project", "forecast_accuracy_series",
+                                      "seasonal_naive_accuracy", "naive_accuracy", "mape", "mase", "interval_coverage",
+                                      "forecast_interval_coverage", "interval_coverage_daily", "budget_alerts")}
+    logged.update({f"baseline_{name}": value for name, value in m["baselines"].items()})
+    # per budget, the highest chance of overspending ahead
+    logged.update({key: value for key, value in m.items() if key.startswith("budget_p_exceed_")})
+    for key, value in logged.items():
         if value is not None and math.isfinite(value):  # NaN/inf would make executor_output.json invalid JSON
-            metrics.log_metric(key, value)
-    for key, value in result["metrics"].items():  # per budget, the highest chance of overspending ahead
-        if key.startswith("budget_p_exceed_"):
             metrics.log_metric(key, value)
     model.metadata["algorithm"] = result["metrics"]["model"]
 

@@ -17,8 +17,8 @@ import pandas as pd  # noqa: E402
 from finops_ml.fileio import atomic_path, read_json  # noqa: E402
 from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER  # noqa: E402
 
-GATE_ORDER = ("forecast_accuracy", "anomaly_f1", "label_accuracy_owner", "label_accuracy_cost_center",
-              "label_accuracy_plant", "label_compliance_after")
+GATE_ORDER = ("forecast_accuracy", "forecast_interval_coverage", "anomaly_f1", "label_accuracy_owner",
+              "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after")
 
 
 def build_summary(ingest_summary: dict, evaluations: dict[str, dict]) -> dict:
