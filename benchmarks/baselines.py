@@ -8,16 +8,18 @@ Forecast (service-level daily series, 7-day season, forecast over the holdout da
 Anomaly (daily cells day x service x project, each cell series on a full day grid, missing days as 0):
   rolling z-score |z| > 3 (trailing 28 days), the rule "value > 1.25 x trailing mean and > mean + 2 std"
   (trailing 28 days), STL-residual robust z-score |z| > 3 (statsmodels STL, weekly period, 5-week seasonal and
-  4-week trend smoothers, robust, over the whole series as series_decompose_anomalies does), plain Isolation Forest on the cell series (its threshold chosen on
-  the training months' labels, as our detector's).
-Labels: majority class (confidence: its share of the training labels), nearest-name rule (the label of the most
-  similar labelled resource name by cosine similarity of character n-grams; confidence: that similarity).
+  4-week trend smoothers, robust, over the whole series as series_decompose_anomalies does), plain Isolation Forest
+  on the cell series (its threshold chosen on the training months' labels, as our detector's).
+Labels: the nearest-name rule (the label of the most similar labelled resource name by cosine similarity of
+  character n-grams; confidence: that similarity); the same-project majority label and the overall majority label
+  come with the library's evaluation (finops_ml.models.labeler.BASELINES), on the same folds.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from finops_ml.models.anomaly import best_threshold
+from finops_ml.models.labeler import LabelApplier
 
 SEASON = 7
 WINDOW = 28
@@ -184,36 +187,37 @@ def anomaly_baselines(cells: pd.DataFrame, train_end: pd.Timestamp, seed: int) -
 # ------------------------------------------------------------------------------------------------------ labels
 
 
-class MajorityLabeler:
-    """Every resource gets the most frequent label of the training resources."""
-
-    def fit(self, names: pd.Series, labels: pd.Series) -> "MajorityLabeler":
-        share = labels.value_counts(normalize=True)
-        self.label_, self.confidence_ = share.index[0], float(share.iloc[0])
-        return self
-
-    def predict(self, names: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        n = len(names)
-        return np.full(n, self.label_, dtype=object), np.full(n, self.confidence_)
-
-
 def _name_tokens(names: pd.Series) -> pd.Series:
     return names.fillna("").str.lower().str.replace(r"[^a-z0-9]+", " ", regex=True)
 
 
-class NearestNameLabeler:
-    """The label of the labelled resource whose name is most similar (cosine of character 2-4-gram TF-IDF)."""
+@dataclass
+class NearestNameLabeler(LabelApplier):
+    """Per label, the label of the labelled resource whose name is most similar (cosine of character 2-4-gram
+    TF-IDF); confidence: that similarity. Fitted and judged like our labeler (`labeler.evaluate`)."""
 
-    def fit(self, names: pd.Series, labels: pd.Series) -> "NearestNameLabeler":
-        self.vectorizer_ = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4)).fit(_name_tokens(names))
-        self.matrix_ = self.vectorizer_.transform(_name_tokens(names))
-        self.labels_ = labels.to_numpy()
+    targets: tuple[str, ...] = ("owner", "cost_center", "plant")
+    confidence_threshold: float = 0.6
+    thresholds_: dict = field(default_factory=dict)
+    fitted_: dict = field(default_factory=dict)
+
+    def fit(self, resources: pd.DataFrame) -> "NearestNameLabeler":
+        for t in self.targets:
+            known = resources[resources[t].notna()]
+            vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4)).fit(_name_tokens(known.resource_name))
+            self.fitted_[t] = (vectorizer, vectorizer.transform(_name_tokens(known.resource_name)), known[t].to_numpy())
+            self.thresholds_[t] = self.confidence_threshold
         return self
 
-    def predict(self, names: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        sim = (self.vectorizer_.transform(_name_tokens(names)) @ self.matrix_.T).toarray()
-        best = sim.argmax(axis=1)
-        return self.labels_[best], sim[np.arange(len(best)), best]
+    def predict(self, resources: pd.DataFrame) -> pd.DataFrame:
+        out = resources[["resource_name", "project_id"]].copy()
+        for t, (vectorizer, matrix, labels) in self.fitted_.items():
+            sim = (vectorizer.transform(_name_tokens(resources.resource_name)) @ matrix.T).toarray()
+            best = sim.argmax(axis=1)
+            out[f"{t}_predicted"] = labels[best]
+            out[f"{t}_confidence"] = sim[np.arange(len(best)), best]
+        return out
 
 
-LABEL_BASELINES = {"majority_class": MajorityLabeler, "nearest_name": NearestNameLabeler}
+# The library's evaluation reports the same-project and overall majority labels (metrics["baselines"]).
+LABEL_BASELINES = {"nearest_name": NearestNameLabeler}

@@ -1,7 +1,7 @@
 """Ingest and feature building at 1M and 10M line items: rows/s and peak memory, beside raw DuckDB.
 
 Each step runs in its own process, so its peak memory (max RSS) is its own:
-    python benchmarks/ingest_scale.py [--sizes 1m,10m] [--workdir DIR] [--keep]
+    python -m benchmarks.ingest_scale [--sizes 1m,10m] [--workdir DIR] [--keep]
 
   generate        the synthetic organisation to Parquet (and to JSONL at 1M: JSONL at 10M is ~13 GB)
   ingest parquet  read -> validate -> event ids -> dedupe -> events.parquet (finops_ml.data.ingest)

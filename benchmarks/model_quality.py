@@ -1,13 +1,13 @@
 """Model quality against the standard baselines, side by side, over generator seeds and organisation shapes.
 
-    python benchmarks/model_quality.py [--seeds 101-105] [--shapes small_stable,large_fast_migration]
-                                       [--tasks forecast,anomaly,labels] [--out out/model_quality]
+    python -m benchmarks.model_quality [--seeds 101-105] [--shapes small_stable,large_fast_migration]
+                                         [--tasks forecast,anomaly,labels] [--out out/model_quality]
 
 For each (seed, shape) it generates the organisation (finops_ml.synthetic.generator, ORG_SHAPES), ingests it, builds the
 feature views as the pipeline does, then evaluates the baselines (benchmarks/baselines.py) and our models (their
 public train_and_evaluate, with the settings of configs/local.yaml) on the same holdout with the same metric
-functions (finops_ml.models.metrics). It prints one table per task (mean and worst over seeds x shapes) and one per shape,
-and writes every figure to OUT/results.csv (long format) and OUT/results.json.
+functions (finops_ml.models.metrics). It prints one table per task (mean and worst over seeds x shapes) and one per
+shape, and writes every figure to OUT/results.csv (long format) and OUT/results.json.
 
 Metrics:
 - forecast, at (service, month) over the last `forecast.holdout_months` full months, forecast from every rolling
@@ -18,9 +18,13 @@ Metrics:
 - anomaly, on daily cells (day x service x project) after the training months (as anomaly.train_and_evaluate):
   precision, recall, F1 against the generator's material anomaly cells; event-wise F1 and mean detection delay
   (finops_ml.models.metrics.event_metrics).
-- labels, per target on the held-out labelled resources (labeler.holdout_split): accuracy, macro F1, coverage at
-  the confidence threshold; then fitted on every labelled resource and applied to the missing labels: precision
-  of the applied labels (against the generator's truth) and compliance before -> after (labeler.compliance).
+- labels (labeler.evaluate, the same folds for ours and every baseline): accuracy per target out of fold over a
+  random resource split (`acc_*`) and with whole projects held out (`acc_*_project`); coverage and precision of
+  the predictions confident enough to apply, on those held-out resources (`applied_precision`, the gate); then
+  fitted on every labelled resource and applied to the missing labels: compliance before -> after counting only
+  correct labels, as estimated without truth (`compliance_after`, the gate) and against the generator's truth
+  (`compliance_after_truth`, `applied_precision_truth`). Baselines: same-project majority, overall majority,
+  nearest name.
 Seeds 1-20 are for development; 101-105 are held out for the reported figures.
 """
 
@@ -39,17 +43,14 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import baselines  # noqa: E402
-
-from finops_ml.config import load_config  # noqa: E402
-from finops_ml.data.ingest import ingest  # noqa: E402
-from finops_ml.data.warehouse import export_feature_view  # noqa: E402
-from finops_ml.fileio import atomic_path, read_json, write_json  # noqa: E402
-from finops_ml.models import anomaly, forecast, labeler  # noqa: E402
-from finops_ml.models.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape  # noqa: E402
-from finops_ml.synthetic.generator import generate, shape_config  # noqa: E402
+from benchmarks import baselines
+from finops_ml.config import load_config
+from finops_ml.data.ingest import ingest
+from finops_ml.data.warehouse import export_feature_view
+from finops_ml.fileio import atomic_path, read_json, write_json
+from finops_ml.models import anomaly, forecast, labeler
+from finops_ml.models.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape
+from finops_ml.synthetic.generator import generate, shape_config
 
 TASKS = ("forecast", "anomaly", "labels")
 # Headline metrics per task: (column, higher is better).
@@ -58,9 +59,10 @@ COLUMNS = {
     "anomaly": [("precision", True), ("recall", True), ("f1", True), ("event_f1", True), ("delay_days", False),
                 ("seconds", False)],
     "labels": [("acc_owner", True), ("acc_cost_center", True), ("acc_plant", True),
-               ("f1_owner", True), ("f1_cost_center", True), ("f1_plant", True),
-               ("coverage", True), ("applied_precision", True), ("compliance_before", None),
-               ("compliance_after", True), ("seconds", False)],
+               ("acc_owner_project", True), ("acc_cost_center_project", True), ("acc_plant_project", True),
+               ("coverage", True), ("applied_precision", True), ("applied_precision_truth", True),
+               ("compliance_before", None), ("compliance_after", True), ("compliance_after_truth", True),
+               ("seconds", False)],
 }
 
 
@@ -165,50 +167,37 @@ def eval_forecast(d: Path, cfg, seed: int, anomaly_cells: pd.DataFrame | None) -
 # ------------------------------------------------------------------------------------------------------- labels
 
 
+def _label_row(model: str, m: dict, targets, seconds: float | None) -> dict:
+    row = {"model": model, "seconds": seconds,
+           "coverage": float(np.mean([m.get(f"label_coverage_{t}", np.nan) for t in targets])),
+           "applied_precision": m.get("label_applied_precision", np.nan),
+           "applied_precision_truth": m.get("applied_label_precision", np.nan),
+           "compliance_before": m.get("label_compliance_before", np.nan),
+           "compliance_after": m.get("label_compliance_after", np.nan),
+           "compliance_after_truth": m.get("label_compliance_after_truth", np.nan)}
+    for t in targets:
+        row[f"acc_{t}"] = m.get(f"label_accuracy_{t}", np.nan)
+        row[f"acc_{t}_project"] = m.get(f"label_accuracy_{t}_project_holdout", np.nan)
+    return row
+
+
 def eval_labels(d: Path, cfg, seed: int) -> list[dict]:
+    """Ours and its baselines through the same evaluation (labeler.evaluate: the same folds, the same metrics)."""
     lc = cfg.labeler
     resources = pd.read_parquet(d / "resources.parquet")
-    truth = pd.read_csv(d / "data" / "truth" / "resources.csv").rename(columns={"resource": "resource_name"})
-    truth = truth.set_index(["resource_name", "project_id"])
+    truth = pd.read_csv(d / "data" / "truth" / "resources.csv")
     result, secs = _timed(labeler.train_and_evaluate, resources, lc.targets, lc.confidence_threshold, lc.test_share,
-                          seed, truth.reset_index().rename(columns={"resource_name": "resource"}), lc.target_precision)
+                          seed, truth, lc.target_precision)
     m = result["metrics"]
-    ours = {"model": "ours", "seconds": secs, "coverage": float(np.mean([m[f"label_coverage_{t}"] for t in lc.targets])),
-            "applied_precision": m.get("applied_label_precision", np.nan),
-            "compliance_before": m["label_compliance_before"], "compliance_after": m["label_compliance_after"]}
-    for t in lc.targets:
-        ours[f"acc_{t}"] = m[f"label_accuracy_{t}"]
-        ours[f"f1_{t}"] = m[f"label_macro_f1_{t}"]
     rows = []
+    for name, metrics in m["baselines"].items():  # same-project and overall majority label
+        rows.append(_label_row(name, {**metrics, "label_compliance_before": m["label_compliance_before"]},
+                               lc.targets, None))
     for name, make in baselines.LABEL_BASELINES.items():
-        t0 = time.perf_counter()
-        row: dict = {"model": name}
-        coverage = []
-        labelled = resources.copy()
-        right = applied_total = 0
-        for t in lc.targets:
-            train, test = labeler.holdout_split(resources, t, lc.test_share, seed)
-            pred, conf = make().fit(train.resource_name, train[t]).predict(test.resource_name)
-            row[f"acc_{t}"] = float(np.mean(pred == test[t].to_numpy()))
-            from sklearn.metrics import f1_score
-
-            row[f"f1_{t}"] = float(f1_score(test[t].to_numpy(), pred, average="macro"))
-            coverage.append(float(np.mean(conf >= lc.confidence_threshold)))
-            known = resources[t].notna()
-            model = make().fit(resources.resource_name[known], resources[t][known])
-            missing = resources[~known]
-            pred, conf = model.predict(missing.resource_name)
-            apply = conf >= lc.confidence_threshold
-            labelled.loc[missing.index[apply], t] = pred[apply]
-            expected = truth.reindex(list(zip(missing.resource_name, missing.project_id)))[t].to_numpy()
-            right += int((pred[apply] == expected[apply]).sum())
-            applied_total += int(apply.sum())
-        row.update(coverage=float(np.mean(coverage)),
-                   applied_precision=right / applied_total if applied_total else np.nan,
-                   compliance_before=labeler.compliance(resources, lc.targets),
-                   compliance_after=labeler.compliance(labelled, lc.targets), seconds=time.perf_counter() - t0)
-        rows.append(row)
-    rows.append(ours)
+        base, secs_b = _timed(labeler.evaluate, lambda ts, make=make: make(ts, lc.confidence_threshold), resources,
+                              lc.targets, lc.test_share, seed, truth)
+        rows.append(_label_row(name, base["metrics"], lc.targets, secs_b))
+    rows.append(_label_row("ours", m, lc.targets, secs))
     return rows
 
 
@@ -299,12 +288,14 @@ def main(argv: list[str] | None = None) -> int:
                     timing["forecast"] = time.perf_counter() - t0
                 if "labels" in tasks:
                     t0 = time.perf_counter()
-                    records += [{"task": "labels", "shape": shape, "seed": seed, **r} for r in eval_labels(d, cfg, seed)]
+                    records += [{"task": "labels", "shape": shape, "seed": seed, **r}
+                                for r in eval_labels(d, cfg, seed)]
                     timing["labels"] = time.perf_counter() - t0
                 if not args.workdir:
                     shutil.rmtree(d, ignore_errors=True)
                 write_json(Path(args.out) / "partial.json", {"runs": records})  # what is done survives a stop
-                console.print(f"[bold]{shape} seed {seed}[/bold]: " + ", ".join(f"{k} {v:.1f} s" for k, v in timing.items())
+                console.print(f"[bold]{shape} seed {seed}[/bold]: "
+                              + ", ".join(f"{k} {v:.1f} s" for k, v in timing.items())
                               + f" (elapsed {time.perf_counter() - started:.0f} s)")
     finally:
         limits.restore_original_limits()
@@ -324,7 +315,8 @@ def report(df: pd.DataFrame, tasks, seeds, shapes, args, console: Console, start
     for task in tasks:
         t = df[df.task == task].dropna(axis=1, how="all")
         parts = [(f"{task}: mean (worst) over {n} runs, seeds {args.seeds} x {', '.join(shapes)}", t)]
-        parts += [(f"{task} on {shape}: mean (worst) over seeds {args.seeds}", t[t["shape"] == shape]) for shape in shapes]
+        parts += [(f"{task} on {shape}: mean (worst) over seeds {args.seeds}", t[t["shape"] == shape])
+                  for shape in shapes]
         for title, part in parts:
             table = summary(part, task)
             console.print(rich_table(table, title))
@@ -338,7 +330,8 @@ def report(df: pd.DataFrame, tasks, seeds, shapes, args, console: Console, start
     write_json(out / "results.json", {"seeds": seeds, "shapes": shapes, "tasks": tasks,
                                       "seconds": time.perf_counter() - started,
                                       "runs": df.replace({np.nan: None}).to_dict(orient="records")})
-    console.print(f"figures: {out / 'results.csv'}, {out / 'results.json'}, {out / 'tables.md'}; total {time.perf_counter() - started:.0f} s")
+    console.print(f"figures: {out / 'results.csv'}, {out / 'results.json'}, {out / 'tables.md'}; "
+                  f"total {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Seconds per step (generate, ingest, features, each model) and in total, at the demo size and at 1M line items.
 
 Runs the library steps directly (what each pipeline component calls), in one process, and prints a table.
-    python benchmarks/pipeline_timings.py [--sizes demo,1m] [--workdir DIR]
+    python -m benchmarks.pipeline_timings [--sizes demo,1m] [--workdir DIR]
 """
 
 from __future__ import annotations

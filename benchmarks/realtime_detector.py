@@ -6,7 +6,7 @@ months (threshold from the training labels, as the pipeline), then feed every ev
 Prints one row per run: events/s, anomalies decided in batch and in real time and how many differ, the share raised
 by an event of their own day (before the day closed), open alerts retracted, and the state's snapshot size and
 save/load time.
-    python benchmarks/realtime_detector.py [--shapes demo,large_fast_migration] [--seeds 42] [--workdir DIR]
+    python -m benchmarks.realtime_detector [--shapes demo,large_fast_migration] [--seeds 42] [--workdir DIR]
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ process, one request = one instance drawn from a pool of realistic ones built fr
 Latencies are Locust's own per-request measurements (client side: they include the HTTP round trip), exact rather
 than Locust's rounded percentiles; the first seconds of each run (users starting) are left out.
 
-    python benchmarks/serving_latency.py --run-dir out      # after `make run` (or finops-ml run --out out)
-    python benchmarks/serving_latency.py --run-dir out --models anomaly --ramp 200,400,800 --duration 10
+    python -m benchmarks.serving_latency --run-dir out      # after `make run` (or finops-ml run --out out)
+    python -m benchmarks.serving_latency --run-dir out --models anomaly --ramp 200,400,800 --duration 10
 """
 
 from __future__ import annotations
@@ -19,18 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+
+from testsupport.net import free_port, wait_for_http
 
 HERE = Path(__file__).resolve().parent
 FINOPS_ML = Path(sys.executable).parent / "finops-ml"
@@ -82,7 +81,8 @@ def pools(run_dir: Path, size: int, seed: int) -> dict[str, dict]:
             continue
         bodies.append({"instances": [{
             "service": service, "project_id": project, "end_date": str(end_day.date()),
-            "resources": [{"resource_name": n, "daily_costs": [None if np.isnan(v) else round(float(v), 6) for v in row]}
+            "resources": [{"resource_name": n,
+                           "daily_costs": [None if np.isnan(v) else round(float(v), 6) for v in row]}
                           for n, row in zip(wide.index, wide.to_numpy())]}]})
     out["anomaly"] = bodies
 
@@ -94,31 +94,18 @@ def pools(run_dir: Path, size: int, seed: int) -> dict[str, dict]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(run_dir: Path, model: str, workers: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([str(FINOPS_ML), "serve", "--model", model, "--registry", str(run_dir / "registry"),
                              "--port", str(port), "--workers", str(workers)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"error: the server exited: {proc.stderr.read()}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base
-        except OSError:
-            pass
-        time.sleep(0.3)
-    proc.terminate()
-    sys.exit("error: the server did not become healthy in 120 s")
+    try:
+        wait_for_http(base + "/health", timeout=120, proc=proc)
+    except RuntimeError as exc:
+        proc.terminate()
+        sys.exit(f"error: {exc}: {proc.stderr.read()}")
+    return proc, base
 
 
 def server_cpu_s(pid: int) -> float:

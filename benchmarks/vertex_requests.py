@@ -1,8 +1,8 @@
 """How many API requests each production operation sends, and how long the client side takes, with the real
-google-cloud-aiplatform / -scheduler / -storage clients against the recording fake of tests/fake_gcp.py on
+google-cloud-aiplatform / -scheduler / -storage clients against the recording fake of testsupport/fake_gcp.py on
 127.0.0.1 (so the times are the clients' own work plus loopback HTTP, not Vertex AI's latency).
 
-    .venv/bin/python benchmarks/vertex_requests.py
+    .venv/bin/python -m benchmarks.vertex_requests
 
 Prints one row per operation: requests by method (GET / POST / DELETE) and wall seconds. Useful against the
 Vertex AI API's per-minute read/write quotas: the SDK re-reads resources (e.g. the endpoint) often.
@@ -11,20 +11,17 @@ Vertex AI API's per-minute read/write quotas: the SDK re-reads resources (e.g. t
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from fake_gcp import FakeGCP  # noqa: E402
-
-from finops_ml.config import CONFIG_DIR, load_config  # noqa: E402
-from finops_ml.platform import vertex  # noqa: E402
-from pipelines.local import compile_pipeline  # noqa: E402
+from finops_ml.config import CONFIG_DIR, load_config
+from finops_ml.platform.deploy import deploy_vertex
+from finops_ml.platform.schedules import create_schedule, submit
+from finops_ml.platform.vertex_registry import VertexRegistry
+from pipelines.local import compile_pipeline
+from testsupport.fake_gcp import FakeGCP
 
 
 def main() -> None:
@@ -55,18 +52,18 @@ def main() -> None:
         model_dir.mkdir()
         (model_dir / "model.joblib").write_bytes(os.urandom(200_000))
         template = compile_pipeline(Path(tmp) / "p.yaml", image=cfg.pipeline.image)
-        registry = vertex.VertexRegistry(cfg)
+        registry = VertexRegistry(cfg)
         window = {"start": "2025-08-01", "end": "2026-06-30"}
         for i, f1 in enumerate((0.90, 0.92, 0.95), start=1):
             measure(f"register v{i} (champion)", lambda f1=f1, i=i: registry.register(
                 "cost-anomaly", model_dir, {"anomaly_f1": f1}, "digest", window, f"run-{i}"))
             measure(f"deploy v{i}" + (" (creates the endpoint)" if i == 1 else " (undeploys v1)" if i == 3 else ""),
-                    lambda i=i: vertex.deploy_vertex(cfg, "cost-anomaly", i))
+                    lambda i=i: deploy_vertex(cfg, "cost-anomaly", i))
         measure("promote v2", lambda: registry.promote("cost-anomaly", 2))
-        measure("submit", lambda: vertex.submit(cfg, template, "bench-1"))
-        measure("schedule create (vertex)", lambda: vertex.create_schedule(cfg, template))
+        measure("submit", lambda: submit(cfg, template, "bench-1"))
+        measure("schedule create (vertex)", lambda: create_schedule(cfg, template))
         cs = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"backend": "cloud_scheduler"})})
-        measure("schedule create (cloud_scheduler)", lambda: vertex.create_schedule(cs, template))
+        measure("schedule create (cloud_scheduler)", lambda: create_schedule(cs, template))
     fake.close()
 
     print(f"{'operation':<36} {'GET':>4} {'POST':>5} {'DELETE':>7} {'seconds':>8}")

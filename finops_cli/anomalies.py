@@ -19,15 +19,17 @@ console = Console()
 def detect(
     input: Path = typer.Option(..., "--input", help="CSV with columns timestamp,value[,series_id], any cadence."),
     output: Path = typer.Option(..., "--output", help="CSV written: timestamp,[series_id,]score,is_anomaly,expected."),
-    threshold: float = typer.Option(4.0, help="Robust z-score from which a point is an anomaly."),
-    direction: str = typer.Option("up", help="up: rises only (cost spikes); both: drops too."),
+    threshold: float = typer.Option(5.0, help="Robust z-score from which a single point is an anomaly."),
+    direction: str = typer.Option("both", help="both: rises and drops; up: rises only (cost spikes); down: drops."),
+    budget: float = typer.Option(0.005, help="Largest share of a series' points flagged as single-point anomalies "
+                                             "(alarm budget; 0: none). Lasting deviations are not counted."),
 ):
     """Flag anomalies in any cost or usage series (5-minute, hourly, daily ...): no labels, no model needed."""
     from finops_ml.models.series import SeriesAnomalyDetector, read_series_csv
     from finops_ml.models.series import detect as run_detect
 
     t0 = time.perf_counter()
-    detector = SeriesAnomalyDetector(threshold=threshold, direction=direction)
+    detector = SeriesAnomalyDetector(threshold=threshold, direction=direction, budget=budget)
     frame = read_series_csv(input)
     scored = run_detect(frame, detector)
     cols = ["timestamp", *(["series_id"] if "series_id" in scored.columns else []), "score", "is_anomaly", "expected"]

@@ -13,19 +13,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from finops_cli.errors import ErrorHandlingGroup
 from finops_ml.config import Config, load_config
 from finops_ml.errors import FinopsError
-from finops_ml.fileio import read_json, write_json
+from finops_ml.fileio import exclusive_lock, read_json, write_json
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# ErrorHandlingGroup: a FinopsError from any command is one red sentence and exit code 1 (finops_cli/errors.py)
+app = typer.Typer(cls=ErrorHandlingGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ML for cloud FinOps on Google Cloud: cost forecast, anomalies, auto-labelling.")
 console = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
 
 
 def _config(path: Optional[Path], seed: Optional[int]) -> Config:
@@ -48,19 +44,16 @@ def generate(
     from finops_ml.synthetic.generator import generate as gen
     from finops_ml.synthetic.generator import generate_from_monthly, resources_for_rows
 
-    try:
-        cfg = _config(config, seed)
-        update = {k: v for k, v in {"resources_per_project": resources_per_project, "plants": plants}.items() if v}
-        gcfg = cfg.generator.model_copy(update=update)
-        if rows:
-            gcfg = gcfg.model_copy(update={"resources_per_project": resources_for_rows(gcfg, rows)})
-        t0 = time.perf_counter()
-        if from_monthly_csv:
-            meta = generate_from_monthly(from_monthly_csv, gcfg, cfg.seed, out, fmt)
-        else:
-            meta = gen(gcfg, cfg.seed, out, fmt)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = _config(config, seed)
+    update = {k: v for k, v in {"resources_per_project": resources_per_project, "plants": plants}.items() if v}
+    gcfg = cfg.generator.model_copy(update=update)
+    if rows:
+        gcfg = gcfg.model_copy(update={"resources_per_project": resources_for_rows(gcfg, rows)})
+    t0 = time.perf_counter()
+    if from_monthly_csv:
+        meta = generate_from_monthly(from_monthly_csv, gcfg, cfg.seed, out, fmt)
+    else:
+        meta = gen(gcfg, cfg.seed, out, fmt)
     console.print(f"generated {meta['rows']:,} line items into {out} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -74,11 +67,8 @@ def ingest(
     """Validate, quarantine, dedupe and reconcile billing events into the events table."""
     from finops_ml.data.ingest import ingest as run_ingest
 
-    try:
-        t0 = time.perf_counter()
-        s = run_ingest(source, out, control_totals)
-    except FinopsError as exc:
-        _fail(str(exc))
+    t0 = time.perf_counter()
+    s = run_ingest(source, out, control_totals)
     seconds = time.perf_counter() - t0
     console.print(f"read {s['read']:,} records in {seconds:.1f} s ({s['read'] / max(seconds, 1e-9):,.0f}/s): "
                   f"{s['rows']:,} new events, {s['quarantined']:,} quarantined, {s['duplicates']:,} duplicates; "
@@ -97,10 +87,7 @@ def replay(
     """Publish billing events to a Kafka topic, keyed by series (replaying twice is safe: ingest dedupes)."""
     from finops_ml.data.kafka_io import replay as run_replay
 
-    try:
-        s = run_replay(file, bootstrap, topic, partitions=partitions, key=key)
-    except FinopsError as exc:
-        _fail(str(exc))
+    s = run_replay(file, bootstrap, topic, partitions=partitions, key=key)
     console.print(f"sent {s['sent']:,} events to {topic} on {bootstrap} ({s['invalid']:,} not valid billing events) "
                   f"in {s['seconds']:.1f} s: {s['events_per_s']:,} events/s")
 
@@ -111,50 +98,50 @@ def run(
     out: Path = typer.Option(Path("out"), help="Output directory: report.html, summary.json, registry, data."),
     config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml)."),
     source: Optional[str] = typer.Option(None, help="Billing events to train on; default: generate the demo data."),
-    feedback: Optional[Path] = typer.Option(None, help="Anomaly verdicts (finops-ml feedback); default: OUT/feedback.csv "
-                                                       "when it exists."),
+    feedback: Optional[Path] = typer.Option(None, help="Anomaly verdicts (finops-ml feedback); default: "
+                                                       "OUT/feedback.csv when it exists."),
 ):
     """Run the whole training pipeline on this machine with the KFP local runner."""
-    try:
-        cfg = _config(config, seed)
-    except FinopsError as exc:
-        _fail(str(exc))
+    out = out.resolve()
+    with exclusive_lock(out, "finops-ml run"):  # a second run into the same --out is refused, not interleaved
+        _run(seed, out, config, source, feedback)
+
+
+def _run(seed: Optional[int], out: Path, config: Optional[Path], source: Optional[str],
+         feedback: Optional[Path]) -> None:
+    cfg = _config(config, seed)
     from finops_ml.data.sources.files import resolve_files
     from finops_ml.synthetic.generator import generate as gen
     from pipelines.local import run_local
 
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "report.html", "anomalies.csv"):  # a failed run must not leave the last run's results looking new
+    # a failed run must not leave the last run's results looking new
+    for stale in ("summary.json", "report.html", "anomalies.csv"):
         (out / stale).unlink(missing_ok=True)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     data = out / "data"
-    arguments = {"config_json": cfg.to_json(), "registry_dir": str((out / cfg.registry.path).resolve()),
+    arguments = {**cfg.step_parameters(), "registry_dir": str((out / cfg.registry.path).resolve()),
                  "run_id": f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"}
-    try:
-        if source:
-            if "://" not in source:
-                resolve_files(source)  # a missing file is the user's to fix: say so before any step runs
-            arguments["source"] = source
-        else:
-            console.print(f"[bold]generate[/] synthetic organisation (seed {cfg.seed}) ...")
-            t0 = time.perf_counter()
-            meta = gen(cfg.generator, cfg.seed, data)
-            timings["generate"] = round(time.perf_counter() - t0, 2)
-            console.print(f"  {meta['rows']:,} line items, {meta['resources']} resources, "
-                          f"{meta['anomalies']} injected anomalies  [dim]{timings['generate']:.1f} s[/]")
-            arguments.update(source=str(data / "events.jsonl"), control_totals=str(data / "control_totals.csv"),
-                             anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
-                             resource_truth=str(data / "truth" / "resources.csv"))
-        feedback = feedback or (out / "feedback.csv" if (out / "feedback.csv").exists() else None)
-        if feedback:
-            from finops_ml.models.anomaly import read_feedback
+    if source:
+        if "://" not in source:
+            resolve_files(source)  # a missing file is the user's to fix: say so before any step runs
+        arguments["source"] = source
+    else:
+        console.print(f"[bold]generate[/] synthetic organisation (seed {cfg.seed}) ...")
+        t0 = time.perf_counter()
+        meta = gen(cfg.generator, cfg.seed, data)
+        timings["generate"] = round(time.perf_counter() - t0, 2)
+        console.print(f"  {meta['rows']:,} line items, {meta['resources']} resources, "
+                      f"{meta['anomalies']} injected anomalies  [dim]{timings['generate']:.1f} s[/]")
+        arguments.update(source=str(data / "events.jsonl"), control_totals=str(data / "control_totals.csv"),
+                         anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
+                         resource_truth=str(data / "truth" / "resources.csv"))
+    feedback = feedback or (out / "feedback.csv" if (out / "feedback.csv").exists() else None)
+    if feedback:
+        from finops_ml.models.anomaly import read_feedback
 
-            read_feedback(feedback)  # a malformed file is the user's to fix before any step runs
-            arguments["anomaly_feedback"] = str(feedback.resolve())
-    except FinopsError as exc:
-        _fail(str(exc))
+        read_feedback(feedback)  # a malformed file is the user's to fix before any step runs
+        arguments["anomaly_feedback"] = str(feedback.resolve())
 
     progress = Console(file=sys.stdout)  # bound now: the runner's own output is captured into pipeline.log
 
@@ -172,7 +159,8 @@ def run(
     timings.update(step_timings)
     if failed:
         reason = _step_error(log_path)
-        _fail(f"pipeline step {', '.join(failed)} failed{': ' + reason if reason else ''}; the full log is {log_path}.")
+        raise FinopsError(f"pipeline step {', '.join(failed)} failed{': ' + reason if reason else ''}; "
+                          f"the full log is {log_path}.")
     run_dir = max(set(root.glob("*")) - before, key=lambda p: p.stat().st_mtime)
     summary = read_json(run_dir / "build-report" / "summary")
     from finops_ml.models.catalogue import MODEL_NAMES
@@ -217,7 +205,10 @@ def _print_gates(summary: dict) -> None:
         value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
         table.add_row(gate, value, f"{g['threshold']:.2f}", "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]")
     console.print(table)
-    console.print(f"label compliance before: {summary['label_compliance_before']:.4f}; rows {summary['rows']}; "
+    for name, reason in summary.get("not_trained", {}).items():
+        console.print(f"[yellow]{name} not trained:[/] {reason}")
+    before = summary["label_compliance_before"]
+    console.print(f"label compliance before: {'n/a' if before is None else f'{before:.4f}'}; rows {summary['rows']}; "
                   f"reconciliation diff {summary['reconciliation_diff']}")
     regs = ", ".join(f"{r['name']} v{r['version']} ({'/'.join(r['aliases'])})" for r in summary["registered"])
     console.print(f"registered: {regs or 'nothing (no gate passed)'}")
@@ -250,11 +241,7 @@ _stream.register(app)
 
 
 def main() -> None:
-    try:
-        app()
-    except FinopsError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        sys.exit(1)
+    app()
 
 
 if __name__ == "__main__":

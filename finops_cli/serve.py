@@ -12,7 +12,6 @@ from finops_ml.config import load_config
 from finops_ml.errors import FinopsError
 
 console = Console()
-err = Console(stderr=True)
 
 
 def serve(
@@ -33,22 +32,18 @@ def serve(
     from finops_ml.models.catalogue import MODELS
     from finops_ml.serving import app, predictors
 
-    try:
-        cfg = load_config(config).serving
-        if model is not None and model not in MODELS:
-            raise FinopsError(f"--model {model!r} is not one of {', '.join(MODELS)}; pick one or leave it "
-                              "out to serve all three.")
-        if workers is not None and workers < 1:
-            raise FinopsError(f"--workers {workers} is not a positive number of processes; pass 1 or more.")
-        if max_body_bytes is not None and max_body_bytes < 1:
-            raise FinopsError(f"--max-body-bytes {max_body_bytes} is not a positive size; pass a number of bytes.")
-        kinds = [model] if model else list(MODELS)
-        dirs = predictors.resolve_registry(registry, kinds, alias or cfg.alias)
-        spec = app.ServerSpec(models={k: str(d) for k, d in dirs.items()},
-                                  max_body_bytes=max_body_bytes or cfg.max_body_bytes)
-    except FinopsError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1)
+    cfg = load_config(config).serving
+    if model is not None and model not in MODELS:
+        raise FinopsError(f"--model {model!r} is not one of {', '.join(MODELS)}; pick one or leave it "
+                          "out to serve all three.")
+    if workers is not None and workers < 1:
+        raise FinopsError(f"--workers {workers} is not a positive number of processes; pass 1 or more.")
+    if max_body_bytes is not None and max_body_bytes < 1:
+        raise FinopsError(f"--max-body-bytes {max_body_bytes} is not a positive size; pass a number of bytes.")
+    kinds = [model] if model else list(MODELS)
+    dirs = predictors.resolve_registry(registry, kinds, alias or cfg.alias)
+    spec = app.ServerSpec(models={k: str(d) for k, d in dirs.items()},
+                          max_body_bytes=max_body_bytes or cfg.max_body_bytes)
     for kind, (health, predict) in spec.routes().items():
         console.print(f"{kind}: {dirs[kind]}  POST {predict}  GET {health}")
     if len(spec.models) > 1:

@@ -34,15 +34,15 @@ def stream(
     """Score the billing stream event by event; publish each anomaly once to the alerts topic, Slack and email."""
     from finops_ml.fileio import write_json
     from finops_ml.stream.alerts import AlertDispatcher, Outbox, RetryPolicy, senders_from_config
-    from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings, load_registered_detector
+    from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, load_registered_detector
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(config).stream
     overrides = {"bootstrap": bootstrap, "topic": topic, "alerts_topic": alerts_topic,
                  "dead_letter_topic": dead_letter_topic, "group": group,
                  "state_dir": str(state_dir) if state_dir else None, "registry": str(registry) if registry else None,
-                 "model_version": model_version, "metrics_port": metrics_port}
-    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+                 "model_version": model_version, "metrics_port": metrics_port, "until_end": until_end or None}
+    cfg = load_config(config).with_updates("The command-line options",
+                                           stream={k: v for k, v in overrides.items() if v is not None}).stream
 
     detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version)
     from finops_ml.models.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
@@ -64,11 +64,8 @@ def stream(
     dispatcher = AlertDispatcher(Outbox(state_root / "alerts_outbox.jsonl"), senders,
                                  RetryPolicy(cfg.retry_attempts, cfg.retry_backoff_s, cfg.retry_backoff_max_s),
                                  on_result).start()
-    settings = StreamSettings(cfg.bootstrap, cfg.topic, cfg.alerts_topic, cfg.dead_letter_topic, cfg.group,
-                              str(state_root), cfg.checkpoint_interval_s, cfg.drain_timeout_s, cfg.alert_link,
-                              until_end, cfg.session_timeout_ms)
     processor = StreamProcessor(
-        settings, new_state=lambda: RealtimeState(model, lateness_days=cfg.lateness_days),
+        cfg, new_state=lambda: RealtimeState(model, lateness_days=cfg.lateness_days),
         load_state=RealtimeState.load, detect=detect_anomaly_realtime, invalid_event=InvalidEvent,
         dispatcher=dispatcher, metrics=metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):

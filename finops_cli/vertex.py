@@ -20,7 +20,6 @@ from finops_ml.config import Config, load_config
 from finops_ml.errors import FinopsError
 
 console = Console()
-err = Console(stderr=True)
 schedule_app = typer.Typer(no_args_is_help=True, help="Retraining schedules: Vertex AI schedules or Cloud Scheduler.")
 
 CONFIG_HELP = "Per-environment YAML config (configs/dev.yaml, configs/prod.yaml)."
@@ -29,22 +28,17 @@ ENDPOINT_HELP = ("API endpoint for the Google clients instead of the default one
                  "gcp.scheduler_api_endpoint.")
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
-
-
 def _load(config: Path, command: str, api_endpoint: Optional[str] = None, **schedule: Optional[str]) -> Config:
     """The validated config (one sentence naming the file and key otherwise), before any request."""
-    from finops_ml.platform.vertex import validate
+    from finops_ml.platform.gcp import validate
 
     cfg = load_config(config)
     if api_endpoint:
-        cfg = cfg.model_copy(update={"gcp": cfg.gcp.model_copy(
-            update={"api_endpoint": api_endpoint, "scheduler_api_endpoint": api_endpoint})})
+        cfg = cfg.with_updates("--api-endpoint", gcp={"api_endpoint": api_endpoint,
+                                                      "scheduler_api_endpoint": api_endpoint})
     updates = {k: v for k, v in schedule.items() if v}
     if updates:
-        cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update=updates)})
+        cfg = cfg.with_updates("--backend", schedule=updates)
     validate(cfg, config, command)
     return cfg
 
@@ -54,7 +48,8 @@ def _template(cfg: Config, template: Optional[Path]) -> Iterator[Path]:
     """The compiled pipeline: the given YAML, or compiled now with the config's pipeline image."""
     if template is not None:
         if not template.exists():
-            raise FinopsError(f"Pipeline template {template} does not exist; run `finops-ml compile` or drop --template.")
+            raise FinopsError(f"Pipeline template {template} does not exist; run `finops-ml compile` "
+                              "or drop --template.")
         yield template
         return
     from pipelines.local import compile_pipeline
@@ -84,14 +79,11 @@ def submit(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """Submit the training pipeline to Vertex AI Pipelines (PipelineJob), without waiting for it."""
-    from finops_ml.platform import vertex
+    from finops_ml.platform import schedules
 
-    try:
-        cfg = _load(config, "submit", api_endpoint)
-        with _template(cfg, template) as path, _google_errors("Submitting the pipeline job"):
-            job = vertex.submit(cfg, path, job_id)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = _load(config, "submit", api_endpoint)
+    with _template(cfg, template) as path, _google_errors("Submitting the pipeline job"):
+        job = schedules.submit(cfg, path, job_id)
     console.print(f"submitted {job['name']} ({job['state']})")
 
 
@@ -103,14 +95,11 @@ def schedule_create(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """Create the retraining schedule (cron and time zone from the config)."""
-    from finops_ml.platform import vertex
+    from finops_ml.platform import schedules
 
-    try:
-        cfg = _load(config, "schedule", api_endpoint, backend=_backend(backend))
-        with _template(cfg, template) as path, _google_errors("Creating the schedule"):
-            created = vertex.create_schedule(cfg, path)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = _load(config, "schedule", api_endpoint, backend=_backend(backend))
+    with _template(cfg, template) as path, _google_errors("Creating the schedule"):
+        created = schedules.create_schedule(cfg, path)
     console.print(f"created {created['backend']} schedule {created['name']}: {created['cron']}")
 
 
@@ -121,14 +110,11 @@ def schedule_list(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """List the schedules of the project and region."""
-    from finops_ml.platform import vertex
+    from finops_ml.platform import schedules
 
-    try:
-        cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
-        with _google_errors("Listing the schedules"):
-            rows = vertex.list_schedules(cfg)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
+    with _google_errors("Listing the schedules"):
+        rows = schedules.list_schedules(cfg)
     table = Table(title=f"{cfg.schedule.backend} schedules in {cfg.gcp.project}/{cfg.gcp.region}")
     for col in ("display name", "cron", "state", "name"):
         table.add_column(col)
@@ -145,14 +131,11 @@ def schedule_delete(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """Delete the schedule with this display name."""
-    from finops_ml.platform import vertex
+    from finops_ml.platform import schedules
 
-    try:
-        cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
-        with _google_errors("Deleting the schedule"):
-            deleted = vertex.delete_schedule(cfg, name or cfg.schedule.display_name)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = _load(config, "gcp", api_endpoint, backend=_backend(backend))
+    with _google_errors("Deleting the schedule"):
+        deleted = schedules.delete_schedule(cfg, name or cfg.schedule.display_name)
     for resource in deleted:
         console.print(f"deleted {resource}")
 
@@ -171,23 +154,16 @@ def promote(
     api_endpoint: Optional[str] = typer.Option(None, help=ENDPOINT_HELP),
 ):
     """Move the champion alias to VERSION (no re-evaluation: a person's decision, e.g. a rollback)."""
-    from finops_ml.platform.registry import LocalRegistry
+    from finops_ml.platform.registry import registry_for
 
-    try:
-        cfg = load_config(config)
-        if cfg.registry.backend == "vertex":
-            from finops_ml.platform.vertex import VertexRegistry
-
-            cfg = _load(config, "gcp", api_endpoint)
-            with _google_errors("Moving the champion alias"):
-                VertexRegistry(cfg).promote(model, version)
-        else:
-            if not (registry / model).is_dir():
-                raise FinopsError(f"Model {model} is not in the local registry {registry}; pass --registry DIR "
-                                  "(a run's OUT/registry).")
-            LocalRegistry(registry).promote(model, version)
-    except FinopsError as exc:
-        _fail(str(exc))
+    cfg = load_config(config)
+    if cfg.registry.backend == "vertex":
+        cfg = _load(config, "gcp", api_endpoint)
+    elif not (registry / model).is_dir():
+        raise FinopsError(f"Model {model} is not in the local registry {registry}; pass --registry DIR "
+                          "(a run's OUT/registry).")
+    with _google_errors("Moving the champion alias"):
+        registry_for(cfg, registry).promote(model, version)
     console.print(f"{model}: champion is now v{version} ({cfg.registry.backend} registry)")
 
 

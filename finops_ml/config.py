@@ -4,19 +4,55 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import zoneinfo
+from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from finops_ml.errors import FinopsError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ ships as the package finops_ml.configs (pyproject.toml), a directory in an editable install and in a wheel.
+CONFIG_DIR = Path(str(files("finops_ml.configs")))
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _format(pattern: str, problem: str, fix: str) -> AfterValidator:
+    """A string that is empty (not set: the local world) or matches `pattern`; else "'VALUE' PROBLEM; FIX"."""
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if value and not regex.match(value):
+            raise ValueError(f"'{value}' {problem}; {fix}")
+        return value
+
+    return AfterValidator(check)
+
+
+# The formats of Google Cloud names. Whether a command needs a value at all is checked by the command
+# (finops_ml.platform.gcp.validate): the local world leaves them empty.
+_SA_FIX = "use NAME@PROJECT.iam.gserviceaccount.com"
+ServiceAccount = Annotated[str, _format(
+    r"^[a-z0-9-]+@[a-z0-9.-]+\.iam\.gserviceaccount\.com$|^[0-9]+-compute@developer\.gserviceaccount\.com$",
+    "is not a service account email", _SA_FIX)]
+ContainerImage = Annotated[str, _format(
+    r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[\w.-]+|@sha256:[0-9a-f]{64})?$", "is not a container image",
+    "give REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG (built from deploy/Dockerfile.*)")]
+ApiEndpoint = Annotated[str, _format(
+    r"^(http://)?[^\s/]+$", "is not an API endpoint",
+    "give a host name such as europe-west1-aiplatform.googleapis.com (or http://127.0.0.1:PORT for a loopback "
+    "recorder)")]
+GcsPath = Annotated[str, _format(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", "is not a gs:// path",
+                                 "set a gs://BUCKET/PATH")]
+_LABEL_FIX = "use lowercase letters, digits, '_' and '-' (keys start with a letter, 63 characters at most)"
+LabelKey = Annotated[str, _format(r"^[a-z][a-z0-9_-]{0,62}$", "is not a valid GCP label key", _LABEL_FIX)]
+LabelValue = Annotated[str, _format(r"^[a-z0-9_-]{0,63}$", "is not a valid GCP label value", _LABEL_FIX)]
 
 
 class GeneratorConfig(_Strict):
@@ -33,6 +69,19 @@ class GeneratorConfig(_Strict):
     migration_span: float = Field(0.55, gt=0.0, le=1.0)  # share of the history over which plants' migration waves start
     late_resource_share: float = Field(0.25, ge=0.0, le=1.0)  # share of plant resources arriving at a random later day
     noise_sigma: float = Field(0.06, ge=0.0, le=1.0)  # lognormal daily noise of each SKU series
+    # Anomalies (finops_ml.synthetic.injector): the share of the newer kinds (drops, runaway new resources, rises
+    # spread over a service) beside spikes, level shifts, drifts and new SKUs; the size range as a multiple k of the
+    # affected resource's own log-sigma (log-uniform); and the least $ change of a material (labelled) cell-day.
+    new_anomaly_kinds_share: float = Field(0.3, ge=0.0, le=1.0)
+    anomaly_sigma_multiple: tuple[float, float] = (3.0, 30.0)
+    material_min_usd: float = Field(1.0, ge=0.0)
+
+    @field_validator("anomaly_sigma_multiple")
+    @classmethod
+    def _sigma_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return value
 
 
 class ForecastConfig(_Strict):
@@ -65,6 +114,50 @@ class AnomalyConfig(_Strict):
     holdout_months: int = Field(3, ge=1, le=12)
     window_days: int = Field(28, ge=7, le=120)
     n_estimators: int = Field(200, ge=10, le=2000)
+    # Evaluation by injection (finops_ml.models.anomaly_eval): `injection_draws` seeded copies of the holdout, each
+    # with anomalies in `injection_cells_share` of its cells (at least one of each kind), sized as a multiple k of
+    # each resource's own log-sigma (log-uniform in injection_sigma_multiple). A cell-day is labelled when the
+    # injected change is at least `injection_material_share` of its expected cost and `injection_min_impact_usd`
+    # (0 by default: scale-free, for exports whose daily costs are cents).
+    injection_draws: int = Field(5, ge=1, le=100)
+    injection_cells_share: float = Field(0.2, gt=0.0, le=1.0)
+    injection_sigma_multiple: tuple[float, float] = (3.0, 30.0)
+    injection_material_share: float = Field(0.25, gt=0.0, le=5.0)
+    injection_min_impact_usd: float = Field(0.0, ge=0.0)
+    # The detector's thresholds need no labels: per direction, the share of normal cells allowed to alarm (the
+    # score's robust body extrapolated to it), or a fixed score threshold. Feedback verdicts refine the learnt ones;
+    # the generator's truth replaces them (synthetic data only).
+    alarm_budget_up: float = Field(0.002, gt=0.0, lt=0.5)
+    alarm_budget_down: float = Field(0.002, gt=0.0, lt=0.5)
+    threshold_up: float | None = Field(None, gt=0.0)
+    threshold_down: float | None = Field(None, gt=0.0)
+    # What is worth an alert: a deviation of at least this % of the cell's expected cost, and this $ impact (a
+    # project's own minimum, else its service's, else the default).
+    min_pct_deviation: float = Field(25.0, ge=0.0)
+    min_impact_usd: float = Field(0.0, ge=0.0)
+    min_impact_usd_by_service: dict[str, float] = {}
+    min_impact_usd_by_project: dict[str, float] = {}
+    # An always-on resource without cost is a drop for its first `stop_days` days (one alert by default), then gone;
+    # a new resource that grew `runaway_factor` times since its first days, at `runaway_rate` a day or faster, runs
+    # away.
+    stop_days: int = Field(1, ge=1, le=60)
+    runaway_factor: float = Field(1.5, gt=1.0)
+    runaway_rate: float = Field(0.10, gt=0.0)
+
+    @field_validator("min_impact_usd_by_service", "min_impact_usd_by_project")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if not v >= 0)
+        if bad:
+            raise ValueError(f"minimum impacts must be 0 or more (see {', '.join(bad)})")
+        return value
+
+    @field_validator("injection_sigma_multiple")
+    @classmethod
+    def _sigma_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return value
 
 
 class LabelerConfig(_Strict):
@@ -82,6 +175,8 @@ class GatesConfig(_Strict):
     anomaly_f1: float = Field(0.85, ge=0.0, le=1.0)
     label_accuracy: float = Field(0.90, ge=0.0, le=1.0)
     label_compliance_after: float = Field(0.95, ge=0.0, le=1.0)
+    # share of the labels confident enough to apply that are right, on held-out labelled resources (all labels pooled)
+    label_applied_precision: float = Field(0.95, ge=0.0, le=1.0)
 
 
 class RegistryConfig(_Strict):
@@ -93,26 +188,32 @@ class RegistryConfig(_Strict):
 
 class PipelineConfig(_Strict):
     name: str = "finops-ml-training"
-    pipeline_root: str = ""
+    pipeline_root: GcsPath = ""
     # What `finops-ml submit` / `schedule` send: the components' image, the billing source, caching.
-    image: str = ""
-    source: str = ""
+    image: ContainerImage = ""
+    source: Annotated[str, _format(r"^(bq|kafka)://", "cannot be read on Vertex AI",
+                                   "set the BigQuery billing export (bq://PROJECT.DATASET.TABLE) or a kafka:// topic")
+                      ] = ""
     control_totals: str = ""
     enable_caching: bool = True
 
 
 class GcpConfig(_Strict):
     """Where the production path runs (see README "Production on Vertex AI"); no secret ever goes here."""
-    project: str = ""
-    region: str = "europe-west1"
+    project: Annotated[str, _format(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", "is not a GCP project id",
+                                    "use the project's id (6-30 lowercase letters, digits, hyphens)")] = ""
+    region: Annotated[str, _format(r"^[a-z]+-[a-z]+[0-9]+$", "is not a GCP region", "use a region such as europe-west1")
+                      ] = "europe-west1"
     # The Vertex AI API endpoint (default: REGION-aiplatform.googleapis.com); a regional or private (PSC) endpoint,
     # or http://127.0.0.1:PORT for a loopback recorder (plain http: anonymous credentials, never a real token).
-    api_endpoint: str = ""
-    scheduler_api_endpoint: str = ""  # the Cloud Scheduler API endpoint, the same way
-    service_account: str = ""  # the pipeline runner's service account
-    network: str = ""  # projects/NUMBER/global/networks/NAME (VPC peering of the pipeline job), optional
-    labels: dict[str, str] = {}
-    staging_bucket: str = ""  # gs:// prefix for model artifacts; default: PIPELINE_ROOT/models
+    api_endpoint: ApiEndpoint = ""
+    scheduler_api_endpoint: ApiEndpoint = ""  # the Cloud Scheduler API endpoint, the same way
+    service_account: ServiceAccount = ""  # the pipeline runner's service account
+    # VPC peering of the pipeline job, optional
+    network: Annotated[str, _format(r"^projects/[^/\s]+/global/networks/[^/\s]+$", "is not a network name",
+                                    "use projects/PROJECT_NUMBER/global/networks/NAME")] = ""
+    labels: dict[LabelKey, LabelValue] = {}
+    staging_bucket: GcsPath = ""  # gs:// prefix for model artifacts; default: PIPELINE_ROOT/models
 
 
 class DeployConfig(_Strict):
@@ -121,11 +222,19 @@ class DeployConfig(_Strict):
     endpoint_display_name: str = "finops-ml"  # endpoint of a model: <this>-<model name>
     canary_percent: int = Field(10, ge=1, le=100)
     keep_versions: int = Field(2, ge=1, le=10)
-    serving_image: str = ""
+    serving_image: ContainerImage = ""
     machine_type: str = "n2-standard-2"
     min_replicas: int = Field(1, ge=1, le=100)
     max_replicas: int = Field(2, ge=1, le=100)
-    service_account: str = ""  # the serving container's service account
+    service_account: ServiceAccount = ""  # the serving container's service account
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _not_below_min(cls, value: int, info) -> int:
+        low = info.data.get("min_replicas")
+        if low is not None and value < low:
+            raise ValueError(f"{value} is below deploy.min_replicas {low}; raise it or lower deploy.min_replicas")
+        return value
 
 
 class ScheduleConfig(_Strict):
@@ -135,11 +244,29 @@ class ScheduleConfig(_Strict):
     cron: str = "0 3 * * 1"
     timezone: str = "Europe/Paris"
     max_concurrent_runs: int = Field(1, ge=1, le=10)
-    service_account: str = ""  # Cloud Scheduler's caller identity (OAuth token for the Vertex AI API)
+    service_account: ServiceAccount = ""  # Cloud Scheduler's caller identity (OAuth token for the Vertex AI API)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"'{value}' is not a 5-field cron expression; use one such as '0 3 * * 1' (minute hour "
+                             "day month weekday)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{value}' is not an IANA time zone; use one such as Europe/Paris or UTC") from None
+        return value
 
 
 class ServingConfig(_Strict):
-    # `finops-ml serve` defaults; in a container the AIP_* and FINOPS_* variables decide (finops_ml/serving.py).
+    # `finops-ml serve` defaults; in a container the AIP_* and FINOPS_* variables decide
+    # (finops_ml.serving.app.ContainerSettings).
     alias: str = "champion"
     max_body_bytes: int = Field(1_500_000, ge=1_000, le=100_000_000)  # Vertex AI's own limit is 1.5 MB
     workers: int = Field(1, ge=1, le=64)
@@ -178,6 +305,21 @@ class StreamConfig(_Strict):
     retry_backoff_max_s: float = Field(8.0, gt=0.0, le=600.0)
     delivery_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
     drain_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
+    until_end: bool = False  # stop at the end of the topic, closing the open days (backfills, tests, benchmarks)
+
+
+# Which top-level keys each pipeline step reads: a step receives these only (`Config.for_step`), so a change
+# elsewhere (alerts, serving, schedule) neither changes its input (KFP cache) nor a model's config digest.
+# The training steps are named by the catalogue's model kinds.
+STEP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "forecast": ("seed", "forecast", "gates", "budgets"),
+    "anomaly": ("seed", "anomaly", "gates"),
+    "labeler": ("seed", "labeler", "gates"),
+    # The Vertex AI registry uploads to gcp.staging_bucket or PIPELINE_ROOT/models, with the serving image and
+    # the environment's labels.
+    "register": ("environment", "registry", "gcp", "pipeline", "deploy"),
+    "deploy": ("environment", "registry", "gcp", "deploy"),
+}
 
 
 class Config(_Strict):
@@ -196,6 +338,18 @@ class Config(_Strict):
     serving: ServingConfig = ServingConfig()
     stream: StreamConfig = StreamConfig()
     budgets: list[BudgetConfig] = []
+    # The step a config was sent to (`from_json` of `for_step`'s document); None: the whole configuration.
+    _step: str | None = PrivateAttr(None)
+
+    def __getattribute__(self, name: str):
+        # A step's config holds only its sections: reading another one is a missing entry in STEP_SECTIONS,
+        # not a silent default.
+        if name in _TOP_LEVEL:
+            step = object.__getattribute__(self, "__pydantic_private__")["_step"]
+            if step is not None and name not in STEP_SECTIONS[step]:
+                raise FinopsError(f"The {step} step read the config key '{name}', which it is not sent; add it to "
+                                  f"STEP_SECTIONS['{step}'] in finops_ml/config.py.")
+        return object.__getattribute__(self, name)
 
     @field_validator("budgets")
     @classmethod
@@ -206,24 +360,69 @@ class Config(_Strict):
             raise ValueError(f"budget names must be unique, {', '.join(duplicates)} appears more than once")
         return budgets
 
-    def digest(self) -> str:
-        """A short hash of the configuration, stored with every registered model."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+    def digest(self, step: str | None = None) -> str:
+        """A short hash of the configuration; with `step` (a step's config: its own), of what that step is sent.
+        A model stores the digest of its training step's config."""
+        step = step or self._step
+        text = self.for_step(step) if step else self.model_dump_json()
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def to_json(self) -> str:
         return self.model_dump_json()
 
+    def for_step(self, step: str) -> str:
+        """The JSON a pipeline step is sent: its name and the keys of STEP_SECTIONS[step], nothing else."""
+        dump = self.model_dump(mode="json")
+        return json.dumps({"step": step, "config": {key: dump[key] for key in STEP_SECTIONS[step]}},
+                          sort_keys=True, separators=(",", ":"))
+
+    def step_parameters(self) -> dict[str, str]:
+        """The training pipeline's configuration parameters: `<step>_config` for each step of STEP_SECTIONS."""
+        return {f"{step}_config": self.for_step(step) for step in STEP_SECTIONS}
+
     @classmethod
     def from_json(cls, text: str) -> "Config":
-        return cls.model_validate(json.loads(text))
+        """A whole configuration (`to_json`), or a step's (`for_step`): then only that step's keys can be read."""
+        raw = json.loads(text)
+        if set(raw) != {"step", "config"}:
+            return cls.model_validate(raw)
+        step = raw["step"]
+        if step not in STEP_SECTIONS or not set(raw["config"]) <= set(STEP_SECTIONS[step]):
+            raise FinopsError(f"The config sent to step {step!r} does not match STEP_SECTIONS; recompile the pipeline "
+                              "with this version of finops-ml.")
+        cfg = cls.model_validate(raw["config"])
+        cfg._step = step
+        return cfg
+
+    def with_updates(self, where: str, **sections: dict) -> "Config":
+        """A copy with some keys of some sections replaced, validated as a file's are (errors name `where`)."""
+        raw = self.model_dump()
+        for section, values in sections.items():
+            raw[section] = {**raw[section], **values}
+        try:
+            return Config.model_validate(raw)
+        except ValidationError as exc:
+            raise _config_error(exc, where) from None
+
+
+_TOP_LEVEL = frozenset(Config.model_fields)
+
+
+def _config_error(exc: ValidationError, where: str) -> FinopsError:
+    """The first error of a validation as one sentence naming `where` (the file) and the key."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"] if p != "[key]")  # a mapping's key is named like its value
+    if err["type"] == "extra_forbidden":
+        return FinopsError(f"{where}: unknown key '{key}'; remove it or check its spelling.")
+    return FinopsError(f"{where}: key '{key}' is invalid: {err['msg'].removeprefix('Value error, ')}.")
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """Load and validate a YAML config; with no path, `configs/local.yaml` (or the built-in defaults)."""
+    """Load and validate a YAML config; with no path, the packaged `configs/local.yaml`."""
     if path is None:
         path = CONFIG_DIR / "local.yaml"
-        if not path.exists():
-            return Config()
+        if not path.is_file():
+            raise FinopsError(f"The default config {path} is not installed; reinstall finops-ml or pass --config.")
     path = Path(path)
     if not path.exists():
         raise FinopsError(f"Config file {path} does not exist; pass an existing file with --config.")
@@ -236,8 +435,4 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise FinopsError(f"Config file {path}: unknown key '{key}'; remove it or check its spelling.") from None
-        raise FinopsError(f"Config file {path}: key '{key}' is invalid: {err['msg']}.") from None
+        raise _config_error(exc, f"Config file {path}") from None

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from finops_ml.errors import FinopsError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -50,3 +52,69 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+LOCK_FILE = ".finops.lock"
+
+
+@contextmanager
+def exclusive_lock(directory: str | os.PathLike, what: str, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold DIRECTORY/.finops.lock for the block, so two writers never interleave in one directory.
+
+    The operating system releases the lock when its process dies (kill -9 included): no stale lock survives a crash.
+    With `wait_s` 0 a second writer is refused at once with a sentence naming the holder; otherwise it waits that long
+    for its turn (writers that are quick and may collide, e.g. two registrations, are serialised). The holder removes
+    the file when it is done, so a directory holds only its outputs.
+    """
+    import time
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    deadline = time.monotonic() + wait_s
+    while True:
+        f = open(path, "a+")
+        if _try_lock(f):
+            try:  # the file may have been removed by the previous holder between our open and our lock: retry
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+        else:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            if time.monotonic() >= deadline:
+                f.close()
+                raise FinopsError(f"{directory} is in use by {holder}; wait for it to finish or choose another "
+                                  f"directory for this {what}.")
+            time.sleep(0.05)
+        f.close()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"a {what} (pid {os.getpid()})")
+        f.flush()
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # still holding the lock: nobody can hold this inode meanwhile
+        f.close()  # closing the file releases the lock
+
+
+def _try_lock(f) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False

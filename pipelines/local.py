@@ -49,8 +49,10 @@ class StepLog(io.TextIOBase):
             name, status = m.group(1), m.group(2)
             seconds = time.perf_counter() - self.started.get(name, time.perf_counter())
             self.timings[name] = round(seconds, 2)
-            if status != "SUCCESS":
+            if status != "SUCCESS" and name not in self.failed:
                 self.failed.append(name)
+            elif status == "SUCCESS" and name in self.failed:  # a retry succeeded: the step did its work
+                self.failed.remove(name)
             self.on_event(name, status.lower(), seconds)
 
 

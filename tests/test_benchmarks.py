@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from benchmarks import baselines, model_quality
+from finops_ml.config import load_config
+from finops_ml.data.ingest import ingest
+from finops_ml.data.warehouse import export_feature_view
 
-import baselines  # noqa: E402
-import model_quality  # noqa: E402
-
-from finops_ml.config import load_config  # noqa: E402
-from finops_ml.data.ingest import ingest  # noqa: E402
-from finops_ml.data.warehouse import export_feature_view  # noqa: E402
+pytestmark = pytest.mark.unit
 
 
 def _cells(days=120, spike_day=100, seed=0):
@@ -98,6 +95,7 @@ def prepared(small_generated, tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_labels_and_anomaly_are_evaluated_on_the_same_holdout_for_all(prepared, small_seed):
     cfg = load_config()
     rows = model_quality.eval_labels(prepared, cfg, small_seed)

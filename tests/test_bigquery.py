@@ -34,6 +34,8 @@ from finops_ml.data.warehouse import FEATURE_VIEWS, feature_sql_for, run_feature
 bigquery = pytest.importorskip("google.cloud.bigquery")
 from google.auth.credentials import AnonymousCredentials  # noqa: E402
 
+pytestmark = pytest.mark.gcp
+
 PROJECT = "finops-test"
 DETAILED = f"{PROJECT}.billing.gcp_billing_export_resource_v1_0123AB_4567CD_89EF01"
 STANDARD = f"{PROJECT}.billing.gcp_billing_export_v1_0123AB_4567CD_89EF01"
@@ -335,7 +337,8 @@ def _window(events: pa.Table, start: str, end: str, projects: list[str]) -> pa.T
 
 def _sorted_rows(table: pa.Table) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: (r["usage_start_time"], r["sku"]["id"], r["project"]["id"],
-                                                     (r["resource"] or {}).get("name") or "", r["cost_type"], r["cost"]))
+                                                     (r["resource"] or {}).get("name") or "", r["cost_type"],
+                                                     r["cost"]))
 
 
 # ---------------------------------------------------------------------------------------------- (a) read_bigquery
@@ -445,8 +448,10 @@ def test_feature_view_sends_the_transpiled_sql(server, name):
 
 def test_feature_sql_for_standard_export_reads_a_null_resource():
     sql = feature_sql_for("daily_cost", "bigquery", STANDARD, null_resource=True)
-    assert f"CAST(NULL AS STRUCT<name STRING, global_name STRING>) AS resource FROM `{STANDARD}`" in " ".join(sql.split())
-    assert feature_sql_for("daily_cost") == (Path(__file__).parent.parent / "feature_defs" / "daily_cost.sql").read_text()
+    null_resource = f"CAST(NULL AS STRUCT<name STRING, global_name STRING>) AS resource FROM `{STANDARD}`"
+    assert null_resource in " ".join(sql.split())
+    shipped = Path(__file__).parent.parent / "feature_defs" / "daily_cost.sql"
+    assert feature_sql_for("daily_cost") == shipped.read_text()
 
 
 # ---------------------------------------------------------------------------------------------- (c) both engines

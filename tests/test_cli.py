@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from finops_cli.main import app
 from finops_ml.config import GeneratorConfig
 from finops_ml.platform.registry import LocalRegistry
 from finops_ml.synthetic.generator import generate
 from finops_ml.training.gates import MODEL_GATES
 from pipelines.training import PIPELINE_NAME
+from testsupport.cli import finops_ml, one_error_sentence
 
-SCRIPT = Path(sys.executable).parent / "finops-ml"
+pytestmark = pytest.mark.cli
+
 # Small enough for seconds per step, long enough for the forecast (3 holdout months + 1 backtest origin).
 SMALL_CONFIG = {
     "seed": 42,
@@ -27,22 +29,7 @@ SMALL_CONFIG = {
     "anomaly": {"n_estimators": 50},
 }
 GATES = ["forecast_accuracy", "forecast_interval_coverage", "anomaly_f1", "label_accuracy_owner",
-         "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after"]
-
-
-def finops_ml(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "from finops_cli.main import main; main()"]
-    env = {**os.environ, "COLUMNS": "400"}  # so that rich does not wrap a one-sentence error over several lines
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def _one_error_sentence(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+         "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after", "label_applied_precision"]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +49,7 @@ def test_run_with_an_unknown_config_key_names_the_file_and_key(tmp_path):
 
     result = finops_ml("run", "--config", str(bad), "--out", str(out))
 
-    line = _one_error_sentence(result)
+    line = one_error_sentence(result)
     assert result.returncode == 1
     assert str(bad) in line and "'generator.plantz'" in line and "unknown key" in line
     assert not (out / "summary.json").exists() and not (out / "report.html").exists()
@@ -72,7 +59,7 @@ def test_run_with_an_unknown_config_key_names_the_file_and_key(tmp_path):
 def test_run_with_an_invalid_config_value_names_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"gates": {"anomaly_f1": 1.5}}))
-    line = _one_error_sentence(finops_ml("run", "--config", str(bad), "--out", str(tmp_path / "out")))
+    line = one_error_sentence(finops_ml("run", "--config", str(bad), "--out", str(tmp_path / "out")))
     assert str(bad) in line and "'gates.anomaly_f1'" in line
 
 
@@ -80,10 +67,41 @@ def test_ingest_of_a_missing_file_is_one_clear_sentence(tmp_path):
     missing = tmp_path / "missing.jsonl"
     out = tmp_path / "ingest"
 
-    line = _one_error_sentence(finops_ml("ingest", str(missing), "--out", str(out)))
+    line = one_error_sentence(finops_ml("ingest", str(missing), "--out", str(out)))
 
     assert str(missing) in line and "does not exist" in line
     assert not (out / "events.parquet").exists()
+
+
+def test_an_unexpected_exception_is_one_sentence_naming_the_saved_traceback(tmp_path, monkeypatch):
+    import tempfile
+
+    import finops_ml.data.ingest
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("float division by zero\nsecond line")
+
+    monkeypatch.setattr(finops_ml.data.ingest, "ingest", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    result = CliRunner().invoke(app, ["ingest", "events.jsonl"], catch_exceptions=False)
+
+    assert result.exit_code == 1 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: unexpected error (ZeroDivisionError: float division by zero); ")
+    (log,) = (tmp_path / "finops-ml").glob("error-*.log")
+    assert f"the traceback is in {log};" in line
+    text = log.read_text()
+    assert text.startswith("Traceback") and "in broken" in text and "second line" in text
+
+
+def test_a_user_error_is_printed_as_written_and_usage_errors_are_clicks(tmp_path):
+    result = CliRunner().invoke(app, ["feedback", "a1", "--verdict", "[bold]maybe", "--file", str(tmp_path / "f.csv")])
+    assert result.exit_code == 1 and result.exception is not None  # SystemExit(1), nothing else
+    assert result.stderr.strip() == "error: --verdict must be one of expected, unexpected, not '[bold]maybe'."
+
+    result = CliRunner().invoke(app, ["feedback", "a1", "--no-such-option"])
+    assert result.exit_code == 2 and "No such option" in result.stderr and "error: " not in result.stderr
 
 
 def test_ingest_quarantines_an_unparseable_line_and_succeeds(tmp_path, events_file):
@@ -123,6 +141,8 @@ def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return finops_ml("run", "--config", str(config), "--out", str(out), timeout=300), out
 
 
+@pytest.mark.kfp
+@pytest.mark.slow
 def test_run_end_to_end_writes_summary_and_report(demo_run):
     result, out = demo_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -150,6 +170,8 @@ def test_run_end_to_end_writes_summary_and_report(demo_run):
     assert anomalies.anomaly_id.str.startswith("anom-").all() and (anomalies.impact > 0).all()
 
 
+@pytest.mark.kfp
+@pytest.mark.slow
 def test_run_registers_exactly_the_models_whose_gates_passed(demo_run):
     result, out = demo_run
     summary = json.loads((out / "summary.json").read_text())
@@ -164,6 +186,8 @@ def test_run_registers_exactly_the_models_whose_gates_passed(demo_run):
     assert ("nothing (no gate passed)" in result.stdout) == (not passed)
 
 
+@pytest.mark.kfp
+@pytest.mark.slow
 def test_run_reports_progress_and_timings(demo_run):
     result, out = demo_run
     timings = json.loads((out / "summary.json").read_text())["timings_s"]

@@ -30,6 +30,7 @@ from components.train import train_anomaly_detector, train_forecast, train_label
 from finops_ml.config import Config, GeneratorConfig
 from finops_ml.platform.registry import LocalRegistry
 from finops_ml.synthetic.generator import generate
+from finops_ml.training.steps import loggable_metrics
 
 # The smallest organisation the forecast can train on: 11 months = 3 holdout months + one backtest origin
 # 3 months earlier + 56 days of history + the 93-day horizon. One plant, two resources per project.
@@ -48,7 +49,8 @@ CONFIG = Config(
 RUN_ID = "components-test-run"
 
 # The local runner notes that the components name a custom base image: here they run in this environment.
-pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+pytestmark = [pytest.mark.kfp, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")]
 
 
 # ---- one-step pipelines: import the inputs by URI, run the component, return its outputs ----------------------
@@ -159,7 +161,7 @@ def chain(tmp_path_factory) -> SimpleNamespace:
     data = base / "data"
     generate(GENERATOR, SEED, data)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(base / "pipeline_root"))
-    cfg_json = CONFIG.to_json()
+    step_config = CONFIG.step_parameters()  # what the pipeline sends each step: its sections only
     registry_dir = base / "registry"
 
     ingest = ingest_events(source=str(data / "events.jsonl"), control_totals=str(data / "control_totals.csv"))
@@ -167,19 +169,23 @@ def chain(tmp_path_factory) -> SimpleNamespace:
     features = features_from(events_uri=events.uri)
     daily_uri = features.outputs["daily_cost"].uri
     anomaly = anomaly_from(resource_daily_cost_uri=features.outputs["resource_daily_cost"].uri,
-                           resources_uri=features.outputs["resources"].uri, anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
-                           config_json=cfg_json)
+                           resources_uri=features.outputs["resources"].uri,
+                           anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
+                           config_json=step_config["anomaly_config"])
     trained = {
         "cost-forecast": forecast_from(daily_cost_uri=daily_uri,
-                                       anomaly_evaluation_uri=anomaly.outputs["evaluation"].uri, config_json=cfg_json),
+                                       anomaly_evaluation_uri=anomaly.outputs["evaluation"].uri,
+                                       config_json=step_config["forecast_config"]),
         "cost-anomaly": anomaly,
         "resource-labeler": labeler_from(resources_uri=features.outputs["resources"].uri,
-                                         resource_truth=str(data / "truth" / "resources.csv"), config_json=cfg_json),
+                                         resource_truth=str(data / "truth" / "resources.csv"),
+                                         config_json=step_config["labeler_config"]),
     }
     gates = {name: gate_from(evaluation_uri=t.outputs["evaluation"].uri).output for name, t in trained.items()}
     fc = trained["cost-forecast"]
     registered = register_from(model_uri=fc.outputs["model"].uri, evaluation_uri=fc.outputs["evaluation"].uri,
-                               registry_dir=str(registry_dir), config_json=cfg_json, run_id=RUN_ID).output
+                               registry_dir=str(registry_dir), config_json=step_config["register_config"],
+                               run_id=RUN_ID).output
     report = report_from(events_uri=events.uri, forecast_uri=fc.outputs["evaluation"].uri,
                          anomaly_uri=trained["cost-anomaly"].outputs["evaluation"].uri,
                          labeler_uri=trained["resource-labeler"].outputs["evaluation"].uri)
@@ -235,7 +241,7 @@ def test_build_features_writes_daily_cost_and_resources(chain):
     ("cost-forecast", ["forecast_accuracy", "forecast_interval_coverage"]),
     ("cost-anomaly", ["anomaly_f1"]),
     ("resource-labeler", ["label_accuracy_owner", "label_accuracy_cost_center", "label_accuracy_plant",
-                          "label_compliance_after"]),
+                          "label_compliance_after", "label_applied_precision"]),
 ])
 def test_trainer_writes_model_and_held_out_evaluation(chain, name, gate_names):
     trained = chain.trained[name]
@@ -268,7 +274,7 @@ def test_trainer_executor_output_is_strict_json(chain, name):
         raise AssertionError(f"{name}: executor_output.json holds {constant}")
 
     json.loads(text, parse_constant=reject)
-    metrics = _evaluation(chain, name)["metrics"]
+    metrics = loggable_metrics(_evaluation(chain, name)["metrics"])  # nested tables flattened
     for key, value in chain.trained[name].outputs["metrics"].metadata.items():
         assert math.isfinite(value) and value == pytest.approx(metrics[key]), key
 
@@ -342,7 +348,7 @@ def test_register_model_creates_version_1_as_champion(chain):
     assert (version_dir / "model.joblib").exists() and (version_dir / "forecast.csv").exists()
     assert entry["name"] == "cost-forecast" and entry["version"] == 1
     assert entry["run_id"] == RUN_ID
-    assert entry["config_digest"] == CONFIG.digest()
+    assert entry["config_digest"] == CONFIG.digest("forecast")  # what its training step was sent
     assert entry["primary_metric"] == "forecast_accuracy"
     assert entry["metrics"] == _evaluation(chain, "cost-forecast")["metrics"]
     assert entry["champion_when_registered"] is True
@@ -385,16 +391,17 @@ def test_registry_keeps_the_champion_when_a_later_model_is_worse(tmp_path):
 
 def test_deploy_model_serves_the_new_champion_from_the_local_endpoint(chain):
     deployed = json.loads(deploy_model(registered=chain.registered, registry_dir=str(chain.registry_dir),
-                                       config_json=CONFIG.to_json()).output)
+                                       config_json=CONFIG.for_step("deploy")).output)
     assert deployed["deployed"] is True and deployed["traffic"] == {"v1": 100}
     state = json.loads((chain.registry_dir / "cost-forecast" / "endpoint.json").read_text())
     assert state["model"] == "cost-forecast" and state["traffic"] == {"1": 100}
 
 
+@pytest.mark.gcp
 def test_register_and_deploy_components_with_the_vertex_backend(chain, monkeypatch):
     """The same two components, with `registry.backend: vertex`, call the real aiplatform SDK from their own
     processes (here against the recording fake; on Vertex AI with the pipeline runner's identity)."""
-    from fake_gcp import FakeGCP
+    from testsupport.fake_gcp import FakeGCP
 
     fake = FakeGCP()
     try:
@@ -408,14 +415,16 @@ def test_register_and_deploy_components_with_the_vertex_backend(chain, monkeypat
                        "canary_percent": 10, "keep_versions": 2}})
         fc = chain.trained["cost-forecast"]
         registered = register_from(model_uri=fc.outputs["model"].uri, evaluation_uri=fc.outputs["evaluation"].uri,
-                                   registry_dir="", config_json=cfg.to_json(), run_id=RUN_ID).output
+                                   registry_dir="", config_json=cfg.for_step("register"),
+                                   run_id=RUN_ID).output
         assert registered == "cost-forecast:v1"
-        deployed = json.loads(deploy_model(registered=registered, registry_dir="", config_json=cfg.to_json()).output)
+        deployed = json.loads(deploy_model(registered=registered, registry_dir="",
+                                             config_json=cfg.for_step("deploy")).output)
         assert deployed["deployed"] is True and deployed["traffic"] == {"v1": 100}
 
         (upload,) = [r for r in fake.requests if r["path"].endswith("/models:upload")]
         assert upload["body"]["model"]["displayName"] == "cost-forecast"
-        assert upload["body"]["model"]["labels"]["config_digest"] == cfg.digest()
+        assert upload["body"]["model"]["labels"]["config_digest"] == cfg.digest("forecast") == CONFIG.digest("forecast")
         (imported,) = [r for r in fake.requests if r["path"].endswith("/evaluations:import")]
         metrics = _evaluation(chain, "cost-forecast")["metrics"]
         assert imported["body"]["modelEvaluation"]["metrics"]["forecast_accuracy"] == \
@@ -439,7 +448,8 @@ def test_build_report_writes_html_with_plots_and_a_summary_of_the_gates(chain):
     assert "Gates" in html and "forecast_accuracy" in html
 
     assert list(summary["gates"]) == ["forecast_accuracy", "anomaly_f1", "label_accuracy_owner",
-                                      "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after"]
+                                      "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after",
+                                      "label_applied_precision"]
     for name in chain.trained:
         for gate, g in _evaluation(chain, name)["gates"].items():
             assert summary["gates"][gate] == g

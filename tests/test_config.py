@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from finops_ml.config import CONFIG_DIR, Config, GeneratorConfig, load_config
+from finops_ml.config import CONFIG_DIR, STEP_SECTIONS, Config, GeneratorConfig, load_config
 from finops_ml.errors import FinopsError
+
+pytestmark = pytest.mark.unit
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 
@@ -150,3 +153,130 @@ def test_budgets_are_validated(tmp_path):
 def test_bad_budgets_name_the_key(tmp_path, text, match):
     with pytest.raises(FinopsError, match=match):
         load_config(_write(tmp_path, text))
+
+
+# ---- configuration by section ------------------------------------------------------------------------------------
+
+TRAINING_STEPS = ("forecast", "anomaly", "labeler")
+
+
+def _changed(cfg: Config, section: str, **values) -> Config:
+    return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=values)})
+
+
+@pytest.mark.parametrize("section, values", [
+    ("stream", {"smtp_host": "smtp.example.com", "email_to": ["finops@example.com"]}),
+    ("serving", {"workers": 4, "max_body_bytes": 2_000_000}),
+    ("schedule", {"cron": "0 6 * * *"}),
+    ("generator", {"plants": 2}),
+])
+def test_a_change_outside_the_training_sections_changes_no_training_input_nor_digest(section, values):
+    cfg = load_config()
+    other = _changed(cfg, section, **values)
+    assert other.to_json() != cfg.to_json() and other.digest() != cfg.digest()  # the whole config did change
+    for step in TRAINING_STEPS:
+        assert other.for_step(step) == cfg.for_step(step), step
+        assert other.digest(step) == cfg.digest(step), step
+    assert other.step_parameters() == cfg.step_parameters()
+
+
+def test_a_forecast_change_changes_only_the_forecast_steps_input():
+    cfg = load_config()
+    other = _changed(cfg, "forecast", interval=0.9)
+    changed = {step for step in STEP_SECTIONS if other.for_step(step) != cfg.for_step(step)}
+    assert changed == {"forecast"}
+    assert other.digest("forecast") != cfg.digest("forecast")
+    assert other.digest("anomaly") == cfg.digest("anomaly") and other.digest("labeler") == cfg.digest("labeler")
+    # A budget is the forecast's too; a gate threshold is every trainer's (each computes its gates' verdicts).
+    budgets = cfg.model_copy(update={"budgets": cfg.budgets[:1]})
+    assert {s for s in STEP_SECTIONS if budgets.for_step(s) != cfg.for_step(s)} == {"forecast"}
+    gates = _changed(cfg, "gates", anomaly_f1=0.5)
+    assert {s for s in STEP_SECTIONS if gates.for_step(s) != cfg.for_step(s)} == set(TRAINING_STEPS)
+
+
+def test_a_step_reads_back_only_its_sections():
+    cfg = _changed(load_config(), "forecast", interval=0.9)
+    sent = Config.from_json(cfg.for_step("forecast"))
+    assert sent.forecast.interval == 0.9 and sent.seed == cfg.seed and sent.budgets == cfg.budgets
+    assert sent.digest() == cfg.digest("forecast")  # a step's config digests to what it was sent
+    with pytest.raises(FinopsError, match=r"forecast step read the config key 'stream'.*STEP_SECTIONS\['forecast'\]"):
+        sent.stream
+    with pytest.raises(FinopsError, match="does not match STEP_SECTIONS"):
+        Config.from_json(json.dumps({"step": "anomaly", "config": {"stream": {}}}))
+    assert Config.from_json(cfg.to_json()) == cfg  # a whole config still round-trips
+
+
+def test_every_step_section_is_a_config_key():
+    assert set(STEP_SECTIONS) == {*TRAINING_STEPS, "register", "deploy"}
+    for step, keys in STEP_SECTIONS.items():
+        assert set(keys) <= set(Config.model_fields), step
+        assert "stream" not in keys and "serving" not in keys and "schedule" not in keys, step
+
+
+# ---- Google Cloud formats, checked at load time -----------------------------------------------------------------
+
+@pytest.mark.parametrize("text, key, problem", [
+    ("gcp:\n  project: Acme Prod\n", "gcp.project", "'Acme Prod' is not a GCP project id"),
+    ("gcp:\n  region: Europe West\n", "gcp.region", "is not a GCP region"),
+    ("gcp:\n  labels: {Team: finops}\n", "gcp.labels.Team", "'Team' is not a valid GCP label key"),
+    ("gcp:\n  labels: {team: FinOps}\n", "gcp.labels.team", "'FinOps' is not a valid GCP label value"),
+    ("gcp:\n  service_account: me@example.com\n", "gcp.service_account", "is not a service account email"),
+    ("pipeline:\n  pipeline_root: /tmp/root\n", "pipeline.pipeline_root", "is not a gs:// path"),
+    ("pipeline:\n  source: out/events.jsonl\n", "pipeline.source", "cannot be read on Vertex AI"),
+    ("deploy:\n  serving_image: my image\n", "deploy.serving_image", "is not a container image"),
+    ("deploy:\n  min_replicas: 3\n  max_replicas: 2\n", "deploy.max_replicas", "is below deploy.min_replicas 3"),
+    ("schedule:\n  cron: every monday\n", "schedule.cron", "is not a 5-field cron expression"),
+    ("schedule:\n  timezone: Paris\n", "schedule.timezone", "'Paris' is not an IANA time zone"),
+])
+def test_gcp_formats_are_checked_when_loading(tmp_path, text, key, problem):
+    path = _write(tmp_path, text)
+    with pytest.raises(FinopsError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert msg.startswith(f"Config file {path}: key '{key}' is invalid: ") and problem in msg, msg
+    assert "Value error" not in msg and msg.count(". ") == 0  # one sentence
+
+
+def test_gcp_names_may_be_left_empty_for_the_local_world(tmp_path):
+    cfg = load_config(_write(tmp_path, "gcp:\n  project: ''\n  service_account: ''\npipeline:\n  image: ''\n"
+                                       "deploy:\n  serving_image: ''\n"))
+    assert cfg.gcp.project == "" and cfg.deploy.serving_image == ""
+
+
+def test_with_updates_validates_and_names_where(tmp_path):
+    cfg = load_config()
+    assert cfg.with_updates("--x", schedule={"timezone": "UTC"}).schedule.timezone == "UTC"
+    with pytest.raises(FinopsError, match=r"^--api-endpoint: key 'gcp.api_endpoint' is invalid: 'a b' is not an API"):
+        cfg.with_updates("--api-endpoint", gcp={"api_endpoint": "a b"})
+
+
+# ---- the serving container's environment (pydantic-settings) ----------------------------------------------------
+
+def test_container_settings_read_the_environment(monkeypatch):
+    from finops_ml.serving.app import container_settings
+
+    monkeypatch.setenv("AIP_HTTP_PORT", "9000")
+    monkeypatch.setenv("AIP_PREDICT_ROUTE", "/v1/endpoints/1/deployedModels/2:predict")
+    monkeypatch.setenv("AIP_HEALTH_ROUTE", "")  # empty: unset, the default applies
+    monkeypatch.setenv("FINOPS_WORKERS", "3")
+    env = container_settings()
+    assert (env.aip_http_port, env.aip_predict_route, env.aip_health_route, env.finops_workers) == \
+        (9000, "/v1/endpoints/1/deployedModels/2:predict", "/health", 3)
+    assert container_settings({"AIP_HTTP_PORT": "8081"}).aip_http_port == 8081  # an explicit mapping wins
+
+
+@pytest.mark.parametrize("name, value, problem", [
+    ("AIP_HTTP_PORT", "http", "valid integer"),
+    ("AIP_HTTP_PORT", "70000", "less than or equal to 65535"),
+    ("FINOPS_WORKERS", "0", "greater than or equal to 1"),
+    ("FINOPS_MAX_BODY_BYTES", "1.5MB", "valid integer"),
+    ("AIP_HEALTH_ROUTE", "health", "pattern"),
+])
+def test_a_bad_container_variable_is_one_sentence_naming_it(monkeypatch, name, value, problem):
+    from finops_ml.serving.app import container_settings
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(FinopsError) as exc:
+        container_settings()
+    msg = str(exc.value)
+    assert msg.startswith(f"{name}={value!r} is invalid (") and problem in msg and msg.endswith("fix or unset it.")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_cli import _one_error_sentence, finops_ml
 
 from finops_ml.models.anomaly import FEEDBACK_COLUMNS, labels_with_feedback, read_feedback
 from finops_ml.models.metrics import precision_recall_f1
 from finops_ml.models.series import SeriesAnomalyDetector, detect
+from testsupport.cli import finops_ml, one_error_sentence
 
 
 def _series(freq: str, n: int, period: int, seed: int, n_anomalies: int = 12) -> tuple[pd.DataFrame, np.ndarray]:
@@ -28,6 +28,7 @@ def _series(freq: str, n: int, period: int, seed: int, n_anomalies: int = 12) ->
 
 
 @pytest.mark.parametrize("freq, n, period", [("5min", 288 * 21, 288), ("h", 24 * 45, 24), ("D", 400, 7)])
+@pytest.mark.unit
 def test_detector_finds_spikes_at_any_cadence(freq, n, period):
     frame, truth = _series(freq, n, period, seed=1)
     scored = detect(frame)
@@ -36,6 +37,7 @@ def test_detector_finds_spikes_at_any_cadence(freq, n, period):
     assert scored.score.isna().sum() >= period  # the first season only warms the baseline up
 
 
+@pytest.mark.unit
 def test_a_lasting_level_shift_becomes_the_new_normal():
     frame, _ = _series("D", 300, 7, seed=2, n_anomalies=0)
     frame.loc[150:, "value"] *= 2.0
@@ -44,6 +46,7 @@ def test_a_lasting_level_shift_becomes_the_new_normal():
     assert not flagged[180:].any()  # ... and accepted once it has lasted a season
 
 
+@pytest.mark.unit
 def test_direction_both_flags_drops():
     frame, _ = _series("h", 24 * 30, 24, seed=3, n_anomalies=0)
     frame.loc[500, "value"] = 0.0
@@ -51,6 +54,7 @@ def test_direction_both_flags_drops():
     assert detect(frame, SeriesAnomalyDetector(direction="both")).is_anomaly[500]
 
 
+@pytest.mark.cli
 def test_detect_cli_on_five_minute_data_with_series_ids(tmp_path):
     a, truth_a = _series("5min", 288 * 10, 288, seed=4, n_anomalies=6)
     b, truth_b = _series("5min", 288 * 10, 288, seed=5, n_anomalies=6)
@@ -67,6 +71,7 @@ def test_detect_cli_on_five_minute_data_with_series_ids(tmp_path):
         assert f1 >= 0.85, sid
 
 
+@pytest.mark.cli
 def test_detect_cli_on_daily_data_without_series_id(tmp_path):
     frame, truth = _series("D", 365, 7, seed=6, n_anomalies=8)
     frame.assign(timestamp=frame.timestamp.dt.date).to_csv(tmp_path / "daily.csv", index=False)
@@ -85,20 +90,23 @@ def test_detect_cli_on_daily_data_without_series_id(tmp_path):
     ("timestamp,value\n", "has a header but no rows"),
     ('timestamp,value\n2026-01-01,"1\n', "not a valid CSV"),
 ])
+@pytest.mark.cli
 def test_detect_cli_names_what_is_wrong_with_a_malformed_csv(tmp_path, content, message):
     (tmp_path / "bad.csv").write_text(content)
     result = finops_ml("detect", "--input", str(tmp_path / "bad.csv"), "--output", str(tmp_path / "o.csv"))
-    assert message in _one_error_sentence(result)
+    assert message in one_error_sentence(result)
     assert not (tmp_path / "o.csv").exists()
 
 
+@pytest.mark.cli
 def test_detect_cli_missing_input(tmp_path):
     result = finops_ml("detect", "--input", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o.csv"))
-    assert "does not exist" in _one_error_sentence(result)
+    assert "does not exist" in one_error_sentence(result)
 
 
 # ---- feedback --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_feedback_turns_verdicts_into_training_labels():
     truth = pd.DataFrame({"date": ["2026-01-05", "2026-01-06"], "service": ["BigQuery"] * 2,
                           "project_id": ["p1"] * 2, "material": [True, True]})
@@ -115,6 +123,7 @@ def test_feedback_turns_verdicts_into_training_labels():
     assert labels_with_feedback(truth, None) is truth
 
 
+@pytest.mark.cli
 def test_feedback_cli_appends_a_verdict_that_read_feedback_accepts(tmp_path):
     anomalies = tmp_path / "anomalies.csv"
     pd.DataFrame({"anomaly_id": ["anom-1"], "day": ["2026-03-02"], "service": ["Cloud Storage"],
@@ -128,11 +137,12 @@ def test_feedback_cli_appends_a_verdict_that_read_feedback_accepts(tmp_path):
     assert list(marks.columns) == FEEDBACK_COLUMNS and list(marks.verdict) == ["unexpected", "expected"]
     assert marks.day.iloc[0] == "2026-03-02" and marks.project_id.iloc[0] == "acme-corp-data-platform"
     bad = finops_ml("feedback", "anom-2", "--verdict", "expected", "--anomalies", str(anomalies), "--file", str(file))
-    assert "anom-2 is not in" in _one_error_sentence(bad)
+    assert "anom-2 is not in" in one_error_sentence(bad)
     bad = finops_ml("feedback", "anom-1", "--verdict", "maybe", "--anomalies", str(anomalies), "--file", str(file))
-    assert "--verdict must be one of" in _one_error_sentence(bad)
+    assert "--verdict must be one of" in one_error_sentence(bad)
 
 
+@pytest.mark.unit
 def test_malformed_feedback_file_is_a_clear_error(tmp_path):
     from finops_ml.errors import FinopsError
 

@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from finops_ml.data.events import ARROW_SCHEMA, BillingEvent, event_id, net_cost_usd, parse_event
 
+pytestmark = pytest.mark.unit
+
 # --- good records -------------------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,8 @@ from finops_ml.data.sources.csv_files import read_csv_events
 from finops_ml.errors import FinopsError
 from finops_ml.synthetic.generator import generate
 
+pytestmark = pytest.mark.unit
+
 # shared/ lies beside the repository (as in CI)
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "focus-1.0-sample" / "focus_sample_1000.csv"
 needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason="FOCUS sample data not present")

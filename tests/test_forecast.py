@@ -14,6 +14,8 @@ from finops_ml.models import forecast as F
 
 FOCUS_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "focus-1.0-sample" / "focus_sample_1000.csv"
 
+pytestmark = pytest.mark.unit
+
 
 def _daily(days=400, services=("Compute Engine", "BigQuery"), projects=("p1", "p2", "p3"), growth=0.01, seed=0):
     rng = np.random.default_rng(seed)
@@ -29,7 +31,7 @@ def _daily(days=400, services=("Compute Engine", "BigQuery"), projects=("p1", "p
     return pd.concat(rows, ignore_index=True)
 
 
-@pytest.mark.parametrize("model", ["linear", "random_forest", "xgboost"])
+@pytest.mark.parametrize("model", ["linear", "random_forest", pytest.param("xgboost", marks=pytest.mark.slow)])
 def test_each_model_forecasts_a_regular_series_closely(model):
     daily = _daily()
     result = F.train_and_evaluate(daily, [model], holdout_months=3, horizon_months=3, backtest_origins=1,
@@ -52,6 +54,7 @@ def test_forecast_covers_exactly_the_next_months_for_every_series():
     assert (fc.lo < fc.forecast).all() and (fc.forecast < fc.hi).all()
 
 
+@pytest.mark.slow
 def test_growth_is_extrapolated_not_flattened():
     daily = _daily(growth=0.05)
     result = F.train_and_evaluate(daily, ["xgboost"], 3, 3, 1, 0.8, 1)
@@ -126,6 +129,7 @@ def two_models():
     return F.train_and_evaluate(_daily(days=396), ["linear", "xgboost"], 3, 3, 2, 0.8, 1, budgets=budgets)
 
 
+@pytest.mark.slow
 def test_daily_and_monthly_horizons_with_two_sided_intervals(two_models):
     r = two_models
     daily, monthly = r["forecast_daily"], r["forecast_monthly"]

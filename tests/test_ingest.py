@@ -20,8 +20,10 @@ from finops_ml.data.ingest import ingest
 from finops_ml.errors import FinopsError
 from finops_ml.synthetic.generator import generate
 
+pytestmark = pytest.mark.unit
+
 OUTPUTS = ("events.parquet", "quarantine.jsonl", "ingest_summary.json")
-SUMMARY_KEYS = {"source", "read", "rows", "quarantined", "duplicates", "table_rows", "quarantine_reasons",
+SUMMARY_KEYS = {"ingest_id", "source", "read", "rows", "quarantined", "duplicates", "table_rows", "quarantine_reasons",
                 "cost_by_invoice_month", "total_net_cost", "reconciliation", "reconciliation_diff", "seconds",
                 "events", "quarantine"}
 TIMESTAMPS = ("usage_start_time", "usage_end_time", "export_time")
@@ -84,8 +86,9 @@ def json_batch(request, monkeypatch):
 @pytest.fixture
 def mixed_jsonl(tmp_path, billing_record) -> tuple[Path, dict]:
     """A JSONL file of good records, bad records of several kinds, duplicates and a blank line."""
-    good = [billing_record(usage_start_time=f"2025-09-{d:02d}T00:00:00Z", usage_end_time=f"2025-09-{d + 1:02d}T00:00:00Z",
-                           cost=10.0 + d, credits=[{"amount": -1.0}]) for d in range(1, 6)]
+    good = [billing_record(usage_start_time=f"2025-09-{d:02d}T00:00:00Z",
+                           usage_end_time=f"2025-09-{d + 1:02d}T00:00:00Z", cost=10.0 + d, credits=[{"amount": -1.0}])
+            for d in range(1, 6)]
     good.append(billing_record(cost_type="tax", cost=3.25, credits=[], invoice={"month": "202510"}))
     missing = billing_record()
     del missing["sku"]
@@ -158,7 +161,7 @@ def test_quarantine_holds_each_bad_record_with_reason(mixed_jsonl, json_batch, t
     out = tmp_path / "out"
     ingest(str(path), out)
     quarantined = _quarantine(out)
-    assert all(set(q) == {"source", "location", "reason", "record"} for q in quarantined)
+    assert all(set(q) == {"ingest_id", "source", "location", "reason", "record"} for q in quarantined)
     assert all(isinstance(q["location"], str) for q in quarantined)
     assert sorted(int(q["location"]) for q in quarantined) == list(exp["bad"])
     raw_lines = path.read_text().splitlines()
@@ -213,7 +216,9 @@ def test_reingest_adds_nothing(mixed_jsonl, tmp_path):
     # The summary describes the whole resulting table, not only this run's (empty) additions.
     assert second["cost_by_invoice_month"] == first["cost_by_invoice_month"]
     assert second["total_net_cost"] == first["total_net_cost"]
-    assert len(_quarantine(out)) == first["quarantined"]  # this run's quarantine, not an accumulation
+    # Each ingest appends its own records (issue 12: re-ingesting used to overwrite the earlier quarantine).
+    assert [q["ingest_id"] for q in _quarantine(out)] == ([first["ingest_id"]] * first["quarantined"]
+                                                         + [second["ingest_id"]] * second["quarantined"])
 
 
 def test_redelivered_copy_via_glob(mixed_jsonl, tmp_path):
@@ -471,7 +476,8 @@ def test_parquet_source_gives_same_events_as_jsonl(small_generated, small_genera
     generate(small_generator_config, small_seed, pq_dir, fmt="parquet")
     monkeypatch.setattr(files_mod, "PARQUET_BATCH_ROWS", 4000)  # several batches
     from_pq = ingest(str(pq_dir / "events.parquet"), tmp_path / "from_pq", pq_dir / "control_totals.csv")
-    from_js = ingest(str(small_generated / "events.jsonl"), tmp_path / "from_js", small_generated / "control_totals.csv")
+    from_js = ingest(str(small_generated / "events.jsonl"), tmp_path / "from_js",
+                     small_generated / "control_totals.csv")
     assert from_pq["quarantined"] == 0 and from_pq["duplicates"] == 0
     assert from_pq["rows"] == from_js["rows"] == from_pq["read"] > 1000
     assert from_pq["reconciliation_diff"] == 0.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -20,15 +19,17 @@ import pytest
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 
-from conftest import free_port  # noqa: E402
-
 from finops_ml.config import GeneratorConfig  # noqa: E402
 from finops_ml.data.events import parse_event  # noqa: E402
 from finops_ml.data.kafka_io import replay  # noqa: E402
 from finops_ml.data.sources import read_events  # noqa: E402
 from finops_ml.synthetic.generator import generate  # noqa: E402
+from testsupport import cli  # noqa: E402
+from testsupport.net import free_port  # noqa: E402
 
-SCRIPT = str(Path(sys.executable).parent / "finops-ml")
+pytestmark = pytest.mark.kafka
+
+SCRIPT = str(cli.SCRIPT)
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +193,7 @@ def test_time_and_offset_windows(kafka_bootstrap, small_events):
     assert ids(rows) == ids(lines[5:12])
 
 
+@pytest.mark.cli
 def test_replay_cli_prints_counts(kafka_bootstrap, small_events):
     result = subprocess.run([SCRIPT, "replay", str(small_events), "--bootstrap", kafka_bootstrap,
                              "--topic", _topic("cli")], capture_output=True, text=True, timeout=60,
@@ -201,6 +203,7 @@ def test_replay_cli_prints_counts(kafka_bootstrap, small_events):
     assert f"sent {n:,} events" in result.stdout and "events/s" in result.stdout
 
 
+@pytest.mark.cli
 def test_replay_cli_unreachable_bootstrap_is_one_sentence(small_events):
     t0 = time.monotonic()
     result = subprocess.run([SCRIPT, "replay", str(small_events), "--bootstrap", f"127.0.0.1:{free_port()}",

@@ -9,6 +9,8 @@ import pytest
 from finops_ml.models import labeler
 from finops_ml.models.labeler import PlantAliases, ResourceLabeler, compliance, precision_threshold, train_and_evaluate
 
+pytestmark = pytest.mark.unit
+
 PLANTS = {  # code: (alias in names, project alias, people by role, ops cost center, engineering cost center)
     "lyon": ("lyn", "lyn", ("c_dubois", "m_lefevre", "a_moreau"), "cc-4110", "cc-4120"),
     "stuttgart": ("stg", "stg", ("j_wagner", "l_becker", "s_hoffmann"), "cc-4210", "cc-4220"),
@@ -144,3 +146,186 @@ def test_precision_threshold_never_below_the_configured_one():
     t = precision_threshold(res, "owner", 0.6, 1, 0.99)
     assert 0.6 <= t <= 1.0 + 1e-6
     assert labeler.ResourceLabeler(("owner",), 0.6, 1, 0.99).fit(res).thresholds_["owner"] == t
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+TRUTH_COLUMNS = ["resource", "project_id", "owner", "cost_center", "plant"]
+
+
+def _partly_unlabelled(per_kind: int = 4, share: float = 0.2, seed: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    res = organisation(per_kind=per_kind)
+    truth = res.rename(columns={"resource_name": "resource"})[TRUTH_COLUMNS]
+    res.loc[np.random.default_rng(seed).random(len(res)) < share, ["owner", "cost_center", "plant"]] = None
+    return res, truth
+
+
+class CheatingLabeler(ResourceLabeler):
+    """Answers from the label columns of the resources it is shown, or from the labels it was fitted on: perfect
+    on any evaluation that leaks a held-out resource's answer, wrong ("?") on one that does not."""
+
+    def fit(self, resources):
+        self.seen_ = {t: {(n, p): v for n, p, v in zip(resources.resource_name, resources.project_id, resources[t])
+                          if isinstance(v, str)} for t in self.targets}
+        self.thresholds_ = {t: self.confidence_threshold for t in self.targets}
+        return self
+
+    def predict(self, resources):
+        out = resources[["resource_name", "project_id"]].copy()
+        for t in self.targets:
+            own = resources[t] if t in resources.columns else pd.Series(None, index=resources.index, dtype=object)
+            seen = [self.seen_[t].get(key, "?") for key in zip(resources.resource_name, resources.project_id)]
+            out[f"{t}_predicted"] = [o if isinstance(o, str) else s for o, s in zip(own, seen)]
+            out[f"{t}_confidence"] = 1.0
+        return out
+
+
+def test_the_evaluation_cannot_show_a_labeler_the_answers_it_is_judged_on(monkeypatch):
+    res, truth = _partly_unlabelled()
+    shown = []
+    original = labeler.without_labels
+    monkeypatch.setattr(labeler, "without_labels", lambda r: shown.append(original(r)) or shown[-1])
+    monkeypatch.setattr(labeler, "ResourceLabeler", CheatingLabeler)
+    m = train_and_evaluate(res, ["owner", "cost_center", "plant"], 0.6, 0.25, 7, truth)["metrics"]
+    for t in ("owner", "cost_center", "plant"):
+        # every labelled resource was judged, none of them by its own label nor by a model that saw it
+        assert m[f"label_test_size_{t}"] == res[t].notna().sum()
+        assert m[f"label_accuracy_{t}"] == 0.0
+        assert m[f"label_accuracy_{t}_project_holdout"] == 0.0
+    assert m["label_applied_precision"] == 0.0
+    assert shown and all(not set(labeler.TARGETS) & set(frame.columns) for frame in shown)
+
+
+def test_folds_hold_out_every_labelled_resource_once_and_projects_whole():
+    res, _ = _partly_unlabelled()
+    known = res[res.owner.notna()]
+    folds = labeler.random_folds(known, "owner", 0.25, 1)
+    assert len(folds) == 4 and sorted(np.concatenate(folds)) == list(range(len(known)))
+    by_project = labeler.project_folds(known, 0.25)
+    assert sorted(np.concatenate(by_project)) == list(range(len(known)))
+    projects = [set(known.project_id.iloc[f]) for f in by_project]
+    assert all(not a & b for i, a in enumerate(projects) for b in projects[i + 1:])  # a project in one fold only
+    assert labeler.project_folds(known[known.project_id == "acme-lyn-mes-prd"], 0.25) == []
+
+
+def test_a_project_held_out_whole_learns_nothing_from_its_own_resources():
+    res, _ = _partly_unlabelled()
+    fitted_on = []
+
+    class Spy(CheatingLabeler):
+        def fit(self, resources):
+            fitted_on.append(set(resources.project_id))
+            return super().fit(resources)
+
+    known = res[res.plant.notna()]
+    folds = labeler.project_folds(known, 0.25)
+    oof = labeler.out_of_fold(lambda ts: Spy(ts), res, "plant", folds, by_project=True)
+    for fold, projects in zip(folds, fitted_on):
+        assert not projects & set(known.project_id.iloc[fold])
+    assert (oof.predicted == "?").all()
+
+
+def test_compliance_counts_only_correct_labels():
+    labelled = pd.DataFrame({
+        "resource_name": ["a", "b", "c", "d"], "project_id": "p", "net_cost": [10.0, 20.0, 30.0, 40.0],
+        "owner": ["x", "y", "z", None], "owner_applied": [False, True, True, False],
+        "plant": ["lyon", "lyon", "pune", "pune"], "plant_applied": [False, False, True, False]})
+    truth = pd.DataFrame({"resource_name": ["a", "b", "c", "d"], "project_id": "p",
+                          "owner": ["x", "y", "q", "w"], "plant": ["lyon", "lyon", "pune", "pune"]})
+    # a: carried (right); b: owner applied right; c: owner applied wrong; d: owner missing
+    value, applied, right = labeler.true_compliance(labelled, ["owner", "plant"], truth)
+    assert value == pytest.approx(30 / 100) and (applied, right) == (3, 2)
+    # Without the truth: an applied label is right with its label's held-out precision.
+    expected = labeler.expected_compliance(labelled, ["owner", "plant"], {"owner": 0.5, "plant": 0.8})
+    assert expected == pytest.approx((10 + 20 * 0.5 + 30 * 0.5 * 0.8) / 100)
+    assert compliance(labelled, ["owner", "plant"]) == pytest.approx(60 / 100)  # right or wrong
+
+
+def test_the_same_project_majority_baseline():
+    rows = [("a", "p1", "lyon"), ("b", "p1", "lyon"), ("c", "p1", "pune"), ("d", "p2", "pune"), ("e", "p2", None),
+            ("f", "p3", "pune")]
+    res = pd.DataFrame([_row(n, p, "Cloud SQL", "mes", None, None, plant) for n, p, plant in rows])
+    model = labeler.MajorityLabeler(("plant",), 0.6).fit(res)
+    pred = model.predict(pd.DataFrame([_row(n, p, "Cloud SQL", "mes", None, None, None)
+                                       for n, p in (("x", "p1"), ("y", "p2"), ("z", "p9"))]))
+    assert pred.plant_predicted.tolist() == ["lyon", "pune", "pune"]  # a project never seen: the overall majority
+    assert pred.plant_confidence.tolist() == pytest.approx([2 / 3, 1.0, 3 / 5])
+    labelled, review = model.apply(res)
+    assert labelled.plant.tolist()[4] == "pune" and labelled.plant_applied.sum() == 1 and review.empty
+    overall = labeler.MajorityLabeler(("plant",), 0.6, by_project=False).fit(res).predict(res)
+    assert (overall.plant_predicted == "pune").all()
+
+
+def test_the_owner_of_a_new_project_by_analogy_with_the_other_plants():
+    # Stuttgart's quality project was never seen: its BigQuery datasets belong to whoever plays, in Stuttgart,
+    # the role that owns quality BigQuery elsewhere (the data engineer, l_becker, known from Stuttgart's MES).
+    res = organisation(skip={("stuttgart", "quality", s) for s, _ in WORKLOADS["quality"]})
+    aliases = PlantAliases().fit(res)
+    assert aliases.analog("owner", "quality", "BigQuery", "acme-stg-quality-prd", ["stuttgart"]) == "l_becker"
+    assert aliases.analog("owner", "quality", "BigQuery", "acme-stg-quality-prd", []) is None  # plant unknown
+    # Its engineering cost center is only seen on one data-platform dataset: too weak a likeness, no analogy.
+    assert aliases.analog("cost_center", "quality", "BigQuery", "acme-stg-quality-prd", ["stuttgart"]) is None
+    assert aliases.analog("cost_center", "mes", "Cloud SQL", "acme-lyn-mes-dev", ["lyon"]) == "cc-4110"
+    # Stuttgart's ops cost center is seen in its MES project only: a resource of that project gets no analogy.
+    assert aliases.analog("cost_center", "mes", "Cloud SQL", "acme-stg-mes-prd", ["stuttgart"]) is None
+    # The labeler answers so for a project where no resource carries an owner (it knows nothing of its habits).
+    model = ResourceLabeler(("owner",), seed=1).fit(res)
+    assert 0.9 <= model.analogy_precision_["owner"] <= 1.0
+    new = pd.DataFrame([_row("stg-qa-dwh-77", "acme-stg-quality-prd", "BigQuery", "quality", None, None, None),
+                        _row("stg-qa-dwh-78", "acme-stg-mes-prd", "BigQuery", "quality", None, None, None)])
+    pred = model.predict(new)
+    assert pred.owner_predicted.iloc[0] == "l_becker"
+    assert pred.owner_confidence.iloc[0] == model.analogy_precision_["owner"]
+    assert pred.owner_confidence.iloc[1] != model.analogy_precision_["owner"]  # a known project: the classifier
+    # A new project's words say its plant when at least two other projects of that plant share them.
+    assert aliases.project_plants("acme-lyn-historian-prd", "Lyon historian") == ["lyon"]
+    assert aliases.project_plants("acme-stg-quality-prd", "Stuttgart quality") == []  # "stg": one project only
+
+
+def test_too_few_labelled_resources_is_one_clear_sentence():
+    from finops_ml.errors import InsufficientData
+
+    res = organisation().assign(owner=None)
+    with pytest.raises(InsufficientData, match=r"at least 8 resources carrying each label.*owner on 0"):
+        train_and_evaluate(res, ["owner", "plant"], 0.6, 0.25, 1)
+    res = organisation().assign(plant="lyon")
+    with pytest.raises(InsufficientData, match=r"2 distinct values.*plant on \d+ \(1 distinct\)"):
+        train_and_evaluate(res, ["plant"], 0.6, 0.25, 1)
+    train_and_evaluate(organisation().assign(owner=None), ["plant"], 0.6, 0.25, 1)  # the other labels still train
+
+
+def test_the_prediction_server_answers_by_analogy_as_the_library_does(tmp_path):
+    import joblib
+
+    from finops_ml.serving.predictors import LabelerPredictor
+
+    res = organisation(skip={("stuttgart", "quality", s) for s, _ in WORKLOADS["quality"]})
+    model = ResourceLabeler(seed=1).fit(res)
+    joblib.dump(model, tmp_path / "model.joblib")
+    new = pd.DataFrame([_row(f"stg-qa-{s.split()[-1].lower()}-77", "acme-stg-quality-prd", s, "quality", None, None,
+                             None) for s, _ in WORKLOADS["quality"]] + [_row("lyn-oee-sql-77", "acme-lyn-mes-prd",
+                                                                             "Cloud SQL", "mes", None, None, None)])
+    use, _, _ = model.analogy("owner", new)
+    assert use[:4].any() and not use[4]
+    predictor = LabelerPredictor(tmp_path)
+    instances, parameters = predictor.validate(new.drop(columns="net_cost").to_dict(orient="records"), {})
+    served = predictor.predict(instances, parameters)
+    library = model.predict(new)
+    for target in ("owner", "cost_center", "plant"):
+        assert [p[target]["predicted"] for p in served] == library[f"{target}_predicted"].tolist()
+        np.testing.assert_allclose([p[target]["confidence"] for p in served], library[f"{target}_confidence"],
+                                   rtol=1e-9)
+
+
+def test_the_training_step_says_in_one_sentence_that_the_labels_are_too_few(tmp_path):
+    from finops_ml.config import Config
+    from finops_ml.errors import InsufficientData
+    from finops_ml.training.steps import train_labeler_step
+
+    # an export where no resource carries owner / cost_center / plant
+    organisation().assign(owner=None, cost_center=None, plant=None, first_day="2026-01-01").to_parquet(
+        tmp_path / "resources.parquet")
+    with pytest.raises(InsufficientData) as err:
+        train_labeler_step(str(tmp_path / "resources.parquet"), "", Config(), str(tmp_path / "m"), str(tmp_path / "e"))
+    assert str(err.value).count(". ") == 0 and "owner on 0 (0 distinct), cost_center on 0" in str(err.value)
+    assert not (tmp_path / "m" / "model.joblib").exists()

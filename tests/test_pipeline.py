@@ -12,13 +12,15 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.image import PIPELINE_IMAGE
-from finops_ml.config import Config, GeneratorConfig
+from finops_ml.config import STEP_SECTIONS, Config, GeneratorConfig
 from finops_ml.platform.registry import LocalRegistry
 from finops_ml.synthetic.generator import generate
 from pipelines.local import compile_pipeline, run_local
 from pipelines.training import PIPELINE_NAME
 
-pytestmark = [  # the local runner's notes: our image is the pipeline image, display names are for Vertex AI
+pytestmark = [
+    pytest.mark.kfp,
+    # the local runner's notes: our image is the pipeline image, display names are for Vertex AI
     pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning"),
     pytest.mark.filterwarnings("ignore:Task .* have no effect in the current local runner:UserWarning"),
 ]
@@ -38,6 +40,7 @@ CONFIG = Config(
 RUN_ID = "pipeline-test-run"
 TRAINER_MODEL = {"train-forecast": "cost-forecast", "train-anomaly-detector": "cost-anomaly",
                  "train-labeler": "resource-labeler"}
+MODEL_KIND = {"cost-forecast": "forecast", "cost-anomaly": "anomaly", "resource-labeler": "labeler"}
 GATE_CONDITION = re.compile(r"^inputs\.parameter_values\['pipelinechannel--(check-gate(?:-\d+)?)-Output'\] == true$")
 
 
@@ -70,7 +73,7 @@ def pipeline_run(tmp_path_factory) -> SimpleNamespace:
     generate(GENERATOR, SEED, data)
     registry_dir = base / "registry"
     # The arguments `finops-ml run` builds.
-    arguments = {"config_json": CONFIG.to_json(), "registry_dir": str(registry_dir), "run_id": RUN_ID,
+    arguments = {**CONFIG.step_parameters(), "registry_dir": str(registry_dir), "run_id": RUN_ID,
                  "source": str(data / "events.jsonl"), "control_totals": str(data / "control_totals.csv"),
                  "anomaly_labels": str(data / "truth" / "anomaly_cells.csv"),
                  "resource_truth": str(data / "truth" / "resources.csv")}
@@ -92,6 +95,7 @@ def _output_parameter(run, task: str):
 
 # ---- the local run ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_local_run_has_no_failed_step_and_reports_each_step(pipeline_run):
     assert pipeline_run.failed == []
     log = pipeline_run.log_path.read_text()
@@ -103,6 +107,7 @@ def test_local_run_has_no_failed_step_and_reports_each_step(pipeline_run):
     assert all(seconds > 0 for seconds in ended.values())
 
 
+@pytest.mark.slow
 def test_step_timings_cover_every_task_that_ran(pipeline_run, compiled):
     plain, guarded = _structure(compiled)
     assert plain == {"ingest-events", "build-features", "train-forecast", "train-anomaly-detector", "train-labeler",
@@ -115,6 +120,7 @@ def test_step_timings_cover_every_task_that_ran(pipeline_run, compiled):
     assert {p.name for p in pipeline_run.run_dir.iterdir()} == expected
 
 
+@pytest.mark.slow
 def test_register_runs_only_for_models_whose_gate_passed(pipeline_run, compiled):
     _, guarded = _structure(compiled)
     labeler = _evaluation(pipeline_run, "train-labeler")
@@ -132,7 +138,7 @@ def test_register_runs_only_for_models_whose_gate_passed(pipeline_run, compiled)
             assert registry.versions(model) == [1]
             assert registry.aliases(model) == {"latest": 1, "champion": 1}
             entry = registry.entry(model, "champion")
-            assert entry["run_id"] == RUN_ID and entry["config_digest"] == CONFIG.digest()
+            assert entry["run_id"] == RUN_ID and entry["config_digest"] == CONFIG.digest(MODEL_KIND[model])
             # Deployed: the first version of a model takes all the traffic of its local endpoint.
             deployed = json.loads(_output_parameter(pipeline_run, deploy_task))
             assert deployed["deployed"] is True and deployed["traffic"] == {"v1": 100}
@@ -144,6 +150,7 @@ def test_register_runs_only_for_models_whose_gate_passed(pipeline_run, compiled)
             assert not (pipeline_run.registry_dir / model).exists()
 
 
+@pytest.mark.slow
 def test_gate_outputs_match_the_evaluations(pipeline_run, compiled):
     root_tasks = compiled["root"]["dag"]["tasks"]
     for gate in ("check-gate", "check-gate-2", "check-gate-3"):
@@ -151,6 +158,7 @@ def test_gate_outputs_match_the_evaluations(pipeline_run, compiled):
         assert _output_parameter(pipeline_run, gate) is _evaluation(pipeline_run, trainer)["passed"]
 
 
+@pytest.mark.slow
 def test_local_run_writes_the_report_and_summary(pipeline_run):
     html = (pipeline_run.run_dir / "build-report" / "report").read_text()
     summary = json.loads((pipeline_run.run_dir / "build-report" / "summary").read_text())
@@ -167,10 +175,11 @@ def test_local_run_writes_the_report_and_summary(pipeline_run):
 def test_compiled_pipeline_name_and_parameters(compiled):
     assert compiled["pipelineInfo"]["name"] == PIPELINE_NAME == "finops-ml-training"
     params = compiled["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"source", "config_json", "registry_dir", "control_totals", "anomaly_labels",
-                           "resource_truth", "anomaly_feedback", "run_id"}
+    step_params = {f"{step}_config" for step in STEP_SECTIONS}
+    assert set(params) == {"source", "registry_dir", "control_totals", "anomaly_labels", "resource_truth",
+                           "anomaly_feedback", "run_id", *step_params}
     assert all(p["parameterType"] == "STRING" for p in params.values())
-    for required in ("source", "config_json", "registry_dir"):
+    for required in ("source", "registry_dir", *step_params):
         assert not params[required].get("isOptional", False), required
     for optional in ("control_totals", "anomaly_labels", "resource_truth", "anomaly_feedback"):
         assert params[optional]["isOptional"] is True and params[optional]["defaultValue"] == "", optional
@@ -200,6 +209,8 @@ def test_compiled_pipeline_registers_only_inside_gate_conditions(compiled):
         assert artifacts["model"]["componentInputArtifact"] == f"pipelinechannel--{trainer}-model"
         assert artifacts["evaluation"]["componentInputArtifact"] == f"pipelinechannel--{trainer}-evaluation"
         assert set(register["inputs"]["parameters"]) == {"registry_dir", "config_json", "run_id"}
+        assert register["inputs"]["parameters"]["config_json"] == {"componentInputParameter":
+                                                                   "pipelinechannel--register_config"}
         # It deploys what the register step registered, after it, with the same registry and config.
         assert deploy["componentRef"]["name"].startswith("comp-deploy-model")
         register_name = next(k for k, v in inner.items() if v is register)
@@ -208,7 +219,7 @@ def test_compiled_pipeline_registers_only_inside_gate_conditions(compiled):
         assert params["registered"]["taskOutputParameter"] == {"outputParameterKey": "Output",
                                                                "producerTask": register_name}
         assert params["registry_dir"] == register["inputs"]["parameters"]["registry_dir"]
-        assert params["config_json"] == register["inputs"]["parameters"]["config_json"]
+        assert params["config_json"] == {"componentInputParameter": "pipelinechannel--deploy_config"}
     assert trainers == set(TRAINER_MODEL)
 
 
@@ -222,3 +233,10 @@ def test_compiled_pipeline_is_a_valid_pipeline_spec(compiled):
     executors = compiled["deploymentSpec"]["executors"]
     assert len(executors) == 15  # 9 steps + 3 register steps + 3 deploy steps
     assert {e["container"]["image"] for e in executors.values()} == {PIPELINE_IMAGE}
+
+
+def test_each_training_step_is_sent_its_own_config(compiled):
+    root_tasks = compiled["root"]["dag"]["tasks"]
+    for task, step in (("train-forecast", "forecast"), ("train-anomaly-detector", "anomaly"),
+                       ("train-labeler", "labeler")):
+        assert root_tasks[task]["inputs"]["parameters"]["config_json"] == {"componentInputParameter": f"{step}_config"}

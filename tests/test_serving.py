@@ -7,14 +7,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port
 from fastapi.testclient import TestClient
 
 from finops_ml.config import Config
@@ -25,10 +23,13 @@ from finops_ml.platform.registry import LocalRegistry
 from finops_ml.serving import app, predictors, schemas
 from finops_ml.synthetic.generator import generate
 from finops_ml.training import steps
+from testsupport.cli import command
+from testsupport.net import free_port, wait_for_http
 
-SCRIPT = Path(sys.executable).parent / "finops-ml"
 # 11 months: the forecast's 3 holdout months, one backtest origin and its 56 days of history.
-SMALL = {"generator": {"months": 11, "plants": 1, "resources_per_project": 3}, "forecast": {"candidates": ["linear"], "backtest_origins": 1}, "anomaly": {"n_estimators": 50}}
+SMALL = {"generator": {"months": 11, "plants": 1, "resources_per_project": 3},
+         "forecast": {"candidates": ["linear"], "backtest_origins": 1},
+         "anomaly": {"n_estimators": 50, "injection_draws": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,8 @@ def trained(tmp_path_factory) -> dict:
     steps.train_labeler_step(paths["resources"], str(truth / "resources.csv"), cfg, str(root / "m_labeler"),
                              str(root / "e_labeler"))
     registry = LocalRegistry(root / "registry")
-    for kind, name in ((k, s.name) for k, s in MODELS.items()):  # registered whatever the gates say: the server is what is tested
+    # registered whatever the gates say: the server is what is tested
+    for kind, name in ((k, s.name) for k, s in MODELS.items()):
         evaluation = json.loads((root / f"e_{kind}" / "evaluation.json").read_text())
         registry.register(name, root / f"m_{kind}", evaluation["metrics"], cfg.digest(), evaluation["data_window"])
     return {"registry": root / "registry", "dirs": predictors.resolve_registry(root / "registry", list(MODELS)),
@@ -82,6 +84,8 @@ def _predict(client, kind: str, instances, parameters=None):
 
 # ---- the contract ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_health_is_503_until_the_model_is_loaded_then_200(trained):
     spec = app.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])})
     server = app.create_app(spec)
@@ -95,6 +99,7 @@ def test_health_is_503_until_the_model_is_loaded_then_200(trained):
         assert body["model"] == "labeler" and body["name"] == "resource-labeler" and body["version"] == 1
 
 
+@pytest.mark.unit
 def test_a_model_that_fails_to_load_says_why_on_health(tmp_path):
     (tmp_path / "model.joblib").write_bytes(b"not a pickle")
     with TestClient(app.create_app(app.ServerSpec(models={"anomaly": str(tmp_path)}))) as c:
@@ -106,6 +111,8 @@ def test_a_model_that_fails_to_load_says_why_on_health(tmp_path):
         assert r.status_code == 503 and "failed to load" in r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_routes_follow_the_aip_variables(trained):
     env = {"AIP_STORAGE_URI": str(trained["dirs"]["forecast"]), "AIP_HTTP_PORT": "9000",
            "AIP_HEALTH_ROUTE": "/v1/endpoints/123/deployedModels/456",
@@ -120,6 +127,8 @@ def test_routes_follow_the_aip_variables(trained):
         assert c.post("/predict", json={"instances": []}).status_code == 404
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_the_model_kind_is_found_without_a_registry_entry(trained, tmp_path):
     import shutil
 
@@ -134,6 +143,8 @@ def test_the_model_kind_is_found_without_a_registry_entry(trained, tmp_path):
         app.spec_from_env({})
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_bad_instances_are_400_naming_the_instance_and_field(client):
     ok = {"resource_name": "vm-1", "project_id": "p", "service": "Compute Engine"}
     cases = [
@@ -153,6 +164,9 @@ def test_bad_instances_are_400_naming_the_instance_and_field(client):
          "instances[0].daily_costs: a window of 10 days is too short"),
         ("anomaly", [{"service": "s", "project_id": "p", "end_date": "2026-01-31"}],
          "instances[0]: send exactly one of daily_costs"),
+        ("anomaly", [{"service": "s", "project_id": "p", "end_date": "2026-01-31",
+                      "resources": [{"resource_name": "vm", "daily_costs": [1.0] * 55 + [None] * 5}]}],
+         "instances[0].resources: no cost on end_date"),
     ]
     for kind, instances, message, *params in cases:
         r = _predict(client, kind, instances, *params)
@@ -160,6 +174,8 @@ def test_bad_instances_are_400_naming_the_instance_and_field(client):
         assert r.json()["error"].startswith(message), r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_bad_envelopes_are_400_with_what_to_send(client):
     cases = [(b"{not json", "request body is not valid JSON"),
              (b'{"rows": []}', 'request body must be a JSON object with an "instances" list'),
@@ -172,6 +188,8 @@ def test_bad_envelopes_are_400_with_what_to_send(client):
         assert r.status_code == 400 and r.json()["error"].startswith(message), r.text
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_oversized_bodies_are_413_declared_or_streamed(client):
     big = json.dumps({"instances": [{"resource_name": "x" * 1000, "project_id": "p", "service": "s"}] * 250})
     assert len(big) > 200_000
@@ -182,6 +200,8 @@ def test_oversized_bodies_are_413_declared_or_streamed(client):
     assert r.status_code == 413, r.text
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_wrong_route_is_404_and_wrong_method_405(client):
     assert client.post("/labelr/predict", json={"instances": [{}]}).status_code == 404
     assert client.get("/labeler/predict").status_code == 405
@@ -190,6 +210,8 @@ def test_wrong_route_is_404_and_wrong_method_405(client):
 
 # ---- each model answers what the library answers ------------------------------------------------------------------
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_forecast_stored_answers_are_the_trained_forecast(client, trained):
     table = pd.read_csv(trained["dirs"]["forecast"] / "forecast.csv")
     keys = table[["service", "project_id"]].drop_duplicates().head(5)
@@ -209,6 +231,8 @@ def test_forecast_stored_answers_are_the_trained_forecast(client, trained):
     assert r.status_code == 400 and "at most 3 months" in r.json()["error"]
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_forecast_from_history_equals_the_library_on_the_whole_panel(client, trained):
     import joblib
 
@@ -267,6 +291,8 @@ def window_frame(inst: schemas.AnomalyInstance) -> pd.DataFrame:
                          "resource_name": np.asarray(names, object)[r_idx], "net_cost": cost[r_idx, t_idx]})
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
     rdc = trained["resource_daily_cost"]
     detector = predictors.AnomalyPredictor(trained["dirs"]["anomaly"]).model
@@ -284,13 +310,41 @@ def test_anomaly_answers_equal_the_detector_on_the_same_window(client, trained):
         cells = detector.score(window_frame(schemas.AnomalyInstance.model_validate(inst)))
         want = cells.iloc[-1]
         assert pred["day"] == inst["end_date"] == str(want.day.date())
-        assert pred["is_anomaly"] == bool(want.is_anomaly)
-        for key in ("net_cost", "expected", "score", "impact", "new_cost"):
+        assert pred["is_anomaly"] == bool(want.is_anomaly) and pred["direction"] == want.direction
+        for key in ("net_cost", "expected", "score", "impact", "pct_deviation", "new_cost"):
             assert pred[key] == pytest.approx(float(want[key]), rel=1e-9, abs=1e-9), key
+        assert pred["threshold"] == detector.thresholds()[want.direction]
         n_flagged += pred["is_anomaly"]
     assert n_flagged >= 2  # a 63-day window still catches what the full history catches
 
 
+@pytest.mark.unit
+@pytest.mark.slow
+def test_a_resource_that_stops_billing_is_answered_as_a_drop(client, trained):
+    """The judged day may have no cost at all: an always-on resource without cost is a drop, as in batch."""
+    rdc = trained["resource_daily_cost"]
+    detector = predictors.AnomalyPredictor(trained["dirs"]["anomaly"]).model
+    full = detector.score(rdc)
+    calm = full[~full.is_anomaly & full.judged & (full.day > full.day.min() + pd.Timedelta(days=100))]
+    calm = calm[calm.net_cost == calm.groupby(["service", "project_id"]).net_cost.transform("max")].iloc[0]
+    inst = _anomaly_instance(rdc, calm.service, calm.project_id, calm.day, 63)
+    for r in inst["resources"]:
+        r["daily_costs"][-1] = None  # the whole cell stops billing on the judged day
+    pred = _predict(client, "anomaly", [inst]).json()["predictions"][0]
+    assert pred["is_anomaly"] and pred["direction"] == "down" and pred["net_cost"] == 0.0
+    assert pred["pct_deviation"] == pytest.approx(-100.0) and pred["impact"] == pytest.approx(-pred["expected"])
+    frame = window_frame(schemas.AnomalyInstance.model_validate(inst))
+    other = pd.DataFrame({"day": [pd.Timestamp(inst["end_date"])], "service": ["other"], "project_id": ["other"],
+                          "resource_name": ["x"], "net_cost": [1.0]})  # the batch's days run to the judged one
+    cells = detector.score(pd.concat([frame, other], ignore_index=True))
+    want = cells[cells.service == calm.service].iloc[-1]
+    assert str(want.day.date()) == inst["end_date"] and want.is_anomaly and want.direction == "down"
+    assert pred["expected"] == pytest.approx(float(want.expected), rel=1e-9)
+    assert pred["cause"]["resource"] == want.cause_resource
+
+
+@pytest.mark.unit
+@pytest.mark.slow
 def test_anomaly_on_a_cells_daily_costs_equals_the_detector(client, trained):
     daily = trained["daily_cost"]
     detector = predictors.AnomalyPredictor(trained["dirs"]["anomaly"]).model
@@ -305,6 +359,8 @@ def test_anomaly_on_a_cells_daily_costs_equals_the_detector(client, trained):
     assert pred["score"] == pytest.approx(float(want.score), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_labeler_answers_equal_the_library_for_every_resource(client, trained):
     resources = trained["resources"]
     instances = []
@@ -316,6 +372,9 @@ def test_labeler_answers_equal_the_library_for_every_resource(client, trained):
             value = getattr(row, target)
             inst[target] = None if pd.isna(value) else value
         instances.append(inst)
+    # and the same resources in a project never seen labelled (where the labeler answers by analogy)
+    resources = pd.concat([resources, resources.assign(project_id="acme-new-prd")], ignore_index=True)
+    instances += [{**inst, "project_id": "acme-new-prd"} for inst in instances]
     r = _predict(client, "labeler", instances)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
@@ -334,31 +393,11 @@ def test_labeler_answers_equal_the_library_for_every_resource(client, trained):
 
 # ---- finops-ml serve ------------------------------------------------------------------------------------------------
 
-def _cli(*args: str) -> list[str]:
-    base = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "from finops_cli.main import main; main()"]
-    return [*base, *args]
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def _wait_healthy(proc: subprocess.Popen, url: str) -> dict:
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            status, body = _get(url)
-            if status == 200:
-                return body
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the server never became healthy"
-        time.sleep(0.2)
+    try:
+        return json.loads(wait_for_http(url, timeout=60, proc=proc))
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}: {proc.stdout.read() if proc.poll() is not None else ''}")
 
 
 def _post(url: str, body: dict) -> dict:
@@ -371,9 +410,11 @@ def _post(url: str, body: dict) -> dict:
 RESOURCE = {"resource_name": "mes-vm-01", "project_id": "p", "service": "Compute Engine"}
 
 
+@pytest.mark.cli
+@pytest.mark.slow
 def test_finops_ml_serve_answers_on_a_loopback_port(trained):
     port = free_port()
-    proc = subprocess.Popen(_cli("serve", "--registry", str(trained["registry"]), "--port", str(port)),
+    proc = subprocess.Popen(command("serve", "--registry", str(trained["registry"]), "--port", str(port)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "300"})
     try:
@@ -389,6 +430,8 @@ def test_finops_ml_serve_answers_on_a_loopback_port(trained):
     assert "/forecast/predict" in out and "/anomaly/predict" in out and "/labeler/predict" in out
 
 
+@pytest.mark.cli
+@pytest.mark.slow
 def test_the_container_entry_point_follows_the_aip_variables(trained):
     """What deploy/Dockerfile.serving runs: python -m finops_ml.serving, configured by Vertex AI's variables."""
     port = free_port()
@@ -415,15 +458,19 @@ def test_the_container_entry_point_follows_the_aip_variables(trained):
     (["--alias", "gold"], "has no alias or version 'gold'"),
     (["--workers", "0"], "--workers 0 is not a positive number"),
 ])
+@pytest.mark.cli
+@pytest.mark.slow
 def test_finops_ml_serve_errors_are_one_sentence(trained, args, message):
     args = args if "--registry" in args else ["--registry", str(trained["registry"]), *args]
-    r = subprocess.run(_cli("serve", *args), capture_output=True, text=True, timeout=60,
+    r = subprocess.run(command("serve", *args), capture_output=True, text=True, timeout=60,
                        env={**os.environ, "COLUMNS": "400"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
 
 
+@pytest.mark.gcp
+@pytest.mark.slow
 def test_a_gs_storage_uri_is_downloaded_through_the_storage_client(trained, monkeypatch):
     """On Vertex AI, AIP_STORAGE_URI is gs://...: the real storage client, pointed at a recording server."""
     import threading
@@ -472,6 +519,8 @@ def test_a_gs_storage_uri_is_downloaded_through_the_storage_client(trained, monk
     predictors.AnomalyPredictor(local)  # loads
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_a_random_forest_forecast_from_history_equals_the_library(trained, tmp_path):
     """The demo's forecast is usually the random forest, whose trees the server walks itself."""
     import shutil
@@ -497,6 +546,8 @@ def test_a_random_forest_forecast_from_history_equals_the_library(trained, tmp_p
             assert m["forecast"] == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.unit
+@pytest.mark.slow
 def test_an_ensemble_forecast_is_served_like_the_library(trained, tmp_path):
     """The forecast step may register the mean of its two best candidates: the server loads and runs it too."""
     import shutil
@@ -521,3 +572,105 @@ def test_an_ensemble_forecast_is_served_like_the_library(trained, tmp_path):
     assert any(m["forecast"] > 0 for m in months)
     for m in months:
         assert m["forecast"] == pytest.approx(library.get((inst.service, inst.project_id, m["month"]), 0.0), rel=1e-9)
+
+
+# ---- hostile requests (issue 12): 4xx naming the instance and field, never a 500 or a stalled health check ----------
+
+@pytest.mark.unit
+@pytest.mark.slow
+def test_hostile_values_are_400_naming_the_instance_and_field(client):
+    day = "2026-01-31"
+    window = {"service": "s", "project_id": "p", "end_date": day}
+    cases = [
+        ("anomaly", [{**window, "daily_costs": [1.0] * 40 + [1e200]}],
+         "instances[0].daily_costs[40]: Input should be less than or equal to 1000000000000"),
+        ("anomaly", [{**window, "resources": [{"resource_name": "vm", "daily_costs": [None] * 40}]}],
+         "instances[0].resources[0]: every day is null"),
+        ("anomaly", [{**window, "end_date": "0001-01-01", "daily_costs": [1.0] * 40}],
+         "instances[0].end_date: Input should be greater than or equal to 2000-01-01"),
+        ("anomaly", [{**window, "end_date": "9999-12-31", "daily_costs": [1.0] * 40}],
+         "instances[0].end_date: Input should be less than or equal to 2100-12-31"),
+        ("forecast", [{"service": "s", "project_id": "p", "history": [1.0] * 59 + [1e308], "end_date": day}],
+         "instances[0].history[59]: Input should be less than or equal to 1000000000000"),
+    ]
+    for kind, instances, message in cases:
+        r = _predict(client, kind, instances)
+        assert r.status_code == 400, (kind, r.text)
+        assert r.json()["error"].startswith(message), r.json()["error"]
+
+
+@pytest.mark.unit
+@pytest.mark.slow
+def test_json_nested_too_deeply_is_a_400(client):
+    body = '{"instances": [' + "[" * 1000 + "]" * 1000 + "]}"
+    r = client.post("/labeler/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nests JSON too deeply" in r.json()["error"], r.text
+
+
+@pytest.mark.unit
+@pytest.mark.slow
+def test_too_many_instances_are_a_413_naming_the_limit(client, trained):
+    labeler = [{"resource_name": f"vm-{i}", "project_id": "p", "service": "s"}
+               for i in range(schemas.MAX_INSTANCES["labeler"] + 1)]
+    big = app.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])}, max_body_bytes=10_000_000)
+    with TestClient(app.create_app(big)) as c:
+        _ready(c)
+        r = c.post("/predict", json={"instances": labeler})
+    assert r.status_code == 413 and "over this server's limit of 2,000" in r.json()["error"], r.text
+    history = {"service": "s", "project_id": "p", "history": [1.0] * 60, "end_date": "2026-01-31"}
+    r = _predict(client, "forecast", [history] * (schemas.MAX_INSTANCES["forecast_history"] + 1))
+    assert r.status_code == 413 and "instances with a history" in r.json()["error"], r.text
+
+
+@pytest.mark.unit
+@pytest.mark.slow
+def test_health_answers_while_a_heavy_request_computes_and_errors_are_json(trained, monkeypatch):
+    import threading
+
+    spec = app.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])})
+    with TestClient(app.create_app(spec)) as c:
+        _ready(c)
+        predictor_cls = predictors.PREDICTORS["labeler"]
+        monkeypatch.setattr(predictor_cls, "predict", lambda self, items, params: time.sleep(2) or [{}] * len(items))
+        slow = threading.Thread(target=lambda: c.post("/predict", json={"instances": [
+            {"resource_name": "vm", "project_id": "p", "service": "s"}]}))
+        slow.start()
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        assert c.get("/health").status_code == 200
+        assert time.perf_counter() - t0 < 1.0, "health waited for the heavy request"
+        slow.join()
+        monkeypatch.setattr(predictor_cls, "predict", lambda self, items, params: 1 / 0)
+        r = c.post("/predict", json={"instances": [{"resource_name": "vm", "project_id": "p", "service": "s"}]})
+    assert r.status_code == 500 and "could not answer this request" in r.json()["error"]
+
+
+@pytest.mark.unit
+@pytest.mark.slow
+def test_a_body_that_stops_arriving_is_a_408(trained):
+    import socket
+    import threading
+
+    import uvicorn
+
+    spec = app.ServerSpec(models={"labeler": str(trained["dirs"]["labeler"])}, body_timeout_s=1.0)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app.create_app(spec), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"instances\": [")
+            answer = s.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "not received within 1 s" in answer, answer
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -22,12 +22,13 @@ import pytest
 
 pytest.importorskip("confluent_kafka")
 
-from conftest import free_port  # noqa: E402
-
+from finops_ml.config import StreamConfig  # noqa: E402
 from finops_ml.data.kafka_io import replay  # noqa: E402
 from finops_ml.fileio import atomic_path  # noqa: E402
 from finops_ml.stream.alerts import AlertDispatcher, Outbox, RetryPolicy, email_sender, slack_sender  # noqa: E402
-from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, StreamSettings, read_alert_ids  # noqa: E402
+from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, read_alert_ids  # noqa: E402
+from testsupport import cli  # noqa: E402
+from testsupport.net import free_port  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # A toy detector with the real-time contract
@@ -223,6 +224,7 @@ def _wait(predicate, timeout_s: float = 20.0, what: str = "condition") -> None:
 # Delivery
 
 
+@pytest.mark.unit
 def test_slack_and_email_receive_the_alert_with_cause_impact_and_id(tmp_path, webhook, smtp_server):
     controller, handler = smtp_server
     senders = {"slack": slack_sender(webhook.url, 5.0),
@@ -240,6 +242,18 @@ def test_slack_and_email_receive_the_alert_with_cause_impact_and_id(tmp_path, we
     assert "cause: resource vm-1, sku N2 core, 90% of the rise" in mail.get_payload()
 
 
+@pytest.mark.unit
+def test_an_alert_says_its_direction_and_deviation():
+    from finops_ml.stream.alerts import alert_text
+
+    rise = alert_text({**_alert(1), "direction": "up", "pct_deviation": 202.5})
+    assert "($81.00 over, +202%)" in rise and "impact $81.00, +202% (score 2 >= threshold 1)" in rise
+    drop = alert_text({**_alert(2), "actual": 0.0, "impact": -40.0, "direction": "down", "pct_deviation": -100.0,
+                       "cause": {"resource": "vm-1", "sku": "N2 core", "share": 1.0}})
+    assert "$0.00 against $40.00 expected ($40.00 under, -100%)" in drop and "100% of the drop" in drop
+
+
+@pytest.mark.unit
 def test_failed_deliveries_are_retried_then_kept_pending_and_sent_on_the_next_start(tmp_path, webhook):
     webhook.fail = True
     attempts = []
@@ -261,6 +275,7 @@ def test_failed_deliveries_are_retried_then_kept_pending_and_sent_on_the_next_st
     assert third.pending("slack") == [] and "a1" in third
 
 
+@pytest.mark.unit
 def test_a_slow_channel_does_not_hold_up_the_other(tmp_path, webhook, smtp_server):
     controller, handler = smtp_server
     webhook.release.clear()  # Slack hangs until released
@@ -294,12 +309,13 @@ def sorted_events(tmp_path_factory, small_generated) -> Path:
     return path
 
 
-def _settings(bootstrap: str, topic: str, state_dir: Path, **kw) -> StreamSettings:
-    return StreamSettings(bootstrap, topic, f"{topic}-alerts", f"{topic}-dlq", f"{topic}-group", str(state_dir),
-                          **{"checkpoint_interval_s": 0.5, "until_end": True, "session_timeout_ms": 2000, **kw})
+def _settings(bootstrap: str, topic: str, state_dir: Path, **kw) -> StreamConfig:
+    return StreamConfig(bootstrap=bootstrap, topic=topic, alerts_topic=f"{topic}-alerts",
+                        dead_letter_topic=f"{topic}-dlq", group=f"{topic}-group", state_dir=str(state_dir),
+                        **{"checkpoint_interval_s": 0.5, "until_end": True, "session_timeout_ms": 2000, **kw})
 
 
-def _processor(settings: StreamSettings, dispatcher=None) -> StreamProcessor:
+def _processor(settings: StreamConfig, dispatcher=None) -> StreamProcessor:
     return StreamProcessor(settings, new_state=ToyState, load_state=ToyState.load, detect=toy_detect,
                            invalid_event=ToyInvalid, dispatcher=dispatcher, metrics=StreamMetrics())
 
@@ -324,6 +340,7 @@ def _messages(bootstrap: str, topic: str) -> list:
     return out
 
 
+@pytest.mark.kafka
 def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bootstrap, sorted_events, tmp_path,
                                                                         webhook, smtp_server):
     controller, handler = smtp_server
@@ -375,6 +392,7 @@ def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bo
     assert f"finops_stream_detection_latency_seconds_count {float(len(expected))}" in text
 
 
+@pytest.mark.kafka
 def test_restart_resumes_from_the_snapshot_and_repeats_no_alert(kafka_bootstrap, sorted_events, tmp_path, webhook):
     """A first run stops half-way (state snapshot + offsets); a run that lost its snapshot's last part re-detects
     alerts already published, and publishes none of them again."""
@@ -417,6 +435,7 @@ def test_restart_resumes_from_the_snapshot_and_repeats_no_alert(kafka_bootstrap,
     assert sorted(webhook.ids()) == sorted(expected)
 
 
+@pytest.mark.kafka
 def test_a_hanging_webhook_does_not_stall_the_stream(kafka_bootstrap, sorted_events, tmp_path, webhook):
     """Slack hangs on every request: the stream still consumes everything and publishes every alert to the
     alerts topic; the Slack deliveries stay pending in the outbox for the next start."""
@@ -437,6 +456,7 @@ def test_a_hanging_webhook_does_not_stall_the_stream(kafka_bootstrap, sorted_eve
     webhook.release.set()
 
 
+@pytest.mark.unit
 def test_k8s_manifests_wire_config_secret_state_and_metrics():
     import yaml
 
@@ -458,7 +478,8 @@ def test_k8s_manifests_wire_config_secret_state_and_metrics():
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert container["command"] == ["finops-ml"] and container["args"][:1] == ["stream"]  # the image has no entrypoint
     config_path = container["args"][container["args"].index("--config") + 1]
-    assert config_path == f"{mounts['config']}/stream.yaml" and volumes["config"]["configMap"]["name"] == "finops-ml-stream"
+    assert config_path == f"{mounts['config']}/stream.yaml"
+    assert volumes["config"]["configMap"]["name"] == "finops-ml-stream"
     assert cfg.state_dir.startswith(mounts["state"]) and cfg.registry.startswith(mounts["state"])
     pvc = docs[("PersistentVolumeClaim", volumes["state"]["persistentVolumeClaim"]["claimName"])]
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]  # partitions move between replicas with their snapshots
@@ -485,11 +506,10 @@ def test_k8s_manifests_wire_config_secret_state_and_metrics():
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import urllib.request  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-SCRIPT = str(Path(sys.executable).parent / "finops-ml")
+SCRIPT = str(cli.SCRIPT)
 
 
 @pytest.fixture(scope="module")
@@ -545,6 +565,8 @@ def _reference(bootstrap: str, topic: str, detector) -> tuple[set[str], int]:
     return keys, valid
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
 def test_batch_and_stream_find_the_same_anomalies(kafka_bootstrap, sorted_events, trained, tmp_path):
     """Event-first: the time-sorted events streamed through Kafka give the batch detector's anomalous cells."""
     import pandas as pd
@@ -607,6 +629,9 @@ def _half(path: Path, lines: list[bytes]) -> Path:
     return path
 
 
+@pytest.mark.kafka
+@pytest.mark.cli
+@pytest.mark.slow
 def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, sorted_events, trained, tmp_path,
                                                              webhook, smtp_server):
     controller, handler = smtp_server
@@ -615,7 +640,8 @@ def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, so
     n1, n2 = len(lines) // 3, 2 * len(lines) // 3
     bad = [b"{not json", b'{"service": {"description": "BigQuery"}, "cost": 1}']
     config = tmp_path / "stream.yaml"
-    config.write_text(f"stream:\n  checkpoint_interval_s: 3600\n  session_timeout_ms: 2000\n  slack_webhook_env: TEST_SLACK_URL\n"
+    config.write_text(f"stream:\n  checkpoint_interval_s: 3600\n  session_timeout_ms: 2000\n"
+                      "  slack_webhook_env: TEST_SLACK_URL\n"
                       f"  smtp_host: 127.0.0.1\n  smtp_port: {controller.port}\n  email_to: [oncall@acme.test]\n"
                       f"  drain_timeout_s: 5\n")
     state_dir = tmp_path / "state"
@@ -674,6 +700,7 @@ def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, so
 
 
 
+@pytest.mark.cli
 def test_stream_cli_bad_input_is_one_sentence(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     result = subprocess.run([SCRIPT, "stream", "--registry", str(tmp_path / "none"), "--bootstrap", "127.0.0.1:1"],

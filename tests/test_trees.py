@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from finops_ml.models.trees import ForestRegressor, ForestScorer
+
+pytestmark = pytest.mark.unit
 
 
 def test_the_forest_regressor_equals_sklearn_on_many_points():

@@ -1,6 +1,6 @@
 """The Vertex AI production path through the REAL clients (google-cloud-aiplatform REST transport,
 google-cloud-scheduler REST transport, google-cloud-storage via STORAGE_EMULATOR_HOST) against the recording fake
-in tests/fake_gcp.py. The tests assert the request bodies the clients send.
+in testsupport/fake_gcp.py. The tests assert the request bodies the clients send.
 
 Not exercised offline: the SDK's pipeline-root bucket check (it asks the Resource Manager API for the project
 number and retries for a minute offline), so it is skipped here; and whether the real Vertex AI accepts our metrics
@@ -12,21 +12,26 @@ from __future__ import annotations
 import base64
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from fake_gcp import FakeGCP
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from typer.testing import CliRunner
 
 from finops_cli.main import app
-from finops_ml.config import CONFIG_DIR, Config, load_config
+from finops_ml.config import CONFIG_DIR, STEP_SECTIONS, Config, load_config
 from finops_ml.errors import FinopsError
-from finops_ml.platform.registry import LocalRegistry, canary_split, keep_newest
-from finops_ml.platform.vertex import VertexRegistry, deploy_vertex, validate
+from finops_ml.platform.deploy import deploy_vertex
+from finops_ml.platform.gcp import validate
+from finops_ml.platform.registry import LocalRegistry, ModelRegistry, canary_split, keep_newest, registry_for
+from finops_ml.platform.vertex_registry import VertexRegistry
 from pipelines.training import PIPELINE_NAME
+from testsupport.fake_gcp import FakeGCP
+
+pytestmark = pytest.mark.gcp
 
 PROD = CONFIG_DIR / "prod.yaml"
 LOC = "/v1/projects/acme-finops-prod/locations/europe-west1"
@@ -60,7 +65,7 @@ def _cli(*args: str):
     """The command in-process; `.text` is its output with rich's line wrapping undone."""
     import finops_cli.vertex as cli
 
-    cli.console.width = cli.err.width = 300  # tables unwrapped
+    cli.console.width = 300  # tables unwrapped (errors are never wrapped)
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     result.text = " ".join(result.output.split())
     return result
@@ -84,9 +89,12 @@ def _pipeline_job_checks(job: dict, cfg: Config) -> None:
     runtime = job["runtimeConfig"]
     assert runtime["gcsOutputDirectory"] == cfg.pipeline.pipeline_root
     params = runtime["parameterValues"]
-    assert set(params) == {"source", "config_json", "registry_dir", "control_totals"}
+    assert set(params) == {"source", "registry_dir", "control_totals", *(f"{step}_config" for step in STEP_SECTIONS)}
     assert params["source"] == cfg.pipeline.source and params["registry_dir"] == ""
-    assert Config.from_json(params["config_json"]) == cfg  # the components get exactly this config
+    for step, sections in STEP_SECTIONS.items():  # each step gets exactly its sections of this config
+        sent = Config.from_json(params[f"{step}_config"])
+        assert sent.for_step(step) == cfg.for_step(step)
+        assert all(getattr(sent, key) == getattr(cfg, key) for key in sections)
     assert job["labels"] == {"app": "finops-ml", "environment": "prod", "team": "finops", "cost_center": "cc-4110"}
     # enable_caching: false in prod.yaml -> every task's cache disabled
     tasks = job["pipelineSpec"]["root"]["dag"]["tasks"]
@@ -112,11 +120,13 @@ def test_submit_sends_the_compiled_pipeline_with_its_parameters(gcp):
 
 BAD_CONFIGS = [
     (lambda raw: raw["gcp"].pop("project"), "gcp.project", "is missing"),
+    (lambda raw: raw["gcp"].update(region=""), "gcp.region", "is missing"),
     (lambda raw: raw["gcp"].update(project="Acme Prod"), "gcp.project", "is not a GCP project id"),
     (lambda raw: raw["pipeline"].update(pipeline_root="/data/pipeline_root"), "pipeline.pipeline_root", "gs://"),
     (lambda raw: raw["gcp"].update(service_account=""), "gcp.service_account", "is missing"),
     (lambda raw: raw["gcp"].update(network="finops-vpc"), "gcp.network", "is not a network name"),
-    (lambda raw: raw["pipeline"].update(source="out/data/events.jsonl"), "pipeline.source", "cannot be read on Vertex AI"),
+    (lambda raw: raw["pipeline"].update(source="out/data/events.jsonl"), "pipeline.source",
+     "cannot be read on Vertex AI"),
     (lambda raw: raw["pipeline"].update(image="europe-docker.pkg.dev/PROJECT/finops-ml/pipeline:0.1.0"),
      "pipeline.image", "not a container image"),
     (lambda raw: raw["registry"].update(backend="local"), "registry.backend", "is 'local'"),
@@ -124,6 +134,13 @@ BAD_CONFIGS = [
     (lambda raw: raw["gcp"]["labels"].update(Team="FinOps"), "gcp.labels.Team", "not a valid GCP label"),
     (lambda raw: raw["deploy"].update(canary_percent=0), "deploy.canary_percent", "invalid"),
     (lambda raw: raw["gcp"].update(projet="x"), "gcp.projet", "unknown key"),
+    (lambda raw: raw["gcp"].update(api_endpoint="https://vertex.example.com/v1"), "gcp.api_endpoint",
+     "is not an API endpoint"),
+    (lambda raw: raw["gcp"].update(staging_bucket="acme-models"), "gcp.staging_bucket", "is not a gs:// path"),
+    (lambda raw: raw["deploy"].update(service_account="finops-serving"), "deploy.service_account",
+     "is not a service account email"),
+    (lambda raw: raw["deploy"].update(min_replicas=3, max_replicas=2), "deploy.max_replicas",
+     "is below deploy.min_replicas 3"),
 ]
 
 
@@ -148,6 +165,14 @@ def test_schedule_with_a_bad_config_fails_before_any_request(gcp, tmp_path, edit
     path = _write_config(tmp_path, gcp, edit)
     result = _cli("schedule", "create", "--config", str(path))
     assert result.exit_code == 1 and f"'{key}'" in result.text
+    assert gcp.requests == []
+
+
+def test_a_bad_endpoint_option_names_the_option_before_any_request(gcp):
+    result = _cli("submit", "--config", str(PROD), "--api-endpoint", "https://vertex.example.com/v1")
+    assert result.exit_code == 1
+    assert result.text.startswith("error: --api-endpoint: key 'gcp.api_endpoint' is invalid: "
+                                  "'https://vertex.example.com/v1' is not an API endpoint"), result.text
     assert gcp.requests == []
 
 
@@ -233,12 +258,12 @@ def test_cloud_scheduler_job_posts_the_same_pipeline_job(gcp):
 
 
 def test_default_cloud_scheduler_target_is_the_regional_vertex_host(gcp):
-    from finops_ml.platform.vertex import _vertex_host
+    from finops_ml.platform.schedules import vertex_host
 
     cfg = load_config(PROD)
-    assert _vertex_host(cfg) == "https://europe-west1-aiplatform.googleapis.com"
+    assert vertex_host(cfg) == "https://europe-west1-aiplatform.googleapis.com"
     private = cfg.model_copy(update={"gcp": cfg.gcp.model_copy(update={"api_endpoint": "vertex.p.googleapis.com"})})
-    assert _vertex_host(private) == "https://vertex.p.googleapis.com"
+    assert vertex_host(private) == "https://vertex.p.googleapis.com"
 
 
 # ---- model registry -------------------------------------------------------------------------------------------
@@ -297,9 +322,17 @@ def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
 
     better = _register(registry, model_dir, 0.95, "run-3")
     assert better["version"] == 3 and better["aliases"] == ["champion"]
-    assert sorted(gcp.sent("POST", r"/models:upload$")[-1]["body"]["model"]["versionAliases"]) == ["champion", "default"]
+    uploaded = gcp.sent("POST", r"/models:upload$")[-1]["body"]["model"]
+    assert sorted(uploaded["versionAliases"]) == ["champion", "default"]
     assert registry.versions("cost-anomaly") == [1, 2, 3]
     assert registry.aliases("cost-anomaly") == {"champion": 3, "default": 3, "challenger": 2}
+    # What was stored with a version, read back through the registry interface (labels and evaluation).
+    entry = registry.entry("cost-anomaly", "challenger")
+    assert entry["version"] == 2 and entry["run_id"] == "run-2" and entry["config_digest"] == "0123abcd4567"
+    assert entry["data_window"] == WINDOW and entry["metrics"] == {"anomaly_f1": 0.8, "precision": 0.5}
+    assert entry["artifact_uri"] == "gs://acme-finops-prod-pipelines/models/cost-anomaly/run-2"
+    with pytest.raises(FinopsError, match="has no version or alias 9"):
+        registry.entry("cost-anomaly", 9)
     assert len(gcp.models) == 1  # one parent model, three versions
     assert not gcp.unknown()
 
@@ -340,7 +373,8 @@ def test_deploy_canary_split_and_undeploy_beyond_the_newest_n(gcp, model_dir):
     (undeploy,) = gcp.sent("POST", r":undeployModel$")
     id4 = fourth["deployed_model_id"]
     assert undeploy["body"] == {"deployedModelId": id1, "trafficSplit": {id2: 90, id4: 10}}
-    assert fourth["traffic"] == {"v2": 90, "v4": 10} and fourth["undeployed"] == [{"deployed_model_id": id1, "version": 1}]
+    assert fourth["traffic"] == {"v2": 90, "v4": 10}
+    assert fourth["undeployed"] == [{"deployed_model_id": id1, "version": 1}]
     (endpoint,) = gcp.endpoints.values()
     assert {d["modelVersionId"] for d in endpoint["deployedModels"]} == {"2", "4"}
     assert not gcp.unknown()
@@ -364,6 +398,14 @@ def test_promote_moves_the_champion_alias_on_vertex(gcp, model_dir, tmp_path):
 
 
 # ---- the local world --------------------------------------------------------------------------------------------
+
+def test_registry_for_picks_the_configs_backend(gcp, tmp_path):
+    local = registry_for(load_config(CONFIG_DIR / "local.yaml"), tmp_path / "registry")
+    vertex = registry_for(_cfg(gcp), tmp_path / "unused")
+    assert isinstance(local, LocalRegistry) and isinstance(vertex, VertexRegistry)
+    assert isinstance(local, ModelRegistry) and isinstance(vertex, ModelRegistry)
+    assert local.versions("cost-anomaly") == vertex.versions("cost-anomaly") == []
+
 
 def test_promote_moves_the_champion_alias_locally(model_dir, tmp_path):
     registry = LocalRegistry(tmp_path / "registry")
@@ -454,7 +496,9 @@ def test_pipeline_dockerfile_installs_what_the_components_import_and_runs_unpriv
     copied = {args.split()[0].rstrip("/") for op, args in instructions if op == "COPY"}
     # every package the project installs, and the data the library reads beside them
     root = DOCKERFILE.parent.parent
-    packages = {p.name for p in root.iterdir() if (p / "__init__.py").exists() and p.name != "tests"}
+    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in find["include"]}
+    assert {"finops_ml", "components", "pipelines", "finops_cli"} <= packages
     assert packages <= copied and {"feature_defs", "configs", "pyproject.toml"} <= copied
     users = [args for op, args in instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")

@@ -167,7 +167,8 @@ ARROW_SCHEMA = pa.schema(
         ("system_labels", _LABELS),
         (
             "location",
-            pa.struct([("location", pa.string()), ("country", pa.string()), ("region", pa.string()), ("zone", pa.string())]),
+            pa.struct([("location", pa.string()), ("country", pa.string()), ("region", pa.string()),
+                       ("zone", pa.string())]),
         ),
         ("resource", pa.struct([("name", pa.string()), ("global_name", pa.string())])),
         ("export_time", _TS),
@@ -203,7 +204,8 @@ ARROW_SCHEMA = pa.schema(
         ("cost_type", pa.string()),
         (
             "adjustment_info",
-            pa.struct([("id", pa.string()), ("description", pa.string()), ("mode", pa.string()), ("type", pa.string())]),
+            pa.struct([("id", pa.string()), ("description", pa.string()), ("mode", pa.string()),
+                       ("type", pa.string())]),
         ),
         ("cost_at_list", pa.float64()),
         ("transaction_type", pa.string()),

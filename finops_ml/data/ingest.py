@@ -3,8 +3,8 @@
 Outputs in the target directory, each replaced only when the ingest succeeds:
   events.parquet        the events table (export shape + event_id); an existing table is merged with the new
                         events, so re-ingesting the same window adds nothing
-  quarantine.jsonl      one line per rejected record: source, location (line, row or partition:offset), reason,
-                        the raw record
+  quarantine.jsonl      one line per rejected record: ingest_id, source, location (line, row or
+                        partition:offset), reason, the raw record; each ingest appends its own lines
   ingest_summary.json   read = rows (new events) + quarantined + duplicates; cost_by_invoice_month and the
                         reconciliation against control totals are those of the resulting events table
 
@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +33,7 @@ from finops_ml.data.events import ARROW_SCHEMA, COST_TYPES, CURRENCIES, EXPORT_S
 from finops_ml.data.sources import Rejected, SourceBatch, read_events
 from finops_ml.data.warehouse import duckdb_session
 from finops_ml.errors import FinopsError
-from finops_ml.fileio import atomic_path, write_json
+from finops_ml.fileio import atomic_path, exclusive_lock, write_json
 
 # The same parts, in the same order, as finops_ml.data.events.event_id (which the tests compare with this).
 EVENT_ID_SQL = "md5(concat_ws('|', " + ", ".join([
@@ -93,14 +94,14 @@ def _rowwise(batch: SourceBatch) -> SourceBatch:
 
 
 class _Quarantine:
-    def __init__(self, file):
-        self.file, self.count, self.reasons = file, 0, Counter()
+    def __init__(self, file, ingest_id: str):
+        self.file, self.ingest_id, self.count, self.reasons = file, ingest_id, 0, Counter()
 
     def add(self, source: str, location: str, reason: str, record) -> None:
         self.count += 1
         self.reasons[reason.split(":")[0]] += 1
-        self.file.write(json.dumps({"source": source, "location": location, "reason": reason, "record": record},
-                                   default=str) + "\n")
+        self.file.write(json.dumps({"ingest_id": self.ingest_id, "source": source, "location": location,
+                                    "reason": reason, "record": record}, default=str) + "\n")
 
 
 def _valid_rows(con: duckdb.DuckDBPyConnection, batch: SourceBatch, quarantine: _Quarantine) -> pa.Table | None:
@@ -155,15 +156,32 @@ def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None =
     if control_totals:
         read_control_totals(control_totals)  # a bad control file fails before any work
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out_dir, "ingest"):
+        return _ingest_locked(source, out_dir, control_totals, started, **source_options)
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Work files of an ingest that was killed (SIGKILL leaves them): only the lock holder may remove them."""
+    for leftover in out_dir.glob(".ingest.*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in out_dir.glob(".*.partial"):
+        leftover.unlink(missing_ok=True)
+
+
+def _ingest_locked(source: str, out_dir: Path, control_totals, started: float, **source_options) -> dict:
+    _remove_leftovers(out_dir)
     events_path = out_dir / "events.parquet"
+    quarantine_path = out_dir / "quarantine.jsonl"
+    ingest_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix=".ingest.", dir=out_dir))
     try:
         staging = work / "staging.parquet"
         read = staged = 0
-        with duckdb_session(work) as con, atomic_path(out_dir / "quarantine.jsonl") as q_tmp, \
-                open(q_tmp, "w") as q_file:
-            quarantine = _Quarantine(q_file)
+        with duckdb_session(work) as con, atomic_path(quarantine_path) as q_tmp, open(q_tmp, "w") as q_file:
+            if quarantine_path.exists():  # earlier ingests' records stay; this one's are appended
+                with open(quarantine_path) as previous:
+                    shutil.copyfileobj(previous, q_file)
+            quarantine = _Quarantine(q_file, ingest_id)
             writer = pq.ParquetWriter(staging, ARROW_SCHEMA)
             # Batch k is written on a second thread while batch k+1 is read and checked (Arrow and DuckDB release
             # the GIL); at most one write is in flight, and its error surfaces here.
@@ -206,6 +224,7 @@ def ingest(source: str, out_dir: str | Path, control_totals: str | Path | None =
     new_rows = table_rows - existing
     reconciliation = reconcile(by_month, control_totals) if control_totals else None
     summary = {
+        "ingest_id": ingest_id,
         "source": source,
         "read": read,
         "rows": new_rows,

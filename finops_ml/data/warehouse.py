@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +25,8 @@ from sqlglot import exp
 
 from finops_ml.errors import FinopsError
 
-FEATURE_DIR = Path(__file__).resolve().parents[2] / "feature_defs"
+# feature_defs/ ships as the package finops_ml.feature_defs (pyproject.toml).
+FEATURE_DIR = Path(str(files("finops_ml.feature_defs")))
 FEATURE_VIEWS = ("daily_cost", "resource_daily_cost", "resources")
 MEMORY_LIMIT = "3GB"
 
@@ -60,6 +62,9 @@ def duckdb_session(spill_dir: Path | None = None) -> Iterator[duckdb.DuckDBPyCon
         con.execute("SET TimeZone = 'UTC'")  # CAST(timestamptz AS DATE) takes the UTC day, as BigQuery does
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET preserve_insertion_order = false")
+        # No terminal progress bar: in a pipeline step it only fills the log, and a query that outlasts its 2 s
+        # threshold (a busy machine) is where the aborts at interpreter exit were seen (issue 12).
+        con.execute("SET enable_progress_bar = false")
         con.execute(f"SET temp_directory = '{spill_dir.as_posix()}'")
         yield con
     finally:

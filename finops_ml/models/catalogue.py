@@ -36,7 +36,7 @@ MODELS: dict[str, ModelSpec] = {
                   "anomaly_f1", _SCHEMA.format("classification")),
         ModelSpec("labeler", "resource-labeler", "finops_ml.models.labeler:ResourceLabeler",
                   ("label_accuracy_owner", "label_accuracy_cost_center", "label_accuracy_plant",
-                   "label_compliance_after"),
+                   "label_compliance_after", "label_applied_precision"),
                   "label_accuracy_min", _SCHEMA.format("classification")),
     )
 }

@@ -10,9 +10,14 @@ One classifier per label, a logistic regression over what a person reads to gues
   always goes with one plant ("lyn", "stg", "corp") says that plant, alone and with the project and workload
   (a shared data-platform resource that serves a plant says so in its name);
 - the resource's other known labels (its cost center says its plant, its plant and workload its cost center).
-  Rows are learnt both with and without them, since many unlabelled resources carry none.
+  Rows are learnt both with and without them, since many unlabelled resources carry none;
+- words of the project's id and name that, in the other projects, go with one plant.
+Rows are learnt once more with the tokens naming their project removed, as a project never seen shows them.
+For a project where no resource carries the label, the answer comes by analogy when there is one (`_Analogy`:
+the value that plays, in the resource's plant, the role its kind of resource gets in the other plants).
 
-Resources that carry the label train it; accuracy is measured on labelled resources held out from training.
+Resources that carry the label train it; `evaluate` measures it on labelled resources held out from training
+(out of fold, a random resource split and whole projects held out), beside baselines judged the same way.
 Only predictions whose probability reaches the applying threshold are applied; the others go to a review list.
 That threshold is the configured confidence threshold; with `target_precision` > 0 it is raised per label where
 cross-validation on the training resources shows predictions at that confidence right less often than wanted.
@@ -30,12 +35,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.metrics import f1_score
+from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
+
+from finops_ml.errors import InsufficientData
 
 TARGETS = ("owner", "cost_center", "plant")
 ALIAS_MIN_SUPPORT = 2  # a name word says a plant when at least this many other labelled resources agree ...
@@ -43,6 +51,9 @@ ALIAS_MIN_PURITY = 0.9  # ... and at least this share of those carrying it have 
 CV_FOLDS = 4
 LR_C = 20.0
 PEER_WEIGHT = 1.0
+ANALOG_MIN_SCORE = 0.1  # below this likeness a role has no counterpart in the plant: no analogy
+ANALOG_MIN_SUPPORT = 5  # analogies checked on the training resources before one is trusted
+PROJECT_DROPOUT = True
 
 
 def _tokens(value) -> str:
@@ -69,6 +80,74 @@ def resource_text(resources: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"text": text, "context": context})
 
 
+def _project_words(project, name) -> set[str]:
+    return set(_words(project)) | set(_words(name if isinstance(name, str) else ""))
+
+
+ANALOGY_TARGETS = ("owner", "cost_center")
+
+
+class _Analogy:
+    """The value of a label that plays, in a resource's plant, the role its kind of resource gets elsewhere.
+
+    Owners and cost centers repeat across plants: the ops lead of each plant owns its MES servers, each plant's
+    engineering cost center pays for its quality projects. Each value has a profile of the kinds of resources it
+    labels (workload x service, workload, service) and of the plants it serves. For a resource, the values that
+    label its kind in the *other* projects make a role profile; the answer is the value of the resource's plant
+    whose profile is closest to it. Only other projects count, so the answer for a project that was learnt from
+    is the one a new project would get.
+    """
+
+    def fit(self, resources: pd.DataFrame, target: str) -> "_Analogy":
+        cols = ["project_id", "workload", "service", target] + (["plant"] if "plant" in resources.columns else [])
+        known = resources.loc[resources[target].notna(), cols]
+        kinds = self._kinds(known.workload, known.service)
+        self.values_ = sorted(known[target].unique())
+        self.projects_ = {p: i for i, p in enumerate(sorted(known.project_id.unique()))}
+        self.kinds_ = {k: i for i, k in enumerate(sorted({k for ks in kinds for k in ks}))}
+        plant_values = known["plant"].dropna().unique() if "plant" in known else []
+        self.plants_ = {p: i for i, p in enumerate(sorted(plant_values))}
+        v_idx = {v: i for i, v in enumerate(self.values_)}
+        shape = (len(self.values_), len(self.projects_))
+        self.kind_counts_ = np.zeros((*shape, len(self.kinds_)))
+        self.plant_counts_ = np.zeros((*shape, len(self.plants_)))
+        plants = known["plant"].to_numpy() if "plant" in known else [None] * len(known)
+        for ks, v, p, plant in zip(kinds, known[target], known.project_id, plants):
+            i, j = v_idx[v], self.projects_[p]
+            for k in ks:
+                self.kind_counts_[i, j, self.kinds_[k]] += 1
+            if isinstance(plant, str):
+                self.plant_counts_[i, j, self.plants_[plant]] += 1
+        return self
+
+    @staticmethod
+    def _kinds(workload, service) -> list[tuple[str, ...]]:
+        return [(f"ws={w}::{s}",) for w, s in zip(pd.Series(workload).fillna("none"), service)]
+
+    def best(self, workload: str, service: str, project: str, plants: list[str]) -> str | None:
+        idx = [self.plants_[p] for p in plants if p in self.plants_]
+        if not idx or not self.values_:
+            return None
+        kind_counts, plant_counts = self.kind_counts_, self.plant_counts_
+        j = self.projects_.get(project)
+        if j is not None:  # the other projects only
+            kind_counts = kind_counts.sum(axis=1) - kind_counts[:, j]
+            plant_counts = plant_counts.sum(axis=1) - plant_counts[:, j]
+        else:
+            kind_counts, plant_counts = kind_counts.sum(axis=1), plant_counts.sum(axis=1)
+        own = [self.kinds_[k] for k in self._kinds([workload], [service])[0] if k in self.kinds_]
+        if not own:
+            return None
+        # the role: what the values that label this kind elsewhere label, in shares
+        weight = kind_counts[:, own].sum(axis=1)
+        role = (weight[:, None] * kind_counts / np.maximum(kind_counts.sum(axis=1, keepdims=True), 1)).sum(axis=0)
+        norms = np.linalg.norm(kind_counts, axis=1) * np.linalg.norm(role)
+        similarity = np.divide(kind_counts @ role, norms, out=np.zeros(len(norms)), where=norms > 0)
+        share = plant_counts[:, idx].sum(axis=1) / np.maximum(plant_counts.sum(axis=1), 1)
+        score = similarity * share
+        return self.values_[int(score.argmax())] if score.max() >= ANALOG_MIN_SCORE else None
+
+
 class PlantAliases:
     """Name words that say a plant, learnt from the resources that carry the plant label; and, per kind of
     resource (workload x service), who owns it in each project (its owner's peers elsewhere)."""
@@ -89,7 +168,39 @@ class PlantAliases:
         # plain dicts: the fitted labeler is pickled with the model
         self.counts_ = dict(self.counts_)
         self.owners_ = {kind: dict(by_project) for kind, by_project in owners.items()}
+        self._fit_projects(resources)
+        self.analogs_ = {t: _Analogy().fit(resources, t) for t in ANALOGY_TARGETS if t in resources.columns}
         return self
+
+    def _fit_projects(self, resources: pd.DataFrame) -> None:
+        """The plant of each project (the most common among its labelled resources) and the projects each word of
+        a project's id or name appears in: a word shared by projects of one plant says that plant."""
+        self.project_plant_: dict[str, str] = {}
+        if "plant" in resources.columns:
+            known = resources[resources.plant.notna()]
+            self.project_plant_ = {p: s.value_counts().index[0] for p, s in known.groupby("project_id").plant}
+        words: dict[str, set] = defaultdict(set)
+        for project, name in resources[["project_id", "project_name"]].drop_duplicates().itertuples(index=False):
+            for w in _project_words(project, name):
+                words[w].add(project)
+        self.project_words_ = dict(words)
+
+    def project_plants(self, project: str, project_name) -> list[str]:
+        """Plants the words of a project's id and name say, from the other projects only (so a project the
+        aliases were learnt from says what a new project would)."""
+        out = set()
+        for w in _project_words(project, project_name):
+            plants = Counter(self.project_plant_[p] for p in self.project_words_.get(w, ())
+                             if p != project and p in self.project_plant_)
+            if plants:
+                plant, n = plants.most_common(1)[0]
+                if n >= ALIAS_MIN_SUPPORT and n / sum(plants.values()) >= ALIAS_MIN_PURITY:
+                    out.add(plant)
+        return sorted(out)
+
+    def analog(self, target: str, workload: str, service: str, project: str, plants: list[str]) -> str | None:
+        a = getattr(self, "analogs_", {}).get(target)
+        return a.best(workload, service, project, plants) if a is not None else None
 
     def peers(self, workload: str, service: str, project: str) -> list[str]:
         """Owners of the same kind of resource in the other projects: the roles of people are alike across
@@ -127,10 +238,15 @@ def label_context(resources: pd.DataFrame, target: str, aliases: PlantAliases, l
     own_plant = resources["plant"].to_numpy() if learning and "plant" in resources.columns else [None] * len(resources)
     others = [t for t in TARGETS if t != target and t in resources.columns] if own_labels else []
     values = {t: resources[t].to_numpy() for t in others}
+    project_name = resources.project_name.to_numpy()
+    project_plants = {p: aliases.project_plants(p, n) for p, n in dict(zip(project, project_name)).items()}
     out, peer_tokens = [], []
     for i, name in enumerate(resources.resource_name.to_numpy()):
-        plants = aliases.plants(name, own_plant[i]) or ["none"]
+        named = aliases.plants(name, own_plant[i])
+        plants = named or ["none"]
         tokens = [f"{k}alias={p}" for p in plants for k in ("", f"{project[i]}::", f"{workload[i]}::")]
+        if not named:  # the project's words say the plant of a resource whose name says none
+            tokens += [f"palias={p}" for p in project_plants[project[i]]]
         peers = [f"peer={o}" for o in aliases.peers(workload[i], service[i], project[i])] if target == "owner" else []
         peer_tokens.append(" ".join(peers) or "peer=none")
         for t in others:
@@ -139,6 +255,27 @@ def label_context(resources: pd.DataFrame, target: str, aliases: PlantAliases, l
                 tokens += [f"own_{t}={v}", f"{workload[i]}::own_{t}={v}"]
         out.append(" ".join(tokens))
     return pd.DataFrame({"labels": out, "peers": peer_tokens}, index=resources.index)
+
+
+def analog_labels(resources: pd.DataFrame, target: str, aliases: PlantAliases, learning: bool = False,
+                  own_labels: bool = True) -> np.ndarray:
+    """Per resource, the value of `target` that plays its role in its plant (`_Analogy`), or None: the plant is the
+    resource's plant label (`own_labels`), else the one its name says, else its project's."""
+    out = np.full(len(resources), None, dtype=object)
+    if target not in ANALOGY_TARGETS:
+        return out
+    own_plant = resources["plant"].to_numpy() if "plant" in resources.columns else [None] * len(resources)
+    columns = ["resource_name", "project_id", "project_name", "workload", "service"]
+    project_plants: dict[str, list[str]] = {}
+    for i, (name, project, project_name, workload, service) in enumerate(resources[columns].itertuples(index=False)):
+        if own_labels and isinstance(own_plant[i], str):
+            where = [own_plant[i]]
+        else:
+            if project not in project_plants:
+                project_plants[project] = aliases.project_plants(project, project_name)
+            where = aliases.plants(name, own_plant[i] if learning else None) or project_plants[project]
+        out[i] = aliases.analog(target, workload if isinstance(workload, str) else "none", service, project, where)
+    return out
 
 
 def make_classifier(seed: int):
@@ -153,13 +290,25 @@ def make_classifier(seed: int):
 
 def _design(resources: pd.DataFrame, target: str, aliases: PlantAliases, learning: bool,
             own_labels: bool = True) -> pd.DataFrame:
-    return pd.concat([resource_text(resources), label_context(resources, target, aliases, learning, own_labels)], axis=1)
+    return pd.concat([resource_text(resources), label_context(resources, target, aliases, learning, own_labels)],
+                     axis=1)
+
+
+def _without_project(design: pd.DataFrame, project: pd.Series) -> pd.DataFrame:
+    """The rows as a project never seen would show them: the tokens naming the project itself removed."""
+    out = design.copy()
+    for col in ("context", "labels"):
+        out[col] = [" ".join(t for t in tokens.split() if t != p and not t.startswith(p + "::"))
+                    for tokens, p in zip(design[col], project)]
+    return out
 
 
 def _fit_target(resources: pd.DataFrame, target: str, seed: int):
     """The classifier of one label and its plant aliases, from the resources that carry the label.
 
-    Each row is learnt twice when the resource has other labels: with them and without them.
+    Each row is learnt twice when the resource has other labels: with them and without them; and once more as a
+    project never seen would show it (the tokens naming its project removed), so that what carries over to a new
+    project (aliases, kinds of resources, owners' peers) is learnt too, not only the project's own habits.
     """
     known = resources[resources[target].notna()]
     aliases = PlantAliases().fit(resources)
@@ -168,12 +317,18 @@ def _fit_target(resources: pd.DataFrame, target: str, seed: int):
     has_other = with_own["labels"].str.contains("own_", regex=False)
     x = pd.concat([with_own, without[has_other]], ignore_index=True)
     y = pd.concat([known[target], known.loc[has_other.to_numpy(), target]], ignore_index=True)
+    if PROJECT_DROPOUT:
+        x = pd.concat([x, _without_project(without, known.project_id)], ignore_index=True)
+        y = pd.concat([y, known[target]], ignore_index=True)
+    if y.nunique() == 1:  # a fold whose training resources all carry one value (whole projects held out)
+        return DummyClassifier(strategy="most_frequent").fit(x, y), aliases
     with threadpool_limits(1):  # BLAS threads only slow a model this size down (and a lot on a busy machine)
         model = make_classifier(seed).fit(x, y)
     return model, aliases
 
 
-def _predict_target(model, aliases: PlantAliases, resources: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+def _predict_target(model, aliases: PlantAliases, resources: pd.DataFrame,
+                    target: str) -> tuple[np.ndarray, np.ndarray]:
     with threadpool_limits(1):
         proba = model.predict_proba(_design(resources, target, aliases, learning=False))
     return model.classes_[proba.argmax(axis=1)], proba.max(axis=1)
@@ -209,44 +364,21 @@ def precision_threshold(resources: pd.DataFrame, target: str, floor: float, seed
     return max(floor, float(0.5 * (c[i] + below)))
 
 
-@dataclass
-class ResourceLabeler:
-    targets: tuple[str, ...] = TARGETS
-    confidence_threshold: float = 0.6
-    seed: int = 42
-    target_precision: float = 0.0  # 0: apply at confidence_threshold; else raise it per label to reach this (CV)
-    models_: dict = field(default_factory=dict)
-    aliases_: dict = field(default_factory=dict)
-    thresholds_: dict = field(default_factory=dict)
+class LabelApplier:
+    """`apply` for any labeler with `predict` (`{t}_predicted`, `{t}_confidence`) and `thresholds_` per target."""
 
-    def fit(self, resources: pd.DataFrame) -> "ResourceLabeler":
-        for target in self.targets:
-            known = resources[target].notna()
-            if resources.loc[known, target].nunique() == 1:
-                raise ValueError(f"label {target} has a single value; nothing to learn")
-            self.models_[target], self.aliases_[target] = _fit_target(resources, target, self.seed)
-            self.thresholds_[target] = self.confidence_threshold if not self.target_precision else (
-                precision_threshold(resources, target, self.confidence_threshold, self.seed, self.target_precision))
-        return self
-
-    def predict(self, resources: pd.DataFrame) -> pd.DataFrame:
-        """Per resource and target: predicted value and confidence (from the resource's other known labels too)."""
-        out = resources[["resource_name", "project_id"]].copy()
-        for target, model in self.models_.items():
-            known = resources.assign(**{target: None}) if target in resources.columns else resources
-            pred, conf = _predict_target(model, self.aliases_[target], known, target)
-            out[f"{target}_predicted"] = pred
-            out[f"{target}_confidence"] = conf
-        return out
+    thresholds_: dict
 
     def apply(self, resources: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Fill missing labels with confident predictions; return (labelled resources, review list)."""
         pred = self.predict(resources)
         labelled = resources.copy()
         review = []
-        for target in self.models_:
+        for target, threshold in self.thresholds_.items():
+            if target not in labelled.columns:
+                labelled[target] = None
             missing = labelled[target].isna()
-            confident = pred[f"{target}_confidence"] >= self.thresholds_.get(target, self.confidence_threshold)
+            confident = pred[f"{target}_confidence"] >= threshold
             labelled[f"{target}_applied"] = missing & confident
             labelled.loc[missing & confident, target] = pred.loc[missing & confident, f"{target}_predicted"]
             for i in np.nonzero((missing & ~confident).to_numpy())[0]:
@@ -259,62 +391,320 @@ class ResourceLabeler:
                                                        "confidence", "net_cost"])
 
 
+@dataclass
+class ResourceLabeler(LabelApplier):
+    targets: tuple[str, ...] = TARGETS
+    confidence_threshold: float = 0.6
+    seed: int = 42
+    target_precision: float = 0.0  # 0: apply at confidence_threshold; else raise it per label to reach this (CV)
+    models_: dict = field(default_factory=dict)
+    aliases_: dict = field(default_factory=dict)
+    thresholds_: dict = field(default_factory=dict)
+    projects_: dict = field(default_factory=dict)  # per target: the projects with resources that carry it
+    analogy_precision_: dict = field(default_factory=dict)  # per target: how often an analogy was right (or NaN)
+
+    def fit(self, resources: pd.DataFrame) -> "ResourceLabeler":
+        for target in self.targets:
+            if target not in resources.columns or resources[target].notna().sum() == 0:
+                raise InsufficientData(f"no resource carries the label {target}: there is nothing to learn it from")
+            self.models_[target], self.aliases_[target] = _fit_target(resources, target, self.seed)
+            self.thresholds_[target] = self.confidence_threshold if not self.target_precision else (
+                precision_threshold(resources, target, self.confidence_threshold, self.seed, self.target_precision))
+            known = resources[resources[target].notna()]
+            self.projects_[target] = set(known.project_id)
+            # as for a new project: from the other projects only, the resource's labels unknown
+            analog = analog_labels(known, target, self.aliases_[target], learning=True, own_labels=False)
+            found = analog != None  # noqa: E711 (elementwise)
+            self.analogy_precision_[target] = (float((analog[found] == known[target].to_numpy()[found]).mean())
+                                               if found.sum() >= ANALOG_MIN_SUPPORT else float("nan"))
+        return self
+
+    def analogy(self, target: str, resources: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
+        """(which resources, value, confidence) where the analogy answers instead of the classifier: resources of a
+        project where no resource carries the label (the classifier knows nothing of that project's habits) and
+        the resource's kind has a counterpart in its plant. Confidence: how often the analogy was right on the
+        training resources, judged as new projects."""
+        precisions = getattr(self, "analogy_precision_", {})  # none in a labeler pickled before analogies
+        precision = precisions.get(target, float("nan"))
+        if target not in precisions or precision != precision:
+            return np.zeros(len(resources), bool), np.full(len(resources), None, dtype=object), precision
+        new = ~resources.project_id.isin(self.projects_[target]).to_numpy()
+        values = np.full(len(resources), None, dtype=object)
+        if new.any():
+            values[new] = analog_labels(resources[new], target, self.aliases_[target])
+        return values != None, values, precision  # noqa: E711
+
+    def predict(self, resources: pd.DataFrame) -> pd.DataFrame:
+        """Per resource and target: predicted value and confidence (from the resource's other known labels too)."""
+        out = resources[["resource_name", "project_id"]].copy()
+        for target, model in self.models_.items():
+            known = resources.assign(**{target: None}) if target in resources.columns else resources
+            pred, conf = _predict_target(model, self.aliases_[target], known, target)
+            use, analog, precision = self.analogy(target, known)
+            pred, conf = np.where(use, analog, pred), np.where(use, precision, conf)
+            out[f"{target}_predicted"] = pred
+            out[f"{target}_confidence"] = conf
+        return out
+
+
+@dataclass
+class MajorityLabeler(LabelApplier):
+    """Baseline: the most common label among the labelled resources of the same project (`by_project`), or of all
+    of them (a project with no labelled resource falls back to that); confidence: that label's share there."""
+
+    targets: tuple[str, ...] = TARGETS
+    confidence_threshold: float = 0.6
+    by_project: bool = True
+    thresholds_: dict = field(default_factory=dict)
+    majority_: dict = field(default_factory=dict)
+
+    def fit(self, resources: pd.DataFrame) -> "MajorityLabeler":
+        for target in self.targets:
+            known = resources[resources[target].notna()] if target in resources.columns else resources.iloc[:0]
+            if known.empty:
+                raise InsufficientData(f"no resource carries the label {target}: there is nothing to learn it from")
+            share = known[target].value_counts(normalize=True)
+            per_project = {}
+            if self.by_project:
+                for project, labels in known.groupby("project_id")[target]:
+                    s = labels.value_counts(normalize=True)
+                    per_project[project] = (s.index[0], float(s.iloc[0]))
+            self.majority_[target] = ((share.index[0], float(share.iloc[0])), per_project)
+            self.thresholds_[target] = self.confidence_threshold
+        return self
+
+    def predict(self, resources: pd.DataFrame) -> pd.DataFrame:
+        out = resources[["resource_name", "project_id"]].copy()
+        for target, (overall, per_project) in self.majority_.items():
+            best = [per_project.get(p, overall) for p in resources.project_id]
+            out[f"{target}_predicted"] = np.array([b[0] for b in best], dtype=object)
+            out[f"{target}_confidence"] = np.array([b[1] for b in best], dtype=float)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+MAX_FOLDS = 10
+
+
+def without_labels(resources: pd.DataFrame) -> pd.DataFrame:
+    """The resources as a labeler is judged on them: no label column at all, so an evaluation cannot hand a
+    resource's own answer (or its other labels, which most unlabelled resources lack) to the model it scores."""
+    return resources.drop(columns=[t for t in TARGETS if t in resources.columns])
+
+
+def n_folds(test_share: float) -> int:
+    """Folds whose test part is about `test_share` of the labelled resources."""
+    return int(min(MAX_FOLDS, max(2, round(1.0 / test_share))))
+
+
+def min_labelled(test_share: float) -> int:
+    """Resources carrying a label needed to learn it and measure it: two per fold."""
+    return 2 * n_folds(test_share)
+
+
+def check_trainable(resources: pd.DataFrame, targets, test_share: float) -> None:
+    """InsufficientData unless every target is carried by `min_labelled` resources with at least two values."""
+    need = min_labelled(test_share)
+    counts = {t: int(resources[t].notna().sum()) if t in resources.columns else 0 for t in targets}
+    values = {t: int(resources[t].nunique()) if t in resources.columns else 0 for t in targets}
+    short = [t for t in targets if counts[t] < need or values[t] < 2]
+    if short:
+        found = ", ".join(f"{t} on {counts[t]} ({values[t]} distinct)" for t in short)
+        raise InsufficientData(
+            f"The labeler needs at least {need} resources carrying each label, with at least 2 distinct values, to "
+            f"learn and measure it; this data has {found}: label more resources or leave those labels out of "
+            "labeler.targets.")
+
+
+def random_folds(known: pd.DataFrame, target: str, test_share: float, seed: int) -> list[np.ndarray]:
+    """Test positions (in `known`) of a random resource split: every labelled resource held out once."""
+    k = min(n_folds(test_share), len(known))
+    y = known[target].astype(str).to_numpy()
+    counts = pd.Series(y).value_counts()
+    strat = np.where(pd.Series(y).map(counts).to_numpy() >= k, y, "_rare")
+    if pd.Series(strat).value_counts().min() >= k:
+        splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(known, strat)
+    else:
+        splits = KFold(k, shuffle=True, random_state=seed).split(known)
+    return [test for _, test in splits]
+
+
+def project_folds(known: pd.DataFrame, test_share: float) -> list[np.ndarray]:
+    """Test positions (in `known`) with whole projects held out: every project's resources held out once
+    (none when the labels come from a single project)."""
+    groups = known.project_id.to_numpy()
+    n = len(set(groups))
+    if n < 2:
+        return []
+    return [test for _, test in GroupKFold(min(n_folds(test_share), n)).split(known, groups=groups)]
+
+
+def out_of_fold(make, resources: pd.DataFrame, target: str, folds: list[np.ndarray],
+                by_project: bool = False) -> pd.DataFrame:
+    """Prediction, confidence and applying threshold of `target` for each labelled resource in a test fold, from a
+    labeler (`make((target,))`) fitted without it: without its fold's resources, or without its fold's projects.
+    The fold is handed to `predict` through `without_labels`."""
+    known = resources[resources[target].notna()]
+    rows = []
+    for test_pos in folds:
+        test = known.iloc[test_pos]
+        held = resources.project_id.isin(set(test.project_id)) if by_project else resources.index.isin(test.index)
+        model = make((target,)).fit(resources[~held])
+        pred = model.predict(without_labels(test))
+        rows.append(pd.DataFrame({"predicted": pred[f"{target}_predicted"].to_numpy(),
+                                  "confidence": pred[f"{target}_confidence"].to_numpy(),
+                                  "threshold": model.thresholds_[target]}, index=test.index))
+    if not rows:
+        return pd.DataFrame(columns=["predicted", "confidence", "threshold"], dtype=object)
+    return pd.concat(rows).loc[lambda d: ~d.index.duplicated()]
+
+
 def compliance(resources: pd.DataFrame, targets=TARGETS) -> float:
-    """Share of cost whose resources carry all the labels."""
+    """Share of cost whose resources carry all the labels (right or wrong: before auto-labelling every carried
+    label counts as right)."""
     complete = resources[list(targets)].notna().all(axis=1)
     total = resources.net_cost.clip(lower=0).sum()
     return float(resources.net_cost.clip(lower=0)[complete].sum() / total) if total > 0 else float("nan")
 
 
-def holdout_split(resources: pd.DataFrame, target: str, test_share: float, seed: int
-                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) among the resources that carry `target`: the held-out resources accuracy is measured on."""
-    known = resources[resources[target].notna()]
-    counts = known[target].value_counts()
-    stratify = known[target] if counts.min() >= 2 and len(counts) <= len(known) * test_share else None
-    return train_test_split(known, test_size=test_share, random_state=seed, stratify=stratify)
+def expected_compliance(labelled: pd.DataFrame, targets, precision: dict[str, float]) -> float:
+    """Share of cost whose resources carry all the labels correctly, expected: a carried label counts as right, an
+    applied one (`{t}_applied`) as right with probability `precision[t]` (estimated on held-out resources), a
+    missing one as wrong."""
+    cost = labelled.net_cost.clip(lower=0).to_numpy()
+    right = np.ones(len(labelled))
+    for t in targets:
+        applied = labelled[f"{t}_applied"].to_numpy(bool) if f"{t}_applied" in labelled else np.zeros(len(cost), bool)
+        carried = labelled[t].notna().to_numpy() & ~applied
+        p = precision.get(t, float("nan"))
+        right *= np.where(carried, 1.0, np.where(applied, 0.0 if p != p else p, 0.0))
+    return float((cost * right).sum() / cost.sum()) if cost.sum() > 0 else float("nan")
 
 
-def train_and_evaluate(resources: pd.DataFrame, targets: list[str], confidence_threshold: float, test_share: float,
-                       seed: int, truth: pd.DataFrame | None = None, target_precision: float = 0.0) -> dict:
-    """Held-out accuracy per target, then the production labeler fitted on every labelled resource.
-
-    Coverage is the share of held-out resources whose prediction reaches the applying threshold (the confidence
-    threshold, raised per label towards `target_precision` on the training resources; 0 leaves it as configured).
-    """
-    metrics: dict = {}
-    confusion: dict = {}
+def true_compliance(labelled: pd.DataFrame, targets, truth: pd.DataFrame) -> tuple[float, int, int]:
+    """(share of cost whose resources carry all the labels correctly, applied labels, right ones) against the
+    labels the resources should carry (`truth`: resource_name, project_id and the targets)."""
+    t = truth.set_index(["resource_name", "project_id"])
+    expected = t.reindex(list(zip(labelled.resource_name, labelled.project_id)))
+    ok = np.ones(len(labelled), bool)
+    applied_n = right_n = 0
     for target in targets:
-        train, test = holdout_split(resources, target, test_share, seed)
-        model = ResourceLabeler((target,), confidence_threshold, seed, target_precision).fit(train)
-        # Judged from its name and metadata alone: the other labels hidden too (most unlabelled resources have none).
-        pred = model.predict(test.assign(**{t: None for t in TARGETS if t in test.columns}))
-        y_true, y_pred = test[target].to_numpy(), pred[f"{target}_predicted"].to_numpy()
-        confident = pred[f"{target}_confidence"].to_numpy() >= model.thresholds_[target]
-        metrics[f"label_threshold_{target}"] = model.thresholds_[target]
-        metrics[f"label_accuracy_{target}"] = float(accuracy_score(y_true, y_pred))
-        metrics[f"label_macro_f1_{target}"] = float(f1_score(y_true, y_pred, average="macro"))
-        metrics[f"label_coverage_{target}"] = float(confident.mean())
-        metrics[f"label_confident_accuracy_{target}"] = (
-            float(accuracy_score(y_true[confident], y_pred[confident])) if confident.any() else float("nan"))
-        metrics[f"label_test_size_{target}"] = int(len(test))
+        applied = labelled[f"{target}_applied"].to_numpy(bool)
+        right = labelled[target].to_numpy() == expected[target].to_numpy()
+        ok &= labelled[target].notna().to_numpy() & (~applied | right)
+        applied_n += int(applied.sum())
+        right_n += int((applied & right).sum())
+    cost = labelled.net_cost.clip(lower=0).to_numpy()
+    return (float(cost[ok].sum() / cost.sum()) if cost.sum() > 0 else float("nan")), applied_n, right_n
+
+
+def _held_out_scores(y: pd.Series, cost: pd.Series, oof: pd.DataFrame) -> dict:
+    y, cost = y.loc[oof.index].to_numpy(), cost.loc[oof.index].clip(lower=0).to_numpy()
+    pred = oof.predicted.to_numpy()
+    right = pred == y
+    confident = oof.confidence.to_numpy(float) >= oof.threshold.to_numpy(float)
+    return {"n": len(y), "accuracy": float(right.mean()) if len(y) else float("nan"),
+            "macro_f1": float(f1_score(y, pred, average="macro")) if len(y) else float("nan"),
+            "coverage": float(confident.mean()) if len(y) else float("nan"),
+            "applied": int(confident.sum()), "applied_right": int((confident & right).sum()),
+            "applied_cost": float(cost[confident].sum()), "applied_right_cost": float(cost[confident & right].sum())}
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def evaluate(make, resources: pd.DataFrame, targets, test_share: float, seed: int,
+             truth: pd.DataFrame | None = None) -> dict:
+    """Held-out metrics of the labelers `make(targets)` builds, then one fitted on every labelled resource and
+    applied to the missing labels.
+
+    - `label_accuracy_{t}` (and macro F1, coverage): out-of-fold over a random resource split, every labelled
+      resource held out once (folds of `test_share`); `label_accuracy_{t}_project_holdout`: whole projects held out.
+    - `label_applied_precision`: of the predictions confident enough to be applied, the share that is right, pooled
+      over the targets (random split); per target beside it.
+    - `label_compliance_after`: share of cost whose resources carry all the labels correctly once the confident
+      predictions are applied; carried labels count as right, an applied label as right with the held-out
+      cost-weighted applied precision of its target (an estimate: the truth of an unlabelled resource is unknown);
+      with `truth`, `label_compliance_after_truth` counts the applied labels that are right.
+    """
+    m: dict = {}
+    confusion: dict = {}
+    pooled = {"applied": 0, "applied_right": 0}
+    pooled_project = {"applied": 0, "applied_right": 0}
+    precision_cost = {}
+    for target in targets:
+        known = resources[resources[target].notna()]
+        oof = out_of_fold(make, resources, target, random_folds(known, target, test_share, seed))
+        s = _held_out_scores(known[target], known.net_cost, oof)
+        m[f"label_accuracy_{target}"] = s["accuracy"]
+        m[f"label_macro_f1_{target}"] = s["macro_f1"]
+        m[f"label_coverage_{target}"] = s["coverage"]
+        m[f"label_applied_precision_{target}"] = _ratio(s["applied_right"], s["applied"])
+        precision_cost[target] = _ratio(s["applied_right_cost"], s["applied_cost"])
+        m[f"label_applied_precision_cost_{target}"] = precision_cost[target]
+        m[f"label_test_size_{target}"] = s["n"]
+        m[f"label_threshold_{target}"] = float(oof.threshold.astype(float).mean())
+        for k in pooled:
+            pooled[k] += s[k]
+        y_true, y_pred = known.loc[oof.index, target].to_numpy(), oof.predicted.to_numpy()
         classes = sorted(set(y_true) | set(y_pred))
         confusion[target] = {"labels": classes, "matrix": pd.crosstab(
             pd.Categorical(y_true, classes), pd.Categorical(y_pred, classes), dropna=False).to_numpy().tolist()}
 
-    final = ResourceLabeler(tuple(targets), confidence_threshold, seed, target_precision).fit(resources)
+        folds = project_folds(known, test_share)
+        oof = out_of_fold(make, resources, target, folds, by_project=True)
+        s = _held_out_scores(known[target], known.net_cost, oof)
+        m[f"label_accuracy_{target}_project_holdout"] = s["accuracy"]
+        m[f"label_applied_precision_{target}_project_holdout"] = _ratio(s["applied_right"], s["applied"])
+        m[f"label_coverage_{target}_project_holdout"] = s["coverage"]
+        for k in pooled_project:
+            pooled_project[k] += s[k]
+    m["label_folds"] = n_folds(test_share)
+    m["label_applied_precision"] = _ratio(pooled["applied_right"], pooled["applied"])
+    m["label_applied_precision_project_holdout"] = _ratio(pooled_project["applied_right"], pooled_project["applied"])
+
+    final = make(tuple(targets)).fit(resources)
     labelled, review = final.apply(resources)
-    metrics["label_compliance_before"] = compliance(resources, targets)
-    metrics["label_compliance_after"] = compliance(labelled, targets)
-    metrics["review_items"] = int(len(review))
+    m["label_compliance_before"] = compliance(resources, targets)
+    m["label_compliance_after"] = expected_compliance(labelled, targets, precision_cost)
+    m["label_compliance_after_uncorrected"] = compliance(labelled, targets)  # every applied label, right or wrong
+    m["review_items"] = int(len(review))
     if truth is not None:  # the generator knows the labels the resources should carry
-        t = truth.rename(columns={"resource": "resource_name"}).set_index(["resource_name", "project_id"])
-        right = total = 0
-        for target in targets:
-            applied = labelled[labelled[f"{target}_applied"]]
-            expected = t.reindex(list(zip(applied.resource_name, applied.project_id)))[target].to_numpy()
-            right += int((applied[target].to_numpy() == expected).sum())
-            total += len(applied)
-        metrics["applied_labels"] = total
-        metrics["applied_label_precision"] = right / total if total else float("nan")
-    return {"metrics": metrics, "model": final, "labelled": labelled, "review": review, "confusion": confusion}
+        t = truth.rename(columns={"resource": "resource_name"})
+        m["label_compliance_after_truth"], m["applied_labels"], right = true_compliance(labelled, targets, t)
+        m["applied_label_precision"] = _ratio(right, m["applied_labels"])
+    return {"metrics": m, "model": final, "labelled": labelled, "review": review, "confusion": confusion}
+
+
+# What the labeler is compared with, on the same folds (benchmarks/model_quality.py adds the nearest name).
+BASELINES = {"project_majority": True, "majority_class": False}
+BASELINE_METRICS = ("label_accuracy_{t}", "label_accuracy_{t}_project_holdout", "label_coverage_{t}",
+                    "label_applied_precision", "label_compliance_after", "label_compliance_after_truth",
+                    "applied_label_precision")
+
+
+def baseline_metrics(metrics: dict, targets) -> dict:
+    """The headline metrics of one evaluation (what a baseline reports beside ours)."""
+    keys = [k.format(t=t) for k in BASELINE_METRICS for t in targets]
+    return {k: metrics[k] for k in dict.fromkeys(keys) if k in metrics}
+
+
+def train_and_evaluate(resources: pd.DataFrame, targets: list[str], confidence_threshold: float, test_share: float,
+                       seed: int, truth: pd.DataFrame | None = None, target_precision: float = 0.0) -> dict:
+    """`evaluate` of the labeler (InsufficientData when a target has too few labelled resources), with the
+    same-project majority label and the overall majority label as baselines in `metrics["baselines"]`.
+
+    The applying threshold is the confidence threshold, raised per label towards `target_precision` on the
+    training resources (0 leaves it as configured).
+    """
+    targets = list(targets)
+    check_trainable(resources, targets, test_share)
+    result = evaluate(lambda ts: ResourceLabeler(ts, confidence_threshold, seed, target_precision), resources,
+                      targets, test_share, seed, truth)
+    result["metrics"]["baselines"] = {
+        name: baseline_metrics(evaluate(lambda ts, p=by_project: MajorityLabeler(ts, confidence_threshold, p),
+                                        resources, targets, test_share, seed, truth)["metrics"], targets)
+        for name, by_project in BASELINES.items()}
+    return result

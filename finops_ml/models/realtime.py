@@ -3,21 +3,23 @@
 `detect_anomaly_realtime(event, state)` takes one billing export row (a dict, as in events.jsonl or a Kafka message)
 and the incremental state of a fitted `CostAnomalyDetector`. The state holds, per resource, what the batch detector's
 causal filter holds after each day (its accepted and recent de-seasonalised costs, the length of its current run of
-rejected days, its first day, its fitted factors), and, per open day, the running cost of each resource and cell.
+rejected days, its first day and first level, its run of days with cost and its last one, its fitted factors), and,
+per open day, the running cost of each resource and cell.
 
 - Each event adds its net cost to its resource and cell. The cell is judged at once against the expectation of the
-  resources seen so far that day (an *open* alert: time to detection is the time of the event that pushed the cell
-  over the threshold). The forest is consulted only when the cell's log ratio alone could reach the threshold (its
-  score is the forest's score, below 1, times the log ratio), so almost every event costs a few dict updates.
-- A day closes when an event `lateness_days` + 1 days newer arrives (or at `flush`). Closing applies the batch
-  detector's update to every resource present that day and decides each cell of the day from the complete day:
-  these decisions are the batch detector's (tests compare them). A cell the day closes as anomalous that was not
-  alerted yet is returned then (`status` "confirmed"); an open alert the complete day does not confirm is returned
-  once more with `status` "retracted".
+  resources seen so far that day (an *open* alert, rises only: time to detection is the time of the event that
+  pushed the cell over its threshold, its minimum % deviation and its minimum $ impact).
+- A day closes when an event `lateness_days` + 1 days newer arrives (or at `flush`); every day in between closes,
+  with or without events. Closing judges each cell of the day from the complete day (an always-on resource without
+  cost that day counts at 0: a drop; a new resource is judged if it runs away), then applies the batch detector's
+  update to every resource: these decisions are the batch detector's (tests compare them). A cell the day closes as
+  anomalous that was not alerted yet is returned then (`status` "confirmed"); an open alert the complete day does
+  not confirm is returned once more with `status` "retracted".
 - Events of a closed day are late: counted, not judged.
 
-Every anomaly names its cause: the resource whose cost rose most above its own expectation, the SKU of that
-resource that rose most above its recent daily cost, the resource's labels, and its share of the cell's excess.
+Every anomaly has a direction (up, down), its $ impact and % deviation, and names its cause: the resource that moved
+most in that direction against its own expectation, the SKU of that resource that moved most from its recent daily
+cost, the resource's labels, and its share of the cell's excess.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from collections import deque
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from finops_ml.errors import FinopsError
@@ -42,9 +43,8 @@ from finops_ml.models.anomaly import (
     _fill_factors,
     anomaly_id,
 )
-from finops_ml.models.trees import ForestScorer
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class InvalidEvent(FinopsError):
@@ -52,18 +52,24 @@ class InvalidEvent(FinopsError):
 
 
 class _Resource:
-    __slots__ = ("cell", "first_day", "last_day", "dow", "month_end", "sigma", "accepted", "recent", "rejected_run",
-                 "base", "sku_ewma", "labels")
+    __slots__ = ("cell", "first_day", "last_day", "run", "level0", "flat0", "dow", "month_end", "sigma", "accepted",
+                 "recent", "rejected_run", "base", "previous", "previous_base", "reset_day", "sku_ewma", "labels")
 
     def __init__(self, cell, first_day, factors, baseline_days):
         self.cell = cell
         self.first_day = first_day
-        self.last_day = first_day  # the last day it had cost (updated when a day closes)
+        self.last_day: int | None = None  # the last closed day it had cost
+        self.run = 0  # consecutive closed days with cost, up to last_day
+        self.level0 = math.nan  # its first level: the larger cost of its first two days, and de-seasonalised
+        self.flat0 = math.nan
         self.dow, self.month_end, self.sigma = factors
         self.accepted: deque = deque(maxlen=baseline_days)
         self.recent: deque = deque(maxlen=baseline_days)
         self.rejected_run = 0
         self.base: float | None = None  # median of `accepted` once it holds MIN_BASELINE_DAYS values
+        self.previous: deque | None = None  # the accepted days before the last new normal, and their median
+        self.previous_base = math.nan
+        self.reset_day = -(10 ** 9)
         self.sku_ewma: dict[str, float] = {}
         self.labels: dict[str, str] = {}
 
@@ -71,35 +77,72 @@ class _Resource:
         weekday, month_end = calendar_day
         return self.dow[weekday] * self.month_end if month_end else self.dow[weekday]
 
-    def expectation(self, day: int, calendar_day, warmup_days: int) -> tuple[bool, float, float]:
-        """(established, expected cost, variance) for `day` from the days closed so far, as the batch filter."""
-        if self.base is None or day - self.first_day < warmup_days:
-            return False, 0.0, 0.0
-        expected = self.base * self.season(calendar_day)
-        return True, expected, (self.sigma * (expected + 1.0)) ** 2
+    def established(self, day: int, m: "RealtimeModel") -> bool:
+        return self.base is not None and day - self.first_day >= m.warmup_days
 
-    def close(self, day: int, calendar_day, cost: float, established: bool, reject_sigmas: float, accept_after_days: int,
+    def missing(self, day: int, m: "RealtimeModel") -> bool:
+        """Judged at a cost of 0 when it has none today: established, always-on, stopped less than stop_days ago."""
+        return (self.last_day is not None and self.established(day, m) and self.run >= m.baseline_days
+                and day - self.last_day - 1 < m.stop_days)
+
+    def judge(self, day: int, calendar_day, cost: float | None, m: "RealtimeModel") -> tuple[bool, float, float]:
+        """(judged, expected cost, variance) for `day` from the days closed so far, as the batch filter: an
+        established resource at its baseline, a runaway new one at its first level (`cost`: the day's cost, None
+        where it is absent, when only established resources are judged), else not judged (new spend)."""
+        season = self.season(calendar_day)
+        if self.established(day, m):
+            expected = self.base * season
+        elif cost is not None and day - self.first_day >= 2 and self.level0 > 0:
+            steep = max(m.runaway_factor, (1.0 + m.runaway_rate) ** (day - self.first_day))
+            flat = cost / season  # as the batch filter, which holds costs de-seasonalised
+            if not (flat * season >= steep * self.level0 and flat >= steep * self.flat0):
+                return False, 0.0, 0.0
+            expected = self.flat0 * season
+        else:
+            return False, 0.0, 0.0
+        return True, expected, (self.sigma * (expected + m.eps)) ** 2
+
+    def close(self, day: int, calendar_day, cost: float, present: bool, m: "RealtimeModel",
               skus: dict[str, float]) -> None:
-        """The batch filter's update with the day's complete cost (see anomaly._robust_baseline)."""
-        self.last_day = max(self.last_day, day)
+        """The batch filter's update with the day's complete cost (see anomaly._causal_filter): `cost` is the
+        day's cost, 0 for a resource judged missing (`present` False)."""
+        established = self.established(day, m)
         flat = cost / self.season(calendar_day)
-        ok = not established or (abs(math.log((max(flat, 0.0) + 1.0) / (max(self.base, 0.0) + 1.0)))
-                                 <= reject_sigmas * self.sigma)
+        band = m.reject_sigmas * self.sigma
+        ok = not established or abs(math.log((max(flat, 0.0) + m.eps) / (max(self.base, 0.0) + m.eps))) <= band
+        if (not ok and established and day - self.reset_day <= m.accept_after_days
+                and abs(math.log((max(flat, 0.0) + m.eps) / (max(self.previous_base, 0.0) + m.eps))) <= band):
+            self.accepted = self.previous  # back to the level before the new normal: the incident ended
+            self.previous, self.previous_base = None, math.nan
+            ok = True
         self.recent.append(flat)
         if ok:
             self.accepted.append(flat)
             self.rejected_run = 0
         else:
             self.rejected_run += 1
-            if self.rejected_run >= accept_after_days:  # a lasting change is the new normal
+            if self.rejected_run >= m.accept_after_days:  # a lasting change is the new normal
+                self.previous, self.previous_base, self.reset_day = self.accepted, self.base, day
                 self.accepted = deque(self.recent, maxlen=self.accepted.maxlen)
                 self.rejected_run = 0
         n = len(self.accepted)
         if n >= MIN_BASELINE_DAYS:
             srt = sorted(self.accepted)
             self.base = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
+        if not present:
+            return
+        age = day - self.first_day
+        if age == 0:
+            self.level0, self.flat0 = flat * self.season(calendar_day), flat
+        elif age == 1:
+            cost = flat * self.season(calendar_day)
+            self.level0 = cost if math.isnan(self.level0) else max(self.level0, cost)
+            self.flat0 = flat if math.isnan(self.flat0) else max(self.flat0, flat)
+        self.run = self.run + 1 if self.last_day == day - 1 else 1
+        self.last_day = day
         for sku in self.sku_ewma.keys() | skus.keys():
-            self.sku_ewma[sku] = (1 - SKU_EWMA_ALPHA) * self.sku_ewma.get(sku, 0.0) + SKU_EWMA_ALPHA * skus.get(sku, 0.0)
+            self.sku_ewma[sku] = ((1 - SKU_EWMA_ALPHA) * self.sku_ewma.get(sku, 0.0)
+                                  + SKU_EWMA_ALPHA * skus.get(sku, 0.0))
 
 
 def _calendar_day(day: int) -> tuple[int, bool]:
@@ -123,19 +166,29 @@ class _Day:
 
 
 class RealtimeModel:
-    """What the real-time detector needs of a fitted batch detector, prepared once: its settings and threshold,
-    the forest as flat arrays, and each known resource's factors (an unknown resource takes its service's, as in
-    batch). Shared, never changed, by every state built from it."""
+    """What the real-time detector needs of a fitted batch detector, prepared once: its settings and thresholds, and
+    each known resource's factors (an unknown resource takes its service's, as in batch). Shared, never changed, by
+    every state built from it."""
 
     def __init__(self, detector: CostAnomalyDetector):
-        if detector.factors_ is None or detector.forest_ is None:
+        if detector.factors_ is None:
             raise FinopsError("The real-time detector needs a fitted CostAnomalyDetector (call fit first).")
-        self.threshold = float(detector.threshold_)
+        if not math.isfinite(getattr(detector, "eps_", math.nan)) or not hasattr(detector, "min_impact_by_project"):
+            raise FinopsError("This anomaly detector was trained by an older finops-ml; train it again "
+                              "(finops-ml run) before streaming or serving it.")
+        self.detector = detector
+        self.thresholds = detector.thresholds()
+        self.threshold = self.thresholds["up"]
+        self.min_pct_deviation = detector.min_pct_deviation
         self.warmup_days = detector.warmup_days
         self.baseline_days = detector.baseline_days
         self.reject_sigmas = detector.reject_sigmas
         self.accept_after_days = detector.accept_after_days
-        self.forest = ForestScorer(detector.forest_)
+        self.stop_days = detector.stop_days
+        self.runaway_factor = detector.runaway_factor
+        self.runaway_rate = detector.runaway_rate
+        self.eps = detector.eps_
+        self._min_impact: dict[tuple, float] = {}
         known = detector.factors_[["service", "project_id", "resource"]]
         filled = _fill_factors(detector.factors_, known)
         self._factors = {k: v for k, v in zip(map(tuple, known.to_numpy()), _factor_tuples(filled))}
@@ -147,6 +200,24 @@ class RealtimeModel:
     def factors_of(self, key: tuple) -> tuple:
         f = self._factors.get(key)
         return f if f is not None else self._service_factors.get(key[0], self._neutral)
+
+    def min_impact(self, cell: tuple) -> float:
+        v = self._min_impact.get(cell)
+        if v is None:
+            v = self._min_impact[cell] = self.detector.min_impact_for(*cell)
+        return v
+
+    def decide(self, cell: tuple, expected_judged: float, variance: float, cost_judged: float, cost_new: float,
+               n_judged: int) -> tuple[bool, str, float, float]:
+        """(is anomaly, direction, score, deviation %) of a cell's day, as `CostAnomalyDetector.decide`."""
+        excess = cost_judged - expected_judged
+        direction = "down" if excess < 0 else "up"
+        z = min(max(excess / math.sqrt(variance + self.eps ** 2), -1e6), 1e6)
+        expected = expected_judged + cost_new
+        deviation = 100.0 * excess / expected if expected > 0 else math.nan
+        eligible = (n_judged > 0 and excess != 0 and abs(excess) >= self.min_impact(cell)
+                    and (math.isnan(deviation) or abs(deviation) >= self.min_pct_deviation))
+        return eligible and abs(z) >= self.thresholds[direction], direction, abs(z), deviation
 
 
 class RealtimeState:
@@ -161,7 +232,6 @@ class RealtimeState:
         self.resources: dict[tuple, _Resource] = {}
         self.cell_members: dict[tuple, list] = {}
         self.days: dict[int, _Day] = {}
-        self.cell_log_ratios: dict[tuple, dict[int, float]] = {}  # the last closed days' log ratio per cell
         self.alerted: dict[str, dict] = {}  # anomaly id -> the anomaly raised (kept until its day closes)
         self.panel_start: int | None = None
         self.watermark: int | None = None
@@ -188,7 +258,8 @@ class RealtimeState:
             with open(path, "rb") as f:
                 state = pickle.load(f)
         except FileNotFoundError:
-            raise FinopsError(f"Real-time state {path} does not exist; start from a registered detector instead.") from None
+            raise FinopsError(f"Real-time state {path} does not exist; start from a registered detector "
+                              "instead.") from None
         except Exception as exc:
             raise FinopsError(f"Real-time state {path} cannot be read ({exc.__class__.__name__}); "
                               "delete it to start from the registered detector.") from None
@@ -268,13 +339,14 @@ class RealtimeState:
         if self.panel_start is None or day < self.panel_start:
             self.panel_start = day
 
+        m = self.model
         cell = (service, project)
         key = (service, project, resource)
         res = self.resources.get(key)
         if res is None:
-            res = self.resources[key] = _Resource(cell, day, self.model.factors_of(key), self.model.baseline_days)
+            res = self.resources[key] = _Resource(cell, day, m.factors_of(key), m.baseline_days)
             self.cell_members.setdefault(cell, []).append(key)
-        elif day < res.first_day:
+        elif day < res.first_day and res.last_day is None:
             res.first_day = day
         d = self.days.get(day)
         if d is None:
@@ -284,7 +356,7 @@ class RealtimeState:
             c = d.cells[cell] = self._open_cell(cell, day, d)
         r = d.resources.get(key)
         if r is None:  # the resource's first event of the day: its expectation, its labels
-            established, expected, var = res.expectation(day, d.calendar, self.model.warmup_days)
+            established, expected, var = res.judge(day, d.calendar, None, m)
             r = d.resources[key] = [0.0, established, expected, var, {}]
             c[4].append(key)
             if established:
@@ -304,22 +376,27 @@ class RealtimeState:
             c[2] += net
         else:
             c[3] += net
+            if day - res.first_day >= 2 and not res.established(day, m):  # a new resource: has it run away?
+                judged, expected, var = res.judge(day, d.calendar, r[0], m)
+                if judged:
+                    r[1], r[2], r[3] = True, expected, var
+                    c[0], c[1], c[2], c[3] = c[0] + expected, c[1] + var, c[2] + r[0], c[3] - r[0]
 
-        # The open judgement, with the established resources not seen yet today taken at their expectation:
-        # cheap tests first, the forest only when the cell could reach the threshold.
-        if c[2] > 0:
-            expected_c, actual_c = c[0] + c[3] + c[6], c[2] + c[3] + c[6]
-            if actual_c > expected_c:
-                lr = math.log((max(actual_c, 0.0) + 1.0) / (max(expected_c, 0.0) + 1.0))
-                if lr >= self.model.threshold or self.model.threshold <= 0:
-                    aid = anomaly_id(date.fromordinal(day).isoformat(), service, project)
-                    if aid not in self.alerted:
-                        score = self._score(day, cell, c, lr)
-                        found = self._anomaly(day, cell, c, score, "open") if score >= self.model.threshold else None
-                        if found is not None:
-                            self.alerted[aid] = found
-                            self.counters["anomalies"] += 1
-                            out.append(found)
+        # The open judgement of a rise, with the established resources not seen yet today taken at their
+        # expectation: cheap tests first.
+        excess = c[2] - c[0]
+        if excess > 0 and excess >= m.min_impact(cell):
+            expected_c = c[0] + c[3] + c[6]
+            if expected_c <= 0 or 100.0 * excess / expected_c >= m.min_pct_deviation:
+                aid = anomaly_id(date.fromordinal(day).isoformat(), service, project)
+                if aid not in self.alerted:
+                    found, direction, score, deviation = m.decide(cell, c[0] + c[6], c[1] + c[7], c[2] + c[6], c[3],
+                                                                  1)
+                    if found and direction == "up":
+                        anomaly = self._anomaly(day, cell, c, score, deviation, "up", "open")
+                        self.alerted[aid] = anomaly
+                        self.counters["anomalies"] += 1
+                        out.append(anomaly)
         return out
 
     def _open_cell(self, cell: tuple, day: int, d: _Day) -> list:
@@ -327,102 +404,116 @@ class RealtimeState:
         pending = {}
         for key in self.cell_members.get(cell, ()):
             res = self.resources[key]
-            if res.last_day >= day - 2:
-                established, expected, var = res.expectation(day, d.calendar, self.model.warmup_days)
+            if res.last_day is not None and res.last_day >= day - 2:
+                established, expected, var = res.judge(day, d.calendar, None, self.model)
                 if established:
                     pending[key] = (expected, var)
         return [0.0, 0.0, 0.0, 0.0, [], pending, sum(p[0] for p in pending.values()),
                 sum(p[1] for p in pending.values())]
 
-    def _score(self, day: int, cell: tuple, c: list, lr: float) -> float:
-        """The batch detector's score of a cell's (running or complete) day: forest score x log ratio of a rise."""
-        if not (lr > 0 and c[2] > 0):
-            return 0.0
-        excess = c[2] - c[0]
-        z = min(max(excess / math.sqrt(c[1] + c[7] + 1.0), -50.0), 50.0)
-        past = self.cell_log_ratios.get(cell, {})
-        terms = [lr] + [past.get(day - k, 0.0) for k in (1, 2) if day - k >= self.panel_start]
-        lr3 = sum(terms) / len(terms)
-        return float(self.model.forest.raw(np.array([[z, lr, lr3]]))[0]) * lr
-
-    def _anomaly(self, day, cell, c, score, status) -> dict:
+    def _anomaly(self, day, cell, c, score, deviation, direction, status) -> dict:
+        """The alert of a cell's day (`c`: its aggregates; judged resources' [cost, judged, expected, ...] by key in
+        the day's resources, or in c[8] for a complete day)."""
         expected, actual = c[0] + c[3] + c[6], c[2] + c[3] + c[6]
-        d = self.days[day]
-        best, best_excess = None, -math.inf
+        rows = c[8] if len(c) > 8 else self.days[day].resources
+        best, best_move = None, -math.inf
+        sign = 1.0 if direction == "up" else -1.0
         for key in c[4]:
-            cost, established, exp_r, _, _ = d.resources[key]
-            if established and cost - exp_r > best_excess:
-                best, best_excess = key, cost - exp_r
+            cost, judged, exp_r = rows[key][:3]
+            if judged and sign * (cost - exp_r) > best_move:
+                best, best_move = key, sign * (cost - exp_r)
         cause = {"service": cell[0], "project_id": cell[1], "resource": None, "sku": None, "share": None,
                  "labels": {}}
+        total_excess = c[2] - c[0]
         if best is not None:
             res = self.resources[best]
-            skus = d.resources[best][4]
-            sku = max(skus, key=lambda s: skus[s] - res.sku_ewma.get(s, 0.0)) if skus else None
-            total_excess = c[2] - c[0]
+            skus = rows[best][4]
+            if direction == "up":
+                sku = max(skus, key=lambda s: skus[s] - res.sku_ewma.get(s, 0.0)) if skus else None
+            else:
+                moves = {s: skus.get(s, 0.0) - res.sku_ewma.get(s, 0.0) for s in skus.keys() | res.sku_ewma.keys()}
+                sku = min(moves, key=moves.get) if moves else None
             cause.update(resource=best[2] or None, sku=sku or None, labels=dict(res.labels),
-                         share=round(best_excess / total_excess, 4) if total_excess > 0 else None)
+                         share=round(sign * best_move / total_excess, 4) if total_excess != 0 else None)
         day_iso = date.fromordinal(day).isoformat()
         return {"anomaly_id": anomaly_id(day_iso, *cell), "day": day_iso, "service": cell[0], "project_id": cell[1],
-                "actual": actual, "expected": expected, "impact": actual - expected, "score": score,
-                "threshold": self.model.threshold, "cause": cause, "status": status,
+                "direction": direction, "actual": actual, "expected": expected, "impact": actual - expected,
+                "pct_deviation": deviation if math.isfinite(deviation) else None, "score": score,
+                "threshold": self.model.thresholds[direction], "cause": cause, "status": status,
                 "detected_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
     # -- closing days --------------------------------------------------------------------------------------------
     def close_through(self, last_day: int) -> list[dict]:
-        """Close every open day up to `last_day`, oldest first; return what their complete days decide anew."""
+        """Close every day up to `last_day` (with or without events), oldest first; return what they decide anew."""
         out: list[dict] = []
-        for day in sorted(d for d in self.days if d <= last_day):
-            out.extend(self._close(day))
+        if self.panel_start is None or last_day < self.panel_start:
+            return out
+        first = self.panel_start if self.closed_through is None else self.closed_through + 1
+        for day in range(first, last_day + 1):
+            if day in self.days or self.resources:
+                out.extend(self._close(day))
         if self.closed_through is None or last_day > self.closed_through:
-            if self.panel_start is not None and last_day >= self.panel_start:
-                self.closed_through = last_day
+            self.closed_through = last_day
         return out
 
     def flush(self) -> list[dict]:
         """End of the stream: close every open day."""
         return self.close_through(self.watermark) if self.watermark is not None else []
 
-    def _complete(self, day: int, cell: tuple) -> list:
-        """A cell's complete day: every resource present judged with the expectation it has now, i.e. before the
-        day's own update, as the batch filter (the aggregates of `_Day.cells`, nothing pending)."""
-        d = self.days[day]
-        final = [0.0, 0.0, 0.0, 0.0, d.cells[cell][4], {}, 0.0, 0.0]
-        for key in final[4]:
-            r = d.resources[key]
-            established, expected, var = self.resources[key].expectation(day, d.calendar, self.model.warmup_days)
-            r[1], r[2], r[3] = established, expected, var
-            if established:
-                final[0] += expected
-                final[1] += var
-                final[2] += r[0]
-            else:
-                final[3] += r[0]
-        return final
+    def _complete(self, day: int) -> dict[tuple, list]:
+        """Each cell's complete day: every resource with cost judged with the expectation it has now, i.e. before
+        the day's own update (a new one judged if it runs away), and every always-on resource without cost judged
+        missing at 0, as the batch filter. Per cell: [expected of judged, variance, cost of judged, cost of new,
+        [resource keys], {}, 0, 0, {key: [cost, judged, expected, variance, skus]}, judged count]."""
+        d = self.days.get(day)
+        present = d.resources if d is not None else {}
+        calendar_day = d.calendar if d is not None else _calendar_day(day)
+        finals: dict[tuple, list] = {}
+        m = self.model
+        for cell, members in self.cell_members.items():
+            f = None
+            for key in members:
+                r = present.get(key)
+                res = self.resources[key]
+                if r is None:
+                    if not res.missing(day, m):
+                        continue
+                    _, expected, var = res.judge(day, calendar_day, None, m)
+                    row = [0.0, True, expected, var, {}]
+                else:
+                    judged, expected, var = res.judge(day, calendar_day, r[0], m)
+                    row = [r[0], judged, expected, var, r[4]]
+                if f is None:
+                    f = finals[cell] = [0.0, 0.0, 0.0, 0.0, [], {}, 0.0, 0.0, {}, 0]
+                f[4].append(key)
+                f[8][key] = row
+                if row[1]:
+                    f[0] += row[2]
+                    f[1] += row[3]
+                    f[2] += row[0]
+                    f[9] += 1
+                else:
+                    f[3] += row[0]
+        return finals
 
     def judgement(self, day: int, service: str, project: str) -> dict | None:
-        """What closing `day` would decide for the cell, score and cause included (None: no cost that day)."""
-        if day not in self.days or (service, project) not in self.days[day].cells:
-            return None
+        """What closing `day` would decide for the cell, score and cause included (None: nothing judged that day)."""
         cell = (service, project)
-        f = self._complete(day, cell)
-        lr = math.log((max(f[2] + f[3], 0.0) + 1.0) / (max(f[0] + f[3], 0.0) + 1.0))
-        score = self._score(day, cell, f, lr)
-        verdict = self._anomaly(day, cell, f, score, "judged")
-        return {**verdict, "is_anomaly": score >= self.model.threshold, "new_cost": f[3]}
+        f = self._complete(day).get(cell)
+        if f is None:
+            return None
+        found, direction, score, deviation = self.model.decide(cell, f[0], f[1], f[2], f[3], f[9])
+        verdict = self._anomaly(day, cell, f, score, deviation, direction, "judged")
+        return {**verdict, "is_anomaly": found, "new_cost": f[3]}
 
     def _close(self, day: int) -> list[dict]:
-        d = self.days[day]
         out = []
-        finals = {cell: self._complete(day, cell) for cell in d.cells}
+        m = self.model
+        finals = self._complete(day)
         for cell, f in finals.items():
-            lr = math.log((max(f[2] + f[3], 0.0) + 1.0) / (max(f[0] + f[3], 0.0) + 1.0))
             aid = anomaly_id(date.fromordinal(day).isoformat(), *cell)
-            found = None
-            if lr >= self.model.threshold or self.model.threshold <= 0:  # else the score cannot reach it
-                score = self._score(day, cell, f, lr)
-                if score >= self.model.threshold:
-                    found = self._anomaly(day, cell, f, score, "confirmed")
+            is_anomaly, direction, score, deviation = m.decide(cell, f[0], f[1], f[2], f[3], f[9])
+            found = self._anomaly(day, cell, f, score, deviation, direction, "confirmed") if is_anomaly else None
             was = self.alerted.pop(aid, None)
             if found is not None and was is None:
                 self.counters["anomalies"] += 1
@@ -431,14 +522,12 @@ class RealtimeState:
                 self.counters["retracted"] += 1
                 out.append({**was, "status": "retracted",
                             "detected_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")})
-            history = self.cell_log_ratios.setdefault(cell, {})
-            history[day] = lr
-            for old in [k for k in history if k < day - 1]:
-                del history[old]
-        for key, r in d.resources.items():
-            self.resources[key].close(day, d.calendar, r[0], r[1], self.model.reject_sigmas,
-                                      self.model.accept_after_days, r[4])
-        del self.days[day]
+        d = self.days.pop(day, None)
+        calendar_day = d.calendar if d is not None else _calendar_day(day)
+        for f in finals.values():
+            for key, row in f[8].items():
+                present = d is not None and key in d.resources
+                self.resources[key].close(day, calendar_day, row[0], present, m, row[4])
         self.counters["closed_days"] += 1
         return out
 

@@ -1,4 +1,7 @@
-"""The local model registry: versioned directories with the model, its metrics, the config hash and data window.
+"""Model registries behind one interface (`ModelRegistry`, and `registry_for` picks the config's backend):
+`LocalRegistry` here, `VertexRegistry` (finops_ml.platform.vertex_registry) on Vertex AI.
+
+The local model registry: versioned directories with the model, its metrics, the config hash and data window.
 
   REGISTRY/<model name>/v<N>/   model files + entry.json
   REGISTRY/<model name>/aliases.json   {"latest": N, "champion": N}
@@ -14,15 +17,64 @@ from __future__ import annotations
 
 import json
 import shutil
+from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from pathlib import Path
 
+from finops_ml.config import Config
 from finops_ml.errors import FinopsError
-from finops_ml.fileio import atomic_dir, read_json, write_json
+from finops_ml.fileio import atomic_dir, exclusive_lock, read_json, write_json
 from finops_ml.models.catalogue import PRIMARY_METRIC
 
+LOCK_WAIT_S = 120.0  # a registration takes seconds: a concurrent one waits its turn rather than fail
 
-class LocalRegistry:
+
+class ModelRegistry(ABC):
+    """Versions of each model (by registry name), aliases (`champion` among them) and each version's entry
+    (metrics, config digest, data window, run id). A version becomes champion when registered only if its
+    primary metric is not worse than the stored metric of the current champion; `promote` is a person's decision."""
+
+    @abstractmethod
+    def versions(self, name: str) -> list[int]:
+        """The versions of NAME, oldest first (empty when the model was never registered)."""
+
+    @abstractmethod
+    def aliases(self, name: str) -> dict[str, int]:
+        """alias -> version."""
+
+    @abstractmethod
+    def entry(self, name: str, version: int | str) -> dict:
+        """What was stored with a version (given by number or alias): name, version, run_id, metrics,
+        config_digest, data_window."""
+
+    @abstractmethod
+    def register(self, name: str, model_dir: str | Path, metrics: dict, config_digest: str, data_window: dict,
+                 run_id: str = "") -> dict:
+        """Store MODEL_DIR as a new version of NAME; returns its entry with its `aliases`."""
+
+    @abstractmethod
+    def promote(self, name: str, version: int) -> dict:
+        """Move `champion` to an existing version (no metric comparison)."""
+
+    @staticmethod
+    def wins(name: str, metrics: dict, champion_value: float | None) -> bool:
+        """Whether a new version with `metrics` becomes champion over one whose primary metric is `champion_value`
+        (None: there is no champion)."""
+        primary = PRIMARY_METRIC.get(name)
+        value = metrics.get(primary) if primary else None
+        return champion_value is None or (value is not None and value >= champion_value)
+
+
+def registry_for(cfg: Config, registry_dir: str | Path) -> ModelRegistry:
+    """The registry the config names: the directory registry (REGISTRY_DIR), or the Vertex AI Model Registry."""
+    if cfg.registry.backend == "vertex":
+        from finops_ml.platform.vertex_registry import VertexRegistry
+
+        return VertexRegistry(cfg)
+    return LocalRegistry(registry_dir)
+
+
+class LocalRegistry(ModelRegistry):
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
@@ -41,13 +93,19 @@ class LocalRegistry:
 
     def register(self, name: str, model_dir: str | Path, metrics: dict, config_digest: str, data_window: dict,
                  run_id: str = "") -> dict:
-        """Store a new version; move `latest`, and `champion` when not worse than the current champion."""
+        """Store a new version; move `latest`, and `champion` when not worse than the current champion.
+        Registrations of one model are serialised (a lock per model), so two at once get two versions."""
+        with exclusive_lock(self.root / name, "registration", wait_s=LOCK_WAIT_S):
+            return self._register(name, model_dir, metrics, config_digest, data_window, run_id)
+
+    def _register(self, name: str, model_dir: str | Path, metrics: dict, config_digest: str, data_window: dict,
+                  run_id: str) -> dict:
         version = (self.versions(name) or [0])[-1] + 1
         primary = PRIMARY_METRIC.get(name)
-        value = metrics.get(primary) if primary else None
         aliases = self.aliases(name)
-        champion_value = self.entry(name, aliases["champion"])["metrics"].get(primary) if "champion" in aliases else None
-        is_champion = champion_value is None or (value is not None and value >= champion_value)
+        champion = self.entry(name, aliases["champion"]) if "champion" in aliases else None
+        champion_value = champion["metrics"].get(primary) if champion else None
+        is_champion = self.wins(name, metrics, champion_value)
         entry = {"name": name, "version": version, "run_id": run_id, "metrics": metrics, "primary_metric": primary,
                  "config_digest": config_digest, "data_window": data_window,
                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -67,6 +125,10 @@ class LocalRegistry:
 
     def promote(self, name: str, version: int) -> dict:
         """Move the `champion` alias to an existing version (a person's decision: no metric comparison)."""
+        with exclusive_lock(self.root / name, "promotion", wait_s=LOCK_WAIT_S):
+            return self._promote(name, version)
+
+    def _promote(self, name: str, version: int) -> dict:
         if int(version) not in self.versions(name):
             known = ", ".join(f"v{v}" for v in self.versions(name)) or "none"
             raise FinopsError(f"Model {name} has no version {version} in the registry {self.root} (versions: {known}); "
@@ -84,6 +146,10 @@ class LocalRegistry:
     def deploy(self, name: str, version: int, canary_percent: int, keep_versions: int) -> dict:
         """Serve `version` with `canary_percent` of the traffic (all of it on an empty endpoint), the versions already
         serving share the rest in their proportions, and only the newest `keep_versions` versions stay deployed."""
+        with exclusive_lock(self.root / name, "deployment", wait_s=LOCK_WAIT_S):
+            return self._deploy(name, version, canary_percent, keep_versions)
+
+    def _deploy(self, name: str, version: int, canary_percent: int, keep_versions: int) -> dict:
         if int(version) not in self.versions(name):
             raise FinopsError(f"Model {name} has no version {version} in the registry {self.root}; register it first.")
         current = {int(v): p for v, p in self.endpoint(name)["traffic"].items()}

@@ -15,34 +15,51 @@ Each model's instance is a pydantic model (the README documents them). Requests 
   the detector's recursive baseline runs over that window only;
 - labeler: one resource's metadata; the TF-IDF + logistic regression pipelines run on it without a DataFrame.
 
-A bad instance is a 400 whose message names the instance index and the field; a body over the limit is a 413.
+A bad instance is a 400 whose message names the instance index and the field; a body over the limit, or more
+instances than the kind's limit (schemas.MAX_INSTANCES), is a 413; a body not received within `body_timeout_s` is a
+408. Validation and prediction run on a worker thread, so health answers stay fast while a heavy request computes.
+Anything unexpected is a 500 with a JSON sentence (the traceback goes to the server's log), never a reset connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import tempfile
 import threading
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.concurrency import run_in_threadpool
 
 from finops_ml.errors import FinopsError
 from finops_ml.serving.predictors import PREDICTORS, Predictor, kind_of
 from finops_ml.serving.schemas import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, RequestError
 
+log = logging.getLogger("finops_ml.serving")
+
 # ---- the HTTP app ---------------------------------------------------------------------------------------------------
+
+def _answer(predictor: Predictor, instances: list, parameters: dict | None) -> str:
+    """Validate, predict and serialise (on a worker thread: the event loop keeps answering health checks)."""
+    items, params = predictor.validate(instances, parameters)
+    return json.dumps({"predictions": predictor.predict(items, params)}, allow_nan=False)
+
 
 class ServerSpec(BaseModel):
     """What one server process serves; passed to worker processes as JSON in FINOPS_SERVE_SPEC."""
 
     models: dict[Literal["forecast", "anomaly", "labeler"], str]  # kind -> model directory
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
+    body_timeout_s: float = Field(30.0, gt=0)  # a client that stops sending mid-body gets 408, not a held worker
     health_route: str = "/health"
     predict_route: str = "/predict"
 
@@ -107,9 +124,16 @@ def create_app(spec: ServerSpec):
             if predictor is None:
                 return not_ready(kind)
             try:
-                body = await read_body(request)
+                try:
+                    body = await asyncio.wait_for(read_body(request), spec.body_timeout_s)
+                except asyncio.TimeoutError:
+                    raise RequestError(f"request body not received within {spec.body_timeout_s:g} s; send it "
+                                       "whole.", 408) from None
                 try:
                     payload = json.loads(body)
+                except RecursionError:
+                    raise RequestError("request body nests JSON too deeply; send "
+                                       '{"instances": [...], "parameters": {...}}.') from None
                 except ValueError as exc:
                     raise RequestError(f"request body is not valid JSON ({exc}); send "
                                        '{"instances": [...], "parameters": {...}}.') from None
@@ -125,11 +149,14 @@ def create_app(spec: ServerSpec):
                 parameters = payload.get("parameters")
                 if parameters is not None and not isinstance(parameters, dict):
                     raise RequestError('"parameters" must be a JSON object.')
-                items, params = predictor.validate(instances, parameters)
-                predictions = predictor.predict(items, params)
+                answer = await run_in_threadpool(_answer, predictor, instances, parameters)
             except RequestError as exc:
                 return error(exc.status, str(exc))
-            return Response(json.dumps({"predictions": predictions}, allow_nan=False), media_type="application/json")
+            except Exception:
+                log.exception("%s prediction failed", kind)
+                return error(500, f"the {kind} model could not answer this request (an internal error, logged by "
+                                  "the server); check the instances' values or report it.")
+            return Response(answer, media_type="application/json")
 
         app.add_api_route(health_route, health, methods=["GET"])
         app.add_api_route(predict_route, predict, methods=["POST"])
@@ -152,25 +179,52 @@ def create_app(spec: ServerSpec):
 # ---- process entry: env (Vertex AI contract) or the CLI's spec -------------------------------------------------------
 
 SPEC_ENV = "FINOPS_SERVE_SPEC"
-MAX_BODY_ENV = "FINOPS_MAX_BODY_BYTES"
 
 
-def spec_from_env(environ: dict | None = None) -> ServerSpec:
+class ContainerSettings(BaseSettings):
+    """The server's environment: Vertex AI's custom container contract (AIP_*) and the server's own FINOPS_*
+    variables. Each field is read from the variable of its name in upper case; an empty variable counts as unset."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, env_ignore_empty=True, extra="ignore")
+
+    aip_http_port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    aip_health_route: str = Field("/health", pattern="^/")
+    aip_predict_route: str = Field("/predict", pattern="^/")
+    aip_storage_uri: str = ""  # the model's directory: a registry version directory, or gs://... (Vertex AI)
+    finops_max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
+    finops_workers: int = Field(1, ge=1)
+    finops_serve_spec: str = ""  # a ServerSpec as JSON: set by `finops-ml serve` for its worker processes
+
+
+def container_settings(environ: Mapping[str, str] | None = None) -> ContainerSettings:
+    """The settings from the process environment (or from `environ`); a bad value is one sentence naming it."""
+    try:
+        if environ is None:
+            return ContainerSettings()
+        fields = ContainerSettings.model_fields
+        return ContainerSettings.model_validate({k.lower(): v for k, v in environ.items()
+                                                 if k.lower() in fields and v != ""})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise FinopsError(f"{str(err['loc'][0]).upper()}={err['input']!r} is invalid ({err['msg'].lower()}); "
+                          "fix or unset it.") from None
+
+
+def spec_from_env(environ: Mapping[str, str] | None = None) -> ServerSpec:
     """The server's spec: FINOPS_SERVE_SPEC (set by `finops-ml serve`), else the AIP_* variables of Vertex AI."""
-    env = os.environ if environ is None else environ
-    if env.get(SPEC_ENV):
-        return ServerSpec.model_validate_json(env[SPEC_ENV])
-    uri = env.get("AIP_STORAGE_URI")
+    return _spec(container_settings(environ))
+
+
+def _spec(env: ContainerSettings) -> ServerSpec:
+    if env.finops_serve_spec:
+        return ServerSpec.model_validate_json(env.finops_serve_spec)
+    uri = env.aip_storage_uri
     if not uri:
         raise FinopsError("AIP_STORAGE_URI is not set; set it to the model's directory (a registry version "
                           "directory, or gs://bucket/path).")
     model_dir = download_gcs(uri) if uri.startswith("gs://") else Path(uri)
-    max_body = env.get(MAX_BODY_ENV, str(DEFAULT_MAX_BODY_BYTES))
-    if not max_body.isdigit() or int(max_body) < 1:
-        raise FinopsError(f"{MAX_BODY_ENV}={max_body!r} is not a positive number of bytes; fix or unset it.")
-    return ServerSpec(models={kind_of(model_dir): str(model_dir)}, max_body_bytes=int(max_body),
-                      health_route=env.get("AIP_HEALTH_ROUTE") or "/health",
-                      predict_route=env.get("AIP_PREDICT_ROUTE") or "/predict")
+    return ServerSpec(models={kind_of(model_dir): str(model_dir)}, max_body_bytes=env.finops_max_body_bytes,
+                      health_route=env.aip_health_route, predict_route=env.aip_predict_route)
 
 
 def download_gcs(uri: str) -> Path:
@@ -214,15 +268,10 @@ def main() -> None:
     import sys
 
     try:
-        spec = spec_from_env()
-        port = os.environ.get("AIP_HTTP_PORT", str(DEFAULT_PORT))
-        if not port.isdigit():
-            raise FinopsError(f"AIP_HTTP_PORT={port!r} is not a port number; fix or unset it.")
-        workers = os.environ.get("FINOPS_WORKERS", "1")
-        if not workers.isdigit() or int(workers) < 1:
-            raise FinopsError(f"FINOPS_WORKERS={workers!r} is not a positive number; fix or unset it.")
+        env = container_settings()
+        spec = _spec(env)
     except FinopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    run_server(spec, "0.0.0.0", int(port), int(workers))
+    run_server(spec, "0.0.0.0", env.aip_http_port, env.finops_workers)
 

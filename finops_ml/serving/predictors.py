@@ -22,6 +22,7 @@ from finops_ml.models.realtime import RealtimeModel, RealtimeState
 from finops_ml.models.trees import ForestRegressor
 from finops_ml.platform.registry import LocalRegistry
 from finops_ml.serving.schemas import (
+    MAX_INSTANCES,
     AnomalyInstance,
     ForecastInstance,
     LabelerInstance,
@@ -61,10 +62,14 @@ class Predictor:
                 "version": self.entry.get("version"), "dir": str(self.model_dir)}
 
     def validate(self, instances: Any, parameters: Any) -> tuple[list, BaseModel]:
+        _check_count(len(instances), MAX_INSTANCES[self.kind], "instances")
         try:
             items = self._instances.validate_python(instances)
         except ValidationError as exc:
             raise RequestError(_describe_error(exc, "instances")) from None
+        if self.kind == "forecast":  # a forecast from a history runs the model: heavier than a stored lookup
+            _check_count(sum(i.history is not None for i in items), MAX_INSTANCES["forecast_history"],
+                         "instances with a history")
         try:
             params = self.parameters_model.model_validate(parameters or {})
         except ValidationError as exc:
@@ -73,6 +78,12 @@ class Predictor:
 
     def predict(self, instances: list, parameters: BaseModel) -> list[dict]:
         raise NotImplementedError
+
+
+def _check_count(n: int, limit: int, what: str) -> None:
+    if n > limit:
+        raise RequestError(f"the request has {n:,} {what}, over this server's limit of {limit:,}; split it into "
+                           "smaller requests.", 413)
 
 
 def _describe_error(exc: ValidationError, root: str) -> str:
@@ -169,9 +180,10 @@ class ForecastPredictor(Predictor):
 
 
 class AnomalyPredictor(Predictor):
-    """The detector on one cell's window, run day by day by the real-time detector (`finops_ml.models.realtime`: the batch
-    detector's decisions; the tests hold them equal): the fitted detector is prepared once at load
-    (`RealtimeModel`), each request feeds its window into a fresh state and asks for the last day's judgement."""
+    """The detector on one cell's window, run day by day by the real-time detector (`finops_ml.models.realtime`: the
+    batch detector's decisions; the tests hold them equal): the fitted detector is prepared once at load
+    (`RealtimeModel`), each request feeds its window into a fresh state and asks for the last day's judgement: its
+    direction, $ impact and % deviation, and cause."""
 
     kind = "anomaly"
     instance_model = AnomalyInstance
@@ -194,25 +206,33 @@ class AnomalyPredictor(Predictor):
                 raise RequestError(f"instances[{i}].{field}: a window of {n} days is too short for this detector; "
                                    f"send at least {self.min_days} days ending on end_date.")
             names, cost = _window_matrix(inst)
-            if not np.isfinite(cost[:, -1]).any():
-                raise RequestError(f"instances[{i}].{field}: no cost on end_date (the last value); the day judged "
-                                   "must have a cost.")
-            out.append(self.judge(inst, names, cost))
+            answer = self.judge(inst, names, cost)
+            if answer is None:
+                raise RequestError(f"instances[{i}].{field}: no cost on end_date (the last value) and no always-on "
+                                   "resource that stopped billing: there is nothing to judge that day.")
+            out.append(answer)
         return out
 
-    def judge(self, inst: AnomalyInstance, names: list[str], cost: np.ndarray) -> dict:
-        """The window's last day as the detector decides it (resources x days, NaN: no cost that day)."""
+    def judge(self, inst: AnomalyInstance, names: list[str], cost: np.ndarray) -> dict | None:
+        """The window's last day as the detector decides it (resources x days, NaN: no cost that day); None when
+        nothing is judged that day (no cost, and no always-on resource missing)."""
         state = RealtimeState(self.realtime, lateness_days=0)
         end = inst.end_date.toordinal()
         first = end - cost.shape[1] + 1
         for r, t in _present(cost):
             state.add_cost(first + t, inst.service, inst.project_id, names[r], "", float(cost[r, t]))
+        state.close_through(end - 1)  # every earlier day, the last ones included when the end date has no cost
         j = state.judgement(end, inst.service, inst.project_id)
+        if j is None:
+            return None
+        anomalous = bool(j["is_anomaly"])
         return {"service": inst.service, "project_id": inst.project_id, "day": inst.end_date.isoformat(),
                 "net_cost": _num(j["actual"]), "expected": _num(j["expected"]), "score": _num(j["score"]),
-                "threshold": _num(self.realtime.threshold), "is_anomaly": bool(j["is_anomaly"]),
-                "impact": _num(j["impact"]) if j["is_anomaly"] else 0.0, "new_cost": _num(j["new_cost"]),
-                "cause": j["cause"] if j["is_anomaly"] else None}
+                "threshold": _num(j["threshold"]), "is_anomaly": anomalous, "direction": j["direction"],
+                "impact": _num(j["impact"]) if anomalous else 0.0,
+                "pct_deviation": (_num(j["pct_deviation"]) if j["pct_deviation"] is not None else None)
+                if anomalous else 0.0,
+                "new_cost": _num(j["new_cost"]), "cause": j["cause"] if anomalous else None}
 
 
 def _present(cost: np.ndarray):
@@ -312,8 +332,12 @@ class LabelerPredictor(Predictor):
                     proba = e / e.sum()
                 k = int(proba.argmax())
                 known = getattr(inst, target)
-                confidence = float(proba[k])
-                o[target] = {"predicted": str(classes[k]), "confidence": confidence, "known": known,
+                predicted, confidence = str(classes[k]), float(proba[k])
+                if frame is not None:  # a project the labeler never saw labelled: the analogy answers, if any
+                    use, analog, precision = self.model.analogy(target, frame)
+                    if use[0]:
+                        predicted, confidence = str(analog[0]), float(precision)
+                o[target] = {"predicted": predicted, "confidence": confidence, "known": known,
                              "apply": known is None and confidence >= threshold}
             out.append(o)
         return out

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from finops_ml.models import forecast as forecast_lib
 
-# CLI name -> registry name
 DEFAULT_PORT = 8080
 # Vertex AI refuses online prediction requests over 1.5 MB; the server's default limit is the same.
 DEFAULT_MAX_BODY_BYTES = 1_500_000
 MAX_WINDOW_DAYS = 366
+# Bounds that keep every computation finite: a daily cost beyond a trillion dollars, or a day outside this century,
+# is a client's mistake (1e200 or 9999-12-31 used to overflow into a 500).
+MAX_DAILY_COST = 1e12
+Cost = Annotated[float, Field(ge=-MAX_DAILY_COST, le=MAX_DAILY_COST)]
+Day = Annotated[date, Field(ge=date(2000, 1, 1), le=date(2100, 12, 31))]
+# The most instances one request may carry, per kind of work (each answers in ~1-10 ms): a request stays well under
+# a few seconds, and bigger batches are split by the client (Vertex AI batch prediction does).
+MAX_INSTANCES = {"forecast": 5000, "forecast_history": 200, "anomaly": 500, "labeler": 2000}
 
 
 class _Strict(BaseModel):
@@ -30,9 +38,9 @@ class ForecastInstance(_Strict):
     service: str = Field(min_length=1)
     project_id: str = Field(min_length=1)
     horizon_months: int | None = Field(None, ge=1, le=12, description="default: the model's horizon")
-    history: list[float] | None = Field(None, min_length=forecast_lib.MIN_HISTORY, max_length=MAX_WINDOW_DAYS)
-    end_date: date | None = None
-    first_cost_date: date | None = Field(None, description="the series' first day with cost, when before `history`")
+    history: list[Cost] | None = Field(None, min_length=forecast_lib.MIN_HISTORY, max_length=MAX_WINDOW_DAYS)
+    end_date: Day | None = None
+    first_cost_date: Day | None = Field(None, description="the series' first day with cost, when before `history`")
 
     @model_validator(mode="after")
     def _history_has_an_end(self) -> "ForecastInstance":
@@ -44,8 +52,14 @@ class ForecastInstance(_Strict):
 
 class ResourceCosts(_Strict):
     resource_name: str
-    daily_costs: list[float | None] = Field(min_length=1, max_length=MAX_WINDOW_DAYS,
-                                            description="null where the resource had no cost line that day")
+    daily_costs: list[Cost | None] = Field(min_length=1, max_length=MAX_WINDOW_DAYS,
+                                           description="null where the resource had no cost line that day")
+
+    @model_validator(mode="after")
+    def _has_a_cost(self) -> "ResourceCosts":
+        if all(c is None for c in self.daily_costs):
+            raise ValueError("every day is null: a resource with no cost line in the window adds nothing; leave it out")
+        return self
 
 
 class AnomalyInstance(_Strict):
@@ -55,8 +69,8 @@ class AnomalyInstance(_Strict):
 
     service: str = Field(min_length=1)
     project_id: str = Field(min_length=1)
-    end_date: date
-    daily_costs: list[float] | None = Field(None, min_length=1, max_length=MAX_WINDOW_DAYS)
+    end_date: Day
+    daily_costs: list[Cost] | None = Field(None, min_length=1, max_length=MAX_WINDOW_DAYS)
     resources: list[ResourceCosts] | None = Field(None, min_length=1, max_length=2000)
 
     @model_validator(mode="after")

@@ -6,9 +6,10 @@ Slack or SMTP server delays only its own channel. A delivery is tried `attempts`
 
 Pending deliveries live in an outbox journal (`Outbox`, one JSON object a line, appended and flushed to the OS
 before the alert is handed to any channel): {"alert": {...}} when an alert is accepted, {"sent": channel,
-"id": alert key} once a channel delivered it (`alert_key`: the anomaly id, or id/retracted for a retraction). At start the journal is read back: accepted alerts without a
-`sent` line for a channel are queued again (kill -9 loses nothing), and every id ever accepted is remembered so
-that the same anomaly is never sent twice (at most a delivery whose `sent` line the kill prevented is repeated).
+"id": alert key} once a channel delivered it (`alert_key`: the anomaly id, or id/retracted for a retraction). At
+start the journal is read back: accepted alerts without a `sent` line for a channel are queued again (kill -9 loses
+nothing), and every id ever accepted is remembered so that the same anomaly is never sent twice (at most a
+delivery whose `sent` line the kill prevented is repeated).
 """
 
 from __future__ import annotations
@@ -54,9 +55,17 @@ def alert_title(alert: dict) -> str:
     if alert.get("status") == "retracted":
         return (f"Retracted: the cost anomaly {alert.get('service')} in {alert.get('project_id')} on "
                 f"{alert.get('day')} was not confirmed by the complete day")
+    impact = alert.get("impact")
+    down = alert.get("direction") == "down" or (isinstance(impact, (int, float)) and impact < 0)
+    amount = _money(abs(impact)) if isinstance(impact, (int, float)) else _money(impact)
     return (f"Cost anomaly: {alert.get('service')} in {alert.get('project_id')} on {alert.get('day')}: "
             f"{_money(alert.get('actual'))} against {_money(alert.get('expected'))} expected "
-            f"({_money(alert.get('impact'))} over)")
+            f"({amount} {'under' if down else 'over'}{_pct(alert.get('pct_deviation'))})")
+
+
+def _pct(value) -> str:
+    """`, +35%` (a deviation in % of the expected cost), or nothing when unknown."""
+    return f", {float(value):+.0f}%" if isinstance(value, (int, float)) and value == value else ""
 
 
 def alert_text(alert: dict) -> str:
@@ -68,13 +77,14 @@ def alert_text(alert: dict) -> str:
         alert_title(alert),
         f"series: service {alert.get('service')}, project {alert.get('project_id')}, day {alert.get('day')}",
         f"actual {_money(alert.get('actual'))}, expected {_money(alert.get('expected'))}, "
-        f"impact {_money(alert.get('impact'))} (score {alert.get('score'):.3g} >= threshold "
-        f"{alert.get('threshold'):.3g})" if isinstance(alert.get("score"), (int, float))
-        and isinstance(alert.get("threshold"), (int, float)) else
+        f"impact {_money(alert.get('impact'))}{_pct(alert.get('pct_deviation'))} "
+        f"(score {alert.get('score'):.3g} >= threshold {alert.get('threshold'):.3g})"
+        if isinstance(alert.get("score"), (int, float)) and isinstance(alert.get("threshold"), (int, float)) else
         f"actual {_money(alert.get('actual'))}, expected {_money(alert.get('expected'))}, "
-        f"impact {_money(alert.get('impact'))}",
+        f"impact {_money(alert.get('impact'))}{_pct(alert.get('pct_deviation'))}",
         f"cause: resource {cause.get('resource') or '-'}, sku {cause.get('sku') or '-'}"
-        + (f", {float(share):.0%} of the rise" if isinstance(share, (int, float)) else "") + f"; labels: {labels}",
+        + (f", {float(share):.0%} of the {'drop' if alert.get('direction') == 'down' else 'rise'}"
+           if isinstance(share, (int, float)) else "") + f"; labels: {labels}",
         f"anomaly id: {alert.get('anomaly_id')}" + (f"  {alert['link']}" if alert.get("link") else ""),
         f"detected at {alert.get('detected_at')}" + (f" ({alert['status']})" if alert.get("status") else ""),
     ]

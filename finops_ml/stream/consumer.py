@@ -28,13 +28,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import orjson
 
+from finops_ml.config import StreamConfig
 from finops_ml.data.kafka_io import check_reachable, client_config, ensure_topic
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import read_json, write_json
@@ -162,26 +162,12 @@ def read_alert_ids(bootstrap: str, topic: str, timeout_s: float = 10.0) -> set[s
     return ids
 
 
-@dataclass
-class StreamSettings:
-    bootstrap: str
-    topic: str
-    alerts_topic: str
-    dead_letter_topic: str
-    group: str
-    state_dir: str
-    checkpoint_interval_s: float = 5.0
-    drain_timeout_s: float = 10.0
-    alert_link: str = ""  # a template with {anomaly_id}
-    until_end: bool = False  # stop once every partition is consumed to its end, closing the open days
-    session_timeout_ms: int = 6000
-    batch: int = 2000
-
-
 class StreamProcessor:
     """Consume, score, publish; checkpoint state with offsets. `run()` returns a summary when stopped."""
 
-    def __init__(self, settings: StreamSettings, new_state: Callable[[], Any], load_state: Callable[[Path], Any],
+    batch = 2000  # messages per consume() call
+
+    def __init__(self, settings: StreamConfig, new_state: Callable[[], Any], load_state: Callable[[Path], Any],
                  detect: Callable[[dict, Any], list[dict]], invalid_event: type[Exception],
                  dispatcher: AlertDispatcher | None = None, metrics: StreamMetrics | None = None):
         self.s = settings
@@ -321,8 +307,8 @@ class StreamProcessor:
             except orjson.JSONDecodeError as exc:
                 raise self.invalid_event(f"invalid JSON: {exc}") from None
             if not isinstance(event, dict):
-                raise self.invalid_event(f"the message is {'empty' if event is None else 'a JSON ' + type(event).__name__}"
-                                         f", not a billing event (a JSON object)")
+                what = "empty" if event is None else "a JSON " + type(event).__name__
+                raise self.invalid_event(f"the message is {what}, not a billing event (a JSON object)")
             anomalies = self.detect(event, state)
         except self.invalid_event as exc:
             self._dead_letter(msg, str(exc))
@@ -408,7 +394,7 @@ class StreamProcessor:
         try:
             self._consumer.subscribe([self.s.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
             while not self.stop_event.is_set():
-                msgs = self._consumer.consume(self.s.batch, timeout=0.1)
+                msgs = self._consumer.consume(self.batch, timeout=0.1)
                 for msg in msgs:
                     err = msg.error()
                     if err is not None:

@@ -1,13 +1,14 @@
 """Synthetic billing data of an industrial organisation migrating its plants to Google Cloud.
 
 Daily line items per (resource, SKU) with credits, taxes, adjustments, weekly and month-end seasonality,
-migration waves and growth, resources that come and go, ~20% unlabelled resources and injected anomalies
-(spikes, level shifts, slow drifts, new SKUs). The ground truth is written beside the events:
+migration waves and growth, resources that come and go, ~20% unlabelled resources and anomalies made by the
+injector (finops_ml.synthetic.injector: spikes, level shifts, slow drifts, new SKUs, and at `new_anomaly_kinds_share`
+drops, runaway new resources and rises spread over a service). The ground truth is written beside the events:
 
   events.jsonl | events.parquet   the billing events (Cloud Billing export shape)
   control_totals.csv              net cost per invoice month, as the invoice states it (ingest reconciles to it)
-  truth/anomalies.csv             one row per injected anomaly (kind, series, window, magnitude, cause)
-  truth/anomaly_cells.csv         daily cells (day x service x project) an anomaly touched, and whether it is material
+  truth/anomalies.csv             one row per injected anomaly (kind, direction, window, resources, size, $ impact)
+  truth/anomaly_cells.csv         daily cells (day x service x project) of each anomaly's window, whether material
   truth/resources.csv             every resource with its true owner / cost_center / plant and which labels it carries
 
 Everything is drawn from one seeded generator: the same config and seed give the same files.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from finops_ml.config import GeneratorConfig
 from finops_ml.data.events import ARROW_SCHEMA, EXPORT_SCHEMA
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import atomic_dir
+from finops_ml.synthetic.injector import KINDS, NEW_SKU_NAMES, SERIES_KEYS, CostPanel, InjectionSpec, inject
 from finops_ml.synthetic.org import (
     APPS,
     BILLING_ACCOUNT_ID,
@@ -45,7 +47,7 @@ from finops_ml.synthetic.org import (
 LABEL_KEYS = ("owner", "cost_center", "plant")
 TAX_RATES = {"IN": 0.18, "MX": 0.16, "BR": 0.12, "JP": 0.10}  # withheld / local taxes billed per project
 CREDIT_RATES = {"SUSTAINED_USAGE_DISCOUNT": (0.08, 0.20), "COMMITTED_USAGE_DISCOUNT": (0.2, 0.3)}
-ANOMALY_KINDS = ("spike", "level_shift", "drift", "new_sku")
+ANOMALY_KINDS = KINDS  # every kind the injector makes
 
 
 @dataclass
@@ -156,7 +158,8 @@ def build_organisation(cfg: GeneratorConfig, rng: np.random.Generator, n_days: i
             resources.append(
                 _Resource(
                     name=name, project_id=pid, project_name=pname, project_number=f"{700000000000 + p_idx * 7919}",
-                    workload=workload, env=env, service=svc_key, region=region, country=plant.country if plant else "BE", plant=plant_label,
+                    workload=workload, env=env, service=svc_key, region=region,
+                    country=plant.country if plant else "BE", plant=plant_label,
                     owner=f"{owner}@{COMPANY_DOMAIN}".replace("@", "_at_").replace(".", "_"),
                     cost_center=cost_center, start=start, end=end, base=base,
                     weekend=float(np.clip(spec.weekend_factor + rng.normal(0, 0.05), 0.3, 1.05)), labelled=labelled,
@@ -189,75 +192,49 @@ def _series_costs(cfg, rng, resources, days):
     return rows, np.vstack(costs)
 
 
-def _inject_anomalies(cfg, rng, resources, series, cost, days):
-    """Add anomalies to ~anomaly_share of the series; return extra cost per series, new-SKU series and the truth."""
-    n_series, n_days = cost.shape
-    extra = np.zeros_like(cost)
-    cell_of = [(resources[r].service, resources[r].project_id) for r, _ in series]
-    cell_keys = sorted(set(cell_of))
-    cell_index = {k: i for i, k in enumerate(cell_keys)}
-    series_cell = np.array([cell_index[c] for c in cell_of])
-    cell_cost = np.zeros((len(cell_keys), n_days))
-    np.add.at(cell_cost, series_cell, cost)
+# The generator's mix of kinds: today's four, and the injector's newer ones at `new_anomaly_kinds_share`.
+OLD_KIND_WEIGHTS = {"spike": 0.35, "level_shift": 0.25, "drift": 0.25, "new_sku": 0.15}
+NEW_KINDS = ("drop", "new_resource", "spread")
 
-    first_sku = [i for i, (r, _) in enumerate(series) if i == 0 or series[i - 1][0] != r]
-    n_anomalous = max(1, int(round(cfg.anomaly_share * n_series)))
-    chosen = rng.choice(first_sku, size=min(n_anomalous, len(first_sku)), replace=False)
-    anomalies, new_sku_series = [], []
-    for s in chosen:
-        res = resources[series[s][0]]
-        lo, hi = max(res.start + 45, 60), res.end - 3
-        if hi - lo < 30:
+
+def injection_spec(cfg: GeneratorConfig) -> InjectionSpec:
+    """The injector's settings for the generator's anomalies."""
+    share = cfg.new_anomaly_kinds_share
+    kinds = {**{k: w * (1.0 - share) for k, w in OLD_KIND_WEIGHTS.items()}, **{k: share / len(NEW_KINDS)
+                                                                              for k in NEW_KINDS}}
+    return InjectionSpec(kinds=kinds, sigma_multiple=tuple(cfg.anomaly_sigma_multiple),
+                         material_share=cfg.material_share, min_impact_usd=cfg.material_min_usd,
+                         new_skus=NEW_SKU_NAMES)
+
+
+def _inject_anomalies(cfg, rng, resources, series, cost, days):
+    """Anomalies from the injector (finops_ml.synthetic.injector) on the (resource, SKU) cost matrix: about
+    1.5 x anomaly_share x series of them (the former generator's rate). Returns the new cost matrix, the added
+    series (new SKUs, runaway resources, appended to `resources`) as (resource index, SKU, daily cost) and the
+    truth tables."""
+    n = int(round(1.5 * cfg.anomaly_share * len(series)))
+    keys = pd.DataFrame([(SERVICE_BY_KEY[resources[r].service].description, resources[r].project_id,
+                          resources[r].name, sku.description) for r, sku in series], columns=SERIES_KEYS)
+    panel = CostPanel(days.tz_localize(None), keys, np.where(cost > 0, cost, np.nan))
+    result = inject(panel, rng, n, injection_spec(cfg))
+    injected = np.nan_to_num(result.panel.cost)
+    new_cost = injected[: len(series)]
+    sku_by_name = {s.description: s for s in NEW_SKUS}
+    clones: dict[str, int] = {}
+    added = []
+    for i in range(len(series), len(result.panel.keys)):
+        key = result.panel.keys.iloc[i]
+        r, sku = series[int(result.template[i])]
+        if key.resource_name == resources[r].name:  # a new SKU of the resource
+            added.append((r, sku_by_name[key.sku], injected[i]))
             continue
-        busy = np.zeros(n_days, bool)
-        for _ in range(int(rng.integers(1, 4))):
-            kind = ANOMALY_KINDS[rng.choice(4, p=[0.35, 0.25, 0.25, 0.15])]
-            length = {"spike": rng.integers(1, 4), "level_shift": rng.integers(5, 15), "drift": rng.integers(12, 26),
-                      "new_sku": rng.integers(3, 11)}[kind]
-            start = int(rng.integers(lo, hi - length))
-            window = slice(start, start + int(length))
-            if busy[max(0, start - 14): start + length + 14].any():
-                continue
-            busy[window] = True
-            base_cell = cell_cost[series_cell[s], window]
-            if kind == "spike":
-                delta = base_cell * rng.uniform(1.0, 4.0)
-            elif kind == "level_shift":
-                delta = base_cell * rng.uniform(0.5, 1.5) * rng.lognormal(0, 0.05, int(length))
-            elif kind == "drift":
-                delta = base_cell * rng.uniform(0.8, 2.0) * np.linspace(1.0 / length, 1.0, int(length))
-            else:
-                delta = base_cell * rng.uniform(0.6, 2.0) * rng.lognormal(0, 0.05, int(length))
-            sku = series[s][1]
-            if kind == "new_sku":
-                sku = NEW_SKUS[rng.integers(len(NEW_SKUS))]
-                row = np.zeros(n_days)
-                row[window] = delta
-                new_sku_series.append((series[s][0], sku, row))
-            else:
-                extra[s, window] += delta
-            anomalies.append(
-                dict(anomaly_id=f"an-{len(anomalies) + 1:04d}", kind=kind, service=SERVICE_BY_KEY[res.service].description,
-                     project_id=res.project_id, resource=res.name, sku=sku.description,
-                     start=days[start].date().isoformat(), end=days[start + int(length) - 1].date().isoformat(),
-                     injected_cost=round(float(delta.sum()), 2), _cell=series_cell[s], _window=window, _delta=delta)
-            )
-    cell_delta = np.zeros_like(cell_cost)
-    cell_rows = []
-    for a in anomalies:
-        cell_delta[a["_cell"], a["_window"]] += a["_delta"]
-    for a in anomalies:
-        c, w = a.pop("_cell"), a.pop("_window")
-        a.pop("_delta")
-        for d in range(w.start, w.stop):
-            expected = cell_cost[c, d]
-            cell_rows.append(
-                dict(date=days[d].date().isoformat(), service=SERVICE_BY_KEY[cell_keys[c][0]].description,
-                     project_id=cell_keys[c][1], anomaly_id=a["anomaly_id"], kind=a["kind"],
-                     injected_cost=round(float(cell_delta[c, d]), 4), expected_cost=round(float(expected), 4),
-                     material=bool(cell_delta[c, d] >= cfg.material_share * expected))
-            )
-    return extra, new_sku_series, pd.DataFrame(anomalies), pd.DataFrame(cell_rows)
+        if key.resource_name not in clones:  # a runaway resource: a copy of its cell's resource under a new name
+            billed = np.flatnonzero(injected[i] > 0)
+            resources.append(replace(resources[r], name=key.resource_name, start=int(billed[0]),
+                                     end=int(billed[-1]) + 1))
+            clones[key.resource_name] = len(resources) - 1
+        added.append((clones[key.resource_name], sku, injected[i]))
+    return new_cost, added, result.anomalies, result.cells
 
 
 def _labels_of(res: _Resource) -> list[dict]:
@@ -386,7 +363,8 @@ def _billing_rows(cfg, rng, resources, project_month_cost: pd.Series, days) -> p
         # The project's own country (not the plant a corporate resource's label names), so tax is per project.
         project_country[r.project_id] = r.country
     rows = []
-    month_end = {m: pd.Timestamp(datetime.strptime(m, "%Y%m"), tz="UTC") + pd.offsets.MonthEnd(0) for m in df.month.unique()}
+    month_end = {m: pd.Timestamp(datetime.strptime(m, "%Y%m"), tz="UTC") + pd.offsets.MonthEnd(0)
+                 for m in df.month.unique()}
 
     def row(project, month, cost, cost_type, sku, adjustment=None):
         start = pd.Timestamp(datetime.strptime(month, "%Y%m"), tz="UTC")
@@ -415,7 +393,8 @@ def _billing_rows(cfg, rng, resources, project_month_cost: pd.Series, days) -> p
     for k in range(3):
         m = months[int(rng.integers(1, len(months)))]
         p = projects[int(rng.integers(len(projects)))]
-        rows.append(row(p, m, -float(round(rng.uniform(50, 500), 2)), "adjustment", ("ADJUSTMENT", "Billing adjustment"),
+        rows.append(row(p, m, -float(round(rng.uniform(50, 500), 2)), "adjustment",
+                        ("ADJUSTMENT", "Billing adjustment"),
                         {"id": f"adj-{k + 1:03d}", "description": "Service credit for an incident",
                          "mode": "MANUAL_ADJUSTMENT", "type": "GENERAL_ADJUSTMENT"}))
     return pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA)
@@ -462,8 +441,7 @@ def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "j
     days = _days(cfg)
     resources = build_organisation(cfg, rng, len(days))
     series, cost = _series_costs(cfg, rng, resources, days)
-    extra, new_skus, anomalies, anomaly_cells = _inject_anomalies(cfg, rng, resources, series, cost, days)
-    cost += extra
+    cost, new_skus, anomalies, anomaly_cells = _inject_anomalies(cfg, rng, resources, series, cost, days)
 
     def item_chunks():
         for lo in range(0, len(series), SERIES_PER_CHUNK):
@@ -575,7 +553,8 @@ def generate_from_monthly(csv_path: str | Path, cfg: GeneratorConfig, seed: int,
         raise FinopsError(f"{csv_path} names unknown services {unknown}; use one of {sorted(known)}.")
     months = sorted(hist.invoice_month.unique())
     first = datetime.strptime(months[0], "%Y%m")
-    span = (datetime.strptime(months[-1], "%Y%m").year - first.year) * 12 + datetime.strptime(months[-1], "%Y%m").month - first.month + 1
+    last = datetime.strptime(months[-1], "%Y%m")
+    span = (last.year - first.year) * 12 + last.month - first.month + 1
     cfg = cfg.model_copy(update={"start": first.strftime("%Y-%m-01"), "months": max(span, 6), "anomaly_share": 0.0})
     rng = np.random.default_rng(seed)
     days = _days(cfg)

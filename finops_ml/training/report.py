@@ -15,10 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from finops_ml.fileio import atomic_path, read_json  # noqa: E402
-from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER  # noqa: E402
+from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER, MODELS  # noqa: E402
 
-GATE_ORDER = ("forecast_accuracy", "forecast_interval_coverage", "anomaly_f1", "label_accuracy_owner",
-              "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after")
+GATE_ORDER = tuple(gate for spec in MODELS.values() for gate in spec.gates)
 
 
 def build_summary(ingest_summary: dict, evaluations: dict[str, dict]) -> dict:
@@ -26,16 +25,20 @@ def build_summary(ingest_summary: dict, evaluations: dict[str, dict]) -> dict:
     for evaluation in evaluations.values():
         gates.update(evaluation["gates"])
     labeler = evaluations[LABELER]["metrics"]
+    windows = [e["data_window"] for e in evaluations.values() if e.get("data_window")]
     return {
         "gates": {g: gates[g] for g in GATE_ORDER if g in gates},
         "all_gates_passed": all(g["passed"] for g in gates.values()),
-        "label_compliance_before": labeler["label_compliance_before"],
+        # a model the data could not train: its one-sentence reason (it has no metrics and is not registered)
+        "not_trained": {name: e["not_trained_reason"] for name, e in evaluations.items() if not e.get("trained", True)},
+        "label_compliance_before": labeler.get("label_compliance_before"),
         "rows": {"read": ingest_summary["read"], "ingested": ingest_summary["rows"],
                  "quarantined": ingest_summary["quarantined"], "duplicates": ingest_summary["duplicates"]},
         "reconciliation_diff": ingest_summary["reconciliation_diff"],
         "total_net_cost": ingest_summary["total_net_cost"],
         "metrics": {name: e["metrics"] for name, e in evaluations.items()},
-        "data_window": evaluations[FORECAST]["data_window"],
+        "data_window": ({"start": min(w["start"] for w in windows), "end": max(w["end"] for w in windows)}
+                        if windows else None),
     }
 
 
@@ -141,9 +144,9 @@ def _labels_figure(metrics: dict, backtest: dict) -> str:
     a.bar(["before", "after"], [metrics["label_compliance_before"], metrics["label_compliance_after"]],
           color=["#aaa", "#2ca02c"])
     a.set_ylim(0, 1)
-    a.set_title("Label compliance (share of cost fully labelled)")
+    a.set_title("Label compliance (share of cost correctly labelled)")
     b.bar(list(backtest), list(backtest.values()), color="#1f77b4")
-    b.set_ylim(min(backtest.values()) - 0.05, 1)
+    b.set_ylim(min(backtest.values(), default=1.0) - 0.05, 1)
     b.set_title("Forecast models: backtest accuracy (1 - WAPE)")
     return _png(fig)
 
@@ -163,24 +166,34 @@ def write_report(summary: dict, eval_dirs: dict[str, Path], html_path: str | Pat
                  for g, v in summary["gates"].items()]
     metric_rows = [[m, k, _fmt(v)] for m, ms in summary["metrics"].items() for k, v in ms.items()
                    if not isinstance(v, (dict, list))]
-    confusion = json.loads((eval_dirs[LABELER] / "confusion.json").read_text())
+    confusion_path = eval_dirs[LABELER] / "confusion.json"
+    confusion = json.loads(confusion_path.read_text()) if confusion_path.exists() else {}
+    not_trained = summary.get("not_trained", {})
+
+    def section(name: str, render) -> str:
+        if name in not_trained:
+            return f"<p><b>{html.escape(name)} not trained:</b> {html.escape(not_trained[name])}</p>"
+        return render()
+
+    window = summary["data_window"] or {"start": "?", "end": "?"}
     conf_html = "".join(
         f"<h3>Confusion matrix: {t}</h3>" + _table([[lab, *row] for lab, row in zip(c["labels"], c["matrix"])],
                                                    ["true \\ predicted", *c["labels"]])
         for t, c in confusion.items() if t != "owner")
     body = f"""
 <h1>finops-ml training run</h1>
-<p>Data window {summary['data_window']['start']} to {summary['data_window']['end']}; rows ingested
+<p>Data window {window['start']} to {window['end']}; rows ingested
 {summary['rows']['ingested']}, quarantined {summary['rows']['quarantined']}, duplicates {summary['rows']['duplicates']};
 reconciliation difference {summary['reconciliation_diff']}.</p>
 <h2>Gates</h2>{_table(gate_rows, ['gate', 'value', 'threshold', 'result'])}
-<h2>Forecast</h2>{_forecast_figure(eval_dirs[FORECAST])}
+<h2>Forecast</h2>{section(FORECAST, lambda: _forecast_figure(eval_dirs[FORECAST]))}
 <h2>Budgets: forecast spend per month, P(spend &gt; budget), when it is crossed</h2>
-{_budget_section(eval_dirs[FORECAST])}
-<h2>Anomalies (holdout and training windows)</h2>{_anomaly_figure(eval_dirs[ANOMALY])}
-{_anomaly_causes(eval_dirs[ANOMALY])}
+{section(FORECAST, lambda: _budget_section(eval_dirs[FORECAST]))}
+<h2>Anomalies (holdout and training windows)</h2>{section(ANOMALY, lambda: _anomaly_figure(eval_dirs[ANOMALY]))}
+{section(ANOMALY, lambda: _anomaly_causes(eval_dirs[ANOMALY]))}
 <h2>Labels and model comparison</h2>
-{_labels_figure(summary['metrics'][LABELER], summary['metrics'][FORECAST]['backtest_accuracy'])}
+{section(LABELER, lambda: _labels_figure(summary['metrics'][LABELER],
+                                         summary['metrics'][FORECAST].get('backtest_accuracy') or {}))}
 {conf_html}
 <h2>All metrics (held-out data)</h2>{_table(metric_rows, ['model', 'metric', 'value'])}
 """

@@ -9,7 +9,7 @@ and the same code runs on the local runner and on Vertex AI. Each training step 
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import joblib
@@ -18,10 +18,11 @@ import pandas as pd
 from finops_ml.config import Config
 from finops_ml.data.ingest import ingest, reconcile
 from finops_ml.data.warehouse import export_feature_view
+from finops_ml.errors import InsufficientData
 from finops_ml.fileio import atomic_path, read_json, write_json
 from finops_ml.models import anomaly, forecast, labeler
-from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER
-from finops_ml.platform.registry import LocalRegistry
+from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER, by_name
+from finops_ml.platform.registry import LocalRegistry, registry_for
 from finops_ml.training import gates
 
 
@@ -92,8 +93,11 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
     cells = Path(anomaly_eval_dir) / "cells.parquet" if anomaly_eval_dir else None
     anomalies = pd.read_parquet(cells) if cells and cells.exists() else None
     f = cfg.forecast
-    result = forecast.train_and_evaluate(daily, f.candidates, f.holdout_months, f.horizon_months,
-                                         f.backtest_origins, f.interval, cfg.seed, anomalies, cfg.budgets)
+    try:
+        result = forecast.train_and_evaluate(daily, f.candidates, f.holdout_months, f.horizon_months,
+                                             f.backtest_origins, f.interval, cfg.seed, anomalies, cfg.budgets)
+    except InsufficientData as exc:
+        return _finish(eval_dir, FORECAST, {}, cfg, daily, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
     for name in ("forecast", "forecast_monthly", "forecast_daily"):
         with atomic_path(model_dir / f"{name}.csv") as tmp:
@@ -112,69 +116,98 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
 
 def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, labels_path: str, feedback_path: str,
                        cfg: Config, model_dir: str, eval_dir: str) -> dict:
-    """The detector on daily cost per resource (it judges the cells they add up to). Labels: ground truth where
-    there is one, corrected and extended by the users' feedback (anomalies marked expected / unexpected)."""
+    """The detector on daily cost per resource (it judges the cells they add up to), trained without labels; the
+    users' feedback (anomalies marked expected / unexpected) refines its thresholds, and ground truth (synthetic
+    data) replaces them. Evaluated by injection into the holdout, and against the truth and the verdicts."""
+    from finops_ml.models.anomaly_eval import spec_from_config
+
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     daily = pd.read_parquet(resource_daily_cost_path)
     resources = pd.read_parquet(resources_path) if resources_path else None
     truth = pd.read_csv(labels_path) if labels_path else None
     feedback = anomaly.read_feedback(feedback_path) if feedback_path and Path(feedback_path).exists() else None
-    labels = anomaly.labels_with_feedback(truth, feedback)
     a = cfg.anomaly
-    result = anomaly.train_and_evaluate(daily, labels, a.holdout_months, a.window_days, a.n_estimators, cfg.seed,
-                                        resources)
+    injection = {"draws": a.injection_draws, "seed": cfg.seed, "spec": spec_from_config(a),
+                 "cells_share": a.injection_cells_share}
+    try:
+        result = anomaly.train_and_evaluate(daily, truth, a.holdout_months, resources=resources, feedback=feedback,
+                                            detector=anomaly.CostAnomalyDetector.from_config(a, cfg.seed),
+                                            injection=injection)
+    except InsufficientData as exc:
+        return _finish(eval_dir, ANOMALY, {}, cfg, daily, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
     cells = result["cells"]
     cells[anomaly.CELL_COLUMNS].to_parquet(eval_dir / "cells.parquet", index=False)
-    found = cells[cells.is_anomaly].sort_values(["day", "impact"], ascending=[True, False])
+    found = cells[cells.is_anomaly].assign(size=lambda c: c.impact.abs())
+    found = found.sort_values(["day", "size"], ascending=[True, False])
     found[anomaly.ANOMALY_COLUMNS].to_csv(eval_dir / "anomalies.csv", index=False, float_format="%.4f")
     result["metrics"]["feedback_marks"] = 0 if feedback is None else int(len(feedback))
     return _finish(eval_dir, ANOMALY, result["metrics"], cfg, daily)
 
 
 def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
+    """The labeler, judged on held-out labelled resources beside its baselines (InsufficientData, one sentence, when
+    a label is carried by too few resources to learn and measure it)."""
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     resources = pd.read_parquet(resources_path)
     truth = pd.read_csv(truth_path) if truth_path else None
     lc = cfg.labeler
-    result = labeler.train_and_evaluate(resources, lc.targets, lc.confidence_threshold, lc.test_share, cfg.seed, truth,
-                                        lc.target_precision)
-    joblib.dump(result["model"], model_dir / "model.joblib")
-    result["review"].to_csv(model_dir / "review_list.csv", index=False)
-    result["labelled"].to_parquet(eval_dir / "labelled.parquet", index=False)
-    result["review"].to_csv(eval_dir / "review_list.csv", index=False)
-    (eval_dir / "confusion.json").write_text(json.dumps(result["confusion"]))
+    window = resources.rename(columns={"first_day": "day"})
+    try:
+        result = labeler.train_and_evaluate(resources, lc.targets, lc.confidence_threshold, lc.test_share, cfg.seed,
+                                            truth, lc.target_precision)
+    except InsufficientData as exc:
+        return _finish(eval_dir, LABELER, {}, cfg, window, not_trained=str(exc))
+    with atomic_path(model_dir / "model.joblib") as tmp:
+        joblib.dump(result["model"], tmp)
+    for d in (model_dir, eval_dir):
+        with atomic_path(d / "review_list.csv") as tmp:
+            result["review"].to_csv(tmp, index=False)
+    with atomic_path(eval_dir / "labelled.parquet") as tmp:
+        result["labelled"].to_parquet(tmp, index=False)
+    write_json(eval_dir / "confusion.json", result["confusion"])
     metrics = result["metrics"]
     metrics["label_accuracy_min"] = min(metrics[f"label_accuracy_{t}"] for t in lc.targets)
-    return _finish(eval_dir, LABELER, metrics, cfg, resources.rename(columns={"first_day": "day"}))
+    return _finish(eval_dir, LABELER, metrics, cfg, window)
 
 
-def _finish(eval_dir: Path, model_name: str, metrics: dict, cfg: Config, data: pd.DataFrame) -> dict:
-    days = pd.to_datetime(data["day"])
-    evaluation = {"model_name": model_name, "metrics": metrics, "gates": gates.check(model_name, metrics, cfg),
-                  "passed": gates.passed(model_name, metrics, cfg),
-                  "data_window": {"start": str(days.min().date()), "end": str(days.max().date())}}
+def _finish(eval_dir: Path, model_name: str, metrics: dict, cfg: Config, data: pd.DataFrame,
+            not_trained: str | None = None) -> dict:
+    """Write EVAL_DIR/evaluation.json. A model the data cannot train (`not_trained`: the one-sentence reason) has
+    no metrics, fails its gates and is not registered; the other models of the run carry on."""
+    days = pd.to_datetime(data["day"]).dropna() if "day" in data else pd.Series(dtype="datetime64[ns]")
+    window = {"start": str(days.min().date()), "end": str(days.max().date())} if len(days) else None
+    evaluation = {"model_name": model_name, "trained": not_trained is None, "not_trained_reason": not_trained,
+                  "metrics": metrics, "gates": gates.check(model_name, metrics, cfg),
+                  "passed": not_trained is None and gates.passed(model_name, metrics, cfg), "data_window": window,
+                  # what this training step was sent (STEP_SECTIONS), registered with the model
+                  "config_digest": cfg.digest(by_name(model_name).kind)}
     write_json(eval_dir / "evaluation.json", evaluation)
     return evaluation
+
+
+def loggable_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The finite numbers among a step's metrics, nested tables flattened with "_" (baselines.naive.mape ->
+    baseline_naive_mape): what KFP `Metrics` can hold (NaN/inf would make executor_output.json invalid JSON)."""
+    out = {}
+    for key, value in metrics.items():
+        name = prefix + ("baseline" if key == "baselines" else str(key))
+        if isinstance(value, dict):
+            out.update(loggable_metrics(value, name + "_"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
 
 
 def gate_step(eval_dir: str) -> bool:
     return bool(read_json(Path(eval_dir) / "evaluation.json")["passed"])
 
 
-def registry_for(registry_dir: str, cfg: Config):
-    """The registry the config names: the directory registry, or the Vertex AI Model Registry (same contract)."""
-    if cfg.registry.backend == "vertex":
-        from finops_ml.platform.vertex import VertexRegistry
-
-        return VertexRegistry(cfg)
-    return LocalRegistry(registry_dir)
-
-
 def register_step(model_dir: str, eval_dir: str, registry_dir: str, cfg: Config, run_id: str) -> dict:
+    """Register a trained model with the digest of the config its training step was sent."""
     evaluation = read_json(Path(eval_dir) / "evaluation.json")
-    return registry_for(registry_dir, cfg).register(evaluation["model_name"], model_dir, evaluation["metrics"],
-                                                    cfg.digest(), evaluation["data_window"], run_id)
+    return registry_for(cfg, registry_dir).register(evaluation["model_name"], model_dir, evaluation["metrics"],
+                                                    evaluation["config_digest"], evaluation["data_window"], run_id)
 
 
 def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
@@ -185,7 +218,7 @@ def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
     if not cfg.deploy.enabled:
         return {**out, "reason": "deploy.enabled is false"}
     if cfg.registry.backend == "vertex":
-        from finops_ml.platform.vertex import deploy_vertex
+        from finops_ml.platform.deploy import deploy_vertex
 
         return deploy_vertex(cfg, name, int(version))
     registry = LocalRegistry(registry_dir)

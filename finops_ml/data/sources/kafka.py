@@ -187,7 +187,8 @@ def read_kafka(source: str, start: str | None = None, end: str | None = None, ti
                                                    timeout=timeout_s)
                 starts = {tp.partition: (tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found}
         except KafkaException as exc:
-            raise FinopsError(f"Offsets of topic {topic} on {bootstrap} cannot be read ({exc.args[0].str()}).") from None
+            raise FinopsError(f"Offsets of topic {topic} on {bootstrap} cannot be read "
+                              f"({exc.args[0].str()}).") from None
         # End offset per partition (exclusive). The high watermark is refined by the first fetch (see module doc).
         ends = {p: (hi.offset if hi.kind == "offset" else marks[p][1]) for p in partitions}
         refine = hi.kind != "offset"

@@ -1,0 +1,83 @@
+"""Pipeline steps when the data cannot train a model: the reason is recorded, the gates fail, the report builds."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from finops_ml.config import Config
+from finops_ml.errors import InsufficientData
+from finops_ml.models import labeler
+from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER, MODELS
+from finops_ml.training import steps
+from finops_ml.training.report import build_summary, write_report
+
+REASON = "The labeler needs at least 20 labelled resources per label; the data holds 0."
+
+pytestmark = pytest.mark.unit
+
+
+def _resources() -> pd.DataFrame:
+    return pd.DataFrame({"resource_name": ["a", "b"], "first_day": ["2025-01-01", "2025-02-01"],
+                         "net_cost": [1.0, 2.0]})
+
+
+def test_a_model_the_data_cannot_train_writes_its_reason_and_fails_its_gates(tmp_path, monkeypatch):
+    def cannot_train(*args, **kwargs):
+        raise InsufficientData(REASON)
+
+    monkeypatch.setattr(labeler, "train_and_evaluate", cannot_train)
+    path = tmp_path / "resources.parquet"
+    _resources().to_parquet(path)
+    evaluation = steps.train_labeler_step(str(path), "", Config(), str(tmp_path / "model"), str(tmp_path / "eval"))
+    stored = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert stored == json.loads(json.dumps(evaluation))
+    assert evaluation["trained"] is False and evaluation["not_trained_reason"] == REASON
+    assert evaluation["passed"] is False and not steps.gate_step(str(tmp_path / "eval"))
+    assert set(evaluation["gates"]) == set(MODELS["labeler"].gates)
+    assert all(g["value"] is None and not g["passed"] for g in evaluation["gates"].values())
+    assert evaluation["data_window"] == {"start": "2025-01-01", "end": "2025-02-01"}
+
+
+def test_an_empty_window_has_no_data_window_instead_of_a_crash(tmp_path):
+    evaluation = steps._finish(tmp_path, FORECAST, {}, Config(), pd.DataFrame({"day": []}), not_trained=REASON)
+    assert evaluation["data_window"] is None and evaluation["passed"] is False
+
+
+@pytest.mark.parametrize("missing", [FORECAST, ANOMALY, LABELER])
+def test_summary_and_report_name_the_model_that_was_not_trained(tmp_path, missing):
+    dirs = {name: tmp_path / name for name in (FORECAST, ANOMALY, LABELER)}
+    evaluations = {}
+    for name, d in dirs.items():
+        d.mkdir()
+        evaluations[name] = steps._finish(d, name, {}, Config(), pd.DataFrame({"day": ["2025-03-01"]}),
+                                          not_trained=REASON)
+    summary = build_summary({"read": 10, "rows": 10, "quarantined": 0, "duplicates": 0, "reconciliation_diff": None,
+                             "total_net_cost": 1.0}, evaluations)
+    assert summary["not_trained"] == {name: REASON for name in dirs}
+    assert summary["all_gates_passed"] is False and summary["label_compliance_before"] is None
+    write_report(summary, dirs, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert f"{missing} not trained:</b> {REASON}" in page
+
+
+def test_only_finite_numbers_reach_the_kfp_metrics_and_tables_are_flattened():
+    metrics = {"a": 1, "b": 0.5, "nan": float("nan"), "inf": float("inf"), "flag": True, "table": {"x": 1},
+               "name": "linear", "none": None, "rows": [1, 2], "baselines": {"naive": {"mape": 0.2, "bad": None}}}
+    assert steps.loggable_metrics(metrics) == {"a": 1.0, "b": 0.5, "table_x": 1.0, "baseline_naive_mape": 0.2}
+
+
+def test_a_step_whose_retry_succeeded_is_not_reported_as_failed():
+    import io
+
+    from pipelines.local import StepLog
+
+    events = []
+    log = StepLog(io.StringIO(), lambda task, what, seconds: events.append((task, what)))
+    log.write("Executing task 'build-features'\nTask 'build-features' finished with status FAILURE\n"
+              "Executing task 'build-features'\nTask 'build-features' finished with status SUCCESS\n"
+              "Executing task 'train-labeler'\nTask 'train-labeler' finished with status FAILURE\n")
+    assert log.failed == ["train-labeler"]
+    assert events[-1] == ("train-labeler", "failure") and ("build-features", "success") in events
