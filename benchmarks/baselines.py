@@ -45,8 +45,9 @@ def service_daily(daily: pd.DataFrame) -> pd.DataFrame:
 
 
 def forecast_baselines(daily: pd.DataFrame, train_end: pd.Timestamp, interval: float = 0.8,
-                       models: tuple[str, ...] = ("seasonal_naive", "auto_ets", "auto_arima")) -> dict:
-    """Fit each baseline on the service series up to `train_end`, forecast to the data's end.
+                       models: tuple[str, ...] = ("seasonal_naive", "auto_ets", "auto_arima"),
+                       end: pd.Timestamp | None = None) -> dict:
+    """Fit each baseline on the service series up to `train_end`, forecast to `end` (default: the data's end).
 
     Returns {name: (DataFrame service, month, forecast, lo, hi; seconds)}.
     """
@@ -58,7 +59,7 @@ def forecast_baselines(daily: pd.DataFrame, train_end: pd.Timestamp, interval: f
 
     series = service_daily(daily)
     train = series[series.ds <= train_end]
-    horizon = int((series.ds.max() - train_end).days)
+    horizon = int(((series.ds.max() if end is None else end) - train_end).days)
     level = int(round(interval * 100))
     makers = {"seasonal_naive": lambda: SeasonalNaive(season_length=SEASON, alias="seasonal_naive"),
               "auto_ets": lambda: AutoETS(season_length=SEASON, alias="auto_ets"),

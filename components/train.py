@@ -7,8 +7,9 @@ from components.image import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifact], config_json: str,
                    model: Output[Model], evaluation: Output[Artifact], metrics: Output[Metrics]):
-    """Backtest linear / random forest / XGBoost and their ensemble on the anomaly-adjusted history, evaluate the
-    best on the holdout, refit, forecast daily and monthly with calibrated intervals, and check the budgets."""
+    """Backtest linear / random forest / XGBoost, the naive forecasts and the ensemble of the two best on the
+    anomaly-adjusted history, evaluate the best on the holdout from rolling origins beside the naive baselines,
+    refit, forecast daily and monthly with calibrated intervals, and check the budgets."""
     from finops_ml.config import Config
     from finops_ml.training.steps import loggable_metrics, train_forecast_step
 
@@ -32,12 +33,7 @@ def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input
     result = train_anomaly_step(resource_daily_cost.path, resources.path, anomaly_labels, anomaly_feedback,
                                 Config.from_json(config_json), model.path, evaluation.path)
     m = result["metrics"]
-    values = loggable_metrics(m)
-    injected = (m.get("evaluation") or {}).get("injected") or {}
-    values.update({f"injected_{key}": v for key, v in loggable_metrics(injected).items()})
-    values.update({f"injected_recall_{kind}": r
-                   for kind, r in loggable_metrics(injected.get("recall_per_kind") or {}).items()})
-    for key, value in values.items():
+    for key, value in loggable_metrics(m).items():  # incl. evaluation_injected_*: the gate's injected anomalies
         metrics.log_metric(key, value)
     if "confusion" in m:  # holdout cells of the evidence used: truth x predicted
         confusion.log_confusion_matrix(["normal", "anomaly"], m["confusion"])
@@ -59,11 +55,8 @@ def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: s
 
     result = train_labeler_step(resources.path, resource_truth, Config.from_json(config_json), model.path,
                                 evaluation.path)
-    for key, value in loggable_metrics(result["metrics"]).items():
+    for key, value in loggable_metrics(result["metrics"]).items():  # incl. baseline_*: on the same folds
         metrics.log_metric(key, value)
-    for name, values in result["metrics"].get("baselines", {}).items():  # beside ours, on the same folds
-        for key, value in loggable_metrics(values).items():
-            metrics.log_metric(f"baseline_{name}_{key}", value)
     path = os.path.join(evaluation.path, "confusion.json")
     confusion = json.load(open(path)) if os.path.exists(path) else {}
     for target, artifact in (("owner", owner_confusion), ("cost_center", cost_center_confusion),

@@ -87,7 +87,9 @@ class GeneratorConfig(_Strict):
 class ForecastConfig(_Strict):
     holdout_months: int = Field(3, ge=1, le=12)
     horizon_months: int = Field(3, ge=1, le=12)
-    candidates: list[Literal["linear", "random_forest", "xgboost"]] = ["linear", "random_forest", "xgboost"]
+    # The naive forecasts (naive_last_month, seasonal_naive) are always candidates too, and baselines.
+    candidates: list[Literal["linear", "random_forest", "xgboost", "naive_last_month", "seasonal_naive"]] = [
+        "linear", "random_forest", "xgboost"]
     interval: float = Field(0.8, gt=0.0, lt=1.0)
     backtest_origins: int = Field(3, ge=1, le=12)
 
@@ -168,6 +170,8 @@ class LabelerConfig(_Strict):
 
 class GatesConfig(_Strict):
     forecast_accuracy: float = Field(0.90, ge=0.0, le=1.0)
+    # Holdout coverage of the nominal forecast interval at service x month; None: forecast.interval - 0.05.
+    forecast_interval_coverage: float | None = Field(None, ge=0.0, le=1.0)
     anomaly_f1: float = Field(0.85, ge=0.0, le=1.0)
     label_accuracy: float = Field(0.90, ge=0.0, le=1.0)
     label_compliance_after: float = Field(0.95, ge=0.0, le=1.0)

@@ -28,8 +28,8 @@ SMALL_CONFIG = {
     "forecast": {"candidates": ["linear"], "backtest_origins": 1},
     "anomaly": {"n_estimators": 50},
 }
-GATES = ["forecast_accuracy", "anomaly_f1", "label_accuracy_owner", "label_accuracy_cost_center",
-         "label_accuracy_plant", "label_compliance_after", "label_applied_precision"]
+GATES = ["forecast_accuracy", "forecast_interval_coverage", "anomaly_f1", "label_accuracy_owner",
+         "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after", "label_applied_precision"]
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from components.train import train_anomaly_detector, train_forecast, train_label
 from finops_ml.config import Config, GeneratorConfig
 from finops_ml.platform.registry import LocalRegistry
 from finops_ml.synthetic.generator import generate
+from finops_ml.training.steps import loggable_metrics
 
 # The smallest organisation the forecast can train on: 11 months = 3 holdout months + one backtest origin
 # 3 months earlier + 56 days of history + the 93-day horizon. One plant, two resources per project.
@@ -40,7 +41,8 @@ CONFIG = Config(
     forecast={"candidates": ["linear"], "backtest_origins": 1},
     anomaly={"n_estimators": 50},
     # forecast gate forced to pass; labeler gates forced to fail (checked below: its metrics are < 1 here).
-    gates={"forecast_accuracy": 0.0, "label_accuracy": 1.0, "label_compliance_after": 1.0},
+    gates={"forecast_accuracy": 0.0, "forecast_interval_coverage": 0.0, "label_accuracy": 1.0,
+           "label_compliance_after": 1.0},
     budgets=[{"name": "everything", "monthly_usd": 1.0}, {"name": "ghost", "scope": {"project_id": "nope"},
                                                           "monthly_usd": 1.0}],
 )
@@ -236,7 +238,7 @@ def test_build_features_writes_daily_cost_and_resources(chain):
 # ---- trainers ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, gate_names", [
-    ("cost-forecast", ["forecast_accuracy"]),
+    ("cost-forecast", ["forecast_accuracy", "forecast_interval_coverage"]),
     ("cost-anomaly", ["anomaly_f1"]),
     ("resource-labeler", ["label_accuracy_owner", "label_accuracy_cost_center", "label_accuracy_plant",
                           "label_compliance_after", "label_applied_precision"]),
@@ -272,7 +274,7 @@ def test_trainer_executor_output_is_strict_json(chain, name):
         raise AssertionError(f"{name}: executor_output.json holds {constant}")
 
     json.loads(text, parse_constant=reject)
-    metrics = _evaluation(chain, name)["metrics"]
+    metrics = loggable_metrics(_evaluation(chain, name)["metrics"])  # nested tables flattened
     for key, value in chain.trained[name].outputs["metrics"].metadata.items():
         assert math.isfinite(value) and value == pytest.approx(metrics[key]), key
 
@@ -280,8 +282,10 @@ def test_trainer_executor_output_is_strict_json(chain, name):
 def test_forecast_step_evaluates_on_a_three_month_holdout_and_forecasts_ahead(chain):
     trained = chain.trained["cost-forecast"]
     metrics = _evaluation(chain, "cost-forecast")["metrics"]
-    assert metrics["model"] == "linear"
-    assert set(metrics["backtest_accuracy"]) == {"linear"}
+    # The configured model, the naive forecasts and the ensemble of the two best compete on the backtest.
+    assert set(metrics["backtest_accuracy"]) == {"linear", "naive_last_month", "seasonal_naive", "ensemble"}
+    assert metrics["model"] == max(metrics["backtest_accuracy"], key=metrics["backtest_accuracy"].get)
+    assert set(metrics["baselines"]) == {"naive_last_month", "seasonal_naive"}
     for key in ("naive_accuracy", "mape", "mase", "interval_coverage"):
         assert math.isfinite(metrics[key]), key
     assert 0.0 <= metrics["interval_coverage"] <= 1.0

@@ -34,7 +34,8 @@ CONFIG = Config(
     generator=GENERATOR,
     forecast={"candidates": ["linear"], "backtest_origins": 1},
     anomaly={"n_estimators": 50},
-    gates={"forecast_accuracy": 0.0, "anomaly_f1": 0.0, "label_accuracy": 1.0, "label_compliance_after": 1.0},
+    gates={"forecast_accuracy": 0.0, "forecast_interval_coverage": 0.0, "anomaly_f1": 0.0, "label_accuracy": 1.0,
+           "label_compliance_after": 1.0},
 )
 RUN_ID = "pipeline-test-run"
 TRAINER_MODEL = {"train-forecast": "cost-forecast", "train-anomaly-detector": "cost-anomaly",

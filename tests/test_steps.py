@@ -63,10 +63,10 @@ def test_summary_and_report_name_the_model_that_was_not_trained(tmp_path, missin
     assert f"{missing} not trained:</b> {REASON}" in page
 
 
-def test_only_finite_numbers_reach_the_kfp_metrics():
+def test_only_finite_numbers_reach_the_kfp_metrics_and_tables_are_flattened():
     metrics = {"a": 1, "b": 0.5, "nan": float("nan"), "inf": float("inf"), "flag": True, "table": {"x": 1},
-               "name": "linear", "none": None}
-    assert steps.loggable_metrics(metrics) == {"a": 1.0, "b": 0.5}
+               "name": "linear", "none": None, "rows": [1, 2], "baselines": {"naive": {"mape": 0.2, "bad": None}}}
+    assert steps.loggable_metrics(metrics) == {"a": 1.0, "b": 0.5, "table_x": 1.0, "baseline_naive_mape": 0.2}
 
 
 def test_a_step_whose_retry_succeeded_is_not_reported_as_failed():

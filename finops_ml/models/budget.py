@@ -1,16 +1,17 @@
 """Budget alerts: for each budget and forecast month, the expected spend, P(spend > budget) and the day the
 cumulative spend is expected to cross the budget.
 
-The predictive distribution of a month's spend is the point forecast times the backtest ratios actual / forecast
-at the budget's level (one series, a service, a project or the whole organisation) and horizon month: what the
-forecast got wrong from origins like today's, smoothed with a Gaussian kernel on the log scale.
+The predictive distribution of a month's spend is the point forecast at the budget's level (one series, a
+service, a project or the whole organisation) times exp(E), E the forecast's calibrated distribution of log
+ratios actual / forecast at that level and horizon month (`finops_ml.models.forecast.Calibration`, whose median
+is 0). The expected spend is its median, the interval its quantiles and P(exceed) its tail: one distribution, so
+an expected spend under the budget always comes with P(exceed) < 50%.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 ALL = "ALL"  # the aggregated dimension in the forecast's totals (service or project_id)
 COLUMNS = ["budget", "service", "project_id", "month", "budget_usd", "actual_to_date_usd", "expected_usd", "lo_usd",
@@ -23,19 +24,14 @@ def level_of(service: str | None, project_id: str | None) -> str:
     return "service" if service else "project" if project_id else "total"
 
 
-def exceed_probability(expected: float, budget: float, log_ratios: np.ndarray, already: float = 0.0) -> float:
-    """P(already + expected * exp(e) > budget), e drawn from the kernel-smoothed backtest log ratios."""
+def exceed_probability(forecast: float, budget: float, predictive, already: float = 0.0) -> float:
+    """P(already + forecast * exp(E) > budget), E drawn from `predictive` (a forecast.Predictive)."""
     remaining = budget - already
     if remaining <= 0:
         return 1.0
-    if expected <= 0:
+    if forecast <= 0:
         return 0.0
-    e = np.asarray(log_ratios, float)
-    if len(e) == 0:
-        return float(expected > remaining)
-    spread = np.std(e) if len(e) > 1 else 0.0
-    bandwidth = max(1.06 * spread * len(e) ** -0.2, 1e-3)  # Silverman's rule
-    return float(np.mean(norm.sf((np.log(remaining / expected) - e) / bandwidth)))
+    return float(predictive.sf(np.log(remaining / forecast))[()])
 
 
 def _cross_day(days: pd.Series, daily: np.ndarray, already: float, budget: float) -> str | None:
@@ -43,14 +39,14 @@ def _cross_day(days: pd.Series, daily: np.ndarray, already: float, budget: float
     return str(pd.Timestamp(days.iloc[crossed[0]]).date()) if len(crossed) else None
 
 
-def budget_alerts(budgets: list, daily_forecast: pd.DataFrame, history: pd.DataFrame, calibration: dict,
+def budget_alerts(budgets: list, daily_forecast: pd.DataFrame, history: pd.DataFrame, calibration,
                   known_services: set[str], known_projects: set[str]) -> pd.DataFrame:
     """One row per (budget, forecast month).
 
-    daily_forecast: day, service, project_id, yhat (the days after the history's last day);
-    history: day, service, project_id, net_cost (the month-to-date actuals of a month the data ends inside);
-    calibration: {level: {horizon month (1-based): {"log_ratios", "lo_q", "hi_q"}}} (the interval as factors);
-    known_services / known_projects: what the data holds.
+    daily_forecast: day, service, project_id, yhat (the model's daily forecast for the days after the history's
+    last day, before calibration); history: day, service, project_id, net_cost (the month-to-date actuals of a
+    month the data ends inside); calibration: a forecast.Calibration (its `predictive(level, step)` and
+    `interval`); known_services / known_projects: what the data holds.
     A budget whose service or project has no cost in the data gets rows with a warning, not an error.
     """
     rows = []
@@ -61,6 +57,7 @@ def budget_alerts(budgets: list, daily_forecast: pd.DataFrame, history: pd.DataF
     hist = history.assign(day=pd.to_datetime(history["day"]))
     hist["month"] = hist["day"].dt.strftime("%Y-%m")
     months = sorted(fc["month"].unique())
+    alpha = (1.0 - calibration.interval) / 2.0
     for b in budgets:
         service, project = b.scope.service, b.scope.project_id
         warnings = []
@@ -80,24 +77,22 @@ def budget_alerts(budgets: list, daily_forecast: pd.DataFrame, history: pd.DataF
         scoped["month"] = scoped["day"].dt.strftime("%Y-%m")
         level = level_of(service, project)
         for h, month in enumerate(months, start=1):
-            cal = calibration.get(level, {}).get(h, {})
-            ratios = np.asarray(cal.get("log_ratios", []), float)
-            lo_q, hi_q = cal.get("lo_q", 1.0), cal.get("hi_q", 1.0)
+            predictive = calibration.predictive(level, h)
+            lo_f, hi_f = np.exp(predictive.quantile([alpha, 1.0 - alpha]))
             in_month = scoped[scoped["month"] == month]
             already = float(hist.loc[hmask & (hist["month"] == month).to_numpy(), "net_cost"].sum())
-            expected = float(in_month["yhat"].sum())
-            p = exceed_probability(expected, b.monthly_usd, ratios, already)
+            forecast = float(in_month["yhat"].sum())
+            p = exceed_probability(forecast, b.monthly_usd, predictive, already)
+            path = in_month["yhat"].to_numpy()
             rows.append({
                 "budget": b.name, "service": service or ALL, "project_id": project or ALL, "month": month,
                 "budget_usd": b.monthly_usd, "actual_to_date_usd": round(already, 2),
-                "expected_usd": round(already + expected, 2), "lo_usd": round(already + expected * lo_q, 2),
-                "hi_usd": round(already + expected * hi_q, 2), "p_exceed": round(p, 4),
+                "expected_usd": round(already + forecast, 2), "lo_usd": round(already + forecast * lo_f, 2),
+                "hi_usd": round(already + forecast * hi_f, 2), "p_exceed": round(p, 4),
                 "alert_probability": b.alert_probability, "alert": bool(p >= b.alert_probability),
-                "expected_cross_day": _cross_day(in_month["day"], in_month["yhat"].to_numpy(), already,
-                                                 b.monthly_usd),
+                "expected_cross_day": _cross_day(in_month["day"], path, already, b.monthly_usd),
                 # The day the spend crosses the budget if it runs at the interval's upper bound.
-                "early_cross_day": _cross_day(in_month["day"], in_month["yhat"].to_numpy() * hi_q, already,
-                                              b.monthly_usd),
+                "early_cross_day": _cross_day(in_month["day"], path * hi_f, already, b.monthly_usd),
                 "warning": "; ".join(warnings) + ("; its forecast is $0" if warnings else ""),
             })
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -29,7 +29,8 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.kind: spec
     for spec in (
-        ModelSpec("forecast", "cost-forecast", "finops_ml.models.forecast:CostForecaster", ("forecast_accuracy",),
+        ModelSpec("forecast", "cost-forecast", "finops_ml.models.forecast:CostForecaster",
+                  ("forecast_accuracy", "forecast_interval_coverage"),
                   "forecast_accuracy", _SCHEMA.format("forecasting")),
         ModelSpec("anomaly", "cost-anomaly", "finops_ml.models.anomaly:CostAnomalyDetector", ("anomaly_f1",),
                   "anomaly_f1", _SCHEMA.format("classification")),

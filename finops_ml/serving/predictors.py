@@ -114,10 +114,10 @@ class ForecastPredictor(Predictor):
         from sklearn.ensemble import RandomForestRegressor
 
         for member in members:
-            regressor = member.regressor_
+            regressor = member.regressor_  # None: a naive forecast, nothing to prepare
             if isinstance(regressor, RandomForestRegressor) and regressor.n_outputs_ == 1:
                 member.regressor_ = ForestRegressor(regressor)
-            elif "n_jobs" in regressor.get_params():
+            elif regressor is not None and "n_jobs" in regressor.get_params():
                 regressor.set_params(n_jobs=1)
         stored = self.model_dir / "forecast.csv"
         table = pd.read_csv(stored) if stored.exists() else pd.DataFrame(

@@ -11,6 +11,8 @@ MODEL_GATES = {spec.name: spec.gates for spec in MODELS.values()}
 def threshold(cfg: Config, gate: str) -> float:
     if gate.startswith("label_accuracy_"):
         return cfg.gates.label_accuracy
+    if gate == "forecast_interval_coverage" and cfg.gates.forecast_interval_coverage is None:
+        return round(cfg.forecast.interval - 0.05, 6)
     return getattr(cfg.gates, gate)
 
 

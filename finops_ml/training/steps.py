@@ -186,11 +186,17 @@ def _finish(eval_dir: Path, model_name: str, metrics: dict, cfg: Config, data: p
     return evaluation
 
 
-def loggable_metrics(metrics: dict) -> dict[str, float]:
-    """The finite numbers among a step's metrics: what KFP `Metrics` can hold (NaN/inf would make
-    executor_output.json invalid JSON; nested tables stay in evaluation.json)."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+def loggable_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The finite numbers among a step's metrics, nested tables flattened with "_" (baselines.naive.mape ->
+    baseline_naive_mape): what KFP `Metrics` can hold (NaN/inf would make executor_output.json invalid JSON)."""
+    out = {}
+    for key, value in metrics.items():
+        name = prefix + ("baseline" if key == "baselines" else str(key))
+        if isinstance(value, dict):
+            out.update(loggable_metrics(value, name + "_"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
 
 
 def gate_step(eval_dir: str) -> bool:
