@@ -449,7 +449,8 @@ def test_build_report_writes_html_with_plots_and_a_summary_of_the_gates(chain):
     assert html.count("<img") >= 3
     assert "Gates" in html and "forecast_accuracy" in html
 
-    assert list(summary["gates"]) == ["forecast_accuracy", "anomaly_f1", "label_accuracy_owner",
+    assert list(summary["gates"]) == ["forecast_accuracy", "forecast_interval_coverage", "anomaly_f1",
+                                      "label_accuracy_owner",
                                       "label_accuracy_cost_center", "label_accuracy_plant", "label_compliance_after",
                                       "label_applied_precision"]
     for name in chain.trained:

@@ -554,8 +554,10 @@ def test_an_ensemble_forecast_is_served_like_the_library(trained, tmp_path):
 
     import joblib
 
-    single = joblib.load(trained["dirs"]["forecast"] / "model.joblib")
+    stored = joblib.load(trained["dirs"]["forecast"] / "model.joblib")
+    single = stored.members[0] if isinstance(stored, forecast_lib.EnsembleForecaster) else stored
     twin = joblib.load(trained["dirs"]["forecast"] / "model.joblib")
+    twin = twin.members[-1] if isinstance(twin, forecast_lib.EnsembleForecaster) else twin
     ensemble = forecast_lib.EnsembleForecaster(members=[single, twin])
     joblib.dump(ensemble, tmp_path / "model.joblib")
     shutil.copy(trained["dirs"]["forecast"] / "forecast.csv", tmp_path / "forecast.csv")

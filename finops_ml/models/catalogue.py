@@ -16,20 +16,24 @@ _SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/{}_metrics_1.0.0.
 class ModelSpec:
     kind: str  # short name: CLI flags, serving routes, pipeline task names
     name: str  # registry name (local registry directory, Vertex AI parent model display name)
-    estimator: str  # "module:Class" of the fitted model stored as model.joblib
+    estimator: str  # "module:Class[,module:Class]": the classes a fitted model stored as model.joblib may have
     gates: tuple[str, ...]  # metrics compared with the config's thresholds (finops_ml.training.gates)
     primary_metric: str  # decides champion / challenger, higher is better
     evaluation_schema: str  # the Vertex AI ModelEvaluation schema the metrics are filed under
 
-    def estimator_class(self) -> type:
-        module, _, cls = self.estimator.partition(":")
-        return getattr(importlib.import_module(module), cls)
+    def estimator_classes(self) -> tuple[type, ...]:
+        classes = []
+        for path in self.estimator.split(","):
+            module, _, cls = path.partition(":")
+            classes.append(getattr(importlib.import_module(module), cls))
+        return tuple(classes)
 
 
 MODELS: dict[str, ModelSpec] = {
     spec.kind: spec
     for spec in (
-        ModelSpec("forecast", "cost-forecast", "finops_ml.models.forecast:CostForecaster",
+        ModelSpec("forecast", "cost-forecast",
+                  "finops_ml.models.forecast:CostForecaster,finops_ml.models.forecast:EnsembleForecaster",
                   ("forecast_accuracy", "forecast_interval_coverage"),
                   "forecast_accuracy", _SCHEMA.format("forecasting")),
         ModelSpec("anomaly", "cost-anomaly", "finops_ml.models.anomaly:CostAnomalyDetector", ("anomaly_f1",),

@@ -382,7 +382,7 @@ def kind_of(model_dir: str | Path) -> str:
         raise FinopsError(f"No model.joblib in {model_dir}; set AIP_STORAGE_URI to a model version directory.")
     model = joblib.load(model_dir / "model.joblib")
     for kind, spec in MODELS.items():
-        if isinstance(model, spec.estimator_class()):
+        if isinstance(model, spec.estimator_classes()):
             return kind
     raise FinopsError(f"{model_dir / 'model.joblib'} holds none of the three finops-ml models.")
 
