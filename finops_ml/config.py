@@ -124,6 +124,10 @@ class AnomalyConfig(_Strict):
     injection_sigma_multiple: tuple[float, float] = (3.0, 30.0)
     injection_material_share: float = Field(0.25, gt=0.0, le=5.0)
     injection_min_impact_usd: float = Field(0.0, ge=0.0)
+    # Cells flagged on the untouched holdout may be real anomalies of the data: left out of the injected scoring
+    # while they are at most this share of its cells (a team reviews at most about 1 cell-day in 20); above it
+    # they all count as false alarms (anomaly_eval's docstring).
+    injection_max_clean_alarm_rate: float = Field(0.05, gt=0.0, le=1.0)
     # The detector's thresholds need no labels: per direction, the share of normal cells allowed to alarm (the
     # score's robust body extrapolated to it), or a fixed score threshold. Feedback verdicts refine the learnt ones;
     # the generator's truth replaces them (synthetic data only).

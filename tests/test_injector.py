@@ -333,6 +333,32 @@ def test_harness_counts_false_alarms_and_is_reproducible(org, split):
     assert c["per_draw"] != a["per_draw"]
 
 
+def test_alarms_on_the_untouched_holdout_are_left_out_up_to_a_ceiling(org, split):
+    """The data's own (unlabelled) anomalies: an oracle of the injection that also flags a few untouched cells scores
+    F1 1 with those cells left out (reported as the clean alarm rate and in the pessimistic precision); above the
+    ceiling they count as false alarms."""
+    spec = InjectionSpec(min_impact_usd=1.0, sigma_multiple=(15.0, 40.0))
+    oracle = _Oracle(org, spec)
+    holdout = split[1]
+    real = holdout[holdout.project_id == "p0"].drop_duplicates(["day", "service", "project_id"]).head(5)
+    real = set(zip(real.day, real.service, real.project_id))
+
+    class OracleWithRealAnomalies:
+        def score(self, daily, resources=None):
+            out = oracle.score(daily)
+            extra = [(d, s, p) in real for d, s, p in zip(out.day, out.service, out.project_id)]
+            return out.assign(is_anomaly=out.is_anomaly | np.array(extra))
+
+    result = evaluate_by_injection(OracleWithRealAnomalies(), *split, draws=2, seed=1, spec=spec, cells_share=1.0)
+    assert result["clean_flagged"] == 5 and 0 < result["alarm_rate_clean"] <= 0.05 and result["clean_alarms_left_out"]
+    assert result["f1"] == 1.0 and result["precision"] == 1.0
+    assert result["precision_counting_clean_alarms"] < 1.0
+    strict = evaluate_by_injection(OracleWithRealAnomalies(), *split, draws=2, seed=1, spec=spec, cells_share=1.0,
+                                   max_clean_alarm_rate=result["alarm_rate_clean"] / 2)
+    assert not strict["clean_alarms_left_out"] and strict["precision"] < 1.0
+    assert strict["precision"] == pytest.approx(strict["precision_counting_clean_alarms"])
+
+
 def test_known_anomalies_are_left_out_of_the_precision_side(org, split):
     """Cells the data already holds as anomalies (ground truth, feedback) are no false alarms when found."""
 

@@ -128,7 +128,7 @@ def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, label
     feedback = anomaly.read_feedback(feedback_path) if feedback_path and Path(feedback_path).exists() else None
     a = cfg.anomaly
     injection = {"draws": a.injection_draws, "seed": cfg.seed, "spec": spec_from_config(a),
-                 "cells_share": a.injection_cells_share}
+                 "cells_share": a.injection_cells_share, "max_clean_alarm_rate": a.injection_max_clean_alarm_rate}
     try:
         result = anomaly.train_and_evaluate(daily, truth, a.holdout_months, resources=resources, feedback=feedback,
                                             detector=anomaly.CostAnomalyDetector.from_config(a, cfg.seed),
