@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import zoneinfo
@@ -50,6 +51,28 @@ ApiEndpoint = Annotated[str, _format(
     "recorder)")]
 GcsPath = Annotated[str, _format(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", "is not a gs:// path",
                                  "set a gs://BUCKET/PATH")]
+
+
+def _env_name(value: str) -> str:
+    # The value is never echoed: a secret pasted here would land in logs and job parameters.
+    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+        raise ValueError("must be the NAME of an environment variable (capital letters, digits and '_', such as "
+                         "FINOPS_SLACK_WEBHOOK_URL), not a value; put the secret in that variable, never in a file")
+    return value
+
+
+def _ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"'{value}' is not an IP address; use 127.0.0.1 (this machine) or 0.0.0.0 (all "
+                         "interfaces)") from None
+    return value
+
+
+IPAddress = Annotated[str, AfterValidator(_ip_address)]
+# Fields ending in `_env` hold the name of the environment variable that carries a secret.
+EnvName = Annotated[str, AfterValidator(_env_name)]
 _LABEL_FIX = "use lowercase letters, digits, '_' and '-' (keys start with a letter, 63 characters at most)"
 LabelKey = Annotated[str, _format(r"^[a-z][a-z0-9_-]{0,62}$", "is not a valid GCP label key", _LABEL_FIX)]
 LabelValue = Annotated[str, _format(r"^[a-z0-9_-]{0,63}$", "is not a valid GCP label value", _LABEL_FIX)]
@@ -290,13 +313,15 @@ class StreamConfig(_Strict):
     # A consumer that misses heartbeats this long is dropped from the group; a join takes a part of it.
     session_timeout_ms: int = Field(10000, ge=1000, le=300000)
     metrics_port: int = Field(9108, ge=0, le=65535)  # 0: pick a free port; the chosen port is logged
+    # Interface of /metrics: this machine only by default; a pod sets 0.0.0.0 so that probes and scrapes reach it.
+    metrics_address: IPAddress = "127.0.0.1"
     # Delivery to people. The secrets are read from the environment variables named here, never from this file.
-    slack_webhook_env: str = "FINOPS_SLACK_WEBHOOK_URL"
+    slack_webhook_env: EnvName = "FINOPS_SLACK_WEBHOOK_URL"
     smtp_host: str = ""  # empty: no email
     smtp_port: int = Field(587, ge=1, le=65535)
     smtp_starttls: bool = False
     smtp_user: str = ""
-    smtp_password_env: str = "FINOPS_SMTP_PASSWORD"
+    smtp_password_env: EnvName = "FINOPS_SMTP_PASSWORD"
     email_from: str = "finops-ml@localhost"
     email_to: list[str] = []
     alert_link: str = ""  # e.g. https://finops.example.com/anomalies/{anomaly_id}
