@@ -63,7 +63,8 @@ def _env_name(value: str) -> str:
 
 def _ip_address(value: str) -> str:
     try:
-        ipaddress.ip_address(value)
+        if value != "localhost":
+            ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"'{value}' is not an IP address; use 127.0.0.1 (this machine) or 0.0.0.0 (all "
                          "interfaces)") from None
@@ -290,6 +291,8 @@ class ScheduleConfig(_Strict):
 class ServingConfig(_Strict):
     # `finops-ml serve` defaults; in a container the AIP_* and FINOPS_* variables decide
     # (finops_ml.serving.app.ContainerSettings).
+    host: IPAddress = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
     alias: str = "champion"
     max_body_bytes: int = Field(1_500_000, ge=1_000, le=100_000_000)  # Vertex AI's own limit is 1.5 MB
     workers: int = Field(1, ge=1, le=64)
@@ -429,6 +432,15 @@ class Config(_Strict):
         except ValidationError as exc:
             raise _config_error(exc, where) from None
 
+    def with_options(self, section: str, **options) -> "Config":
+        """A copy with the command-line options given (not None) as keys of `section`, validated as a file's keys
+        are: an option beyond a key's limits is one sentence naming the option and the key."""
+        given = {key: value for key, value in options.items() if value is not None}
+        if not given:
+            return self
+        where = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in given.items())
+        return self.with_updates(f"The option{'s' if len(given) > 1 else ''} {where}", **{section: given})
+
 
 _TOP_LEVEL = frozenset(Config.model_fields)
 
@@ -451,8 +463,15 @@ def load_config(path: str | Path | None = None) -> Config:
     path = Path(path)
     if not path.exists():
         raise FinopsError(f"Config file {path} does not exist; pass an existing file with --config.")
+    if not path.is_file():
+        raise FinopsError(f"Config file {path} is a folder, not a file; pass a YAML file with --config.")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise FinopsError(f"Config file {path} is not a text file (not UTF-8); pass a YAML file with --config."
+                          ) from None
+    except OSError as exc:
+        raise FinopsError(f"Config file {path} cannot be read ({exc.strerror}); pass a readable YAML file.") from None
     except yaml.YAMLError as exc:
         raise FinopsError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.") from None
     if not isinstance(raw, dict):
