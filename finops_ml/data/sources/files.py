@@ -1,5 +1,6 @@
-"""Files of billing events: JSONL (export rows as JSON objects), Parquet (export rows), CSV (FOCUS or flattened
-export), one path or a glob. Read in batches, so a file of any size streams in bounded memory."""
+"""Files of billing events: JSONL (export rows as JSON objects), Parquet (export rows, or FOCUS columns: mapped as
+a FOCUS CSV is), CSV (FOCUS or flattened export), one path or a glob. Read in batches, so a file of any size
+streams in bounded memory."""
 
 from __future__ import annotations
 
