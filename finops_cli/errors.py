@@ -1,6 +1,7 @@
 """The CLI's error handling, in one place: every command of the `finops-ml` app runs inside `ErrorHandlingGroup`.
 
 - a FinopsError (bad input or configuration) is one red sentence on stderr and exit code 1;
+- no Google Cloud credentials (DefaultCredentialsError) is one sentence saying how to log in;
 - any other exception is a bug: one sentence naming it and the file its traceback was written to, exit code 1;
 - Typer's own exits and usage errors, and a closed output pipe, pass through to Typer unchanged.
 """
@@ -65,8 +66,25 @@ class ErrorHandlingGroup(typer.core.TyperGroup):
         except ImportError as exc:  # a module of an extra this installation lacks, or a bug of ours
             print_error(missing_module_message(exc) or unexpected_error_message(exc))
         except Exception as exc:
-            print_error(unexpected_error_message(exc))
+            print_error(missing_credentials_message(exc) or unexpected_error_message(exc))
         raise typer.Exit(1)
+
+
+def missing_credentials_message(exc: BaseException) -> str | None:
+    """The sentence for a Google client that found no Application Default Credentials; None for anything else."""
+    try:
+        from google.auth.exceptions import DefaultCredentialsError
+    except ImportError:
+        return None
+    for _ in range(10):  # a client may wrap it; a chain can loop
+        if exc is None or isinstance(exc, DefaultCredentialsError):
+            break
+        exc = exc.__cause__ or exc.__context__
+    if not isinstance(exc, DefaultCredentialsError):
+        return None
+    return ("no Google Cloud credentials were found (Application Default Credentials); run `gcloud auth "
+            "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, "
+            "then try again.")
 
 
 # The modules of each runtime's extra (pyproject.toml [project.optional-dependencies]): a command that imports one

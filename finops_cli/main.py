@@ -35,7 +35,8 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="Random seed (default: the config's)."),
     config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml)."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl or parquet."),
-    rows: Optional[int] = typer.Option(None, help="Scale: about this many line items (sets resources per project)."),
+    rows: Optional[int] = typer.Option(None, help="Scale: about this many line items, within 20% (sets resources "
+                                                  "per project; refused when the organisation cannot come close)."),
     resources_per_project: Optional[int] = typer.Option(None, help="Scale: resources per project (~600 rows each)."),
     plants: Optional[int] = typer.Option(None, help="Scale: number of plants (3 projects each)."),
     from_monthly_csv: Optional[Path] = typer.Option(None, help="CSV month,service,cost to reconcile to the cent."),
@@ -45,9 +46,11 @@ def generate(
     from finops_ml.synthetic.generator import generate_from_monthly, resources_for_rows
 
     cfg = _config(config, seed)
-    update = {k: v for k, v in {"resources_per_project": resources_per_project, "plants": plants}.items() if v}
-    gcfg = cfg.generator.model_copy(update=update)
-    if rows:
+    if rows is not None and resources_per_project is not None:
+        raise FinopsError("--rows and --resources-per-project both set the organisation's size; give one of them.")
+    options = {"plants": plants, "resources_per_project": resources_per_project}
+    gcfg = cfg.with_options("generator", **options).generator
+    if rows is not None:
         gcfg = gcfg.model_copy(update={"resources_per_project": resources_for_rows(gcfg, rows)})
     t0 = time.perf_counter()
     if from_monthly_csv:

@@ -21,8 +21,8 @@ def serve(
                                                              "DIR/registry)."),
     alias: Optional[str] = typer.Option(None, help="Alias or version number to serve (default: the config's, "
                                                    "champion)."),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8080, help="Port to listen on."),
+    host: Optional[str] = typer.Option(None, help="Interface to listen on (default: the config's, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port to listen on (default: the config's, 8080)."),
     workers: Optional[int] = typer.Option(None, help="Server processes (default: the config's, 1)."),
     max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body accepted (default: the config's, "
                                                             "1,500,000); larger ones get 413."),
@@ -32,20 +32,16 @@ def serve(
     from finops_ml.models.catalogue import MODELS
     from finops_ml.serving import app, predictors
 
-    cfg = load_config(config).serving
+    cfg = load_config(config).with_options("serving", host=host, port=port, workers=workers,
+                                           max_body_bytes=max_body_bytes).serving
     if model is not None and model not in MODELS:
         raise FinopsError(f"--model {model!r} is not one of {', '.join(MODELS)}; pick one or leave it "
                           "out to serve all three.")
-    if workers is not None and workers < 1:
-        raise FinopsError(f"--workers {workers} is not a positive number of processes; pass 1 or more.")
-    if max_body_bytes is not None and max_body_bytes < 1:
-        raise FinopsError(f"--max-body-bytes {max_body_bytes} is not a positive size; pass a number of bytes.")
     kinds = [model] if model else list(MODELS)
     dirs = predictors.resolve_registry(registry, kinds, alias or cfg.alias)
-    spec = app.ServerSpec(models={k: str(d) for k, d in dirs.items()},
-                          max_body_bytes=max_body_bytes or cfg.max_body_bytes)
+    spec = app.ServerSpec(models={k: str(d) for k, d in dirs.items()}, max_body_bytes=cfg.max_body_bytes)
     for kind, (health, predict) in spec.routes().items():
         console.print(f"{kind}: {dirs[kind]}  POST {predict}  GET {health}")
     if len(spec.models) > 1:
         console.print(f"all: GET {spec.health_route}")
-    app.run_server(spec, host, port, workers or cfg.workers)
+    app.run_server(spec, cfg.host, cfg.port, cfg.workers)

@@ -28,21 +28,34 @@ def stream(
     registry: Optional[Path] = typer.Option(None, help="Model registry holding the cost-anomaly detector."),
     model_version: Optional[str] = typer.Option(None, help="Registry alias or version of the detector."),
     metrics_port: Optional[int] = typer.Option(None, help="Port of the Prometheus /metrics endpoint (0: any free)."),
+    metrics_address: Optional[str] = typer.Option(None, help="Interface of /metrics (default: the config's, "
+                                                             "127.0.0.1; 0.0.0.0 in a pod)."),
     until_end: bool = typer.Option(False, "--until-end", help="Stop at the end of the topic, closing the open days "
                                                              "(a bounded run: backfills, tests, benchmarks)."),
 ):
     """Score the billing stream event by event; publish each anomaly once to the alerts topic, Slack and email."""
     from finops_ml.fileio import write_json
-    from finops_ml.stream.alerts import AlertDispatcher, Outbox, RetryPolicy, senders_from_config
+    from finops_ml.stream.alerts import (
+        AlertDispatcher,
+        Outbox,
+        RedactSecrets,
+        RetryPolicy,
+        secret_values,
+        senders_from_config,
+    )
     from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, load_registered_detector
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"bootstrap": bootstrap, "topic": topic, "alerts_topic": alerts_topic,
                  "dead_letter_topic": dead_letter_topic, "group": group,
                  "state_dir": str(state_dir) if state_dir else None, "registry": str(registry) if registry else None,
-                 "model_version": model_version, "metrics_port": metrics_port, "until_end": until_end or None}
+                 "model_version": model_version, "metrics_port": metrics_port,
+                 "metrics_address": metrics_address, "until_end": until_end or None}
     cfg = load_config(config).with_updates("The command-line options",
                                            stream={k: v for k, v in overrides.items() if v is not None}).stream
+    redact = RedactSecrets(secret_values(cfg))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)
 
     detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version)
     from finops_ml.models.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
@@ -52,10 +65,11 @@ def stream(
     state_root = Path(cfg.state_dir)
     metrics = StreamMetrics()
     try:
-        port = metrics.serve(cfg.metrics_port)
+        port = metrics.serve(cfg.metrics_port, cfg.metrics_address)
     except OSError as exc:
-        raise FinopsError(f"The /metrics endpoint cannot listen on port {cfg.metrics_port} ({exc.strerror}); "
-                          f"choose another with --metrics-port (0 picks a free one).") from None
+        raise FinopsError(f"The /metrics endpoint cannot listen on {cfg.metrics_address} port {cfg.metrics_port} "
+                          f"({exc.strerror}); choose another with --metrics-port (0 picks a free one) or "
+                          "--metrics-address.") from None
 
     def on_result(channel: str, ok: bool, seconds: float) -> None:
         metrics.deliveries.labels(channel, "ok" if ok else "error").inc()
@@ -72,7 +86,7 @@ def stream(
         signal.signal(sig, lambda *_: processor.stop())
     console.print(f"stream: {cfg.topic} on {cfg.bootstrap} (group {cfg.group}) -> alerts {cfg.alerts_topic}, "
                   f"dead letters {cfg.dead_letter_topic}; detector {model_dir}; channels "
-                  f"{', '.join(senders) or 'none'}; metrics on :{port}/metrics", highlight=False)
+                  f"{', '.join(senders) or 'none'}; metrics on {cfg.metrics_address}:{port}/metrics", highlight=False)
     try:
         summary = processor.run()
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import zoneinfo
@@ -50,6 +51,29 @@ ApiEndpoint = Annotated[str, _format(
     "recorder)")]
 GcsPath = Annotated[str, _format(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$", "is not a gs:// path",
                                  "set a gs://BUCKET/PATH")]
+
+
+def _env_name(value: str) -> str:
+    # The value is never echoed: a secret pasted here would land in logs and job parameters.
+    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+        raise ValueError("must be the NAME of an environment variable (capital letters, digits and '_', such as "
+                         "FINOPS_SLACK_WEBHOOK_URL), not a value; put the secret in that variable, never in a file")
+    return value
+
+
+def _ip_address(value: str) -> str:
+    try:
+        if value != "localhost":
+            ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"'{value}' is not an IP address; use 127.0.0.1 (this machine) or 0.0.0.0 (all "
+                         "interfaces)") from None
+    return value
+
+
+IPAddress = Annotated[str, AfterValidator(_ip_address)]
+# Fields ending in `_env` hold the name of the environment variable that carries a secret.
+EnvName = Annotated[str, AfterValidator(_env_name)]
 _LABEL_FIX = "use lowercase letters, digits, '_' and '-' (keys start with a letter, 63 characters at most)"
 LabelKey = Annotated[str, _format(r"^[a-z][a-z0-9_-]{0,62}$", "is not a valid GCP label key", _LABEL_FIX)]
 LabelValue = Annotated[str, _format(r"^[a-z0-9_-]{0,63}$", "is not a valid GCP label value", _LABEL_FIX)]
@@ -271,6 +295,8 @@ class ScheduleConfig(_Strict):
 class ServingConfig(_Strict):
     # `finops-ml serve` defaults; in a container the AIP_* and FINOPS_* variables decide
     # (finops_ml.serving.app.ContainerSettings).
+    host: IPAddress = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
     alias: str = "champion"
     max_body_bytes: int = Field(1_500_000, ge=1_000, le=100_000_000)  # Vertex AI's own limit is 1.5 MB
     workers: int = Field(1, ge=1, le=64)
@@ -294,13 +320,15 @@ class StreamConfig(_Strict):
     # A consumer that misses heartbeats this long is dropped from the group; a join takes a part of it.
     session_timeout_ms: int = Field(10000, ge=1000, le=300000)
     metrics_port: int = Field(9108, ge=0, le=65535)  # 0: pick a free port; the chosen port is logged
+    # Interface of /metrics: this machine only by default; a pod sets 0.0.0.0 so that probes and scrapes reach it.
+    metrics_address: IPAddress = "127.0.0.1"
     # Delivery to people. The secrets are read from the environment variables named here, never from this file.
-    slack_webhook_env: str = "FINOPS_SLACK_WEBHOOK_URL"
+    slack_webhook_env: EnvName = "FINOPS_SLACK_WEBHOOK_URL"
     smtp_host: str = ""  # empty: no email
     smtp_port: int = Field(587, ge=1, le=65535)
     smtp_starttls: bool = False
     smtp_user: str = ""
-    smtp_password_env: str = "FINOPS_SMTP_PASSWORD"
+    smtp_password_env: EnvName = "FINOPS_SMTP_PASSWORD"
     email_from: str = "finops-ml@localhost"
     email_to: list[str] = []
     alert_link: str = ""  # e.g. https://finops.example.com/anomalies/{anomaly_id}
@@ -408,6 +436,15 @@ class Config(_Strict):
         except ValidationError as exc:
             raise _config_error(exc, where) from None
 
+    def with_options(self, section: str, **options) -> "Config":
+        """A copy with the command-line options given (not None) as keys of `section`, validated as a file's keys
+        are: an option beyond a key's limits is one sentence naming the option and the key."""
+        given = {key: value for key, value in options.items() if value is not None}
+        if not given:
+            return self
+        where = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in given.items())
+        return self.with_updates(f"The option{'s' if len(given) > 1 else ''} {where}", **{section: given})
+
 
 _TOP_LEVEL = frozenset(Config.model_fields)
 
@@ -430,8 +467,15 @@ def load_config(path: str | Path | None = None) -> Config:
     path = Path(path)
     if not path.exists():
         raise FinopsError(f"Config file {path} does not exist; pass an existing file with --config.")
+    if not path.is_file():
+        raise FinopsError(f"Config file {path} is a folder, not a file; pass a YAML file with --config.")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise FinopsError(f"Config file {path} is not a text file (not UTF-8); pass a YAML file with --config."
+                          ) from None
+    except OSError as exc:
+        raise FinopsError(f"Config file {path} cannot be read ({exc.strerror}); pass a readable YAML file.") from None
     except yaml.YAMLError as exc:
         raise FinopsError(f"Config file {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.") from None
     if not isinstance(raw, dict):

@@ -17,6 +17,8 @@ from finops_ml.errors import FinopsError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block finishes without error."""
     path = Path(path)
+    if path.is_dir():
+        raise FinopsError(f"{path} is a folder; give the path of a file to write.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)

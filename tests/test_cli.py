@@ -201,3 +201,79 @@ def test_run_reports_progress_and_timings(demo_run):
         assert f"{step} ..." in result.stdout
     assert "Evaluation gates" in result.stdout and "report:" in result.stdout
     assert (out / "pipeline.log").exists() and not (out / ".report.html.partial").exists()
+
+
+# ---- hostile input: one sentence, never a traceback nor "a bug in finops-ml" -----------------------------------------
+
+def _user_error(result: subprocess.CompletedProcess) -> str:
+    line = one_error_sentence(result)
+    assert result.returncode == 1 and "bug in finops-ml" not in line, line
+    return line
+
+
+def test_a_config_that_is_a_folder_or_a_binary_file_is_one_sentence(tmp_path):
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(bytes(range(128, 256)) * 4)
+    line = _user_error(finops_ml("generate", "--config", str(tmp_path), "--out", str(tmp_path / "o")))
+    assert str(tmp_path) in line and "folder" in line
+    line = _user_error(finops_ml("generate", "--config", str(binary), "--out", str(tmp_path / "o")))
+    assert str(binary) in line and "not a text file" in line
+
+
+def test_folders_given_as_files_to_detect_and_compile_are_one_sentence(tmp_path):
+    series = tmp_path / "series.csv"
+    series.write_text("timestamp,value\n" + "".join(f"2026-01-{d:02d},{d}\n" for d in range(1, 29)))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    line = _user_error(finops_ml("detect", "--input", str(folder), "--output", str(tmp_path / "x.csv")))
+    assert str(folder) in line and "folder" in line
+    line = _user_error(finops_ml("detect", "--input", str(series), "--output", str(folder)))
+    assert str(folder) in line and "folder" in line
+    line = _user_error(finops_ml("compile", "--output", str(folder)))
+    assert str(folder) in line and "folder" in line
+    assert list(folder.iterdir()) == []
+
+
+def test_command_line_options_are_validated_as_the_config_is(tmp_path):
+    line = _user_error(finops_ml("generate", "--plants", "99", "--out", str(tmp_path / "o")))
+    assert "--plants 99" in line and "'generator.plants'" in line and "less than or equal to 12" in line
+    line = _user_error(finops_ml("generate", "--rows", "2000", "--out", str(tmp_path / "o")))
+    assert "--rows 2000 is out of reach" in line and "line items" in line
+    line = _user_error(finops_ml("serve", "--port", "70000", "--registry", str(tmp_path / "none")))
+    assert "--port 70000" in line and "'serving.port'" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_rows_gives_about_that_many_line_items(tmp_path):
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({"generator": {"plants": 1, "months": 6}}))
+    result = finops_ml("generate", "--config", str(config), "--rows", "15000", "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    rows = len((tmp_path / "o" / "events.jsonl").read_text().splitlines())
+    assert abs(rows - 15000) <= 0.2 * 15000, rows
+
+
+def test_a_run_on_an_empty_source_stops_at_ingest_with_one_sentence(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL_CONFIG))
+    result = finops_ml("run", "--config", str(config), "--source", str(empty), "--out", str(tmp_path / "out"))
+    line = _user_error(result)
+    assert "ingest" in line and f"Source {empty} holds no billing rows" in line
+    assert "train" not in result.stdout.split("ingest", 1)[1], result.stdout  # no training step started
+
+
+@pytest.mark.gcp
+@pytest.mark.parametrize("args", [["submit"], ["promote", "cost-anomaly", "--version", "1"], ["schedule", "list"]],
+                         ids=["submit", "promote", "schedule-list"])
+def test_vertex_commands_without_credentials_say_how_to_log_in(tmp_path, monkeypatch, args):
+    from finops_ml.config import CONFIG_DIR
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/gcloud/application_default_credentials.json
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.delenv("CLOUDSDK_CONFIG", raising=False)
+    for name in ("GCE_METADATA_HOST", "GCE_METADATA_IP"):  # no metadata server: refused at once
+        monkeypatch.setenv(name, "127.0.0.1:9")
+    line = _user_error(finops_ml(*args, "--config", str(CONFIG_DIR / "dev.yaml")))
+    assert "gcloud auth application-default login" in line and "GOOGLE_APPLICATION_CREDENTIALS" in line

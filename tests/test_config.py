@@ -280,3 +280,23 @@ def test_a_bad_container_variable_is_one_sentence_naming_it(monkeypatch, name, v
         container_settings()
     msg = str(exc.value)
     assert msg.startswith(f"{name}={value!r} is invalid (") and problem in msg and msg.endswith("fix or unset it.")
+
+
+ENV_FIELDS = [(section, name) for section, field in Config.model_fields.items()
+              for name in getattr(field.annotation, "model_fields", {}) if name.endswith("_env")]
+
+
+def test_there_are_env_name_fields():
+    assert ("stream", "slack_webhook_env") in ENV_FIELDS and ("stream", "smtp_password_env") in ENV_FIELDS
+
+
+@pytest.mark.parametrize("section, name", ENV_FIELDS)
+@pytest.mark.parametrize("value", ["https://hooks.slack.com/services/T0/B0/xoxSecret123", "xoxSecret123 pass",
+                                   "finops_slack_webhook", "9LIVES", ""])
+def test_an_env_field_holds_a_variable_name_never_a_secret(tmp_path, section, name, value):
+    path = _write(tmp_path, json.dumps({section: {name: value}}))
+    with pytest.raises(FinopsError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert str(path) in msg and f"key '{section}.{name}' is invalid" in msg and "environment variable" in msg
+    assert "xoxSecret123" not in msg and (not value or value not in msg)

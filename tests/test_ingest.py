@@ -615,6 +615,39 @@ def test_corrupt_parquet(tmp_path):
     assert not any((tmp_path / "out").iterdir())
 
 
+def test_parquet_corrupted_mid_file_is_one_sentence(small_generated, tmp_path):
+    table = pa.concat_tables(b.table for b in files_mod.read_files(str(small_generated / "events.jsonl")))
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(table, whole, row_group_size=max(table.num_rows // 4, 1))
+    data = bytearray(whole.read_bytes())
+    at = len(data) // 2  # the footer is intact: the file opens, its middle row groups do not decode
+    data[at: at + 4096] = bytes(range(256)) * 16
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(FinopsError, match=r"Parquet file .*broken.parquet is corrupt after row [\d,]+ of "):
+        ingest(str(broken), tmp_path / "out")
+    assert not (tmp_path / "out" / "events.parquet").exists()
+
+
+def test_quarantine_is_strict_json_without_nan_or_infinity(billing_record, tmp_path):
+    records = [billing_record(cost=math.nan), billing_record(cost=math.inf),
+               billing_record(cost_at_list=-math.inf, currency="XYZ")]
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist([_row(r) for r in records], schema=EXPORT_SCHEMA), path)
+    lines = tmp_path / "nan.jsonl"
+    lines.write_text('{"cost": NaN, "billing_account_id": "x"}\n')
+    out = tmp_path / "out"
+    assert ingest(str(path), out)["quarantined"] == 3 and ingest(str(lines), out)["quarantined"] == 1
+
+    def refuse(token):
+        raise ValueError(f"{token} is not strict JSON")
+
+    quarantined = [json.loads(line, parse_constant=refuse) for line in (out / "quarantine.jsonl").read_text()
+                   .splitlines()]
+    assert [q["record"].get("cost") for q in quarantined[:2]] == ["NaN", "Infinity"]
+    assert quarantined[2]["record"]["cost_at_list"] == "-Infinity"
+
+
 def test_missing_control_totals(mixed_jsonl, tmp_path):
     path, _ = mixed_jsonl
     with pytest.raises(FinopsError, match="Control totals file .* does not exist"):

@@ -456,7 +456,7 @@ def test_the_container_entry_point_follows_the_aip_variables(trained):
     (["--registry", "/nonexistent/registry"], "Registry /nonexistent/registry does not exist"),
     (["--model", "forecasts"], "--model 'forecasts' is not one of forecast, anomaly, labeler"),
     (["--alias", "gold"], "has no alias or version 'gold'"),
-    (["--workers", "0"], "--workers 0 is not a positive number"),
+    (["--workers", "0"], "--workers 0: key 'serving.workers' is invalid"),
 ])
 @pytest.mark.cli
 @pytest.mark.slow

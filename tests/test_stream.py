@@ -10,7 +10,9 @@ keeps the real-time detector's contract (per-cell daily totals, a watermark with
 from __future__ import annotations
 
 import json
+import logging
 import pickle
+import re
 import statistics
 import threading
 import time
@@ -25,7 +27,15 @@ pytest.importorskip("confluent_kafka")
 from finops_ml.config import StreamConfig  # noqa: E402
 from finops_ml.data.kafka_io import replay  # noqa: E402
 from finops_ml.fileio import atomic_path  # noqa: E402
-from finops_ml.stream.alerts import AlertDispatcher, Outbox, RetryPolicy, email_sender, slack_sender  # noqa: E402
+from finops_ml.stream.alerts import (  # noqa: E402
+    AlertDispatcher,
+    Outbox,
+    RedactSecrets,
+    RetryPolicy,
+    email_sender,
+    senders_from_config,
+    slack_sender,
+)
 from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, read_alert_ids  # noqa: E402
 from testsupport import cli  # noqa: E402
 from testsupport.net import free_port  # noqa: E402
@@ -487,6 +497,7 @@ def test_k8s_manifests_wire_config_secret_state_and_metrics():
     assert {cfg.slack_webhook_env, cfg.smtp_password_env} <= set(secret["stringData"])
     assert all(v == "" for v in secret["stringData"].values())  # no secret value committed
     assert container["ports"][0]["containerPort"] == cfg.metrics_port
+    assert cfg.metrics_address == "0.0.0.0"  # the kubelet's probes and Prometheus come from outside the pod
     assert pod["terminationGracePeriodSeconds"] > cfg.drain_timeout_s + cfg.checkpoint_interval_s
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(cfg.metrics_port)
@@ -609,7 +620,7 @@ class StreamProcess:
         while self.port is None:
             text = log.read_bytes()[start:].decode()
             if "/metrics" in text:
-                self.port = int(text.split("metrics on :", 1)[1].split("/")[0])
+                self.port = int(re.search(r"metrics on\s+\S*:(\d+)/metrics", text).group(1))
             elif self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the stream did not start: {text[-3000:]}")
             time.sleep(0.05)
@@ -712,3 +723,72 @@ def test_stream_cli_bad_input_is_one_sentence(tmp_path):
     result = subprocess.run([SCRIPT, "stream", "--config", str(bad)], capture_output=True, text=True, timeout=60,
                             env=env)
     assert result.returncode == 1 and "stream.retry_attempts" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Secrets: a webhook URL is never logged
+
+
+WEBHOOK_SECRET = "T0AAAAAAA/B0BBBBBBB/xoxSecretPath123"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value, problem", [
+    (f"hooks.slack.com/services/{WEBHOOK_SECRET}", "does not start with https://"),
+    (f"https://hooks.slack.com/services/{WEBHOOK_SECRET} extra", "space or a control character"),
+    (f"https://hooks.slack.com/services/{WEBHOOK_SECRET}\n\n\t", "space or a control character"),
+])
+def test_a_malformed_webhook_url_is_one_warning_that_never_quotes_it(value, problem, caplog):
+    with caplog.at_level("DEBUG"):
+        senders = senders_from_config(StreamConfig(), {"FINOPS_SLACK_WEBHOOK_URL": value})
+    assert "slack" not in senders
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert "FINOPS_SLACK_WEBHOOK_URL" in record.getMessage() and problem in record.getMessage()
+    assert "xoxSecretPath123" not in caplog.text and "hooks.slack.com" not in caplog.text
+
+
+@pytest.mark.unit
+def test_a_trailing_newline_of_a_kubernetes_secret_is_dropped_silently(webhook, tmp_path, caplog):
+    with caplog.at_level("DEBUG"):
+        senders = senders_from_config(StreamConfig(), {"FINOPS_SLACK_WEBHOOK_URL": webhook.url + "\n"})
+    assert caplog.records == []
+    senders["slack"]({"anomaly_id": "a1", "service": "Compute Engine", "project_id": "p", "day": "2026-01-01"})
+    assert webhook.ids() == ["a1"]
+
+
+@pytest.mark.unit
+def test_failed_deliveries_log_the_webhook_host_never_its_path(tmp_path, caplog):
+    url = f"http://127.0.0.1:{free_port()}/services/{WEBHOOK_SECRET}"  # nothing listens: connection refused
+    dispatcher = AlertDispatcher(Outbox(tmp_path / "outbox.jsonl"), {"slack": slack_sender(url, 1.0)},
+                                 RetryPolicy(attempts=2, backoff_s=0.01, backoff_max_s=0.01)).start()
+    with caplog.at_level("DEBUG"):
+        dispatcher.submit({"anomaly_id": "a1"})
+        _wait(lambda: dispatcher.failed["slack"] == 1, what="retries to be exhausted")
+        dispatcher.close(1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and all("http://127.0.0.1" in w and "/***" in w for w in warnings)
+    assert "xoxSecretPath123" not in caplog.text and WEBHOOK_SECRET not in caplog.text
+
+
+@pytest.mark.unit
+def test_the_redaction_filter_masks_a_secret_in_any_log_line():
+    url = f"https://hooks.slack.com/services/{WEBHOOK_SECRET}"
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "posting to %s failed (%s)",
+                               (url, f"path /services/{WEBHOOK_SECRET}"), None)
+    RedactSecrets([url, "hunter2-password"]).filter(record)
+    assert record.getMessage() == "posting to https://hooks.slack.com/*** failed (path /***)"
+
+
+@pytest.mark.unit
+def test_metrics_listen_on_the_loopback_interface_by_default():
+    cfg = StreamConfig()
+    assert cfg.metrics_address == "127.0.0.1"
+    metrics = StreamMetrics()
+    port = metrics.serve(0, cfg.metrics_address)
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    with pytest.raises(ValueError, match="not an IP address"):
+        StreamConfig(metrics_address="everywhere")

@@ -15,6 +15,7 @@ through a staging file, and the dedupe runs in DuckDB, so memory stays bounded w
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -101,7 +102,20 @@ class _Quarantine:
         self.count += 1
         self.reasons[reason.split(":")[0]] += 1
         self.file.write(json.dumps({"ingest_id": self.ingest_id, "source": source, "location": location,
-                                    "reason": reason, "record": record}, default=str) + "\n")
+                                    "reason": reason, "record": _strict_json(record)},
+                                   default=str, allow_nan=False) + "\n")
+
+
+def _strict_json(value):
+    """`value` with the floats strict JSON has no token for (NaN, Infinity) as their text: a quarantine line must
+    parse with any JSON parser."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # 'NaN', 'Infinity', '-Infinity'
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def _valid_rows(con: duckdb.DuckDBPyConnection, batch: SourceBatch, quarantine: _Quarantine) -> pa.Table | None:
@@ -127,6 +141,15 @@ def _valid_rows(con: duckdb.DuckDBPyConnection, batch: SourceBatch, quarantine: 
                            table.slice(i, 1).to_pylist()[0])
     good = table.add_column(0, "event_id", checked.column("event_id").cast(pa.string()))
     return good.filter(pa.compute.invert(invalid))
+
+
+def require_billing_rows(summary: dict) -> dict:
+    """The summary of an ingest that left billing rows to train on; else one sentence saying so."""
+    if not summary["table_rows"]:
+        raise FinopsError(f"Source {summary['source']} holds no billing rows ({summary['read']:,} records read, "
+                          f"{summary['quarantined']:,} quarantined: see {summary['quarantine']}); give a billing "
+                          "export with line items.")
+    return summary
 
 
 def read_control_totals(path: str | Path) -> dict[str, float]:

@@ -255,12 +255,17 @@ def read_series_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FinopsError(f"Input file {path} does not exist.")
+    if not path.is_file():
+        raise FinopsError(f"Input file {path} is a folder; give a CSV file timestamp,value[,series_id].")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise FinopsError(f"Input file {path} is empty; expected a header timestamp,value[,series_id].") from None
     except pd.errors.ParserError as exc:
         raise FinopsError(f"Input file {path} is not a valid CSV: {str(exc).strip()}.") from None
+    except UnicodeDecodeError:
+        raise FinopsError(f"Input file {path} is not a text (UTF-8) CSV file; give a CSV "
+                          "timestamp,value[,series_id].") from None
     frame.columns = [c.strip().lower() for c in frame.columns]
     missing = [c for c in ("timestamp", "value") if c not in frame.columns]
     if missing:

@@ -22,6 +22,7 @@ import smtplib
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -98,16 +99,64 @@ def slack_payload(alert: dict) -> dict:
                        {"type": "section", "text": {"type": "mrkdwn", "text": "```" + alert_text(alert) + "```"}}]}
 
 
+def mask_url(url: str) -> str:
+    """`https://hooks.slack.com/***`: a webhook URL's path is its secret, so only the scheme and host are shown."""
+    parts = urllib.parse.urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}/***" if parts.scheme and parts.netloc else "***"
+
+
+def webhook_problem(url: str) -> str | None:
+    """What makes `url` unusable as a webhook URL (never quoting it), or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "it contains a space or a control character"
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        return "it does not start with https://"
+    if not parts.hostname:
+        return "it has no host name after https://"
+    return None
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` with `secret` (and a URL secret's path, as error messages quote it) replaced by a mask."""
+    if not secret:
+        return text
+    text = text.replace(secret, mask_url(secret))
+    parts = urllib.parse.urlsplit(secret)
+    return text.replace(parts.path, "/***") if parts.netloc and len(parts.path) > 1 else text
+
+
+class RedactSecrets(logging.Filter):
+    """A log handler filter that masks the given secret values in every record it passes."""
+
+    def __init__(self, secrets: list[str]):
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = message
+        for secret in self.secrets:
+            masked = redact(masked, secret)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
 def slack_sender(url: str, timeout_s: float) -> Sender:
-    """POST the alert as incoming-webhook JSON to `url`; any non-2xx answer or network error raises."""
+    """POST the alert as incoming-webhook JSON to `url`; any non-2xx answer or network error raises (its message
+    never quotes the URL: its path is the secret)."""
 
     def send(alert: dict) -> None:
         body = json.dumps(slack_payload(alert), default=str).encode()
-        request = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            if not 200 <= response.status < 300:
-                raise RuntimeError(f"webhook answered HTTP {response.status}")
+        try:
+            request = urllib.request.Request(url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                if not 200 <= response.status < 300:
+                    raise RuntimeError(f"webhook answered HTTP {response.status}")
+        except Exception as exc:
+            raise RuntimeError(f"{mask_url(url)}: {redact(str(exc), url)}") from None
 
     return send
 
@@ -314,11 +363,32 @@ class AlertDispatcher:
         return pending
 
 
+def slack_webhook_url(cfg, environ: dict[str, str] | None = None) -> str:
+    """The webhook URL from the variable `cfg.slack_webhook_env` ('' when unset or unusable: then one warning
+    names the variable and the problem, never the value)."""
+    env = os.environ if environ is None else environ
+    # a Kubernetes Secret written with `echo` ends in a newline: harmless, dropped
+    url = env.get(cfg.slack_webhook_env, "").rstrip("\r\n")
+    problem = webhook_problem(url) if url else None
+    if problem:
+        log.warning("%s is not a usable Slack webhook URL (%s); Slack alerts are off until it is fixed.",
+                    cfg.slack_webhook_env, problem)
+        return ""
+    return url
+
+
+def secret_values(cfg, environ: dict[str, str] | None = None) -> list[str]:
+    """The secrets the config's `*_env` variables hold, raw and as used (for `RedactSecrets`)."""
+    env = os.environ if environ is None else environ
+    raw = [env.get(name, "") for name in (cfg.slack_webhook_env, cfg.smtp_password_env)]
+    return [v for value in raw for v in {value, value.strip()} if v]
+
+
 def senders_from_config(cfg, environ: dict[str, str] | None = None) -> dict[str, Sender]:
     """The channels a `StreamConfig` turns on: Slack when its webhook env variable is set, email when smtp_host is."""
     env = os.environ if environ is None else environ
     senders: dict[str, Sender] = {}
-    url = env.get(cfg.slack_webhook_env, "")
+    url = slack_webhook_url(cfg, env)
     if url:
         senders["slack"] = slack_sender(url, cfg.delivery_timeout_s)
     if cfg.smtp_host and cfg.email_to:

@@ -81,8 +81,8 @@ class StreamMetrics:
         self.last_checkpoint = Gauge("finops_stream_last_checkpoint_timestamp_seconds",
                                      "When the last checkpoint finished.", registry=r)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Serve /metrics on `port` (0: a free one) in a daemon thread; returns the port."""
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Serve /metrics on `addr`:`port` (0: a free one) in a daemon thread; returns the port."""
         from prometheus_client import start_http_server
 
         server, _ = start_http_server(port, addr=addr, registry=self.registry)

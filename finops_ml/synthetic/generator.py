@@ -400,14 +400,28 @@ def _billing_rows(cfg, rng, resources, project_month_cost: pd.Series, days) -> p
     return pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA)
 
 
-ROWS_PER_RESOURCE = 600  # measured: about 600 daily line items per resource over 15 months (SKUs, arrivals)
+# Measured: daily line items of one resource over 15 months (SKUs, arrivals), in a plant's project and in a
+# corporate one (more SKUs per resource); generated counts land within ~15% of n x these rates.
+ROWS_PER_PLANT_RESOURCE = 475
+ROWS_PER_CORPORATE_RESOURCE = 1020
+ROWS_TOLERANCE = 0.2  # `resources_for_rows` refuses a target it cannot reach within this share
 
 
 def resources_for_rows(cfg: GeneratorConfig, rows: int) -> int:
-    """Resources per project that give about `rows` line items for this config's plants and months."""
-    projects = 3 * cfg.plants + len(CORPORATE)
-    per_resource = ROWS_PER_RESOURCE * cfg.months / 15
-    return max(2, round(rows / (projects * per_resource)))
+    """Resources per project that give about `rows` line items (within ROWS_TOLERANCE) for this config's plants and
+    months; a target the organisation cannot come close to (2 to 2,000 resources per project) is refused."""
+    field = GeneratorConfig.model_fields["resources_per_project"]
+    low, high = (next(getattr(m, bound) for m in field.metadata if hasattr(m, bound)) for bound in ("ge", "le"))
+    # line items of one more resource in every project
+    per_resource = (3 * cfg.plants * ROWS_PER_PLANT_RESOURCE + len(CORPORATE) * ROWS_PER_CORPORATE_RESOURCE) * (
+        cfg.months / 15)
+    n = max(low, round(rows / per_resource))
+    if n > high or abs(n * per_resource - rows) > ROWS_TOLERANCE * rows:
+        raise FinopsError(f"--rows {rows} is out of reach: {cfg.plants} plant(s) over {cfg.months} months make about "
+                          f"{round(low * per_resource):,} to {round(high * per_resource):,} line items ({low} to "
+                          f"{high:,} resources per project); give --rows in that range, or change --plants or "
+                          "generator.months.")
+    return n
 
 
 # Named organisation shapes: updates of GeneratorConfig (the benchmark runs over several of them).

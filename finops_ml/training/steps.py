@@ -16,7 +16,7 @@ import joblib
 import pandas as pd
 
 from finops_ml.config import Config
-from finops_ml.data.ingest import ingest, reconcile
+from finops_ml.data.ingest import ingest, reconcile, require_billing_rows
 from finops_ml.data.warehouse import export_feature_view
 from finops_ml.errors import InsufficientData
 from finops_ml.fileio import atomic_path, read_json, write_json
@@ -41,7 +41,7 @@ BIGQUERY_SOURCE = "bigquery_source.json"  # in the events artifact: the rows sta
 def ingest_step(source: str, control_totals: str, events_dir: str) -> dict:
     """The events table; for a BigQuery export, only its totals: the feature views will run in BigQuery."""
     if not source.startswith("bq://"):
-        return ingest(source, events_dir, control_totals or None)
+        return require_billing_rows(ingest(source, events_dir, control_totals or None))
     from finops_ml.data.sources.bigquery import summarise_bigquery
 
     (events_dir,) = _dirs(events_dir)

@@ -1,6 +1,6 @@
 """Billing event sources, chosen by URI: `read_events(source)` yields the same batches whatever the source.
 
-  path or glob of files      .jsonl / .ndjson / .json (export rows as JSON), .parquet (export rows),
+  path or glob of files      .jsonl / .ndjson / .json (export rows as JSON), .parquet (export rows, or FOCUS columns),
                              .csv (FOCUS 1.0-1.2 files, or export rows with dotted column names)
   bq://project.dataset.table BigQuery Cloud Billing export (standard or detailed usage cost)
   kafka://host:port/topic    a bounded read of a topic (billing events as JSON values, keyed by event id)

@@ -101,8 +101,7 @@ def read_csv_events(path: Path, batch_rows: int = 100_000) -> Iterator[SourceBat
     """Batches of export rows from one CSV file (FOCUS or flattened export; see the module doc)."""
     path = Path(path)
     header = _header(path)
-    lower = {name.lower(): name for name in header}
-    if all(name.lower() in lower for name in FOCUS_REQUIRED):
+    if is_focus(header):
         mapper: Callable[[pa.Table], tuple[pa.Table, _Rows]] = _FocusMapper(header)
     elif all(name in header for name in EXPORT_REQUIRED):
         mapper = _ExportMapper(header)
@@ -116,8 +115,48 @@ def read_csv_events(path: Path, batch_rows: int = 100_000) -> Iterator[SourceBat
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise FinopsError(f"CSV file {path} has the column {repeated[0]} more than once; each column must be unique.")
-    source = str(path)
-    for chunk, numbers, malformed in _chunks(path, header, batch_rows):
+    yield from _mapped(mapper, _chunks(path, header, batch_rows), str(path))
+
+
+def is_focus(columns: list[str]) -> bool:
+    """Whether these column names are a FOCUS file's (BilledCost and ChargePeriodStart, in any case)."""
+    lower = {name.lower() for name in columns}
+    return all(name.lower() in lower for name in FOCUS_REQUIRED)
+
+
+def read_focus_tables(tables: Iterator[pa.Table], columns: list[str], source: str) -> Iterator[SourceBatch]:
+    """FOCUS rows from typed tables (a Parquet file's batches), mapped exactly as a FOCUS CSV's rows are: every
+    column is first written as the text a CSV would hold."""
+
+    def chunks() -> Iterator[Chunk]:
+        first = 1
+        for table in tables:
+            text = pa.Table.from_arrays([_as_text(table.column(name)) for name in columns], names=columns)
+            yield text, np.arange(first, first + table.num_rows), []
+            first += table.num_rows
+
+    yield from _mapped(_FocusMapper(columns), chunks(), source)
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.Array:
+    """A typed column as CSV text: ISO 8601 times, numbers as written, maps and lists (Tags) as JSON."""
+    arr = column.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_timestamp(arr.type):
+        utc = pc.cast(arr, pa.timestamp("us", tz="UTC")) if arr.type.tz else pc.assume_timezone(
+            pc.cast(arr, pa.timestamp("us")), "UTC")
+        return pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ")
+    if pa.types.is_nested(arr.type):
+        values = [dict(v) if pa.types.is_map(arr.type) and v is not None else v for v in arr.to_pylist()]
+        return pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+    return pc.cast(arr, pa.string())
+
+
+def _mapped(mapper: Callable[[pa.Table], tuple[pa.Table, _Rows]], chunks: Iterator[Chunk],
+            source: str) -> Iterator[SourceBatch]:
+    """Text chunks mapped onto export rows; the rows the mapper cannot map are rejected with their reason."""
+    for chunk, numbers, malformed in chunks:
         table, rows = mapper(chunk)
         rejected = [Rejected(source, str(n), reason, text) for n, reason, text in malformed]
         if rows.bad.any():

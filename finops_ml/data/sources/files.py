@@ -1,5 +1,6 @@
-"""Files of billing events: JSONL (export rows as JSON objects), Parquet (export rows), CSV (FOCUS or flattened
-export), one path or a glob. Read in batches, so a file of any size streams in bounded memory."""
+"""Files of billing events: JSONL (export rows as JSON objects), Parquet (export rows, or FOCUS columns: mapped as
+a FOCUS CSV is), CSV (FOCUS or flattened export), one path or a glob. Read in batches, so a file of any size
+streams in bounded memory."""
 
 from __future__ import annotations
 
@@ -56,11 +57,33 @@ def read_parquet(path: Path) -> Iterator[SourceBatch]:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise FinopsError(f"Parquet file {path} cannot be read ({exc}); is it a complete Parquet file?") from None
-    columns = [name for name in pf.schema_arrow.names if name in EXPORT_SCHEMA.names]
+    from finops_ml.data.sources.csv_files import is_focus, read_focus_tables
+
+    names = pf.schema_arrow.names
+    if is_focus(names) and "cost" not in names:
+        yield from read_focus_tables(_parquet_tables(pf, path, names), names, str(path))
+        return
+    columns = [name for name in names if name in EXPORT_SCHEMA.names]
     first = 1
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-        yield SourceBatch(pa.Table.from_batches([batch]), source=str(path), first_location=first)
-        first += batch.num_rows
+    for table in _parquet_tables(pf, path, columns):
+        yield SourceBatch(table, source=str(path), first_location=first)
+        first += table.num_rows
+
+
+def _parquet_tables(pf: pq.ParquetFile, path: Path, columns: list[str]) -> Iterator[pa.Table]:
+    """The file's rows in tables of PARQUET_BATCH_ROWS; a file corrupted mid-way is one sentence naming the row."""
+    read = 0
+    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as exc:
+            raise FinopsError(f"Parquet file {path} is corrupt after row {read:,} of "
+                              f"{pf.metadata.num_rows:,} ({exc}); export it again.") from None
+        read += batch.num_rows
+        yield pa.Table.from_batches([batch])
 
 
 def read_jsonl(path: Path) -> Iterator[SourceBatch]:
