@@ -277,9 +277,10 @@ def model_dir(tmp_path) -> Path:
     return d
 
 
-def _register(registry, model_dir, f1: float, run_id: str) -> dict:
+def _register(registry, model_dir, f1: float, run_id: str, window: dict = WINDOW, **kwargs) -> dict:
+    """A version measured on WINDOW; each run has its own config (the same data and config is no new version)."""
     return registry.register("cost-anomaly", model_dir, {"anomaly_f1": f1, "precision": 0.5, "delay": float("nan")},
-                             "0123abcd4567", WINDOW, run_id)
+                             f"digest-{run_id}", window, run_id, **kwargs)
 
 
 def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
@@ -295,8 +296,9 @@ def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
     assert sorted(model["versionAliases"]) == ["champion", "default"]
     assert model["artifactUri"] == "gs://acme-finops-prod-pipelines/models/cost-anomaly/run-1"
     assert model["labels"] == {"app": "finops-ml", "environment": "prod", "team": "finops", "cost_center": "cc-4110",
-                               "model": "cost-anomaly", "run_id": "run-1", "config_digest": "0123abcd4567",
-                               "data_start": "2025-08-01", "data_end": "2026-06-30"}
+                               "model": "cost-anomaly", "run_id": "run-1", "config_digest": "digest-run-1",
+                               "data_start": "2025-08-01", "data_end": "2026-06-30",
+                               "holdout_start": "2025-08-01", "holdout_end": "2026-06-30"}
     assert model["containerSpec"] == {
         "imageUri": "europe-west1-docker.pkg.dev/acme-finops-prod/finops-ml/serving:0.1.0",
         "env": [{"name": "FINOPS_ML_MODEL", "value": "cost-anomaly"}], "ports": [{"containerPort": 8080}],
@@ -328,7 +330,7 @@ def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
     assert registry.aliases("cost-anomaly") == {"champion": 3, "default": 3, "challenger": 2}
     # What was stored with a version, read back through the registry interface (labels and evaluation).
     entry = registry.entry("cost-anomaly", "challenger")
-    assert entry["version"] == 2 and entry["run_id"] == "run-2" and entry["config_digest"] == "0123abcd4567"
+    assert entry["version"] == 2 and entry["run_id"] == "run-2" and entry["config_digest"] == "digest-run-2"
     assert entry["data_window"] == WINDOW and entry["metrics"] == {"anomaly_f1": 0.8, "precision": 0.5}
     assert entry["artifact_uri"] == "gs://acme-finops-prod-pipelines/models/cost-anomaly/run-2"
     with pytest.raises(FinopsError, match="has no version or alias 9"):
@@ -410,7 +412,7 @@ def test_registry_for_picks_the_configs_backend(gcp, tmp_path):
 def test_promote_moves_the_champion_alias_locally(model_dir, tmp_path):
     registry = LocalRegistry(tmp_path / "registry")
     for f1 in (0.9, 0.8):
-        registry.register("cost-anomaly", model_dir, {"anomaly_f1": f1}, "d", WINDOW, "r")
+        registry.register("cost-anomaly", model_dir, {"anomaly_f1": f1}, f"d{f1}", WINDOW, "r")
     assert registry.aliases("cost-anomaly") == {"latest": 2, "champion": 1}
     result = _cli("promote", "cost-anomaly", "--version", "2", "--registry", str(tmp_path / "registry"))
     assert result.exit_code == 0, result.output
@@ -422,8 +424,8 @@ def test_promote_moves_the_champion_alias_locally(model_dir, tmp_path):
 
 def test_local_deploy_writes_the_endpoint_state(model_dir, tmp_path):
     registry = LocalRegistry(tmp_path / "registry")
-    for _ in range(3):
-        registry.register("cost-forecast", model_dir, {"forecast_accuracy": 0.9}, "d", WINDOW, "r")
+    for i in range(3):
+        registry.register("cost-forecast", model_dir, {"forecast_accuracy": 0.9}, f"d{i}", WINDOW, "r")
     assert registry.endpoint("cost-forecast")["traffic"] == {}
     assert registry.deploy("cost-forecast", 1, 10, 2)["traffic"] == {"1": 100}
     assert registry.deploy("cost-forecast", 2, 10, 2)["traffic"] == {"1": 90, "2": 10}
