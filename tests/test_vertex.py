@@ -399,6 +399,56 @@ def test_promote_moves_the_champion_alias_on_vertex(gcp, model_dir, tmp_path):
     assert len(gcp.sent("POST", r":mergeVersionAliases$")) == 1
 
 
+LATER = {"start": "2025-08-01", "end": "2026-07-31"}  # a week's retraining later: another holdout
+
+
+def test_vertex_does_not_upload_the_champions_data_and_config_again(gcp, model_dir):
+    registry = VertexRegistry(_cfg(gcp))
+    first = _register(registry, model_dir, 0.90, "run-1")
+    again = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.91}, "digest-run-1", WINDOW, "run-2")
+    assert again["registered"] is False and again["version"] == first["version"] == 1
+    assert "same data window and config digest as the champion v1" in again["reason"]
+    assert len(gcp.sent("POST", r"/models:upload$")) == 1 and registry.versions("cost-anomaly") == [1]
+    moved = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.91}, "digest-run-1", LATER, "run-3")
+    assert moved["registered"] is True and moved["version"] == 2
+    assert len(gcp.sent("POST", r"/models:upload$")) == 2
+
+
+def test_vertex_rescores_the_champion_from_its_artifacts_on_the_challengers_holdout(gcp, model_dir):
+    registry = VertexRegistry(_cfg(gcp))
+    _register(registry, model_dir, 0.90, "run-1")
+    seen = {}
+
+    def rescore(champion_dir: Path) -> dict:  # what the register step runs: the champion's files, downloaded
+        seen.update({p.name: p.read_bytes() for p in champion_dir.iterdir()})
+        return {"anomaly_f1": 0.80}
+
+    later = _register(registry, model_dir, 0.85, "run-2", LATER, rescore=rescore)
+    assert seen == {"model.joblib": b"fitted model", "review_list.csv": b"resource,label\n"}
+    assert gcp.sent("GET", r"/storage/v1/b/acme-finops-prod-pipelines/o$")[-1]["query"]["prefix"] == \
+        "models/cost-anomaly/run-1/"
+    comparison = later["comparison"]
+    assert comparison["basis"] == "the champion re-scored on this holdout"
+    assert (comparison["challenger"], comparison["champion"], comparison["champion_stored"]) == (0.85, 0.80, 0.90)
+    assert later["aliases"] == ["champion"] and registry.aliases("cost-anomaly")["champion"] == 2
+    labels = gcp.sent("POST", r"/models:upload$")[-1]["body"]["model"]["labels"]
+    assert (labels["holdout_start"], labels["holdout_end"]) == ("2025-08-01", "2026-07-31")
+    assert registry.entry("cost-anomaly", 2)["holdout"] == LATER
+    assert not gcp.unknown()
+
+
+def test_submit_with_caching_on_still_runs_ingest_every_time(gcp, tmp_path):
+    # dev.yaml has caching on: the SDK's enable_caching=True would turn the ingest's cache back on.
+    path = _write_config(tmp_path, gcp, lambda raw: raw["pipeline"].update(enable_caching=True))
+    result = _cli("submit", "--config", str(path), "--job-id", "cached-run")
+    assert result.exit_code == 0, result.output
+    tasks = gcp.sent("POST", r"/pipelineJobs$")[-1]["body"]["pipelineSpec"]["root"]["dag"]["tasks"]
+    caching = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
+               if not name.startswith("condition-")}
+    assert caching.pop("ingest-events") is False
+    assert caching and all(caching.values())  # what reads the new events artifact may be cached
+
+
 # ---- the local world --------------------------------------------------------------------------------------------
 
 def test_registry_for_picks_the_configs_backend(gcp, tmp_path):
@@ -420,6 +470,46 @@ def test_promote_moves_the_champion_alias_locally(model_dir, tmp_path):
     bad = _cli("promote", "cost-anomaly", "--version", "3", "--registry", str(tmp_path / "registry"))
     assert bad.exit_code == 1 and "has no version 3" in bad.text
     assert registry.aliases("cost-anomaly")["champion"] == 2
+
+
+def test_the_champions_data_window_and_config_are_not_registered_again_locally(model_dir, tmp_path):
+    registry = LocalRegistry(tmp_path / "registry")
+    first = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", WINDOW, "run-1")
+    again = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", WINDOW, "run-2")
+    assert first["registered"] is True and again["registered"] is False
+    assert again["version"] == 1 and "champion" in again["aliases"] and again["run_id"] == "run-1"
+    assert again["reason"] == "same data window and config digest as the champion v1: not registered again"
+    assert registry.versions("cost-anomaly") == [1]
+    changed = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", LATER, "run-3")
+    assert changed["registered"] is True and changed["version"] == 2
+    # Another holdout and no way to re-score this model: not compared with a figure from other data.
+    assert changed["aliases"] == ["latest"] and registry.aliases("cost-anomaly")["champion"] == 1
+    assert changed["comparison"]["champion"] is None and "promote" in changed["comparison"]["basis"]
+
+
+@pytest.mark.parametrize("rescored, wins", [(0.80, True), (0.88, False)])
+def test_a_champion_measured_on_another_holdout_is_rescored_on_the_challengers(model_dir, tmp_path, rescored,
+                                                                              wins):
+    registry = LocalRegistry(tmp_path / "registry")
+    registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", WINDOW, "run-1")
+    calls = []
+
+    def rescore(champion_dir: Path) -> dict:
+        calls.append(champion_dir)
+        return {"anomaly_f1": rescored}
+
+    # 0.85 < the champion's stored 0.90, measured on other data: the re-scored figure decides.
+    later = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.85}, "d", LATER, "run-2", rescore=rescore)
+    assert calls == [tmp_path / "registry" / "cost-anomaly" / "v1"]
+    assert later["champion_when_registered"] is wins
+    assert registry.aliases("cost-anomaly")["champion"] == (2 if wins else 1)
+    stored = registry.entry("cost-anomaly", 2)
+    assert stored["holdout"] == LATER
+    assert {k: stored["comparison"][k] for k in ("challenger", "champion", "champion_stored", "champion_version")} \
+        == {"challenger": 0.85, "champion": rescored, "champion_stored": 0.9, "champion_version": 1}
+    # On the champion's own holdout the stored figures are like with like: nothing re-scored.
+    registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.99}, "d2", LATER, "run-3", rescore=rescore)
+    assert len(calls) == (1 if wins else 2) and registry.aliases("cost-anomaly")["champion"] == 3
 
 
 def test_local_deploy_writes_the_endpoint_state(model_dir, tmp_path):
