@@ -41,10 +41,12 @@ def stream(
                  "dead_letter_topic": dead_letter_topic, "group": group,
                  "state_dir": str(state_dir) if state_dir else None, "registry": str(registry) if registry else None,
                  "model_version": model_version, "metrics_port": metrics_port, "until_end": until_end or None}
-    cfg = load_config(config).with_updates("The command-line options",
-                                           stream={k: v for k, v in overrides.items() if v is not None}).stream
+    full = load_config(config).with_updates("The command-line options",
+                                            stream={k: v for k, v in overrides.items() if v is not None})
+    cfg = full.stream
 
-    detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version)
+    # registry.backend vertex: the champion of the Vertex AI Model Registry, cached in the stream's registry folder
+    detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version, full)
     from finops_ml.models.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
 
     model = RealtimeModel(detector)  # prepared once, shared by the state of every partition

@@ -437,6 +437,30 @@ def test_vertex_rescores_the_champion_from_its_artifacts_on_the_challengers_hold
     assert not gcp.unknown()
 
 
+def test_the_stream_loads_the_vertex_champion_from_its_artifact_uri(gcp, tmp_path):
+    import joblib
+
+    from finops_ml.stream.consumer import load_registered_detector
+
+    cfg = _cfg(gcp)
+    registry = VertexRegistry(cfg)
+    for run, f1 in (("run-1", 0.9), ("run-2", 0.95)):
+        model = tmp_path / run
+        model.mkdir()
+        joblib.dump({"detector": run}, model / "model.joblib")
+        _register(registry, model, f1, run)
+    cache = tmp_path / "stream-registry"
+    detector, model_dir = load_registered_detector(cache, "champion", cfg)
+    assert detector == {"detector": "run-2"} and model_dir == cache / "cost-anomaly" / "v2"
+    downloads = len(gcp.sent("GET", r"^/download/"))
+    assert downloads == 1
+    assert load_registered_detector(cache, "1", cfg)[0] == {"detector": "run-1"}
+    assert load_registered_detector(cache, "champion", cfg)[0] == {"detector": "run-2"}
+    assert len(gcp.sent("GET", r"^/download/")) == downloads + 1  # v2 kept from the first load
+    with pytest.raises(FinopsError, match="has no version or alias 7"):
+        load_registered_detector(cache, "7", cfg)
+
+
 def test_submit_with_caching_on_still_runs_ingest_every_time(gcp, tmp_path):
     # dev.yaml has caching on: the SDK's enable_caching=True would turn the ingest's cache back on.
     path = _write_config(tmp_path, gcp, lambda raw: raw["pipeline"].update(enable_caching=True))
