@@ -56,7 +56,7 @@ def main() -> None:
         window = {"start": "2025-08-01", "end": "2026-06-30"}
         for i, f1 in enumerate((0.90, 0.92, 0.95), start=1):
             measure(f"register v{i} (champion)", lambda f1=f1, i=i: registry.register(
-                "cost-anomaly", model_dir, {"anomaly_f1": f1}, "digest", window, f"run-{i}"))
+                "cost-anomaly", model_dir, {"anomaly_f1": f1}, f"digest-{i}", window, f"run-{i}"))
             measure(f"deploy v{i}" + (" (creates the endpoint)" if i == 1 else " (undeploys v1)" if i == 3 else ""),
                     lambda i=i: deploy_vertex(cfg, "cost-anomaly", i))
         measure("promote v2", lambda: registry.promote("cost-anomaly", 2))

@@ -16,11 +16,16 @@ def check_gate(evaluation: Input[Artifact]) -> bool:
 def register_model(model: Input[Model], evaluation: Input[Artifact], registry_dir: str, config_json: str,
                    run_id: str) -> str:
     """Register a model that passed its gate (local or Vertex AI registry, from the config); it becomes champion
-    only if not worse than the current champion's stored metric."""
+    only if not worse than the champion on the same holdout. Returns the version ("NAME:vN"; the champion's when
+    this run's data and config are the champion's, then nothing is registered)."""
+    import json
+
     from finops_ml.config import Config
     from finops_ml.training.steps import register_step
 
     entry = register_step(model.path, evaluation.path, registry_dir, Config.from_json(config_json), run_id)
+    print(json.dumps({k: entry.get(k) for k in ("name", "version", "registered", "reason", "comparison")},
+                     default=str))
     return f"{entry['name']}:v{entry['version']}"
 
 

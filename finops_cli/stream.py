@@ -51,13 +51,15 @@ def stream(
                  "state_dir": str(state_dir) if state_dir else None, "registry": str(registry) if registry else None,
                  "model_version": model_version, "metrics_port": metrics_port,
                  "metrics_address": metrics_address, "until_end": until_end or None}
-    cfg = load_config(config).with_updates("The command-line options",
-                                           stream={k: v for k, v in overrides.items() if v is not None}).stream
+    full = load_config(config).with_updates("The command-line options",
+                                            stream={k: v for k, v in overrides.items() if v is not None})
+    cfg = full.stream
     redact = RedactSecrets(secret_values(cfg))
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact)
 
-    detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version)
+    # registry.backend vertex: the champion of the Vertex AI Model Registry, cached in the stream's registry folder
+    detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version, full)
     from finops_ml.models.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
 
     model = RealtimeModel(detector)  # prepared once, shared by the state of every partition

@@ -31,6 +31,9 @@ def training_pipeline(
     # DuckDB steps retry once: a DuckDB process can abort at interpreter exit after its outputs are written
     # ("terminate called without an active exception", duckdb/duckdb#13904), seen only on an overloaded machine.
     ingest = ingest_events(source=source, control_totals=control_totals).set_display_name("ingest").set_retry(1)
+    # Its inputs name a source whose rows change (a BigQuery export, a topic): a cached ingest would serve every
+    # scheduled run the first run's data. Never cached; the steps after it key on the new events artifact.
+    ingest.set_caching_options(False)
     features = build_features(events=ingest.outputs["events"]).set_display_name("features").set_retry(1)
     daily = features.outputs["daily_cost"]
     anomaly = train_anomaly_detector(resource_daily_cost=features.outputs["resource_daily_cost"],

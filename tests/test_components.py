@@ -362,7 +362,7 @@ def test_register_model_creates_version_1_as_champion(chain):
 
 
 def _register(registry: LocalRegistry, model_dir: Path, value: float, run_id: str) -> dict:
-    return registry.register("cost-anomaly", model_dir, {"anomaly_f1": value, "precision": 0.5}, "digest",
+    return registry.register("cost-anomaly", model_dir, {"anomaly_f1": value, "precision": 0.5}, f"digest-{run_id}",
                              {"start": "2025-08-01", "end": "2026-06-30"}, run_id)
 
 

@@ -63,7 +63,8 @@ def test_registrations_at_the_same_moment_get_distinct_versions(tmp_path):
     def register(i: int) -> None:
         barrier.wait()
         try:
-            results.append(registry.register("cost-anomaly", model, {"anomaly_f1": 0.9 + i / 100}, "d", {}, f"r{i}"))
+            results.append(registry.register("cost-anomaly", model, {"anomaly_f1": 0.9 + i / 100}, f"d{i}", {},
+                                             f"r{i}"))
         except Exception as exc:  # surfaced below
             errors.append(exc)
 

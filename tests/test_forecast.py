@@ -375,3 +375,15 @@ def test_budget_alerts_from_the_trained_forecast(two_models):
     assert not ((a.expected_usd < a.budget_usd) & (a.p_exceed > 0.5)).any()
     assert not ((a.expected_usd > a.budget_usd) & (a.p_exceed < 0.5)).any()
     assert (a.alert == (a.p_exceed >= a.alert_probability)).all()
+
+
+def test_holdout_score_reproduces_the_models_own_holdout_accuracy_and_scores_it_on_a_later_holdout():
+    # Re-scoring a champion on a challenger's holdout goes through the very evaluation the challenger went through.
+    daily = _daily(days=400)
+    result = F.train_and_evaluate(daily, ["linear"], 3, 3, 1, 0.8, 1)
+    m = result["metrics"]
+    own = F.holdout_score(result["model"], daily, 3, 3, 1)
+    assert own["forecast_accuracy"] == pytest.approx(m["forecast_accuracy"], abs=1e-12)
+    assert (own["holdout_start"], own["holdout_end"]) == (m["holdout_start"], m["holdout_end"])
+    later = F.holdout_score(result["model"], _daily(days=431), 3, 3, 1)
+    assert later["holdout_end"] > m["holdout_end"] and 0.5 < later["forecast_accuracy"] <= 1.0

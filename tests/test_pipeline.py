@@ -235,6 +235,13 @@ def test_compiled_pipeline_is_a_valid_pipeline_spec(compiled):
     assert {e["container"]["image"] for e in executors.values()} == {PIPELINE_IMAGE}
 
 
+def test_ingest_is_never_served_from_cache(compiled):
+    # It reads a source whose rows change under the same name: a cached ingest is last week's data.
+    tasks = compiled["root"]["dag"]["tasks"]
+    assert tasks["ingest-events"].get("cachingOptions", {}).get("enableCache", False) is False
+    assert tasks["build-features"]["cachingOptions"]["enableCache"] is True
+
+
 def test_each_training_step_is_sent_its_own_config(compiled):
     root_tasks = compiled["root"]["dag"]["tasks"]
     for task, step in (("train-forecast", "forecast"), ("train-anomaly-detector", "anomaly"),

@@ -81,3 +81,36 @@ def test_a_step_whose_retry_succeeded_is_not_reported_as_failed():
               "Executing task 'train-labeler'\nTask 'train-labeler' finished with status FAILURE\n")
     assert log.failed == ["train-labeler"]
     assert events[-1] == ("train-labeler", "failure") and ("build-features", "success") in events
+
+
+def test_a_weekly_retrain_registers_new_data_once_and_rescores_the_forecast_champion_on_its_holdout(tmp_path):
+    import joblib
+
+    from finops_ml.models import forecast
+    from finops_ml.platform.registry import LocalRegistry
+    from tests.test_forecast import _daily
+
+    cfg = Config(forecast={"candidates": ["linear"], "backtest_origins": 1})
+    registry_dir = str(tmp_path / "registry")
+    runs = {}
+    for run, days in (("run-1", 400), ("run-2", 431)):
+        daily = tmp_path / f"{run}.parquet"
+        _daily(days=days).to_parquet(daily, index=False)
+        model, evaluation = tmp_path / run / "model", tmp_path / run / "evaluation"
+        steps.train_forecast_step(str(daily), "", cfg, str(model), str(evaluation))
+        runs[run] = steps.register_step(str(model), str(evaluation), registry_dir, cfg, run)
+    registry = LocalRegistry(registry_dir)
+    # The champion's data and config again (a cached or repeated run): it stands, nothing new is stored.
+    champion_run = registry.entry(FORECAST, "champion")["run_id"]
+    again = steps.register_step(str(tmp_path / champion_run / "model"), str(tmp_path / champion_run / "evaluation"),
+                                registry_dir, cfg, "run-3")
+    assert again["registered"] is False and again["run_id"] == champion_run and registry.versions(FORECAST) == [1, 2]
+
+    comparison = runs["run-2"]["comparison"]
+    assert comparison["basis"] == "the champion re-scored on this holdout"
+    champion_model = joblib.load(registry.model_dir(FORECAST, 1) / "model.joblib")
+    rescored = forecast.holdout_score(champion_model, _daily(days=431), 3, 3, 1)
+    assert comparison["champion"] == pytest.approx(rescored["forecast_accuracy"])
+    assert comparison["holdout"] == {"start": rescored["holdout_start"], "end": rescored["holdout_end"]}
+    assert comparison["champion_stored"] == runs["run-1"]["metrics"]["forecast_accuracy"]
+    assert runs["run-2"]["champion_when_registered"] is (comparison["challenger"] >= comparison["champion"])

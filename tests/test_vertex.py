@@ -277,9 +277,10 @@ def model_dir(tmp_path) -> Path:
     return d
 
 
-def _register(registry, model_dir, f1: float, run_id: str) -> dict:
+def _register(registry, model_dir, f1: float, run_id: str, window: dict = WINDOW, **kwargs) -> dict:
+    """A version measured on WINDOW; each run has its own config (the same data and config is no new version)."""
     return registry.register("cost-anomaly", model_dir, {"anomaly_f1": f1, "precision": 0.5, "delay": float("nan")},
-                             "0123abcd4567", WINDOW, run_id)
+                             f"digest-{run_id}", window, run_id, **kwargs)
 
 
 def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
@@ -295,8 +296,9 @@ def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
     assert sorted(model["versionAliases"]) == ["champion", "default"]
     assert model["artifactUri"] == "gs://acme-finops-prod-pipelines/models/cost-anomaly/run-1"
     assert model["labels"] == {"app": "finops-ml", "environment": "prod", "team": "finops", "cost_center": "cc-4110",
-                               "model": "cost-anomaly", "run_id": "run-1", "config_digest": "0123abcd4567",
-                               "data_start": "2025-08-01", "data_end": "2026-06-30"}
+                               "model": "cost-anomaly", "run_id": "run-1", "config_digest": "digest-run-1",
+                               "data_start": "2025-08-01", "data_end": "2026-06-30",
+                               "holdout_start": "2025-08-01", "holdout_end": "2026-06-30"}
     assert model["containerSpec"] == {
         "imageUri": "europe-west1-docker.pkg.dev/acme-finops-prod/finops-ml/serving:0.1.0",
         "env": [{"name": "FINOPS_ML_MODEL", "value": "cost-anomaly"}], "ports": [{"containerPort": 8080}],
@@ -328,7 +330,7 @@ def test_register_uploads_new_versions_under_one_parent_model(gcp, model_dir):
     assert registry.aliases("cost-anomaly") == {"champion": 3, "default": 3, "challenger": 2}
     # What was stored with a version, read back through the registry interface (labels and evaluation).
     entry = registry.entry("cost-anomaly", "challenger")
-    assert entry["version"] == 2 and entry["run_id"] == "run-2" and entry["config_digest"] == "0123abcd4567"
+    assert entry["version"] == 2 and entry["run_id"] == "run-2" and entry["config_digest"] == "digest-run-2"
     assert entry["data_window"] == WINDOW and entry["metrics"] == {"anomaly_f1": 0.8, "precision": 0.5}
     assert entry["artifact_uri"] == "gs://acme-finops-prod-pipelines/models/cost-anomaly/run-2"
     with pytest.raises(FinopsError, match="has no version or alias 9"):
@@ -397,6 +399,80 @@ def test_promote_moves_the_champion_alias_on_vertex(gcp, model_dir, tmp_path):
     assert len(gcp.sent("POST", r":mergeVersionAliases$")) == 1
 
 
+LATER = {"start": "2025-08-01", "end": "2026-07-31"}  # a week's retraining later: another holdout
+
+
+def test_vertex_does_not_upload_the_champions_data_and_config_again(gcp, model_dir):
+    registry = VertexRegistry(_cfg(gcp))
+    first = _register(registry, model_dir, 0.90, "run-1")
+    again = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.91}, "digest-run-1", WINDOW, "run-2")
+    assert again["registered"] is False and again["version"] == first["version"] == 1
+    assert "same data window and config digest as the champion v1" in again["reason"]
+    assert len(gcp.sent("POST", r"/models:upload$")) == 1 and registry.versions("cost-anomaly") == [1]
+    moved = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.91}, "digest-run-1", LATER, "run-3")
+    assert moved["registered"] is True and moved["version"] == 2
+    assert len(gcp.sent("POST", r"/models:upload$")) == 2
+
+
+def test_vertex_rescores_the_champion_from_its_artifacts_on_the_challengers_holdout(gcp, model_dir):
+    registry = VertexRegistry(_cfg(gcp))
+    _register(registry, model_dir, 0.90, "run-1")
+    seen = {}
+
+    def rescore(champion_dir: Path) -> dict:  # what the register step runs: the champion's files, downloaded
+        seen.update({p.name: p.read_bytes() for p in champion_dir.iterdir()})
+        return {"anomaly_f1": 0.80}
+
+    later = _register(registry, model_dir, 0.85, "run-2", LATER, rescore=rescore)
+    assert seen == {"model.joblib": b"fitted model", "review_list.csv": b"resource,label\n"}
+    assert gcp.sent("GET", r"/storage/v1/b/acme-finops-prod-pipelines/o$")[-1]["query"]["prefix"] == \
+        "models/cost-anomaly/run-1/"
+    comparison = later["comparison"]
+    assert comparison["basis"] == "the champion re-scored on this holdout"
+    assert (comparison["challenger"], comparison["champion"], comparison["champion_stored"]) == (0.85, 0.80, 0.90)
+    assert later["aliases"] == ["champion"] and registry.aliases("cost-anomaly")["champion"] == 2
+    labels = gcp.sent("POST", r"/models:upload$")[-1]["body"]["model"]["labels"]
+    assert (labels["holdout_start"], labels["holdout_end"]) == ("2025-08-01", "2026-07-31")
+    assert registry.entry("cost-anomaly", 2)["holdout"] == LATER
+    assert not gcp.unknown()
+
+
+def test_the_stream_loads_the_vertex_champion_from_its_artifact_uri(gcp, tmp_path):
+    import joblib
+
+    from finops_ml.stream.consumer import load_registered_detector
+
+    cfg = _cfg(gcp)
+    registry = VertexRegistry(cfg)
+    for run, f1 in (("run-1", 0.9), ("run-2", 0.95)):
+        model = tmp_path / run
+        model.mkdir()
+        joblib.dump({"detector": run}, model / "model.joblib")
+        _register(registry, model, f1, run)
+    cache = tmp_path / "stream-registry"
+    detector, model_dir = load_registered_detector(cache, "champion", cfg)
+    assert detector == {"detector": "run-2"} and model_dir == cache / "cost-anomaly" / "v2"
+    downloads = len(gcp.sent("GET", r"^/download/"))
+    assert downloads == 1
+    assert load_registered_detector(cache, "1", cfg)[0] == {"detector": "run-1"}
+    assert load_registered_detector(cache, "champion", cfg)[0] == {"detector": "run-2"}
+    assert len(gcp.sent("GET", r"^/download/")) == downloads + 1  # v2 kept from the first load
+    with pytest.raises(FinopsError, match="has no version or alias 7"):
+        load_registered_detector(cache, "7", cfg)
+
+
+def test_submit_with_caching_on_still_runs_ingest_every_time(gcp, tmp_path):
+    # dev.yaml has caching on: the SDK's enable_caching=True would turn the ingest's cache back on.
+    path = _write_config(tmp_path, gcp, lambda raw: raw["pipeline"].update(enable_caching=True))
+    result = _cli("submit", "--config", str(path), "--job-id", "cached-run")
+    assert result.exit_code == 0, result.output
+    tasks = gcp.sent("POST", r"/pipelineJobs$")[-1]["body"]["pipelineSpec"]["root"]["dag"]["tasks"]
+    caching = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
+               if not name.startswith("condition-")}
+    assert caching.pop("ingest-events") is False
+    assert caching and all(caching.values())  # what reads the new events artifact may be cached
+
+
 # ---- the local world --------------------------------------------------------------------------------------------
 
 def test_registry_for_picks_the_configs_backend(gcp, tmp_path):
@@ -410,7 +486,7 @@ def test_registry_for_picks_the_configs_backend(gcp, tmp_path):
 def test_promote_moves_the_champion_alias_locally(model_dir, tmp_path):
     registry = LocalRegistry(tmp_path / "registry")
     for f1 in (0.9, 0.8):
-        registry.register("cost-anomaly", model_dir, {"anomaly_f1": f1}, "d", WINDOW, "r")
+        registry.register("cost-anomaly", model_dir, {"anomaly_f1": f1}, f"d{f1}", WINDOW, "r")
     assert registry.aliases("cost-anomaly") == {"latest": 2, "champion": 1}
     result = _cli("promote", "cost-anomaly", "--version", "2", "--registry", str(tmp_path / "registry"))
     assert result.exit_code == 0, result.output
@@ -420,10 +496,50 @@ def test_promote_moves_the_champion_alias_locally(model_dir, tmp_path):
     assert registry.aliases("cost-anomaly")["champion"] == 2
 
 
+def test_the_champions_data_window_and_config_are_not_registered_again_locally(model_dir, tmp_path):
+    registry = LocalRegistry(tmp_path / "registry")
+    first = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", WINDOW, "run-1")
+    again = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", WINDOW, "run-2")
+    assert first["registered"] is True and again["registered"] is False
+    assert again["version"] == 1 and "champion" in again["aliases"] and again["run_id"] == "run-1"
+    assert again["reason"] == "same data window and config digest as the champion v1: not registered again"
+    assert registry.versions("cost-anomaly") == [1]
+    changed = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", LATER, "run-3")
+    assert changed["registered"] is True and changed["version"] == 2
+    # Another holdout and no way to re-score this model: not compared with a figure from other data.
+    assert changed["aliases"] == ["latest"] and registry.aliases("cost-anomaly")["champion"] == 1
+    assert changed["comparison"]["champion"] is None and "promote" in changed["comparison"]["basis"]
+
+
+@pytest.mark.parametrize("rescored, wins", [(0.80, True), (0.88, False)])
+def test_a_champion_measured_on_another_holdout_is_rescored_on_the_challengers(model_dir, tmp_path, rescored,
+                                                                              wins):
+    registry = LocalRegistry(tmp_path / "registry")
+    registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", WINDOW, "run-1")
+    calls = []
+
+    def rescore(champion_dir: Path) -> dict:
+        calls.append(champion_dir)
+        return {"anomaly_f1": rescored}
+
+    # 0.85 < the champion's stored 0.90, measured on other data: the re-scored figure decides.
+    later = registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.85}, "d", LATER, "run-2", rescore=rescore)
+    assert calls == [tmp_path / "registry" / "cost-anomaly" / "v1"]
+    assert later["champion_when_registered"] is wins
+    assert registry.aliases("cost-anomaly")["champion"] == (2 if wins else 1)
+    stored = registry.entry("cost-anomaly", 2)
+    assert stored["holdout"] == LATER
+    assert {k: stored["comparison"][k] for k in ("challenger", "champion", "champion_stored", "champion_version")} \
+        == {"challenger": 0.85, "champion": rescored, "champion_stored": 0.9, "champion_version": 1}
+    # On the champion's own holdout the stored figures are like with like: nothing re-scored.
+    registry.register("cost-anomaly", model_dir, {"anomaly_f1": 0.99}, "d2", LATER, "run-3", rescore=rescore)
+    assert len(calls) == (1 if wins else 2) and registry.aliases("cost-anomaly")["champion"] == 3
+
+
 def test_local_deploy_writes_the_endpoint_state(model_dir, tmp_path):
     registry = LocalRegistry(tmp_path / "registry")
-    for _ in range(3):
-        registry.register("cost-forecast", model_dir, {"forecast_accuracy": 0.9}, "d", WINDOW, "r")
+    for i in range(3):
+        registry.register("cost-forecast", model_dir, {"forecast_accuracy": 0.9}, f"d{i}", WINDOW, "r")
     assert registry.endpoint("cost-forecast")["traffic"] == {}
     assert registry.deploy("cost-forecast", 1, 10, 2)["traffic"] == {"1": 100}
     assert registry.deploy("cost-forecast", 2, 10, 2)["traffic"] == {"1": 90, "2": 10}

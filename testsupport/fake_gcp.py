@@ -66,9 +66,10 @@ class FakeGCP:
                     except Exception as exc:  # noqa: BLE001 -- a fake's bug shows as a 500 with its message
                         status, payload = 500, {"error": {"code": 500, "message": f"{type(exc).__name__}: {exc}"}}
                 record["status"] = status
-                data = json.dumps(payload).encode()
+                media = isinstance(payload, bytes)
+                data = payload if media else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "application/octet-stream" if media else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -131,9 +132,18 @@ class FakeGCP:
         m = re.fullmatch(r"/upload/storage/v1/b/(?P<bucket>[^/]+)/o", path)
         if m and method == "POST":
             name = query.get("name") or self._multipart_name(raw)
-            self.objects[(m["bucket"], name)] = raw
+            self.objects[(m["bucket"], name)] = self._media(raw, content_type)
             return 200, {"kind": "storage#object", "bucket": m["bucket"], "name": name, "size": str(len(raw)),
                          "generation": "1"}
+        m = re.fullmatch(r"/storage/v1/b/(?P<bucket>[^/]+)/o", path)
+        if m and method == "GET":
+            prefix = query.get("prefix", "")
+            return 200, {"kind": "storage#objects", "items": [
+                {"kind": "storage#object", "bucket": b, "name": n, "size": str(len(data)), "generation": "1"}
+                for (b, n), data in sorted(self.objects.items()) if b == m["bucket"] and n.startswith(prefix)]}
+        m = re.fullmatch(r"/download/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>.+)", path)
+        if m and method == "GET":
+            return 200, self.objects[(m["bucket"], m["name"])]  # raw bytes (see the handler)
         m = re.fullmatch(_LOC + r"(?P<rest>/.*)?", path)
         if not m:
             return 404, {"error": {"code": 404, "message": f"no such method {method} {path}"}}
@@ -144,6 +154,15 @@ class FakeGCP:
             if mm:
                 return handler(loc, body or {}, query, **mm.groupdict())
         return 404, {"error": {"code": 404, "message": f"no such method {method} {path}"}}
+
+    @staticmethod
+    def _media(raw: bytes, content_type: str) -> bytes:
+        """The object's bytes of an upload (the media part of a multipart upload)."""
+        m = re.search(r'boundary="?([^";]+)"?', content_type)
+        if "multipart" not in content_type or not m:
+            return raw
+        media = raw.split(b"--" + m.group(1).encode())[2]
+        return media.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n")
 
     @staticmethod
     def _multipart_name(raw: bytes) -> str:

@@ -631,3 +631,24 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
             "forecast_monthly": future_levels, "forecast_daily": daily_fc, "budget_alerts": alerts,
             "holdout_levels": levels, "history": history,
             "holdout_curve": first.drop(columns=["origin", "step"]).reset_index(drop=True), "future_curve": curve}
+
+
+def holdout_score(model: CostForecaster | EnsembleForecaster, daily: pd.DataFrame, holdout_months: int,
+                  horizon_months: int, backtest_origins: int, anomalies: pd.DataFrame | None = None) -> dict:
+    """A stored forecaster scored on this data's holdout as `train_and_evaluate` scores its candidates: a copy with
+    its parameters (algorithm, seed, horizon; an ensemble's members) fitted on the training window only, forecasting
+    from every holdout origin, service x month accuracy. Refitted, not reused as stored: the stored model was fitted
+    on everything up to its own data's end, which a later holdout mostly lies in."""
+    panel = SeriesPanel.from_daily(daily)
+    clean = SeriesPanel.from_daily(adjust_for_anomalies(daily, anomalies))
+    cutoff, _, ho_origins, last_full = _plan(panel.days, holdout_months, horizon_months, backtest_origins)
+    members = model.members if isinstance(model, EnsembleForecaster) else [model]
+
+    def source(m: CostForecaster) -> SeriesPanel:
+        return panel if m.model in NAIVE else clean
+
+    fits = [CostForecaster(m.model, m.seed, m.horizon_days).fit(source(m).until(cutoff)) for m in members]
+    windows = [_window(panel, origin, np.mean([f.predict_matrix(source(f).until(origin), last_full - origin)
+                                               for f in fits], axis=0), panel) for origin in ho_origins]
+    return {"forecast_accuracy": _service_accuracy(windows), "model": "+".join(m.model for m in members),
+            "holdout_start": str(panel.days[cutoff + 1].date()), "holdout_end": str(panel.days[last_full].date())}

@@ -34,6 +34,9 @@ def deploy_vertex(cfg: Config, name: str, version: int) -> dict:
     d = cfg.deploy
     # The final split is computed first: the deploy request already gives no traffic to versions about to go.
     deployed = {m.id: int(m.model_version_id or 0) for m in endpoint.gca_resource.deployed_models}
+    if int(version) in deployed.values():  # a run that registered nothing new: its champion already serves
+        return {"name": name, "version": int(version), "deployed": False, "endpoint": endpoint.resource_name,
+                "reason": "already deployed: the endpoint serves this version"}
     kept = keep_newest(canary_split(dict(endpoint.traffic_split), "0", d.canary_percent), d.keep_versions, "0",
                        key=lambda i: (deployed.get(i, 0), i))
     endpoint.deploy(model=model, deployed_model_display_name=f"{name}-v{version}",

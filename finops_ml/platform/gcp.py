@@ -112,6 +112,25 @@ def upload_dir(cfg: Config, local_dir: str | Path, gs_prefix: str) -> list[str]:
     return uris
 
 
+def download_dir(cfg: Config, gs_prefix: str, local_dir: str | Path) -> list[Path]:
+    """Download every object under `gs_prefix` (gs://bucket/path) into `local_dir`, keeping the relative paths."""
+    bucket_name, _, prefix = gs_prefix.removeprefix("gs://").partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    client = storage_client(cfg)
+    paths = []
+    for blob in client.list_blobs(bucket_name, prefix=prefix):
+        relative = blob.name[len(prefix):]
+        if not relative or relative.endswith("/"):
+            continue
+        path = Path(local_dir) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob.download_to_filename(str(path))
+        paths.append(path)
+    if not paths:
+        raise FinopsError(f"Nothing is stored under {gs_prefix}; the model's artifacts are missing from Cloud Storage.")
+    return paths
+
+
 def label_value(value: str) -> str:
     """A string made into a valid GCP label value (lowercase, [a-z0-9_-], 63 characters at most)."""
     return re.sub(r"[^a-z0-9_-]", "-", str(value).lower())[:63]

@@ -26,7 +26,9 @@ def _pipeline_job(cfg: Config, template: str | Path, job_id: str | None = None):
     return aiplatform.PipelineJob(
         display_name=cfg.pipeline.name, template_path=str(template), job_id=job_id,
         pipeline_root=cfg.pipeline.pipeline_root, parameter_values=parameter_values(cfg),
-        enable_caching=cfg.pipeline.enable_caching, labels=resource_labels(cfg))
+        # True would overwrite every task's caching option, the ingest's "never cached" too: caching on keeps the
+        # compiled options, caching off turns them all off.
+        enable_caching=None if cfg.pipeline.enable_caching else False, labels=resource_labels(cfg))
 
 
 def submit(cfg: Config, template: str | Path, job_id: str | None = None) -> dict:

@@ -3,21 +3,23 @@
 Each registered model is a new version of one parent model per model name (`parent_model=`), with the alias
 `champion` (it moves: Vertex AI removes an alias from the version that had it) or `challenger`, labels with the data
 window, run id and config digest, the artifacts uploaded to GCS first, the serving container (image, AIP routes,
-port) and its held-out metrics imported as a ModelEvaluation. The champion is decided from the champion's stored
-evaluation: no re-evaluation.
+port) and its held-out metrics imported as a ModelEvaluation. The champion is decided as locally
+(`compare_with_champion`): its stored evaluation when measured on the same holdout, else re-scored from its
+artifacts; the champion's own data window and config digest are not uploaded again.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from finops_ml.config import Config
 from finops_ml.errors import FinopsError
 from finops_ml.models.catalogue import ANOMALY, MODELS, PRIMARY_METRIC
-from finops_ml.platform.gcp import init_vertex, label_value, resource_labels, upload_dir
-from finops_ml.platform.registry import ModelRegistry
+from finops_ml.platform.gcp import download_dir, init_vertex, label_value, resource_labels, upload_dir
+from finops_ml.platform.registry import ModelRegistry, Rescorer, compare_with_champion
 
 # The serving container contract (Vertex AI sets AIP_HTTP_PORT / AIP_PREDICT_ROUTE / AIP_HEALTH_ROUTE from these).
 SERVING_PORT = 8080
@@ -92,25 +94,39 @@ class VertexRegistry(ModelRegistry):
         return {"name": name, "version": int(version), "resource_name": model.resource_name,
                 "run_id": labels.get("run_id", ""), "config_digest": labels.get("config_digest", ""),
                 "data_window": {"start": labels.get("data_start", ""), "end": labels.get("data_end", "")},
+                "holdout": {"start": labels.get("holdout_start", ""), "end": labels.get("holdout_end", "")},
                 "metrics": _numbers(self._evaluation_metrics(parent, str(version)) or {}),
                 "primary_metric": PRIMARY_METRIC.get(name), "artifact_uri": model.uri,
                 "aliases": list(model.version_aliases)}
 
+    def model_dir(self, name: str, alias_or_version: str | int, into: str | Path) -> Path:
+        """Download a version's artifacts (its artifact URI on GCS) into the directory INTO; returns INTO."""
+        download_dir(self.cfg, self.entry(name, alias_or_version)["artifact_uri"], into)
+        return Path(into)
+
+    def _rescore(self, name: str, version: int, rescore: Rescorer) -> dict:
+        with tempfile.TemporaryDirectory(prefix=f"{name}-v{version}-") as tmp:
+            return rescore(self.model_dir(name, version, tmp))
+
     def register(self, name: str, model_dir: str | Path, metrics: dict, config_digest: str, data_window: dict,
-                 run_id: str = "") -> dict:
-        """Upload a new version; `champion` when not worse than the champion's stored evaluation, else `challenger`."""
+                 run_id: str = "", rescore: Rescorer | None = None) -> dict:
+        """Upload a new version; `champion` when not worse than the champion on the same holdout, else `challenger`."""
         from google.cloud import aiplatform
 
         primary = PRIMARY_METRIC.get(name)
         value = metrics.get(primary) if primary else None
         parent = self.parent(name)
-        champion_value = None
-        if parent is not None and primary:
-            champion = [v for v in self._versions(parent) if "champion" in v.version_aliases]
-            if champion:
-                stored = self._evaluation_metrics(parent, champion[0].version_id) or {}
-                champion_value = float(stored[primary]) if stored.get(primary) is not None else None
-        is_champion = self.wins(name, metrics, champion_value)
+        champion = None
+        if parent is not None:
+            found = [v for v in self._versions(parent) if "champion" in v.version_aliases]
+            champion = self.entry(name, int(found[0].version_id)) if found else None
+        comparison = compare_with_champion(
+            name, metrics, config_digest, data_window, champion,
+            (lambda: self._rescore(name, champion["version"], rescore)) if rescore and champion else None)
+        if comparison["duplicate"]:
+            return self.not_registered(champion, comparison)
+        is_champion = comparison["wins"]
+        holdout = comparison["holdout"]
 
         stamp = run_id or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         staging = (self.cfg.gcp.staging_bucket or f"{self.cfg.pipeline.pipeline_root.rstrip('/')}/models").rstrip("/")
@@ -118,7 +134,8 @@ class VertexRegistry(ModelRegistry):
         upload_dir(self.cfg, model_dir, artifact_uri)
         alias = "champion" if is_champion else "challenger"
         labels = resource_labels(self.cfg, model=name, run_id=run_id, config_digest=config_digest,
-                                 data_start=data_window.get("start", ""), data_end=data_window.get("end", ""))
+                                 data_start=data_window.get("start", ""), data_end=data_window.get("end", ""),
+                                 holdout_start=holdout["start"], holdout_end=holdout["end"])
         d = self.cfg.deploy
         model = aiplatform.Model.upload(
             display_name=name,
@@ -139,7 +156,8 @@ class VertexRegistry(ModelRegistry):
         self._import_evaluation(model, name, metrics, run_id)
         return {"name": name, "version": int(model.version_id), "resource_name": model.resource_name,
                 "run_id": run_id, "metrics": metrics, "primary_metric": primary, "config_digest": config_digest,
-                "data_window": data_window, "artifact_uri": artifact_uri, "champion_when_registered": is_champion,
+                "data_window": data_window, "holdout": holdout, "artifact_uri": artifact_uri,
+                "champion_when_registered": is_champion, "comparison": comparison, "registered": True,
                 "aliases": [alias]}
 
     def _import_evaluation(self, model, name: str, metrics: dict, run_id: str) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import orjson
 
-from finops_ml.config import StreamConfig
+from finops_ml.config import Config, StreamConfig
 from finops_ml.data.kafka_io import check_reachable, client_config, ensure_topic
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import read_json, write_json
@@ -446,11 +446,25 @@ class StreamProcessor:
         self.stop_event.set()
 
 
-def load_registered_detector(registry_dir: str | Path, version: str = "champion"):
-    """The cost-anomaly detector registered in the local registry under `version` (an alias or a number)."""
+def load_registered_detector(registry_dir: str | Path, version: str = "champion", cfg: Config | None = None):
+    """The cost-anomaly detector registered under `version` (an alias or a number): in the local registry
+    REGISTRY_DIR, or, when `cfg.registry.backend` is vertex, in the Vertex AI Model Registry, its artifacts
+    downloaded from the version's artifact URI into REGISTRY_DIR/v<N> (kept: a restart does not download again)."""
     import joblib
 
     from finops_ml.platform.registry import LocalRegistry
+
+    if cfg is not None and cfg.registry.backend == "vertex":
+        from finops_ml.fileio import atomic_dir
+        from finops_ml.platform.vertex_registry import VertexRegistry
+
+        vertex = VertexRegistry(cfg)
+        entry = vertex.entry(ANOMALY, version)
+        model_dir = Path(registry_dir) / ANOMALY / f"v{entry['version']}"
+        if not (model_dir / "model.joblib").exists():
+            with atomic_dir(model_dir) as tmp:
+                vertex.model_dir(ANOMALY, entry["version"], tmp)
+        return joblib.load(model_dir / "model.joblib"), model_dir
 
     registry = LocalRegistry(registry_dir)
     if not registry.versions(ANOMALY):

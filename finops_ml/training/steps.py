@@ -5,6 +5,7 @@ and the same code runs on the local runner and on Vertex AI. Each training step 
   MODEL_DIR/model.joblib          the fitted model
   EVAL_DIR/metrics.json           held-out metrics (what the gates read)
   EVAL_DIR/*.parquet              small tables the report plots
+  EVAL_DIR/rescore/               what re-scoring a champion on this holdout needs (forecast)
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
     except InsufficientData as exc:
         return _finish(eval_dir, FORECAST, {}, cfg, daily, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
+    _save_rescore_inputs(eval_dir, daily, anomalies, {"holdout_months": f.holdout_months,
+                                                      "horizon_months": f.horizon_months,
+                                                      "backtest_origins": f.backtest_origins})
     for name in ("forecast", "forecast_monthly", "forecast_daily"):
         with atomic_path(model_dir / f"{name}.csv") as tmp:
             result[name].to_csv(tmp, index=False)
@@ -199,15 +203,48 @@ def loggable_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+RESCORE = "rescore"  # EVAL_DIR/rescore/: the data and plan the holdout was made of
+
+
+def _save_rescore_inputs(eval_dir: Path, daily: pd.DataFrame, anomalies: pd.DataFrame | None, plan: dict) -> None:
+    (d,) = _dirs(eval_dir / RESCORE)
+    with atomic_path(d / "daily_cost.parquet") as tmp:
+        daily.to_parquet(tmp, index=False)
+    if anomalies is not None:
+        with atomic_path(d / "anomaly_cells.parquet") as tmp:
+            anomalies.to_parquet(tmp, index=False)
+    write_json(d / "plan.json", plan)
+
+
+def rescorer(eval_dir: str | Path):
+    """A function scoring a stored model (its directory) on the holdout of the evaluation in EVAL_DIR, the way
+    that evaluation scored its own model; None when the model cannot be re-scored (anomaly detector, labeler:
+    their champion stays until a person promotes a challenger measured on another holdout)."""
+    d = Path(eval_dir) / RESCORE
+    if read_json(Path(eval_dir) / "evaluation.json")["model_name"] != FORECAST or not d.exists():
+        return None
+
+    def rescore(model_dir: Path) -> dict:
+        cells = d / "anomaly_cells.parquet"
+        return forecast.holdout_score(joblib.load(Path(model_dir) / "model.joblib"),
+                                      pd.read_parquet(d / "daily_cost.parquet"), **read_json(d / "plan.json"),
+                                      anomalies=pd.read_parquet(cells) if cells.exists() else None)
+
+    return rescore
+
+
 def gate_step(eval_dir: str) -> bool:
     return bool(read_json(Path(eval_dir) / "evaluation.json")["passed"])
 
 
 def register_step(model_dir: str, eval_dir: str, registry_dir: str, cfg: Config, run_id: str) -> dict:
-    """Register a trained model with the digest of the config its training step was sent."""
+    """Register a trained model with the digest of the config its training step was sent; the champion is
+    re-scored on this holdout when it was measured on another. The champion's own data window and config digest
+    are not registered again (`registered` false, with the reason)."""
     evaluation = read_json(Path(eval_dir) / "evaluation.json")
     return registry_for(cfg, registry_dir).register(evaluation["model_name"], model_dir, evaluation["metrics"],
-                                                    evaluation["config_digest"], evaluation["data_window"], run_id)
+                                                    evaluation["config_digest"], evaluation["data_window"], run_id,
+                                                    rescore=rescorer(eval_dir))
 
 
 def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
@@ -224,6 +261,8 @@ def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
     registry = LocalRegistry(registry_dir)
     if registry.aliases(name).get("champion") != int(version):
         return {**out, "reason": "not the champion: the endpoint keeps serving the champion"}
+    if str(int(version)) in registry.endpoint(name)["traffic"]:
+        return {**out, "reason": "already deployed: the endpoint serves this version"}
     state = registry.deploy(name, int(version), cfg.deploy.canary_percent, cfg.deploy.keep_versions)
     return {**out, "deployed": True, "endpoint": str(Path(registry_dir) / name / "endpoint.json"),
             "traffic": {f"v{v}": p for v, p in state["traffic"].items()}}
