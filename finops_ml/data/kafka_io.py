@@ -100,7 +100,8 @@ def _parquet_rows(path: Path) -> Iterator[tuple[tuple[bytes, bytes] | None, byte
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET enable_progress_bar = false")
+        if con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0]:  # Jupyter: off, and fixed
+            con.execute("SET enable_progress_bar = false")
         columns = con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
     except duckdb.Error as exc:
         raise FinopsError(f"Parquet file {path} cannot be read ({str(exc).splitlines()[0]}); "
