@@ -79,9 +79,8 @@ def _draw_cells(scored: pd.DataFrame, injection, first: pd.Timestamp, known: pd.
     changed = changed[changed.day >= first][CELL].drop_duplicates().assign(changed=True)
     cells = scored.merge(truth, on=CELL, how="outer").merge(changed, on=CELL, how="left")
     cells = cells.merge(known, on=CELL, how="left").merge(clean_alarms, on=CELL, how="left")
-    for c in ("predicted", "truth", "changed", "known"):
+    for c in ("predicted", "truth", "changed", "known", "clean_alarm"):
         cells[c] = cells[c].astype("boolean").fillna(False).astype(bool)
-    cells["clean_alarm"] = cells["clean_alarm"].astype("boolean").fillna(False).astype(bool)
     cells["dont_care"] = ((cells["changed"] | cells["known"]) & ~cells["truth"]) | cells["clean_alarm"]
     return cells.drop(columns=["changed", "known"]).sort_values(CELL).reset_index(drop=True)
 
