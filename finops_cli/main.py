@@ -86,11 +86,13 @@ def replay(
     topic: str = typer.Option(..., help="Topic to publish to (created if missing)."),
     partitions: int = typer.Option(3, help="Partitions of the topic if it has to be created."),
     key: str = typer.Option("cell", help="Message key: cell (service|project, what `stream` needs) or event (id)."),
+    order: str = typer.Option("export", help="export: as a billing export delivers the rows (by export time); "
+                                             "file: in file order."),
 ):
     """Publish billing events to a Kafka topic, keyed by series (replaying twice is safe: ingest dedupes)."""
     from finops_ml.data.kafka_io import replay as run_replay
 
-    s = run_replay(file, bootstrap, topic, partitions=partitions, key=key)
+    s = run_replay(file, bootstrap, topic, partitions=partitions, key=key, order=order)
     console.print(f"sent {s['sent']:,} events to {topic} on {bootstrap} ({s['invalid']:,} not valid billing events) "
                   f"in {s['seconds']:.1f} s: {s['events_per_s']:,} events/s")
 

@@ -81,7 +81,7 @@ def stream(
                                  RetryPolicy(cfg.retry_attempts, cfg.retry_backoff_s, cfg.retry_backoff_max_s),
                                  on_result).start()
     processor = StreamProcessor(
-        cfg, new_state=lambda: RealtimeState(model, lateness_days=cfg.lateness_days),
+        cfg, new_state=lambda: RealtimeState(model, cfg.lateness_days, cfg.rejudge_days),
         load_state=RealtimeState.load, detect=detect_anomaly_realtime, invalid_event=InvalidEvent,
         dispatcher=dispatcher, metrics=metrics)
     for sig in (signal.SIGTERM, signal.SIGINT):

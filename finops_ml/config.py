@@ -315,7 +315,11 @@ class StreamConfig(_Strict):
     model_version: str = "champion"
     # Snapshots of the detector state with the offsets they cover, and the alert outbox (pending deliveries).
     state_dir: str = "out/stream-state"
-    lateness_days: int = Field(1, ge=0, le=31)
+    # Days close on export time: usage day D closes once a row exported `lateness_days` after D's end arrives (the
+    # Cloud Billing export delivers a day's rows up to ~29 h after it ends). A row of a closed day is late: its day
+    # is re-judged for its cell if it is one of the last `rejudge_days` closed days (older: counted, not judged).
+    lateness_days: int = Field(2, ge=0, le=31)
+    rejudge_days: int = Field(35, ge=0, le=400)
     checkpoint_interval_s: float = Field(5.0, gt=0.0, le=3600.0)
     # A consumer that misses heartbeats this long is dropped from the group; a join takes a part of it.
     session_timeout_ms: int = Field(10000, ge=1000, le=300000)

@@ -23,6 +23,7 @@ from finops_ml.config import GeneratorConfig  # noqa: E402
 from finops_ml.data.events import parse_event  # noqa: E402
 from finops_ml.data.kafka_io import replay  # noqa: E402
 from finops_ml.data.sources import read_events  # noqa: E402
+from finops_ml.errors import FinopsError  # noqa: E402
 from finops_ml.synthetic.generator import generate  # noqa: E402
 from testsupport import cli  # noqa: E402
 from testsupport.net import free_port  # noqa: E402
@@ -97,7 +98,7 @@ def test_replay_can_key_messages_by_event_id(kafka_bootstrap, small_events, tmp_
     lines = small_events.read_text().splitlines()[:2]
     path.write_text("\n".join([*lines, "not json"]) + "\n")
     topic = _topic("keys")
-    counts = replay(path, kafka_bootstrap, topic, partitions=1, key="event")
+    counts = replay(path, kafka_bootstrap, topic, partitions=1, key="event", order="file")
     assert (counts["sent"], counts["invalid"]) == (3, 1)
     got = _consume_all(kafka_bootstrap, topic, 3)
     expected = [parse_event(json.loads(line))[0]["event_id"].encode() for line in lines] + [None]
@@ -133,6 +134,26 @@ def test_replay_keys_messages_by_cell_by_default_so_a_series_stays_on_one_partit
         partitions_of_cell.setdefault(m.key(), set()).add(m.partition())
     assert all(len(p) == 1 for p in partitions_of_cell.values())
     assert len({p for ps in partitions_of_cell.values() for p in ps}) > 1  # the series do spread
+
+
+def test_replay_sends_rows_as_the_export_delivers_them_by_default(kafka_bootstrap, small_events, tmp_path):
+    """A file written series by series ends with rows of days long past; replay sends them by export time (each
+    partition in export-time order, as the stream closes days on it), or in file order with order="file"."""
+    lines = small_events.read_text().splitlines()
+    path = tmp_path / "tail.jsonl"
+    path.write_text("\n".join(lines[1000:] + lines[:1000] + ["not json"]) + "\n")  # the oldest rows last
+    topic = _topic("order")
+    counts = replay(path, kafka_bootstrap, topic, partitions=1)
+    got = [m.value() for m in _consume_all(kafka_bootstrap, topic, counts["sent"])]
+    assert sorted(got) == sorted(line.encode() for line in path.read_text().splitlines())
+    exported = [json.loads(v)["export_time"] for v in got if v != b"not json"]
+    assert exported == sorted(exported)
+    topic = _topic("fileorder")
+    replay(path, kafka_bootstrap, topic, partitions=1, order="file")
+    assert [m.value() for m in _consume_all(kafka_bootstrap, topic, counts["sent"])] == [
+        line.encode() for line in path.read_text().splitlines()]
+    with pytest.raises(FinopsError, match="Replay order 'usage' is unknown"):
+        replay(path, kafka_bootstrap, topic, order="usage")
 
 
 def test_bad_messages_are_rejected_with_reason_and_location(kafka_bootstrap, small_events):

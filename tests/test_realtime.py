@@ -47,11 +47,14 @@ def _decided(raised: dict[str, list[dict]]) -> set[str]:
     return {k for k, v in raised.items() if v[-1]["status"] != "retracted"}
 
 
-@pytest.mark.parametrize("lateness_days", [0, 2])
-def test_realtime_reaches_the_batch_decisions(fitted, lateness_days):
+@pytest.mark.parametrize("order", ["usage", "export"])
+def test_realtime_reaches_the_batch_decisions(fitted, order):
     detector, cells, events = fitted
-    state = RealtimeState.from_detector(detector, lateness_days=lateness_days)
+    if order == "export":  # as a billing export delivers them: a day's rows come up to ~29 h after it ends
+        events = sorted(events, key=lambda e: (e["export_time"], e["usage_start_time"]))
+    state = RealtimeState.from_detector(detector, lateness_days=2)
     raised = _stream(events, state)
+    assert state.counters["late_events"] == 0  # days close on export time: none closes before its last row
     for a in state.flush():
         raised.setdefault(a["anomaly_id"], []).append(a)
     batch = set(cells.loc[cells.is_anomaly, "anomaly_id"])
@@ -64,6 +67,8 @@ def test_realtime_reaches_the_batch_decisions(fitted, lateness_days):
     opened = [aid for aid in rises if raised[aid][0]["status"] == "open"]
     assert len(opened) >= 0.8 * len(rises)
     assert state.counters["retracted"] <= 0.05 * len(batch)
+    confirmed = {aid for aid, alerts in raised.items() for a in alerts if a["status"] == "confirmed"}
+    assert confirmed == batch  # every anomaly confirmed once its day is complete, an open one too
     for aid in batch:
         final = raised[aid][-1]
         row = by_id.loc[aid]
@@ -94,11 +99,61 @@ def test_state_saved_and_restored_mid_stream_goes_on_identically(fitted, tmp_pat
 
     assert statuses(got) == statuses(expected)
     assert restored.counters == whole.counters
-    # Events delivered twice (replayed from an older offset) are late once their day closed, and an anomaly already
-    # raised is not raised again (its open days' costs would double: the stream restarts from the state's offsets).
-    again = _stream(events[half:], restored)
-    assert not any(a["status"] == "open" and k in got for k, v in again.items() for a in v)
-    assert restored.counters["late_events"] > 0
+
+
+def test_a_state_of_an_older_format_is_refused_with_one_sentence(fitted, tmp_path):
+    from finops_ml.errors import FinopsError
+
+    state = RealtimeState.from_detector(fitted[0])
+    state.version = 2  # days closed on usage time, closed days not kept
+    state.save(tmp_path / "old.pkl")
+    with pytest.raises(FinopsError, match="has format version 2, and this finops-ml reads version 3 only.*move the "
+                                          "state directory away"):
+        RealtimeState.load(tmp_path / "old.pkl")
+
+
+@pytest.mark.parametrize("lateness_days", [0, 2])
+def test_reordered_and_late_rows_re_judge_their_day_and_reach_the_batch_anomalies(fitted, lateness_days):
+    """Rows out of time order (blocks of the export shuffled; with lateness 0 every row is late): a row of a day
+    already closed re-judges that day for its cell, publishing `confirmed` / `retracted` (each message key once),
+    so that the last message of each anomaly id says what the batch detector decides."""
+    import random
+
+    from finops_ml.stream.alerts import alert_key
+
+    detector, cells, events = fitted
+    rnd = random.Random(7)
+    events = sorted(events, key=lambda e: (e["export_time"], e["usage_start_time"]))
+    block = len(events) // 40  # about 6 days of rows, shuffled: rows of closed days arrive after newer ones
+    events = [e for i in range(0, len(events), block) for e in rnd.sample(events[i:i + block],
+                                                                        len(events[i:i + block]))]
+    state = RealtimeState.from_detector(detector, lateness_days=lateness_days)
+    messages = [a for e in events for a in detect_anomaly_realtime(e, state)] + state.flush()
+    assert state.counters["late_events"] > 0 and state.counters["rejudged_days"] > 0
+    assert state.counters["too_late_events"] == 0
+    keys = [alert_key(a) for a in messages]
+    assert len(keys) == len(set(keys))  # each message once
+    last = {a["anomaly_id"]: a["status"] for a in messages}
+    batch = set(cells.loc[cells.is_anomaly, "anomaly_id"])
+    assert {aid for aid, status in last.items() if status != "retracted"} == batch
+    assert {aid for aid, status in last.items() if status == "confirmed"} == batch
+
+
+def test_a_late_row_older_than_rejudge_days_is_counted_not_judged(fitted):
+    detector, _, events = fitted
+    events = sorted(events, key=lambda e: (e["export_time"], e["usage_start_time"]))
+    state = RealtimeState.from_detector(detector, lateness_days=2, rejudge_days=3)
+    half = len(events) // 2
+    _stream(events[:half], state)
+    day = max(e["usage_start_time"] for e in events[:half])[:10]
+    old = [e for e in events[:half] if e["usage_start_time"][:10] < day][-1]  # a row of an older closed day
+    import datetime as dt
+
+    d = dt.date.fromisoformat(old["usage_start_time"][:10])
+    if (dt.date.fromordinal(state.closed_through) - d).days < 3:
+        old = events[0]
+    assert detect_anomaly_realtime(old, state) == []
+    assert state.late == "too_late" and state.counters["too_late_events"] == 1
 
 
 def test_load_of_a_missing_or_corrupt_state_is_a_clear_error(tmp_path):
@@ -113,13 +168,13 @@ def test_load_of_a_missing_or_corrupt_state_is_a_clear_error(tmp_path):
 
 def test_late_and_non_usage_events_are_counted_not_judged(fitted, billing_record):
     detector, _, events = fitted
-    state = RealtimeState.from_detector(detector, lateness_days=0)
+    state = RealtimeState.from_detector(detector, lateness_days=2)
     _stream(events[:5000], state)
     late = billing_record(usage_start_time="2000-01-01T00:00:00Z")
     tax = billing_record(cost_type="tax", usage_start_time="2030-01-01T00:00:00Z")
     assert detect_anomaly_realtime(late, state) == []
     assert detect_anomaly_realtime(tax, state) == []
-    assert state.counters["late_events"] == 1
+    assert state.counters["late_events"] == 1 and state.counters["too_late_events"] == 1  # before the kept days
     assert state.counters["skipped_events"] >= 1
     assert state.watermark < pd.Timestamp("2030-01-01").toordinal()  # a tax row does not move time
 

@@ -173,12 +173,13 @@ class Webhook:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def ids(self) -> list[str]:
-        """The alert key (`alert_key`) of each message received: its anomaly id, /retracted for a retraction."""
+        """The alert key (`alert_key`) of each message received: its anomaly id, /confirmed, /retracted."""
         out = []
         for m in self.received:
             body = m["blocks"][1]["text"]["text"]
             anomaly_id = body.split("anomaly id: ", 1)[1].split("\n")[0].split("  ")[0]
-            out.append(anomaly_id + ("/retracted" if m["text"].startswith("Retracted") else ""))
+            status = m["text"].split(":", 1)[0].lower()
+            out.append(anomaly_id + (f"/{status}" if status in ("retracted", "confirmed") else ""))
         return out
 
     def close(self):
@@ -359,7 +360,7 @@ def test_stream_publishes_each_anomaly_once_and_dead_letters_bad_events(kafka_bo
     bad = [b"{not json", b"[1, 2]", b'{"service": {"description": "BigQuery"}}', b'{"boom": true}']
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_bytes(b"\n".join(lines[:3000] + bad + lines[3000:]) + b"\n")
-    replay(mixed, kafka_bootstrap, topic, partitions=3)
+    replay(mixed, kafka_bootstrap, topic, partitions=3, order="file")  # the toy closes days on usage time
     expected = toy_expected(lines)
     assert len(expected) >= 3  # the data does hold anomalies for this test to see
 
@@ -414,7 +415,7 @@ def test_restart_resumes_from_the_snapshot_and_repeats_no_alert(kafka_bootstrap,
     rest.write_bytes(b"\n".join(lines[len(lines) // 2:]) + b"\n")
     expected = toy_expected(lines)
 
-    replay(half, kafka_bootstrap, topic, partitions=2)
+    replay(half, kafka_bootstrap, topic, partitions=2, order="file")
     state_dir = tmp_path / "state"
     settings = _settings(kafka_bootstrap, topic, state_dir, until_end=False)
     outbox = tmp_path / "outbox.jsonl"
@@ -434,7 +435,7 @@ def test_restart_resumes_from_the_snapshot_and_repeats_no_alert(kafka_bootstrap,
     # Lose the snapshot of partition 0: its events are processed again from the start and re-raise its alerts.
     for f in (state_dir / topic).glob("p0*"):
         f.unlink()
-    replay(rest, kafka_bootstrap, topic, partitions=2)
+    replay(rest, kafka_bootstrap, topic, partitions=2, order="file")
     dispatcher = AlertDispatcher(Outbox(outbox), {"slack": slack_sender(webhook.url, 5.0)}).start()
     second = _processor(_settings(kafka_bootstrap, topic, state_dir), dispatcher)
     summary = second.run()
@@ -452,7 +453,7 @@ def test_a_hanging_webhook_does_not_stall_the_stream(kafka_bootstrap, sorted_eve
     webhook.release.clear()
     topic = _topic("slow")
     lines = sorted_events.read_bytes().splitlines()
-    replay(sorted_events, kafka_bootstrap, topic, partitions=3)
+    replay(sorted_events, kafka_bootstrap, topic, partitions=3, order="file")
     expected = toy_expected(lines)
     outbox = tmp_path / "outbox.jsonl"
     dispatcher = AlertDispatcher(Outbox(outbox), {"slack": slack_sender(webhook.url, 30.0)}).start()
@@ -552,9 +553,9 @@ def _final_cells(alerts: list[dict]) -> set[tuple[str, str, str]]:
     return raised - retracted
 
 
-def _reference(bootstrap: str, topic: str, detector) -> tuple[set[str], int]:
+def _reference(bootstrap: str, topic: str, detector, flush: bool = True) -> tuple[set[str], int]:
     """What the stream must publish: one real-time state per partition over the topic's messages in offset order
-    (alert keys), and how many messages are billing events."""
+    (alert keys; `flush`: with the open days closed at the end), and how many messages are billing events."""
     from finops_ml.models.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
     from finops_ml.stream.alerts import alert_key
 
@@ -562,7 +563,7 @@ def _reference(bootstrap: str, topic: str, detector) -> tuple[set[str], int]:
     keys, valid = set(), 0
     for m in sorted(_messages(bootstrap, topic), key=lambda m: (m.partition(), m.offset())):
         if m.partition() not in states:
-            states[m.partition()] = RealtimeState.from_detector(detector, lateness_days=1)
+            states[m.partition()] = RealtimeState.from_detector(detector)
         state = states[m.partition()]
         try:
             event = json.loads(m.value())
@@ -571,15 +572,24 @@ def _reference(bootstrap: str, topic: str, detector) -> tuple[set[str], int]:
             continue
         valid += 1
         keys |= {alert_key(a) for a in found}
-    for state in states.values():
+    for state in states.values() if flush else ():
         keys |= {alert_key(a) for a in state.flush()}
     return keys, valid
+
+
+def _keys(alerts: list) -> list[str]:
+    """The alert key of each message of the alerts topic (from its key and headers)."""
+    from finops_ml.stream.alerts import alert_key
+
+    return [alert_key({"anomaly_id": m.key().decode(), "status": dict(m.headers())["finops.status"].decode(),
+                       "revision": int(dict(m.headers()).get("finops.revision", b"0"))}) for m in alerts]
 
 
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_batch_and_stream_find_the_same_anomalies(kafka_bootstrap, sorted_events, trained, tmp_path):
-    """Event-first: the time-sorted events streamed through Kafka give the batch detector's anomalous cells."""
+    """Event-first: the events streamed through Kafka as the export delivers them (replay's default order) give the
+    batch detector's anomalies: each confirmed once, by the anomaly id the batch writes, and none published twice."""
     import pandas as pd
 
     from finops_ml.models.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
@@ -587,16 +597,21 @@ def test_batch_and_stream_find_the_same_anomalies(kafka_bootstrap, sorted_events
     topic = _topic("agree")
     replay(sorted_events, kafka_bootstrap, topic, partitions=3)
     settings = _settings(kafka_bootstrap, topic, tmp_path / "state")
-    processor = StreamProcessor(settings, lambda: RealtimeState.from_detector(trained.detector, lateness_days=1),
+    processor = StreamProcessor(settings, lambda: RealtimeState.from_detector(trained.detector),
                                 RealtimeState.load, detect_anomaly_realtime, InvalidEvent, metrics=StreamMetrics())
     summary = processor.run()
-    assert summary["reached_end"] and summary["dead_letters"] == 0
-    alerts = [json.loads(m.value()) for m in _messages(kafka_bootstrap, settings.alerts_topic)]
+    assert summary["reached_end"] and summary["dead_letters"] == 0 and summary["late"] == 0
+    messages = _messages(kafka_bootstrap, settings.alerts_topic)
+    keys = _keys(messages)
+    assert len(keys) == len(set(keys))  # each message once
+    alerts = [json.loads(m.value()) for m in messages]
     cells = trained.detector.score(pd.read_parquet(trained.resource_daily), pd.read_parquet(trained.resources))
     batch = {(str(d.date()), s, p) for d, s, p in cells.loc[cells.is_anomaly, ["day", "service", "project_id"]]
              .itertuples(index=False)}
     assert batch  # the data holds anomalies
     assert _final_cells(alerts) == batch
+    confirmed = {a["anomaly_id"] for a in alerts if a["status"] == "confirmed"}
+    assert confirmed == set(cells.loc[cells.is_anomaly, "anomaly_id"])  # the ids of anomalies.csv
 
 
 def _metric(port: int, name: str) -> float:
@@ -692,18 +707,15 @@ def test_no_alert_lost_or_repeated_across_sigterm_and_kill_9(kafka_bootstrap, so
 
     expected, valid = _reference(kafka_bootstrap, topic, trained.detector)
     alerts = _messages(kafka_bootstrap, f"{topic}-alerts")
-    from finops_ml.stream.alerts import alert_key
 
-    keys = [alert_key({"anomaly_id": m.key().decode(), "status": dict(m.headers())["finops.status"].decode()})
-            for m in alerts]
+    keys = _keys(alerts)
     assert len(keys) == len(set(keys))  # no alert repeated ...
     assert set(keys) == expected  # ... and none lost
     raised_in_run2 = published - after_run1
     assert raised_in_run2  # the killed run did publish alerts (so that run 3 re-detects them) ...
     assert summary["duplicates"] == len(raised_in_run2)  # ... which run 3 re-detected and did not publish again
     assert sorted(webhook.ids()) == sorted(expected)  # Slack: each once
-    assert sorted(m["X-Finops-Anomaly-Id"] + ("/retracted" if m["Subject"].startswith("Retracted") else "")
-                  for m in handler.messages) == sorted(expected)  # email: each once
+    assert sorted(m["X-Finops-Alert-Key"] for m in handler.messages) == sorted(expected)  # email: each once
     counters = summary["state_counters"]
     assert counters["events"] + counters["skipped_events"] == valid  # every event applied to the state once
     dead = _messages(kafka_bootstrap, f"{topic}-dlq")
@@ -792,3 +804,83 @@ def test_metrics_listen_on_the_loopback_interface_by_default():
         pass
     with pytest.raises(ValueError, match="not an IP address"):
         StreamConfig(metrics_address="everywhere")
+
+
+@pytest.mark.kafka
+def test_a_stream_started_before_its_topic_exists_picks_it_up_within_seconds(kafka_bootstrap, sorted_events,
+                                                                              tmp_path):
+    """The consumer refreshes its metadata every few seconds (`topic.metadata.refresh.interval.ms`), not every 5
+    minutes: events published to a topic created after the stream started are consumed within seconds."""
+    topic = _topic("later")
+    lines = sorted_events.read_bytes().splitlines()[:3000]
+    processor = _processor(_settings(kafka_bootstrap, topic, tmp_path / "state", until_end=False))
+    thread = threading.Thread(target=processor.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(3)  # subscribed to a topic that does not exist yet
+        replay(_half(tmp_path / "some.jsonl", lines), kafka_bootstrap, topic, partitions=2, order="file")
+        t0 = time.monotonic()
+        _wait(lambda: processor.counts["events"] >= len(lines), 15, "the events of the topic created later")
+        assert time.monotonic() - t0 < 15
+    finally:
+        processor.stop()
+        thread.join(30)
+
+
+def _owned(port: int) -> set[int]:
+    """The partitions a running stream reports a lag for (those assigned to it)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {int(p) for p in re.findall(r'finops_stream_consumer_lag\{partition="(\d+)"\}', text)}
+
+
+def _snapshot_offsets(state_dir: Path, topic: str) -> int:
+    return sum(json.loads(p.read_text())["offset"] for p in (state_dir / topic).glob("p*.json"))
+
+
+@pytest.mark.kafka
+@pytest.mark.cli
+@pytest.mark.slow
+def test_scale_out_two_consumers_then_one_killed_and_another_joining_lose_and_repeat_nothing(
+        kafka_bootstrap, sorted_events, trained, tmp_path):
+    """The runbook's scale-out: two streams of one group share the partitions (snapshots in one state directory);
+    one is killed (-9) mid-stream and a third joins; every alert the partitions' events raise is published, none
+    twice."""
+    topic = _topic("scale")
+    lines = sorted_events.read_bytes().splitlines()
+    half = len(lines) // 2
+    config = tmp_path / "stream.yaml"
+    config.write_text("stream:\n  checkpoint_interval_s: 0.5\n  session_timeout_ms: 2000\n")
+    state_dir = tmp_path / "state"
+    args = ["--config", str(config), "--bootstrap", kafka_bootstrap, "--topic", topic, "--alerts-topic",
+            f"{topic}-alerts", "--dead-letter-topic", f"{topic}-dlq", "--group", f"{topic}-g", "--state-dir",
+            str(state_dir), "--registry", str(trained.registry), "--metrics-port", "0"]
+    env = {**os.environ, "COLUMNS": "200"}
+    replay(_half(tmp_path / "a.jsonl", lines[:half]), kafka_bootstrap, topic, partitions=4)
+    a = StreamProcess(args, env, tmp_path / "a.log")
+    b = StreamProcess(args, env, tmp_path / "b.log")
+    c = None
+    try:
+        _wait(lambda: _snapshot_offsets(state_dir, topic) == half, 90, "the first half, checkpointed")
+        _wait(lambda: _owned(a.port) and _owned(b.port), 30, "both consumers holding partitions")
+        assert not _owned(a.port) & _owned(b.port) and len(_owned(a.port) | _owned(b.port)) == 4  # shared
+        replay(_half(tmp_path / "b.jsonl", lines[half:]), kafka_bootstrap, topic, partitions=4)
+        _wait(lambda: a.events() > 0, 30, "the killed consumer at work")
+        a.proc.kill()  # no checkpoint, no leave: its partitions move once its session times out
+        a.wait()
+        c = StreamProcess(args, env, tmp_path / "c.log")
+        _wait(lambda: _snapshot_offsets(state_dir, topic) == len(lines), 120, "every event, checkpointed")
+        _wait(lambda: _owned(b.port) and _owned(c.port), 30, "the survivor and the newcomer holding partitions")
+        for run in (b, c):
+            run.proc.send_signal(signal.SIGTERM)
+        for run in (b, c):
+            assert run.wait() == 0
+    finally:
+        for run in (a, b, c):
+            if run is not None and run.proc.poll() is None:
+                run.proc.kill()
+                run.wait()
+    expected, valid = _reference(kafka_bootstrap, topic, trained.detector, flush=False)
+    keys = _keys(_messages(kafka_bootstrap, f"{topic}-alerts"))
+    assert expected  # the events raise alerts
+    assert len(keys) == len(set(keys))  # none repeated ...
+    assert set(keys) == expected  # ... and none lost

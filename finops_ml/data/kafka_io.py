@@ -74,13 +74,29 @@ def cell_key_of(event: BillingEvent) -> bytes:
     return f"{event.service.description}|{(event.project.id or '') if event.project else ''}".encode()
 
 
-def _ids(value: bytes) -> tuple[bytes, bytes] | None:
-    """(event id, cell key) of a message value, or None if it is no valid billing event."""
+def _ids(value: bytes) -> tuple[bytes, bytes, tuple] | None:
+    """(event id, cell key, export order key) of a message value, or None if it is no valid billing event."""
     try:
         event = BillingEvent.model_validate_json(value)
     except (ValidationError, ValueError):
         return None
-    return event_id(event).encode(), cell_key_of(event)
+    return event_id(event).encode(), cell_key_of(event), (event.export_time, event.usage_start_time)
+
+
+ORDERS = ("export", "file")
+
+
+def export_order(records) -> list:
+    """The records (ids, value) as a Cloud Billing export delivers them: by export time, then usage start time (a
+    stable sort: rows exported together keep their file order). A record that is no valid billing event keeps its
+    place after the valid record before it."""
+    keyed, last = [], None
+    for i, (ids, value) in enumerate(records):
+        if ids is not None:
+            last = ids[2]
+        keyed.append(((last is not None, last or (), i), (ids, value)))
+    keyed.sort(key=lambda item: item[0])
+    return [record for _, record in keyed]
 
 
 def _json_lines(path: Path) -> Iterator[tuple[tuple[bytes, bytes] | None, bytes]]:
@@ -120,8 +136,12 @@ def _parquet_rows(path: Path) -> Iterator[tuple[tuple[bytes, bytes] | None, byte
 
 
 def replay(events_path: str | Path, bootstrap: str, topic: str, batch: int = 10_000, *,
-           partitions: int = DEFAULT_PARTITIONS, timeout_s: float = 60.0, key: str = "cell") -> dict:
+           partitions: int = DEFAULT_PARTITIONS, timeout_s: float = 60.0, key: str = "cell",
+           order: str = "export") -> dict:
     """Publish the events of a JSONL or Parquet file to `topic` (created with `partitions` if missing).
+
+    `order="export"` (the default) sends them as a billing export delivers them (`export_order`: by export time;
+    a file written by usage day ends with rows exported before its last days), `order="file"` in file order.
 
     Messages are keyed by cell (`key="cell"`, see the module's docstring) or by event id (`key="event"`).
     Returns {"sent", "invalid", "seconds", "events_per_s"}: messages sent (every record, valid or not), how many of
@@ -132,6 +152,9 @@ def replay(events_path: str | Path, bootstrap: str, topic: str, batch: int = 10_
 
     if key not in KEYS:
         raise FinopsError(f"Replay key '{key}' is unknown; use 'cell' (one partition per series) or 'event'.")
+    if order not in ORDERS:
+        raise FinopsError(f"Replay order '{order}' is unknown; use 'export' (as a billing export delivers the rows, "
+                          f"by export time) or 'file'.")
     path = Path(events_path)
     if not path.is_file():
         raise FinopsError(f"Events file {path} does not exist; give a JSONL or Parquet file of billing events.")
@@ -143,6 +166,8 @@ def replay(events_path: str | Path, bootstrap: str, topic: str, batch: int = 10_
     else:
         raise FinopsError(f"Events file {path} is neither JSONL (.jsonl, .ndjson, .json) nor Parquet (.parquet).")
 
+    if order == "export":
+        records = export_order(records)
     ensure_topic(bootstrap, topic, partitions)
     errors: list[str] = []
 

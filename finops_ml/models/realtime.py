@@ -28,7 +28,7 @@ import calendar
 import math
 import pickle
 from collections import deque
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +44,9 @@ from finops_ml.models.anomaly import (
     anomaly_id,
 )
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: days close on export time; closed days kept to be re-judged
+DEFAULT_LATENESS_DAYS = 2  # the export delivers a day's rows up to ~29 h after it ends
+DEFAULT_REJUDGE_DAYS = 35
 
 
 class InvalidEvent(FinopsError):
@@ -72,6 +74,17 @@ class _Resource:
         self.reset_day = -(10 ** 9)
         self.sku_ewma: dict[str, float] = {}
         self.labels: dict[str, str] = {}
+
+    def copy(self) -> "_Resource":
+        """Its filter state as it is now (what a re-judged day restores; the labels stay shared)."""
+        c = _Resource.__new__(_Resource)
+        for name in _Resource.__slots__:
+            setattr(c, name, getattr(self, name))
+        c.accepted = self.accepted.copy()
+        c.recent = self.recent.copy()
+        c.previous = None if self.previous is None else self.previous.copy()
+        c.sku_ewma = dict(self.sku_ewma)
+        return c
 
     def season(self, calendar_day: tuple[int, bool]) -> float:
         weekday, month_end = calendar_day
@@ -221,28 +234,47 @@ class RealtimeModel:
 
 
 class RealtimeState:
-    """Incremental state of a fitted detector; save / load it to go on after a restart."""
+    """Incremental state of a fitted detector; save / load it to go on after a restart.
 
-    def __init__(self, model: RealtimeModel, lateness_days: int = 1):
+    `lateness_days`: how long after a usage day its rows may still be exported. The day closes once an event
+    exported `lateness_days` after the day's end arrives (the export-time watermark; events without `export_time`
+    count at their usage time). `rejudge_days`: how many closed days are kept to be re-judged when a late row of
+    theirs arrives anyway (0: none; older late rows are counted in `too_late_events` and not judged)."""
+
+    def __init__(self, model: RealtimeModel, lateness_days: int = DEFAULT_LATENESS_DAYS,
+                 rejudge_days: int = DEFAULT_REJUDGE_DAYS):
         if lateness_days < 0:
             raise FinopsError(f"lateness_days must be 0 or more, not {lateness_days}.")
+        if rejudge_days < 0:
+            raise FinopsError(f"rejudge_days must be 0 or more, not {rejudge_days}.")
         self.version = STATE_VERSION
         self.lateness_days = lateness_days
+        self.rejudge_days = rejudge_days
         self.model = model
         self.resources: dict[tuple, _Resource] = {}
         self.cell_members: dict[tuple, list] = {}
         self.days: dict[int, _Day] = {}
-        self.alerted: dict[str, dict] = {}  # anomaly id -> the anomaly raised (kept until its day closes)
+        self.alerted: dict[str, dict] = {}  # anomaly id -> the open alert raised (kept until its day closes)
         self.panel_start: int | None = None
-        self.watermark: int | None = None
+        self.watermark: int | None = None  # the newest usage day seen
         self.closed_through: int | None = None
-        self.counters = {"events": 0, "skipped_events": 0, "late_events": 0, "anomalies": 0, "retracted": 0,
+        # Closed days kept for re-judgement (the last `rejudge_days`): each day's costs (None: no event), each
+        # resource's filter state before the day's update, and per cell what was published: [last status,
+        # {status: times published}, last alert, whether it is an anomaly now].
+        self.closed_days: dict[int, _Day | None] = {}
+        self.history: dict[int, dict[tuple, _Resource]] = {}
+        self.verdicts: dict[int, dict[tuple, list]] = {}
+        self.late = ""  # the last event: "" in time, "rejudged" (its closed day re-judged) or "too_late"
+        self.counters = {"events": 0, "skipped_events": 0, "late_events": 0, "too_late_events": 0,
+                         "rejudged_days": 0, "anomalies": 0, "confirmed": 0, "retracted": 0, "revisions": 0,
                          "closed_days": 0}
         self._day_of: dict[str, int] = {}
+        self._close_of: dict[str, int] = {}
 
     @classmethod
-    def from_detector(cls, detector: CostAnomalyDetector, lateness_days: int = 1) -> "RealtimeState":
-        return cls(RealtimeModel(detector), lateness_days)
+    def from_detector(cls, detector: CostAnomalyDetector, lateness_days: int = DEFAULT_LATENESS_DAYS,
+                      rejudge_days: int = DEFAULT_REJUDGE_DAYS) -> "RealtimeState":
+        return cls(RealtimeModel(detector), lateness_days, rejudge_days)
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -263,13 +295,17 @@ class RealtimeState:
         except Exception as exc:
             raise FinopsError(f"Real-time state {path} cannot be read ({exc.__class__.__name__}); "
                               "delete it to start from the registered detector.") from None
-        if not isinstance(state, cls) or getattr(state, "version", None) != STATE_VERSION:
-            raise FinopsError(f"Real-time state {path} was written by another version; delete it to start afresh.")
+        version = getattr(state, "version", None)
+        if not isinstance(state, cls) or version != STATE_VERSION:
+            raise FinopsError(f"Real-time state {path} has format version {version}, and this finops-ml reads "
+                              f"version {STATE_VERSION} only (days now close on export time and closed days are "
+                              "re-judged); move the state directory away to replay the topic from its start.")
         return state
 
     def __getstate__(self):
         d = self.__dict__.copy()
         d["_day_of"] = {}
+        d["_close_of"] = {}
         return d
 
     # -- events ------------------------------------------------------------------------------------------------
@@ -295,7 +331,31 @@ class RealtimeState:
             self._day_of[ts] = day
         return day
 
+    def _closes_through(self, ts) -> int:
+        """The last usage day an event exported at `ts` closes: the day before (ts - lateness_days)."""
+        day = self._close_of.get(ts) if isinstance(ts, str) else None
+        if day is not None:
+            return day
+        try:
+            if isinstance(ts, datetime):
+                dt = ts
+            elif isinstance(ts, str):
+                dt = datetime.fromisoformat(ts.replace("Z", "+00:00") if ts.endswith("Z") else ts)
+            else:
+                raise ValueError
+        except ValueError:
+            raise InvalidEvent(f"export_time {ts!r} is not an ISO timestamp") from None
+        if dt.tzinfo is not None:
+            dt = dt.astimezone(timezone.utc)
+        day = (dt - timedelta(days=self.lateness_days)).toordinal() - 1
+        if isinstance(ts, str):
+            if len(self._close_of) > 100_000:
+                self._close_of.clear()
+            self._close_of[ts] = day
+        return day
+
     def event(self, event: dict) -> list[dict]:
+        self.late = ""
         try:
             if event.get("cost_type", "regular") != "regular":  # taxes, adjustments: not usage, never judged
                 self.counters["skipped_events"] += 1
@@ -319,23 +379,35 @@ class RealtimeState:
         except (KeyError, TypeError):
             raise InvalidEvent("credits must be a list of {amount: number}") from None
         day = self._parse_day(ts)
+        exported = event.get("export_time")
+        closes = self._closes_through(exported) if exported else None
         resource_obj = event.get("resource") or {}
         resource = (resource_obj.get("name") if isinstance(resource_obj, dict) else None) or ""
         sku_obj = event.get("sku") or {}
         sku = (sku_obj.get("description") if isinstance(sku_obj, dict) else None) or ""
-        return self.add_cost(day, service, project, resource, sku, net, event.get("labels"))
+        return self.add_cost(day, service, project, resource, sku, net, event.get("labels"), closes)
 
     def add_cost(self, day: int, service: str, project: str, resource: str, sku: str, net: float,
-                 labels: list | None = None) -> list[dict]:
-        """One line item's net cost (day: a date ordinal) into the state; the anomalies it raises or settles."""
+                 labels: list | None = None, closes_through: int | None = None) -> list[dict]:
+        """One line item's net cost (day: a date ordinal) into the state; the anomalies it raises or settles.
+
+        `closes_through`: the last day its export time closes (None: `lateness_days` + 1 days before its own day).
+        A row of a day already closed is late: the day is re-judged for its cell (within `rejudge_days`)."""
         self.counters["events"] += 1
-        if self.closed_through is not None and day <= self.closed_through:
-            self.counters["late_events"] += 1
-            return []
+        self.late = ""
         out: list[dict] = []
-        if self.watermark is None or day > self.watermark:
+        if day > (self.watermark if self.watermark is not None else -(10 ** 9)):
             self.watermark = day
-            out.extend(self.close_through(day - self.lateness_days - 1))
+        if closes_through is None:
+            closes_through = day - self.lateness_days - 1
+        closes_through = min(closes_through, self.watermark)  # never a day newer than any usage seen
+        if self.closed_through is None or closes_through > self.closed_through:
+            out.extend(self.close_through(closes_through))
+        if self.closed_through is not None and day <= self.closed_through:
+            self.late = "rejudged"
+            self.counters["late_events"] += 1
+            out.extend(self._rejudge(day, service, project, resource, sku, net, labels))
+            return out
         if self.panel_start is None or day < self.panel_start:
             self.panel_start = day
 
@@ -454,25 +526,29 @@ class RealtimeState:
                 out.extend(self._close(day))
         if self.closed_through is None or last_day > self.closed_through:
             self.closed_through = last_day
+        keep_from = self.closed_through - self.rejudge_days + 1
+        for kept in (self.closed_days, self.history, self.verdicts):
+            for old in [d for d in kept if d < keep_from]:
+                del kept[old]
         return out
 
     def flush(self) -> list[dict]:
         """End of the stream: close every open day."""
         return self.close_through(self.watermark) if self.watermark is not None else []
 
-    def _complete(self, day: int) -> dict[tuple, list]:
-        """Each cell's complete day: every resource with cost judged with the expectation it has now, i.e. before
-        the day's own update (a new one judged if it runs away), and every always-on resource without cost judged
-        missing at 0, as the batch filter. Per cell: [expected of judged, variance, cost of judged, cost of new,
-        [resource keys], {}, 0, 0, {key: [cost, judged, expected, variance, skus]}, judged count]."""
-        d = self.days.get(day)
+    def _complete(self, day: int, d: "_Day | None", cells=None) -> dict[tuple, list]:
+        """Each cell's complete day (`d`: its costs; `cells`: only these): every resource with cost judged with the
+        expectation it has now, i.e. before the day's own update (a new one judged if it runs away), and every
+        always-on resource without cost judged missing at 0, as the batch filter. Per cell: [expected of judged,
+        variance, cost of judged, cost of new, [resource keys], {}, 0, 0, {key: [cost, judged, expected, variance,
+        skus]}, judged count]."""
         present = d.resources if d is not None else {}
         calendar_day = d.calendar if d is not None else _calendar_day(day)
         finals: dict[tuple, list] = {}
         m = self.model
-        for cell, members in self.cell_members.items():
+        for cell in (self.cell_members if cells is None else cells):
             f = None
-            for key in members:
+            for key in self.cell_members.get(cell, ()):
                 r = present.get(key)
                 res = self.resources[key]
                 if r is None:
@@ -499,36 +575,128 @@ class RealtimeState:
     def judgement(self, day: int, service: str, project: str) -> dict | None:
         """What closing `day` would decide for the cell, score and cause included (None: nothing judged that day)."""
         cell = (service, project)
-        f = self._complete(day).get(cell)
+        f = self._complete(day, self.days.get(day), (cell,)).get(cell)
         if f is None:
             return None
         found, direction, score, deviation = self.model.decide(cell, f[0], f[1], f[2], f[3], f[9])
         verdict = self._anomaly(day, cell, f, score, deviation, direction, "judged")
         return {**verdict, "is_anomaly": found, "new_cost": f[3]}
 
+    def _settle(self, day: int, cell: tuple, found: dict | None, was: dict | None) -> list[dict]:
+        """Publish what a (re-)judged cell's day decides against what was published of it: `confirmed` when it is an
+        anomaly not confirmed yet, `retracted` when an open or confirmed alert no longer stands. A status is
+        published once per anomaly; only a verdict that a later re-judgement flips back publishes it again, with
+        `revision` 2, 3, ... (its own alert key), so that the last message of an anomaly id always says what
+        stands."""
+        rec = self.verdicts.get(day, {}).get(cell)
+        if rec is None:
+            rec = ["open", {"open": 1}, was, False] if was is not None else [None, {}, None, False]
+        last, statuses = rec[0], rec[1]
+        rec[3] = found is not None  # the verdict
+        status = ("confirmed" if found is not None and last != "confirmed"
+                  else "retracted" if found is None and last in ("open", "confirmed") else None)
+        if status is None:
+            return []
+        if last is None:
+            self.counters["anomalies"] += 1
+        self.counters[status] += 1
+        n = statuses[status] = statuses.get(status, 0) + 1
+        if status == "confirmed":
+            alert = dict(found)
+            rec[2] = found
+        else:
+            alert = {**rec[2], "status": "retracted",
+                     "detected_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        if n > 1:
+            alert["revision"] = n
+            self.counters["revisions"] += 1
+        rec[0] = status
+        if self.rejudge_days:
+            self.verdicts.setdefault(day, {})[cell] = rec
+        return [alert]
+
     def _close(self, day: int) -> list[dict]:
+        d = self.days.pop(day, None)
+        out = self._close_cells(day, d, None)
+        if self.rejudge_days:
+            self.closed_days[day] = d
+        self.counters["closed_days"] += 1
+        return out
+
+    def _close_cells(self, day: int, d: "_Day | None", cells) -> list[dict]:
+        """Judge the cells (None: all) of a complete day, publish what changed, then apply the day's update to their
+        resources (keeping each one's state before it, to re-judge the day)."""
         out = []
         m = self.model
-        finals = self._complete(day)
+        finals = self._complete(day, d, cells)
+        day_iso = date.fromordinal(day).isoformat()
         for cell, f in finals.items():
-            aid = anomaly_id(date.fromordinal(day).isoformat(), *cell)
             is_anomaly, direction, score, deviation = m.decide(cell, f[0], f[1], f[2], f[3], f[9])
             found = self._anomaly(day, cell, f, score, deviation, direction, "confirmed") if is_anomaly else None
-            was = self.alerted.pop(aid, None)
-            if found is not None and was is None:
-                self.counters["anomalies"] += 1
-                out.append(found)
-            elif found is None and was is not None:
-                self.counters["retracted"] += 1
-                out.append({**was, "status": "retracted",
-                            "detected_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")})
-        d = self.days.pop(day, None)
+            was = self.alerted.pop(anomaly_id(day_iso, *cell), None)
+            out.extend(self._settle(day, cell, found, was))
         calendar_day = d.calendar if d is not None else _calendar_day(day)
+        history = self.history.setdefault(day, {}) if self.rejudge_days else None
         for f in finals.values():
             for key, row in f[8].items():
                 present = d is not None and key in d.resources
-                self.resources[key].close(day, calendar_day, row[0], present, m, row[4])
-        self.counters["closed_days"] += 1
+                res = self.resources[key]
+                if history is not None:
+                    history[key] = res.copy()
+                res.close(day, calendar_day, row[0], present, m, row[4])
+        return out
+
+    def _rejudge(self, day: int, service: str, project: str, resource: str, sku: str, net: float,
+                 labels) -> list[dict]:
+        """A late row: add it to its closed day, put its cell's resources back as they were before that day, and
+        close the cell's days again up to the last closed one; return what changed (confirmed / retracted)."""
+        if day not in self.closed_days and not (self.panel_start is not None and day < self.panel_start
+                                                and self.closed_through - day < self.rejudge_days):
+            self.counters["too_late_events"] += 1
+            self.late = "too_late"
+            return []
+        cell = (service, project)
+        key = (service, project, resource)
+        m = self.model
+        # the cell's resources as they were before `day`: their first kept state from `day` on
+        for k in self.cell_members.get(cell, ()):
+            for dd in range(day, self.closed_through + 1):
+                snap = self.history.get(dd, {}).get(k)
+                if snap is not None:
+                    current = self.resources[k]
+                    snap = snap.copy()
+                    snap.labels = current.labels
+                    self.resources[k] = snap
+                    break
+        res = self.resources.get(key)
+        if res is None:
+            res = self.resources[key] = _Resource(cell, day, m.factors_of(key), m.baseline_days)
+            self.cell_members.setdefault(cell, []).append(key)
+        elif day < res.first_day and res.last_day is None:
+            res.first_day = day
+        for item in labels or ():
+            if isinstance(item, dict) and item.get("key") in CAUSE_LABELS:
+                res.labels[item["key"]] = item.get("value")
+        if day < self.panel_start:  # before the first day seen: the days between count as closed, without events
+            for dd in range(day, self.panel_start):
+                self.closed_days.setdefault(dd, None)
+            self.panel_start = day
+        d = self.closed_days.get(day)
+        if d is None:
+            d = self.closed_days[day] = _Day(day)
+        r = d.resources.get(key)
+        if r is None:
+            r = d.resources[key] = [0.0, False, 0.0, 0.0, {}]
+        r[0] += net
+        r[4][sku] = r[4].get(sku, 0.0) + net
+        for dd in range(day, self.closed_through + 1):  # re-closing writes them again, for the days it closes them
+            kept = self.history.get(dd)
+            for k in self.cell_members[cell] if kept else ():
+                kept.pop(k, None)
+        out = []
+        for dd in range(day, self.closed_through + 1):
+            out.extend(self._close_cells(dd, self.closed_days.get(dd), (cell,)))
+        self.counters["rejudged_days"] += self.closed_through - day + 1
         return out
 
 

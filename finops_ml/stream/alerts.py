@@ -6,7 +6,7 @@ Slack or SMTP server delays only its own channel. A delivery is tried `attempts`
 
 Pending deliveries live in an outbox journal (`Outbox`, one JSON object a line, appended and flushed to the OS
 before the alert is handed to any channel): {"alert": {...}} when an alert is accepted, {"sent": channel,
-"id": alert key} once a channel delivered it (`alert_key`: the anomaly id, or id/retracted for a retraction). At
+"id": alert key} once a channel delivered it (`alert_key`: the anomaly id, id/confirmed, id/retracted). At
 start the journal is read back: accepted alerts without a `sent` line for a channel are queued again (kill -9 loses
 nothing), and every id ever accepted is remembered so that the same anomaly is never sent twice (at most a
 delivery whose `sent` line the kill prevented is repeated).
@@ -44,18 +44,30 @@ def _money(value: Any) -> str:
 
 
 def alert_key(alert: dict) -> str:
-    """What makes an alert unique: its anomaly id, and whether it raises the anomaly or retracts it.
+    """What makes an alert message unique: its anomaly id, and which verdict it carries.
 
-    The real-time detector raises an anomaly once (status "open" while its day is running, or "confirmed" when the
-    day closes), and may retract an open one once its complete day does not confirm it (status "retracted").
+    The real-time detector raises an anomaly "open" while its day is running (the anomaly id alone), then, once the
+    day is complete, "confirmed" (id/confirmed) or, for an open alert the complete day does not confirm,
+    "retracted" (id/retracted). Each is published once; only a late row that flips a re-judged day's verdict back
+    again publishes a status a second time, as `revision` n (id/status/n).
     """
-    return f"{alert['anomaly_id']}/retracted" if alert.get("status") == "retracted" else str(alert["anomaly_id"])
+    status = alert.get("status") or "open"
+    if status == "open":
+        return str(alert["anomaly_id"])
+    revision = alert.get("revision")
+    return f"{alert['anomaly_id']}/{status}" + (f"/{revision}" if revision and int(revision) > 1 else "")
 
 
 def alert_title(alert: dict) -> str:
     if alert.get("status") == "retracted":
         return (f"Retracted: the cost anomaly {alert.get('service')} in {alert.get('project_id')} on "
                 f"{alert.get('day')} was not confirmed by the complete day")
+    if alert.get("status") == "confirmed":
+        return "Confirmed: " + _anomaly_title(alert)
+    return _anomaly_title(alert)
+
+
+def _anomaly_title(alert: dict) -> str:
     impact = alert.get("impact")
     down = alert.get("direction") == "down" or (isinstance(impact, (int, float)) and impact < 0)
     amount = _money(abs(impact)) if isinstance(impact, (int, float)) else _money(impact)
@@ -171,6 +183,7 @@ def email_sender(host: str, port: int, sender: str, to: list[str], timeout_s: fl
         msg["From"] = sender
         msg["To"] = ", ".join(to)
         msg["X-Finops-Anomaly-Id"] = str(alert.get("anomaly_id"))
+        msg["X-Finops-Alert-Key"] = alert_key(alert)
         msg.set_content(alert_text(alert))
         with smtplib.SMTP(host, port, timeout=timeout_s) as smtp:
             if starttls:

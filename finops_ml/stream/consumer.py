@@ -44,6 +44,7 @@ from finops_ml.stream.alerts import AlertDispatcher, alert_key
 log = logging.getLogger("finops_ml.stream.consumer")
 
 SNAPSHOT_VERSION = 1
+METADATA_REFRESH_MS = 2000  # how soon a consumer started before its topic exists finds it
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -70,8 +71,10 @@ class StreamMetrics:
                              ["channel"], registry=r)
         self.lag = Gauge("finops_stream_consumer_lag", "Messages behind the end of each partition.", ["partition"],
                          registry=r)
-        self.late_events = Gauge("finops_stream_late_events", "Events older than the watermark minus lateness.",
+        self.late_events = Gauge("finops_stream_late_events", "Events of usage days already closed (re-judged).",
                                  registry=r)
+        self.too_late_events = Gauge("finops_stream_too_late_events",
+                                     "Late events older than rejudge_days: dead-lettered, not judged.", registry=r)
         self.open_cells = Gauge("finops_stream_open_cells", "Daily cells still open in the detector state.",
                                 registry=r)
         self.latency = Histogram("finops_stream_detection_latency_seconds",
@@ -123,11 +126,12 @@ class SnapshotStore:
 
 
 STATUS_HEADER = "finops.status"
+REVISION_HEADER = "finops.revision"  # only on a status published again (see alert_key)
 
 
 def read_alert_ids(bootstrap: str, topic: str, timeout_s: float = 10.0) -> set[str]:
-    """The alerts (`alert_key`: anomaly id = message key, with /retracted for a retraction, from the status
-    header) already in the alerts topic, read from the beginning to the end."""
+    """The alerts (`alert_key`: anomaly id = message key, with /confirmed or /retracted from the status header and
+    the revision header) already in the alerts topic, read from the beginning to the end."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     meta = check_reachable(bootstrap)
@@ -155,8 +159,10 @@ def read_alert_ids(bootstrap: str, topic: str, timeout_s: float = 10.0) -> set[s
                     raise FinopsError(f"Reading the alerts topic {topic} failed ({err.str()}).")
                 deadline = time.monotonic() + timeout_s
                 if msg.key():
-                    status = dict(msg.headers() or ()).get(STATUS_HEADER, b"").decode()
-                    ids.add(alert_key({"anomaly_id": msg.key().decode(), "status": status}))
+                    headers = dict(msg.headers() or ())
+                    ids.add(alert_key({"anomaly_id": msg.key().decode(),
+                                       "status": headers.get(STATUS_HEADER, b"").decode(),
+                                       "revision": int(headers.get(REVISION_HEADER, b"0") or 0)}))
     finally:
         consumer.close()
     return ids
@@ -183,7 +189,8 @@ class StreamProcessor:
         self.dirty: set[int] = set()
         self.eof: set[int] = set()
         self.published: set[str] = set()
-        self.counts = {"events": 0, "alerts": 0, "retractions": 0, "duplicates": 0, "dead_letters": 0,
+        self.counts = {"events": 0, "alerts": 0, "confirmations": 0, "retractions": 0, "late": 0, "duplicates": 0,
+                       "dead_letters": 0,
                        "checkpoints": 0, "resumed_partitions": 0}
         self._delivery_errors: list[str] = []
         self.first_event_at: float | None = None  # monotonic time of the first event (throughput without start-up)
@@ -238,14 +245,18 @@ class StreamProcessor:
                              "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
                              "enable.partition.eof": True, "session.timeout.ms": self.s.session_timeout_ms,
                              "heartbeat.interval.ms": max(self.s.session_timeout_ms // 6, 100),
-                             "fetch.wait.max.ms": 50, "queued.min.messages": 20000})
+                             "fetch.wait.max.ms": 50, "queued.min.messages": 20000,
+                             # a topic created after the start is found within seconds (the default is 5 min)
+                             "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
+                             "allow.auto.create.topics": False})
         producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
                              "compression.type": "lz4", "message.timeout.ms": 60000})
         return consumer, producer
 
     # -- processing -------------------------------------------------------------------------------------------------
-    def _dead_letter(self, msg, reason: str) -> None:
-        headers = [("error.reason", reason.encode()), ("source.topic", self.s.topic.encode()),
+    def _dead_letter(self, msg, reason: str, kind: str = "invalid") -> None:
+        headers = [("error.kind", kind.encode()), ("error.reason", reason.encode()),
+                   ("source.topic", self.s.topic.encode()),
                    ("source.partition", str(msg.partition()).encode()), ("source.offset", str(msg.offset()).encode())]
         self._produce(self.s.dead_letter_topic, msg.value(), msg.key(), headers, None)
         self.counts["dead_letters"] += 1
@@ -290,10 +301,14 @@ class StreamProcessor:
                 self.alert_latencies.append(latency)
 
         headers = [(STATUS_HEADER, str(anomaly.get("status") or "").encode())]
+        if anomaly.get("revision"):
+            headers.append((REVISION_HEADER, str(anomaly["revision"]).encode()))
         self._produce(self.s.alerts_topic, orjson.dumps(alert, default=str), anomaly_id.encode(), headers, delivered)
         self.counts["alerts"] += 1
         if anomaly.get("status") == "retracted":
             self.counts["retractions"] += 1
+        elif anomaly.get("status") == "confirmed":
+            self.counts["confirmations"] += 1
 
     def _process(self, msg) -> None:
         p = msg.partition()
@@ -316,8 +331,16 @@ class StreamProcessor:
         except Exception as exc:  # noqa: BLE001 - a detector bug must not turn one event into a crash loop
             self.metrics.errors.labels("detector").inc()
             log.exception("the detector failed on %s:%d:%d", self.s.topic, p, msg.offset())
-            self._dead_letter(msg, f"the detector failed on this event ({exc.__class__.__name__}: {exc})")
+            self._dead_letter(msg, f"the detector failed on this event ({exc.__class__.__name__}: {exc})",
+                              "detector")
             anomalies = ()
+        else:
+            late = getattr(state, "late", "")
+            if late:  # shown to the operator; judged with its day re-judged, unless older than rejudge_days
+                self.counts["late"] += 1
+                self._dead_letter(msg, "late: its usage day was already closed (export-time watermark minus "
+                                  "lateness_days); " + ("the day was re-judged with it" if late == "rejudged" else
+                                                        "older than rejudge_days, so not judged"), "late")
         self.positions[p] = msg.offset() + 1
         self.dirty.add(p)
         if anomalies:
@@ -353,12 +376,14 @@ class StreamProcessor:
     def _update_gauges(self) -> None:
         from confluent_kafka import TopicPartition
 
-        late = open_cells = 0
+        late = too_late = open_cells = 0
         for state in self.states.values():
             counters = getattr(state, "counters", {}) or {}
             late += counters.get("late_events", 0)
+            too_late += counters.get("too_late_events", 0)
             open_cells += counters.get("open_cells", 0)
         self.metrics.late_events.set(late)
+        self.metrics.too_late_events.set(too_late)
         self.metrics.open_cells.set(open_cells)
         for p, pos in list(self.positions.items()):
             try:

@@ -142,7 +142,10 @@ def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, label
     joblib.dump(result["model"], model_dir / "model.joblib")
     cells = result["cells"]
     cells[anomaly.CELL_COLUMNS].to_parquet(eval_dir / "cells.parquet", index=False)
-    found = cells[cells.is_anomaly].assign(size=lambda c: c.impact.abs())
+    # anomalies.csv: what the registered detector (fitted on every day, the one `stream` and serving load) decides,
+    # so that its anomaly ids are the ones the stream publishes; cells.parquet stays the evaluation's.
+    registered = result["model"].score(daily, resources)
+    found = registered[registered.is_anomaly].assign(size=lambda c: c.impact.abs())
     found = found.sort_values(["day", "size"], ascending=[True, False])
     found[anomaly.ANOMALY_COLUMNS].to_csv(eval_dir / "anomalies.csv", index=False, float_format="%.4f")
     result["metrics"]["feedback_marks"] = 0 if feedback is None else int(len(feedback))
