@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -113,4 +114,68 @@ def test_a_weekly_retrain_registers_new_data_once_and_rescores_the_forecast_cham
     assert comparison["champion"] == pytest.approx(rescored["forecast_accuracy"])
     assert comparison["holdout"] == {"start": rescored["holdout_start"], "end": rescored["holdout_end"]}
     assert comparison["champion_stored"] == runs["run-1"]["metrics"]["forecast_accuracy"]
+    assert runs["run-2"]["champion_when_registered"] is (comparison["challenger"] >= comparison["champion"])
+
+
+def _register_two_runs(tmp_path, train, configs: dict, inputs: dict) -> dict:
+    """Train and register run-1 then run-2 (each with its own config and data); their register step outputs."""
+    registry_dir = str(tmp_path / "registry")
+    out = {}
+    for run, cfg in configs.items():
+        model, evaluation = tmp_path / run / "model", tmp_path / run / "evaluation"
+        train(inputs[run], cfg, str(model), str(evaluation))
+        out[run] = steps.register_step(str(model), str(evaluation), registry_dir, cfg, run)
+    return out
+
+
+def test_a_retrained_anomaly_detector_is_compared_with_the_champions_settings_on_its_own_holdout(tmp_path):
+    from finops_ml.models.anomaly import CostAnomalyDetector, train_and_evaluate
+    from finops_ml.models.anomaly_eval import spec_from_config
+    from tests.test_anomaly import Org
+
+    daily = Org(n_cells=4).daily()
+    inputs = {}
+    for run, days in (("run-1", 300), ("run-2", 330)):  # a month more data: another holdout
+        inputs[run] = str(tmp_path / f"{run}.parquet")
+        daily[daily.day < daily.day.min() + pd.Timedelta(days=days)].to_parquet(inputs[run], index=False)
+    # The champion was trained with a looser alarm budget than the challenger.
+    configs = {"run-1": Config(anomaly={"injection_draws": 1, "alarm_budget_up": 0.05, "alarm_budget_down": 0.05}),
+               "run-2": Config(anomaly={"injection_draws": 1})}
+    runs = _register_two_runs(tmp_path, lambda path, cfg, m, e: steps.train_anomaly_step(path, "", "", "", cfg, m, e),
+                              configs, inputs)
+
+    comparison = runs["run-2"]["comparison"]
+    assert comparison["basis"] == "the champion re-scored on this holdout"
+    a = configs["run-1"].anomaly
+    injection = {"draws": 1, "seed": configs["run-2"].seed, "spec": spec_from_config(configs["run-2"].anomaly),
+                 "cells_share": a.injection_cells_share, "max_clean_alarm_rate": a.injection_max_clean_alarm_rate}
+    direct = train_and_evaluate(pd.read_parquet(inputs["run-2"]), None, 3,
+                                detector=CostAnomalyDetector.from_config(a, configs["run-1"].seed),
+                                injection=injection)["metrics"]
+    assert comparison["champion"] == pytest.approx(direct["anomaly_f1"])
+    assert comparison["holdout"] != comparison["champion_holdout"]
+    assert runs["run-2"]["champion_when_registered"] is (comparison["challenger"] >= comparison["champion"])
+
+
+def test_a_retrained_labeler_is_compared_with_the_champions_settings_on_its_own_resources(tmp_path):
+    from tests.test_labeler import _partly_unlabelled
+
+    resources, _ = _partly_unlabelled(per_kind=6)
+    resources["first_day"] = pd.Timestamp("2025-01-01") + pd.to_timedelta(np.arange(len(resources)) % 60, "D")
+    inputs = {}
+    for run, last in (("run-1", 40), ("run-2", 60)):  # resources that appeared since: another data window
+        inputs[run] = str(tmp_path / f"{run}.parquet")
+        resources[resources.first_day < pd.Timestamp("2025-01-01") + pd.Timedelta(days=last)].to_parquet(
+            inputs[run], index=False)
+    configs = {"run-1": Config(labeler={"confidence_threshold": 0.95, "target_precision": 0.0}),
+               "run-2": Config(labeler={"target_precision": 0.0})}
+    runs = _register_two_runs(tmp_path, lambda path, cfg, m, e: steps.train_labeler_step(path, "", cfg, m, e),
+                              configs, inputs)
+
+    comparison = runs["run-2"]["comparison"]
+    assert comparison["basis"] == "the champion re-scored on this holdout"
+    lc = configs["run-2"].labeler
+    direct = labeler.evaluate(lambda ts: labeler.ResourceLabeler(tuple(ts), 0.95, configs["run-1"].seed, 0.0),
+                              pd.read_parquet(inputs["run-2"]), lc.targets, lc.test_share, configs["run-2"].seed)
+    assert comparison["champion"] == pytest.approx(min(direct["metrics"][f"label_accuracy_{t}"] for t in lc.targets))
     assert runs["run-2"]["champion_when_registered"] is (comparison["challenger"] >= comparison["champion"])

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -478,6 +478,12 @@ class CostAnomalyDetector:
         return explain(cells, daily, resources)
 
 
+def unfitted_copy(detector: CostAnomalyDetector) -> CostAnomalyDetector:
+    """A detector with the settings of `detector` and nothing it learnt (a field a pickle predates: its default)."""
+    return CostAnomalyDetector(**{f.name: getattr(detector, f.name) for f in fields(CostAnomalyDetector)
+                                  if not f.name.endswith("_") and hasattr(detector, f.name)})
+
+
 def _feedback_marks(cells: pd.DataFrame, feedback: pd.DataFrame | None) -> pd.Series | None:
     """Per cell: True (marked unexpected: an anomaly), False (marked expected), NaN (not marked)."""
     if feedback is None or feedback.empty:
@@ -655,8 +661,9 @@ def _injected_confusion(injected: dict) -> list[list[int]]:
 def train_and_evaluate(daily: pd.DataFrame, truth: pd.DataFrame | None, holdout_months: int = 3, window_days: int = 28,
                        n_estimators: int = 200, seed: int = 42, resources: pd.DataFrame | None = None, *,
                        feedback: pd.DataFrame | None = None, detector: CostAnomalyDetector | None = None,
-                       injection: dict | None = None) -> dict:
-    """Fit on the training window, evaluate on the last `holdout_months` months, refit on everything.
+                       injection: dict | None = None, refit: bool = True) -> dict:
+    """Fit on the training window, evaluate on the last `holdout_months` months, refit on everything (`refit`
+    false: the metrics only, "model" None, as when a champion is re-scored).
 
     `detector` (unfitted) carries the settings (default: one with `window_days`); its thresholds come from the alarm
     budgets, refined by `feedback` verdicts, or from `truth` (synthetic data: the generator's labels, corrected by the
@@ -712,5 +719,5 @@ def train_and_evaluate(daily: pd.DataFrame, truth: pd.DataFrame | None, holdout_
         **{k: main[k] for k in ("event_precision", "event_recall", "event_f1", "mean_detection_delay_days")},
         "holdout_start": str((cutoff + pd.Timedelta(days=1)).date()), "train_end": str(cutoff.date()),
     }
-    final = replace(proto).fit(daily, labels, feedback)
+    final = replace(proto).fit(daily, labels, feedback) if refit else None
     return {"metrics": metrics, "model": final, "cells": cells}

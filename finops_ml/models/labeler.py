@@ -447,6 +447,12 @@ class ResourceLabeler(LabelApplier):
         return out
 
 
+def unfitted_factory(model: ResourceLabeler):
+    """`make(targets)` for `evaluate`: labelers with the settings of `model` and nothing it learnt."""
+    return lambda targets: ResourceLabeler(tuple(targets), model.confidence_threshold, model.seed,
+                                           getattr(model, "target_precision", 0.0))
+
+
 @dataclass
 class MajorityLabeler(LabelApplier):
     """Baseline: the most common label among the labelled resources of the same project (`by_project`), or of all

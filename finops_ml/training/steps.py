@@ -5,11 +5,12 @@ and the same code runs on the local runner and on Vertex AI. Each training step 
   MODEL_DIR/model.joblib          the fitted model
   EVAL_DIR/metrics.json           held-out metrics (what the gates read)
   EVAL_DIR/*.parquet              small tables the report plots
-  EVAL_DIR/rescore/               what re-scoring a champion on this holdout needs (forecast)
+  EVAL_DIR/rescore/               what re-scoring a champion on this holdout needs (its tables, plan.json)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -100,9 +101,9 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
     except InsufficientData as exc:
         return _finish(eval_dir, FORECAST, {}, cfg, daily, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
-    _save_rescore_inputs(eval_dir, daily, anomalies, {"holdout_months": f.holdout_months,
-                                                      "horizon_months": f.horizon_months,
-                                                      "backtest_origins": f.backtest_origins})
+    _save_rescore_inputs(eval_dir, {"daily_cost": daily, "anomaly_cells": anomalies},
+                         {"holdout_months": f.holdout_months, "horizon_months": f.horizon_months,
+                          "backtest_origins": f.backtest_origins})
     for name in ("forecast", "forecast_monthly", "forecast_daily"):
         with atomic_path(model_dir / f"{name}.csv") as tmp:
             result[name].to_csv(tmp, index=False)
@@ -140,6 +141,10 @@ def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, label
     except InsufficientData as exc:
         return _finish(eval_dir, ANOMALY, {}, cfg, daily, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
+    _save_rescore_inputs(eval_dir, {"daily": daily, "resources": resources, "truth": truth, "feedback": feedback},
+                         {"holdout_months": a.holdout_months,
+                          "injection": {k: v for k, v in injection.items() if k != "spec"},
+                          "injection_spec": dataclasses.asdict(injection["spec"])})
     cells = result["cells"]
     cells[anomaly.CELL_COLUMNS].to_parquet(eval_dir / "cells.parquet", index=False)
     # anomalies.csv: what the registered detector (fitted on every day, the one `stream` and serving load) decides,
@@ -167,6 +172,8 @@ def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_
         return _finish(eval_dir, LABELER, {}, cfg, window, not_trained=str(exc))
     with atomic_path(model_dir / "model.joblib") as tmp:
         joblib.dump(result["model"], tmp)
+    _save_rescore_inputs(eval_dir, {"resources": resources, "truth": truth},
+                         {"targets": list(lc.targets), "test_share": lc.test_share, "seed": cfg.seed})
     for d in (model_dir, eval_dir):
         with atomic_path(d / "review_list.csv") as tmp:
             result["review"].to_csv(tmp, index=False)
@@ -209,29 +216,70 @@ def loggable_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
 RESCORE = "rescore"  # EVAL_DIR/rescore/: the data and plan the holdout was made of
 
 
-def _save_rescore_inputs(eval_dir: Path, daily: pd.DataFrame, anomalies: pd.DataFrame | None, plan: dict) -> None:
+def _save_rescore_inputs(eval_dir: Path, tables: dict[str, pd.DataFrame | None], plan: dict) -> None:
+    """EVAL_DIR/rescore/: the tables (NAME.parquet; None: absent) and plan.json a champion is re-scored with."""
     (d,) = _dirs(eval_dir / RESCORE)
-    with atomic_path(d / "daily_cost.parquet") as tmp:
-        daily.to_parquet(tmp, index=False)
-    if anomalies is not None:
-        with atomic_path(d / "anomaly_cells.parquet") as tmp:
-            anomalies.to_parquet(tmp, index=False)
+    for name, table in tables.items():
+        if table is not None:
+            with atomic_path(d / f"{name}.parquet") as tmp:
+                table.to_parquet(tmp, index=False)
     write_json(d / "plan.json", plan)
+
+
+def _rescore_inputs(d: Path) -> tuple[dict[str, pd.DataFrame | None], dict]:
+    plan = read_json(d / "plan.json")
+    tables = {p.stem: pd.read_parquet(p) for p in d.glob("*.parquet")}
+    return tables, plan
+
+
+def _rescore_forecast(model, tables: dict, plan: dict) -> dict:
+    return forecast.holdout_score(model, tables["daily_cost"], **plan, anomalies=tables.get("anomaly_cells"))
+
+
+def _rescore_anomaly(model: anomaly.CostAnomalyDetector, tables: dict, plan: dict) -> dict:
+    """The champion's settings (alarm budgets, windows, minimum impacts; not its fitted thresholds) trained and
+    evaluated as the challenger was: its training window, the same injected anomalies in its holdout."""
+    plan = dict(plan)
+    injection = {**plan.pop("injection"), "spec": _anomaly_spec(plan.pop("injection_spec"))}
+    return anomaly.train_and_evaluate(tables["daily"], tables.get("truth"), plan["holdout_months"],
+                                      resources=tables.get("resources"), feedback=tables.get("feedback"),
+                                      detector=anomaly.unfitted_copy(model), injection=injection,
+                                      refit=False)["metrics"]
+
+
+def _anomaly_spec(raw: dict):
+    from finops_ml.synthetic.injector import InjectionSpec
+
+    return InjectionSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def _rescore_labeler(model: labeler.ResourceLabeler, tables: dict, plan: dict) -> dict:
+    """The champion's settings (confidence threshold, precision target, seed) trained and evaluated on the
+    challenger's labelled resources, with the challenger's folds."""
+    targets = plan["targets"]
+    make = labeler.unfitted_factory(model)
+    metrics = labeler.evaluate(make, tables["resources"], targets, plan["test_share"], plan["seed"],
+                               tables.get("truth"))["metrics"]
+    metrics["label_accuracy_min"] = min(metrics[f"label_accuracy_{t}"] for t in targets)
+    return metrics
+
+
+_RESCORERS = {FORECAST: _rescore_forecast, ANOMALY: _rescore_anomaly, LABELER: _rescore_labeler}
 
 
 def rescorer(eval_dir: str | Path):
     """A function scoring a stored model (its directory) on the holdout of the evaluation in EVAL_DIR, the way
-    that evaluation scored its own model; None when the model cannot be re-scored (anomaly detector, labeler:
-    their champion stays until a person promotes a challenger measured on another holdout)."""
+    that evaluation scored its own model: the stored model's settings refitted on that evaluation's training data
+    (the stored model itself was fitted on data a later holdout mostly lies in). None when EVAL_DIR keeps no
+    re-scoring inputs (a model that was not trained)."""
     d = Path(eval_dir) / RESCORE
-    if read_json(Path(eval_dir) / "evaluation.json")["model_name"] != FORECAST or not d.exists():
+    if not d.exists():
         return None
+    score = _RESCORERS[read_json(Path(eval_dir) / "evaluation.json")["model_name"]]
 
     def rescore(model_dir: Path) -> dict:
-        cells = d / "anomaly_cells.parquet"
-        return forecast.holdout_score(joblib.load(Path(model_dir) / "model.joblib"),
-                                      pd.read_parquet(d / "daily_cost.parquet"), **read_json(d / "plan.json"),
-                                      anomalies=pd.read_parquet(cells) if cells.exists() else None)
+        tables, plan = _rescore_inputs(d)
+        return score(joblib.load(Path(model_dir) / "model.joblib"), tables, plan)
 
     return rescore
 
