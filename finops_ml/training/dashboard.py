@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 from jinja2 import Environment, PackageLoader, select_autoescape
+from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 
 from finops_ml.fileio import atomic_path, read_json
@@ -22,8 +23,7 @@ from finops_ml.training.incidents import incidents as merge_incidents
 from finops_ml.training.incidents import owner_address
 
 LABELS = ("owner", "cost_center", "plant")
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf"]
+PALETTE = [*qualitative.D3, *qualitative.Pastel]  # 20 distinct colours: one per service
 
 
 # ---- the tables that go into summary.json ---------------------------------------------------------------------
