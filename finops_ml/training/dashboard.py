@@ -219,7 +219,8 @@ def _incident_figure(cells: pd.DataFrame, incidents: list[dict], n: int = 4) -> 
         fig.add_trace(go.Scatter(x=a.day, y=a.net_cost, mode="markers", name=f"anomalous days ({service})",
                                  marker=dict(color="#d62728", size=7, symbol="circle-open", line=dict(width=2)),
                                  hovertemplate="%{y:$,.2f}"))
-    _layout(fig, "Daily net cost of the cells with the largest incidents (red circles: anomalous days)", height=380)
+    _layout(fig, "Daily net cost of the cells with the largest incidents (red circles: anomalous days)", height=420)
+    fig.update_layout(legend=dict(orientation="v", x=1.01, y=1, font={"size": 11}))  # beside: below is the slider
     fig.update_xaxes(rangeslider=dict(visible=True, thickness=0.06), tickformat="%d %b %Y", nticks=12)
     return _div(fig, "plot-incidents")
 
