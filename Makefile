@@ -6,10 +6,19 @@ BIN := $(VENV)/bin
 OUT ?= out
 SEED ?= 42
 
-.PHONY: help run test lint compile bench constraints clean
+.PHONY: help run test lint compile bench constraints clean dashboard screenshot
 
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/'
+
+# The dashboard's browser test drives the system's Chromium (never a browser Playwright downloads): installed with
+# apt where this runs as root on Debian/Ubuntu; elsewhere install chromium yourself or set FINOPS_CHROMIUM.
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "no $(CHROMIUM): install chromium (Debian: apt-get install chromium) for the browser test"; fi
 
 $(BIN)/finops-ml: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +26,10 @@ $(BIN)/finops-ml: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'  # the versions the suite passed with
 	touch $(BIN)/finops-ml
 
-run: $(BIN)/finops-ml  ## the demo end to end: out/report.html, out/summary.json (SEED=42 OUT=out)
+run: $(BIN)/finops-ml  ## the demo end to end: out/report.html (the dashboard), out/summary.json, out/value.json
 	$(BIN)/finops-ml run --seed $(SEED) --out $(OUT)
 
-test: $(BIN)/finops-ml  ## the whole test suite (what CI runs after lint)
+test: $(BIN)/finops-ml $(CHROMIUM)  ## the whole test suite (what CI runs after lint), the dashboard's browser test too
 	$(BIN)/pytest -q
 
 lint: $(BIN)/finops-ml  ## ruff
@@ -35,6 +44,12 @@ bench: $(BIN)/finops-ml  ## seconds per pipeline step
 # Pin the Docker images to the versions of this environment (run it after the tests pass here, on Linux).
 constraints: $(BIN)/finops-ml  ## refresh constraints.txt from this environment
 	$(BIN)/python deploy/constraints.py constraints.txt
+
+dashboard: $(BIN)/finops-ml  ## serve the last run's dashboard on http://127.0.0.1:8050/
+	$(BIN)/finops-ml dashboard --out $(OUT)
+
+screenshot: $(BIN)/finops-ml $(CHROMIUM)  ## regenerate docs/img/dashboard.png from out/report.html
+	$(BIN)/python docs/screenshot.py $(OUT)/report.html docs/img/dashboard.png
 
 clean:  ## remove the demo's outputs
 	rm -rf $(OUT) .pytest_cache

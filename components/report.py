@@ -6,20 +6,27 @@ from components.image import PIPELINE_IMAGE
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def build_report(events: Input[Dataset], forecast_evaluation: Input[Artifact], anomaly_evaluation: Input[Artifact],
-                 labeler_evaluation: Input[Artifact], report: Output[HTML], summary: Output[Artifact]):
-    """The run's HTML report (plots) and summary JSON, shown in the Vertex AI console."""
+                 labeler_evaluation: Input[Artifact], config_json: str, report: Output[HTML],
+                 summary: Output[Artifact], value: Output[Artifact], run_id: str = "", anomaly_feedback: str = ""):
+    """The run's dashboard (HTML, interactive plots), summary JSON and value report, shown in the Vertex AI console."""
     import json
     import os
     from pathlib import Path
 
+    from finops_ml.config import Config
     from finops_ml.fileio import read_json
     from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER
-    from finops_ml.training.report import build_summary, write_report
+    from finops_ml.training.report import build_summary, build_value, read_feedback_file, write_dashboard
 
     dirs = {FORECAST: Path(forecast_evaluation.path), ANOMALY: Path(anomaly_evaluation.path),
             LABELER: Path(labeler_evaluation.path)}
     evaluations = {name: read_json(d / "evaluation.json") for name, d in dirs.items()}
-    result = build_summary(read_json(os.path.join(events.path, "ingest_summary.json")), evaluations)
-    write_report(result, dirs, report.path)
+    result = build_summary(read_json(os.path.join(events.path, "ingest_summary.json")), evaluations, dirs,
+                           read_feedback_file(anomaly_feedback))
+    result["run_id"] = run_id or None
+    worth = build_value(result, dirs, Config.from_json(config_json).value)
+    write_dashboard(result, dirs, report.path, worth)
     with open(summary.path, "w") as f:
         json.dump(result, f, indent=2)
+    with open(value.path, "w") as f:
+        json.dump(worth, f, indent=2)

@@ -91,6 +91,7 @@ def missing_credentials_message(exc: BaseException) -> str | None:
 # that is not installed says which extra to install.
 EXTRAS = {
     "kfp": "pipeline", "pyarrow": "pipeline", "duckdb": "pipeline", "sqlglot": "pipeline", "matplotlib": "pipeline",
+    "plotly": "pipeline", "jinja2": "pipeline",
     "google.cloud.bigquery": "pipeline", "db_dtypes": "pipeline",
     "fastapi": "serving", "uvicorn": "serving",
     "confluent_kafka": "stream", "orjson": "stream", "prometheus_client": "stream",

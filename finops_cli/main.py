@@ -120,7 +120,7 @@ def _run(seed: Optional[int], out: Path, config: Optional[Path], source: Optiona
     from pipelines.local import run_local
 
     # a failed run must not leave the last run's results looking new
-    for stale in ("summary.json", "report.html", "anomalies.csv"):
+    for stale in ("summary.json", "report.html", "anomalies.csv", "value.json"):
         (out / stale).unlink(missing_ok=True)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -168,7 +168,7 @@ def _run(seed: Optional[int], out: Path, config: Optional[Path], source: Optiona
                           f"the full log is {log_path}.")
     run_dir = max(set(root.glob("*")) - before, key=lambda p: p.stat().st_mtime)
     summary = read_json(run_dir / "build-report" / "summary")
-    from finops_ml.models.catalogue import MODEL_NAMES
+    from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER, MODEL_NAMES
     from finops_ml.platform.registry import LocalRegistry
 
     registry = LocalRegistry(arguments["registry_dir"])
@@ -186,11 +186,20 @@ def _run(seed: Optional[int], out: Path, config: Optional[Path], source: Optiona
     if anomalies_csv is not None:
         shutil.copyfile(anomalies_csv, out / ".anomalies.csv.partial")
         (out / ".anomalies.csv.partial").replace(out / "anomalies.csv")
-    shutil.copyfile(run_dir / "build-report" / "report", out / ".report.html.partial")
-    (out / ".report.html.partial").replace(out / "report.html")
+    # The dashboard again, now with what only the run knows after the pipeline: registered versions, timings,
+    # the whole config's digest (the pipeline's own copy is its build-report/report artifact).
+    from finops_ml.training.report import write_dashboard
+
+    value = read_json(run_dir / "build-report" / "value")
+    eval_dirs = {FORECAST: run_dir / "train-forecast" / "evaluation",
+                 ANOMALY: run_dir / "train-anomaly-detector" / "evaluation",
+                 LABELER: run_dir / "train-labeler" / "evaluation"}
+    write_dashboard(summary, eval_dirs, out / "report.html", value)
+    write_json(out / "value.json", value)
     write_json(out / "summary.json", summary)
     _print_gates(summary)
-    console.print(f"report: {out / 'report.html'}\nsummary: {out / 'summary.json'}  "
+    console.print(f"dashboard: {out / 'report.html'} (serve it: finops-ml dashboard --out {out})\n"
+                  f"summary: {out / 'summary.json'}  value: {out / 'value.json'}  "
                   f"[dim](total {timings['total']:.1f} s)[/]")
 
 
@@ -239,6 +248,10 @@ _vertex.register(app)
 from finops_cli.serve import serve  # noqa: E402
 
 app.command()(serve)
+
+from finops_cli.dashboard import dashboard  # noqa: E402
+
+app.command()(dashboard)
 
 from finops_cli import stream as _stream  # noqa: E402
 

@@ -344,6 +344,39 @@ class StreamConfig(_Strict):
     until_end: bool = False  # stop at the end of the topic, closing the open days (backfills, tests, benchmarks)
 
 
+class OpexLine(_Strict):
+    """One line of the platform's own monthly running cost (the value report's denominator)."""
+
+    name: str = Field(min_length=1)
+    monthly_usd: float = Field(ge=0.0, le=1_000_000.0)
+
+
+class ValueConfig(_Strict):
+    """The value report's assumptions (finops_ml.training.value): every figure it prints names its source, a run's
+    field or one of these keys."""
+
+    # Minutes a person takes to find and set owner, cost_center and plant on one unlabelled resource.
+    minutes_per_resource: float = Field(10.0, gt=0.0, le=240.0)
+    hourly_rate_usd: float = Field(80.0, gt=0.0, le=1000.0)  # loaded cost of an engineer's hour
+    # The monthly bill is reviewed on this day of the month after the spend (the invoice closes on the 2nd-5th).
+    bill_review_day: int = Field(10, ge=1, le=28)
+    # Days from the end of an anomalous day to its alert: the stream's (it closes a day `stream.lateness_days`
+    # after it ends), and a daily batch detector's over the billing export (export latency + the next batch run).
+    stream_alert_days: int = Field(1, ge=0, le=31)
+    batch_alert_days: int = Field(2, ge=0, le=31)
+    setup_usd: float = Field(0.0, ge=0.0)  # one-off cost of setting the platform up (counted in payback and ROI)
+    opex: list[OpexLine] = []
+
+    @field_validator("batch_alert_days")
+    @classmethod
+    def _batch_not_faster(cls, value: int, info) -> int:
+        stream = info.data.get("stream_alert_days")
+        if stream is not None and value < stream:
+            raise ValueError(f"{value} is below value.stream_alert_days {stream}: a daily batch cannot alert before "
+                             "the stream; raise it or lower value.stream_alert_days")
+        return value
+
+
 # Which top-level keys each pipeline step reads: a step receives these only (`Config.for_step`), so a change
 # elsewhere (alerts, serving, schedule) neither changes its input (KFP cache) nor a model's config digest.
 # The training steps are named by the catalogue's model kinds.
@@ -355,6 +388,8 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     # the environment's labels.
     "register": ("environment", "registry", "gcp", "pipeline", "deploy"),
     "deploy": ("environment", "registry", "gcp", "deploy"),
+    # the dashboard and value report (finops_ml.training.dashboard, .value)
+    "report": ("value",),
 }
 
 
@@ -374,6 +409,7 @@ class Config(_Strict):
     serving: ServingConfig = ServingConfig()
     stream: StreamConfig = StreamConfig()
     budgets: list[BudgetConfig] = []
+    value: ValueConfig = ValueConfig()
     # The step a config was sent to (`from_json` of `for_step`'s document); None: the whole configuration.
     _step: str | None = PrivateAttr(None)
 

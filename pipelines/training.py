@@ -21,6 +21,7 @@ def training_pipeline(
     labeler_config: str,
     register_config: str,
     deploy_config: str,
+    report_config: str,
     registry_dir: str,
     control_totals: str = "",
     anomaly_labels: str = "",
@@ -58,4 +59,5 @@ def training_pipeline(
                          config_json=deploy_config).set_display_name(f"deploy-{name}")
     build_report(events=ingest.outputs["events"], forecast_evaluation=trained["forecast"].outputs["evaluation"],
                  anomaly_evaluation=trained["anomaly"].outputs["evaluation"],
-                 labeler_evaluation=trained["labeler"].outputs["evaluation"]).set_display_name("report")
+                 labeler_evaluation=trained["labeler"].outputs["evaluation"], config_json=report_config,
+                 run_id=run_id, anomaly_feedback=anomaly_feedback).set_display_name("report")

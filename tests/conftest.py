@@ -99,7 +99,7 @@ def billing_record() -> Callable[..., dict[str, Any]]:
 
 # What each test needs, as declared by its markers (pyproject.toml lists them): every test names at least one, so
 # that `pytest -m unit` and friends select every test they should. A test without one errors (the others still run).
-KIND_MARKERS = ("unit", "cli", "kfp", "kafka", "gcp", "notebook")
+KIND_MARKERS = ("unit", "cli", "kfp", "kafka", "gcp", "notebook", "browser")
 
 
 def pytest_runtest_setup(item):

@@ -162,7 +162,8 @@ def test_run_end_to_end_writes_summary_and_report(demo_run):
     assert summary["seed"] == 42
 
     html = (out / "report.html").read_text()
-    assert "<img" in html and "forecast_accuracy" in html
+    assert "Plotly.newPlot" in html and "forecast_accuracy" in html and "<script src=" not in html
+    assert json.loads((out / "value.json").read_text())["run_id"] == summary["run_id"]
     from finops_ml.models.anomaly import ANOMALY_COLUMNS
 
     anomalies = pd.read_csv(out / "anomalies.csv")  # what `finops-ml feedback` reads the anomaly ids from

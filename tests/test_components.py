@@ -149,7 +149,7 @@ def report_from(events_uri: str, forecast_uri: str, anomaly_uri: str, labeler_ur
     an = dsl.importer(artifact_uri=anomaly_uri, artifact_class=Artifact)
     lab = dsl.importer(artifact_uri=labeler_uri, artifact_class=Artifact)
     task = build_report(events=events.output, forecast_evaluation=fc.output, anomaly_evaluation=an.output,
-                        labeler_evaluation=lab.output)
+                        labeler_evaluation=lab.output, config_json=CONFIG.for_step("report"))
     return _Report(report=task.outputs["report"], summary=task.outputs["summary"])
 
 
@@ -446,7 +446,7 @@ def test_build_report_writes_html_with_plots_and_a_summary_of_the_gates(chain):
     summary = json.loads(Path(chain.report.outputs["summary"].path).read_text())
 
     assert html.startswith("<!doctype html>")
-    assert html.count("<img") >= 3
+    assert html.count("Plotly.newPlot") >= 3
     assert "Gates" in html and "forecast_accuracy" in html
 
     assert list(summary["gates"]) == ["forecast_accuracy", "forecast_interval_coverage", "anomaly_f1",

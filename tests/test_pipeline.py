@@ -162,7 +162,7 @@ def test_gate_outputs_match_the_evaluations(pipeline_run, compiled):
 def test_local_run_writes_the_report_and_summary(pipeline_run):
     html = (pipeline_run.run_dir / "build-report" / "report").read_text()
     summary = json.loads((pipeline_run.run_dir / "build-report" / "summary").read_text())
-    assert "<img" in html
+    assert "Plotly.newPlot" in html
     assert summary["reconciliation_diff"] == 0.0
     assert summary["rows"]["quarantined"] == 0
     assert summary["gates"]["forecast_accuracy"]["passed"] is True

@@ -13,7 +13,7 @@ from finops_ml.errors import InsufficientData
 from finops_ml.models import labeler
 from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER, MODELS
 from finops_ml.training import steps
-from finops_ml.training.report import build_summary, write_report
+from finops_ml.training.report import build_summary, write_dashboard
 
 REASON = "The labeler needs at least 20 labelled resources per label; the data holds 0."
 
@@ -59,9 +59,9 @@ def test_summary_and_report_name_the_model_that_was_not_trained(tmp_path, missin
                              "total_net_cost": 1.0}, evaluations)
     assert summary["not_trained"] == {name: REASON for name in dirs}
     assert summary["all_gates_passed"] is False and summary["label_compliance_before"] is None
-    write_report(summary, dirs, tmp_path / "report.html")
+    write_dashboard(summary, dirs, tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()
-    assert f"{missing} not trained:</b> {REASON}" in page
+    assert f"{missing} not trained: {REASON}" in page
 
 
 def test_only_finite_numbers_reach_the_kfp_metrics_and_tables_are_flattened():
