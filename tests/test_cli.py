@@ -200,7 +200,7 @@ def test_run_reports_progress_and_timings(demo_run):
     assert timings["total"] >= sum(v for k, v in timings.items() if k != "total") * 0.9
     for step in steps:
         assert f"{step} ..." in result.stdout
-    assert "Evaluation gates" in result.stdout and "report:" in result.stdout
+    assert "Evaluation gates" in result.stdout and "dashboard:" in result.stdout
     assert (out / "pipeline.log").exists() and not (out / ".report.html.partial").exists()
 
 
