@@ -43,7 +43,7 @@ def stream(
         secret_values,
         senders_from_config,
     )
-    from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, load_registered_detector
+    from finops_ml.stream.consumer import ChampionWatcher, StreamMetrics, StreamProcessor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"bootstrap": bootstrap, "topic": topic, "alerts_topic": alerts_topic,
@@ -59,10 +59,9 @@ def stream(
         handler.addFilter(redact)
 
     # registry.backend vertex: the champion of the Vertex AI Model Registry, cached in the stream's registry folder
-    detector, model_dir = load_registered_detector(cfg.registry, cfg.model_version, full)
-    from finops_ml.models.realtime import InvalidEvent, RealtimeModel, RealtimeState, detect_anomaly_realtime
-
-    model = RealtimeModel(detector)  # prepared once, shared by the state of every partition
+    # prepared once, shared by the state of every partition; a new champion replaces it as the stream runs
+    champion = ChampionWatcher(cfg.registry, cfg.model_version, full, cfg.model_check_interval_s)
+    from finops_ml.models.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
 
     state_root = Path(cfg.state_dir)
     metrics = StreamMetrics()
@@ -81,13 +80,13 @@ def stream(
                                  RetryPolicy(cfg.retry_attempts, cfg.retry_backoff_s, cfg.retry_backoff_max_s),
                                  on_result).start()
     processor = StreamProcessor(
-        cfg, new_state=lambda: RealtimeState(model, cfg.lateness_days, cfg.rejudge_days),
+        cfg, new_state=lambda: RealtimeState(champion.model, cfg.lateness_days, cfg.rejudge_days),
         load_state=RealtimeState.load, detect=detect_anomaly_realtime, invalid_event=InvalidEvent,
-        dispatcher=dispatcher, metrics=metrics)
+        dispatcher=dispatcher, metrics=metrics, champion=champion)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: processor.stop())
     console.print(f"stream: {cfg.topic} on {cfg.bootstrap} (group {cfg.group}) -> alerts {cfg.alerts_topic}, "
-                  f"dead letters {cfg.dead_letter_topic}; detector {model_dir}; channels "
+                  f"dead letters {cfg.dead_letter_topic}; detector {champion.model_dir}; channels "
                   f"{', '.join(senders) or 'none'}; metrics on {cfg.metrics_address}:{port}/metrics", highlight=False)
     try:
         summary = processor.run()

@@ -313,6 +313,9 @@ class StreamConfig(_Strict):
     # Registry holding the detector (cost-anomaly, alias or version); relative to the working directory.
     registry: str = "out/registry"
     model_version: str = "champion"
+    # How often the stream looks up model_version (an alias) for a new champion, taken up without clearing its
+    # state (0: never; the model loaded at start stays).
+    model_check_interval_s: float = Field(60.0, ge=0.0, le=86400.0)
     # Snapshots of the detector state with the offsets they cover, and the alert outbox (pending deliveries).
     state_dir: str = "out/stream-state"
     # Days close on export time: usage day D closes once a row exported `lateness_days` after D's end arrives (the

@@ -614,6 +614,99 @@ def test_batch_and_stream_find_the_same_anomalies(kafka_bootstrap, sorted_events
     assert confirmed == set(cells.loc[cells.is_anomaly, "anomaly_id"])  # the ids of anomalies.csv
 
 
+def _second_champion(trained, tmp_path: Path, **settings) -> Path:
+    """The trained detector with other settings, registered as v2 and promoted to champion; its model folder."""
+    import joblib
+
+    from finops_ml.platform.registry import LocalRegistry
+
+    registry = tmp_path / "registry"
+    import shutil
+
+    shutil.copytree(trained.registry, registry)
+    detector = joblib.load(trained.registry / "cost-anomaly" / "v1" / "model.joblib")
+    for k, v in settings.items():
+        setattr(detector, k, v)
+    model = tmp_path / "model-v2"
+    model.mkdir()
+    joblib.dump(detector, model / "model.joblib")
+    LocalRegistry(registry).register("cost-anomaly", model, {"anomaly_f1": 1.0}, "test-v2", {"start": "x"})
+    LocalRegistry(registry).promote("cost-anomaly", 2)
+    return registry
+
+
+@pytest.mark.unit
+@pytest.mark.slow
+def test_the_champion_watcher_takes_up_a_new_champion_and_the_state_keeps_what_it_learnt(trained, sorted_events,
+                                                                                          tmp_path):
+    import shutil
+
+    from finops_ml.models.realtime import RealtimeState, detect_anomaly_realtime
+    from finops_ml.platform.registry import LocalRegistry
+    from finops_ml.stream.consumer import ChampionWatcher
+
+    registry = tmp_path / "registry"
+    shutil.copytree(trained.registry, registry)
+    now = [0.0]
+    watcher = ChampionWatcher(registry, "champion", interval_s=60, clock=lambda: now[0])
+    first = watcher.model
+    state = RealtimeState(first)
+    events = [json.loads(line) for line in sorted_events.read_text().splitlines()[:3000]]
+    for e in events:
+        detect_anomaly_realtime(e, state)
+    learnt, days = dict(state.resources), set(state.days)
+    now[0] = 61.0
+    assert watcher.poll() is None  # same champion: nothing loaded again
+    _second_champion(trained, tmp_path / "v2", min_pct_deviation=1000.0)
+    shutil.rmtree(registry)
+    shutil.copytree(tmp_path / "v2" / "registry", registry)
+    assert LocalRegistry(registry).aliases("cost-anomaly")["champion"] == 2
+    now[0] = 90.0
+    assert watcher.poll() is None  # not yet time to look
+    now[0] = 122.0
+    second = watcher.poll()
+    assert second is not None and second is watcher.model and second is not first
+    assert watcher.model_dir.name == "v2" and second.min_pct_deviation == 1000.0
+    state.use_model(second)
+    assert state.model is second and set(state.days) == days and state.resources.keys() == learnt.keys()
+    assert all(state.resources[k] is learnt[k] for k in learnt)  # the same filters, carried on
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_running_stream_takes_up_a_new_champion_without_clearing_its_state(kafka_bootstrap, sorted_events,
+                                                                             trained, tmp_path):
+    """A champion promoted while the stream runs is used from the next look-up on, by every partition's state;
+    what is published is what the new champion decides (the reference run with it), nothing twice."""
+    from finops_ml.models.realtime import InvalidEvent, RealtimeState, detect_anomaly_realtime
+    from finops_ml.stream.consumer import ChampionWatcher
+
+    registry = tmp_path / "registry"
+    import shutil
+
+    shutil.copytree(trained.registry, registry)
+    watcher = ChampionWatcher(registry, "champion", interval_s=0.01)
+    v1 = watcher.model
+    topic = _topic("swap")
+    replay(sorted_events, kafka_bootstrap, topic, partitions=2)
+    _second_champion(trained, tmp_path / "v2", alarm_budget_up=0.05, threshold_up_=1.0)
+    shutil.rmtree(registry)
+    shutil.copytree(tmp_path / "v2" / "registry", registry)
+    time.sleep(0.05)
+    settings = _settings(kafka_bootstrap, topic, tmp_path / "state")
+    processor = StreamProcessor(settings, lambda: RealtimeState(watcher.model), RealtimeState.load,
+                                detect_anomaly_realtime, InvalidEvent, metrics=StreamMetrics(), champion=watcher)
+    summary = processor.run()
+    assert summary["model_swaps"] == 1 and watcher.model is not v1
+    import joblib
+
+    expected, _ = _reference(kafka_bootstrap, topic, joblib.load(watcher.model_dir / "model.joblib"))
+    v1_keys, _ = _reference(kafka_bootstrap, topic, trained.detector)
+    keys = _keys(_messages(kafka_bootstrap, settings.alerts_topic))
+    assert len(keys) == len(set(keys))
+    assert set(keys) == expected != v1_keys  # the new champion's decisions, not the old one's
+
+
 def _metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for line in text.splitlines():

@@ -277,6 +277,15 @@ class RealtimeState:
         return cls(RealtimeModel(detector), lateness_days, rejudge_days)
 
     # -- persistence -------------------------------------------------------------------------------------------
+    def use_model(self, model: RealtimeModel) -> None:
+        """Go on with another fitted detector (a new champion): its thresholds, minimum impacts and factors from now
+        on; what the state learnt of each resource (baseline, open and closed days, alerts raised) is kept."""
+        if model is self.model:
+            return
+        self.model = model
+        for key, res in self.resources.items():
+            res.dow, res.month_end, res.sigma = model.factors_of(key)
+
     def save(self, path: str | Path) -> None:
         """Write the whole state atomically (a crash leaves the previous snapshot in place)."""
         with atomic_path(path) as tmp:

@@ -175,8 +175,10 @@ class StreamProcessor:
 
     def __init__(self, settings: StreamConfig, new_state: Callable[[], Any], load_state: Callable[[Path], Any],
                  detect: Callable[[dict, Any], list[dict]], invalid_event: type[Exception],
-                 dispatcher: AlertDispatcher | None = None, metrics: StreamMetrics | None = None):
+                 dispatcher: AlertDispatcher | None = None, metrics: StreamMetrics | None = None,
+                 champion: "ChampionWatcher | None" = None):
         self.s = settings
+        self.champion = champion  # a new champion is taken up by every partition's state as it runs
         self.new_state = new_state
         self.detect = detect
         self.invalid_event = invalid_event
@@ -191,7 +193,7 @@ class StreamProcessor:
         self.published: set[str] = set()
         self.counts = {"events": 0, "alerts": 0, "confirmations": 0, "retractions": 0, "late": 0, "duplicates": 0,
                        "dead_letters": 0,
-                       "checkpoints": 0, "resumed_partitions": 0}
+                       "checkpoints": 0, "resumed_partitions": 0, "model_swaps": 0}
         self._delivery_errors: list[str] = []
         self.first_event_at: float | None = None  # monotonic time of the first event (throughput without start-up)
         self.alert_latencies: list[float] | None = None  # set to a list to record each alert's latency (benchmark)
@@ -216,6 +218,8 @@ class StreamProcessor:
                 log.info("partition %d: no snapshot, starting from the beginning", tp.partition)
             else:
                 self.states[tp.partition], tp.offset = snap
+                if self.champion is not None:  # a snapshot saved under an older champion goes on with the current
+                    self.states[tp.partition].use_model(self.champion.model)
                 self.counts["resumed_partitions"] += 1
                 log.info("partition %d: resuming from snapshot at offset %d", tp.partition, tp.offset)
             self.positions[tp.partition] = tp.offset if tp.offset >= 0 else 0
@@ -444,6 +448,12 @@ class StreamProcessor:
                     self._close_days()
                     finished = True
                     break
+                new_model = self.champion.poll() if self.champion is not None else None
+                if new_model is not None:
+                    for p, state in self.states.items():
+                        state.use_model(new_model)
+                        self.dirty.add(p)
+                    self.counts["model_swaps"] += 1
                 if time.monotonic() - last_checkpoint >= self.s.checkpoint_interval_s:
                     self.checkpoint()
                     last_checkpoint = time.monotonic()
@@ -472,11 +482,18 @@ class StreamProcessor:
 
 
 def load_registered_detector(registry_dir: str | Path, version: str = "champion", cfg: Config | None = None):
-    """The cost-anomaly detector registered under `version` (an alias or a number): in the local registry
-    REGISTRY_DIR, or, when `cfg.registry.backend` is vertex, in the Vertex AI Model Registry, its artifacts
-    downloaded from the version's artifact URI into REGISTRY_DIR/v<N> (kept: a restart does not download again)."""
+    """The cost-anomaly detector registered under `version` (an alias or a number) and its folder
+    (`registered_detector_dir`)."""
     import joblib
 
+    model_dir = registered_detector_dir(registry_dir, version, cfg)
+    return joblib.load(model_dir / "model.joblib"), model_dir
+
+
+def registered_detector_dir(registry_dir: str | Path, version: str = "champion", cfg: Config | None = None) -> Path:
+    """The folder of the cost-anomaly detector registered under `version`: in the local registry REGISTRY_DIR, or,
+    when `cfg.registry.backend` is vertex, in the Vertex AI Model Registry, its artifacts downloaded from the
+    version's artifact URI into REGISTRY_DIR/v<N> (kept: a restart does not download again)."""
     from finops_ml.platform.registry import LocalRegistry
 
     if cfg is not None and cfg.registry.backend == "vertex":
@@ -489,7 +506,7 @@ def load_registered_detector(registry_dir: str | Path, version: str = "champion"
         if not (model_dir / "model.joblib").exists():
             with atomic_dir(model_dir) as tmp:
                 vertex.model_dir(ANOMALY, entry["version"], tmp)
-        return joblib.load(model_dir / "model.joblib"), model_dir
+        return model_dir
 
     registry = LocalRegistry(registry_dir)
     if not registry.versions(ANOMALY):
@@ -501,4 +518,39 @@ def load_registered_detector(registry_dir: str | Path, version: str = "champion"
         raise FinopsError(f"The registry {registry_dir} has no cost-anomaly version or alias '{version}'; "
                           f"it has versions {registry.versions(ANOMALY)} and aliases "
                           f"{sorted(registry.aliases(ANOMALY))}.") from None
-    return joblib.load(model_dir / "model.joblib"), model_dir
+    return model_dir
+
+
+class ChampionWatcher:
+    """The registered detector under an alias (champion) as the stream runs: `poll` looks the alias up every
+    `interval_s` seconds and returns the new real-time model when it names another version (else None)."""
+
+    def __init__(self, registry_dir: str | Path, version: str = "champion", cfg: Config | None = None,
+                 interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        from finops_ml.models.realtime import RealtimeModel
+
+        self._lookup = lambda: registered_detector_dir(registry_dir, version, cfg)
+        self._make = RealtimeModel
+        self.interval_s, self.clock = interval_s, clock
+        self.model_dir, self.model = self._load(self._lookup())
+        self._checked = clock()
+
+    def _load(self, model_dir: Path):
+        import joblib
+
+        return model_dir, self._make(joblib.load(model_dir / "model.joblib"))
+
+    def poll(self):
+        if not self.interval_s or self.clock() - self._checked < self.interval_s:
+            return None
+        self._checked = self.clock()
+        try:
+            model_dir = self._lookup()
+            if model_dir == self.model_dir:
+                return None
+            self.model_dir, self.model = self._load(model_dir)
+        except Exception as exc:  # a registry that cannot be read now: keep the model that runs, say why
+            log.warning("could not look up the champion detector (%s); keeping %s", exc, self.model_dir)
+            return None
+        log.info("new champion detector %s: taken up without clearing the stream's state", model_dir)
+        return self.model
