@@ -49,6 +49,7 @@ from finops_ml.data.ingest import ingest
 from finops_ml.data.warehouse import export_feature_view
 from finops_ml.fileio import atomic_path, read_json, write_json
 from finops_ml.models import anomaly, forecast, labeler
+from finops_ml.models.label_values import canonical_labels
 from finops_ml.models.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape
 from finops_ml.synthetic.generator import generate, shape_config
 
@@ -240,8 +241,9 @@ def eval_labels(d: Path, cfg, seed: int) -> list[dict]:
     for name, metrics in m["baselines"].items():  # same-project and overall majority label
         rows.append(_label_row(name, {**metrics, "label_compliance_before": m["label_compliance_before"]},
                                lc.targets, None))
+    canonical, _ = canonical_labels(resources, lc.targets)  # the same cleaned labels train_and_evaluate learns from
     for name, make in baselines.LABEL_BASELINES.items():
-        base, secs_b = _timed(labeler.evaluate, lambda ts, make=make: make(ts, lc.confidence_threshold), resources,
+        base, secs_b = _timed(labeler.evaluate, lambda ts, make=make: make(ts, lc.confidence_threshold), canonical,
                               lc.targets, lc.test_share, seed, truth)
         rows.append(_label_row(name, base["metrics"], lc.targets, secs_b))
     rows.append(_label_row("ours", m, lc.targets, secs))

@@ -167,6 +167,8 @@ def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_
     for d in (model_dir, eval_dir):
         with atomic_path(d / "review_list.csv") as tmp:
             result["review"].to_csv(tmp, index=False)
+    with atomic_path(eval_dir / "label_fixes.csv") as tmp:  # carried values brought to one spelling
+        result["fixes"].to_csv(tmp, index=False)
     with atomic_path(eval_dir / "labelled.parquet") as tmp:
         result["labelled"].to_parquet(tmp, index=False)
     write_json(eval_dir / "confusion.json", result["confusion"])
