@@ -67,7 +67,7 @@ def normal_events(rng: np.random.Generator, resources: list, series: list, cost:
     # (first, so that the other events fall on resources still running).
     if plants >= 3:
         plant = sorted({r.plant for r in resources if not r.project_id.startswith("acme-corp")})[-1]
-        day = int(rng.integers(int(0.75 * n_days), int(0.9 * n_days)))
+        day = int(rng.integers(int(0.5 * n_days), int(0.7 * n_days)))  # planned, and before the last months
         for pid in sorted({r.project_id for r in resources if r.plant == plant
                            and not r.project_id.startswith("acme-corp")}):
             members = [i for i, r in enumerate(resources) if r.project_id == pid and i in by_resource]
