@@ -115,3 +115,19 @@ def test_injected_anomaly_sizes_span_from_barely_material_to_huge(realistic):
     assert k.min() < 6 and k.max() > 15  # log-uniform over 3-30 sigmas of the resource's own noise
     impact = truth.injected_cost.abs()
     assert impact.max() / impact.min() > 50
+
+
+@pytest.mark.cli
+def test_the_cli_generates_the_realistic_shape_and_refuses_a_shape_with_a_source(tmp_path):
+    from testsupport.cli import finops_ml, one_error_sentence
+
+    out = tmp_path / "g"
+    result = finops_ml("generate", "--shape", "realistic", "--plants", "3", "--resources-per-project", "3",
+                       "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(out / "truth" / "normal_events.csv")) > 0
+    assert len(pd.read_csv(out / "truth" / "carried_labels.csv")) > 0
+    assert "Unknown organisation shape 'huge'" in one_error_sentence(
+        finops_ml("generate", "--shape", "huge", "--out", str(tmp_path / "h")))
+    assert "--shape" in one_error_sentence(
+        finops_ml("run", "--shape", "realistic", "--source", str(out / "events.jsonl"), "--out", str(tmp_path / "r")))
