@@ -1,6 +1,6 @@
 """Model quality against the standard baselines, side by side, over generator seeds and organisation shapes.
 
-    python -m benchmarks.model_quality [--seeds 101-105] [--shapes small_stable,large_fast_migration]
+    python -m benchmarks.model_quality [--seeds 101-105] [--shapes realistic,large_fast_migration]
                                          [--tasks forecast,anomaly,labels] [--out out/model_quality]
 
 For each (seed, shape) it generates the organisation (finops_ml.synthetic.generator, ORG_SHAPES), ingests it, builds the
@@ -49,6 +49,7 @@ from finops_ml.data.ingest import ingest
 from finops_ml.data.warehouse import export_feature_view
 from finops_ml.fileio import atomic_path, read_json, write_json
 from finops_ml.models import anomaly, forecast, labeler
+from finops_ml.models.label_values import canonical_labels
 from finops_ml.models.metrics import event_metrics, forecast_accuracy, precision_recall_f1, wape
 from finops_ml.synthetic.generator import generate, shape_config
 
@@ -57,7 +58,7 @@ TASKS = ("forecast", "anomaly", "labels")
 COLUMNS = {
     "forecast": [("accuracy", True), ("mase", False), ("coverage", None), ("seconds", False)],
     "anomaly": [("precision", True), ("recall", True), ("f1", True), ("event_f1", True), ("delay_days", False),
-                ("seconds", False)],
+                ("normal_event_alarm_rate", False), ("seconds", False)],
     "labels": [("acc_owner", True), ("acc_cost_center", True), ("acc_plant", True),
                ("acc_owner_project", True), ("acc_cost_center_project", True), ("acc_plant_project", True),
                ("coverage", True), ("applied_precision", True), ("applied_precision_truth", True),
@@ -104,6 +105,49 @@ def _cell_metrics(test: pd.DataFrame, predicted: np.ndarray) -> dict:
             "delay_days": ev["mean_detection_delay_days"]}
 
 
+SIZE_BINS = [(0.0, 0.5, "lt0.5x"), (0.5, 1.0, "0.5-1x"), (1.0, 3.0, "1-3x"), (3.0, np.inf, "ge3x")]
+KIND_COLUMNS = [f"recall_{k}" for k in ("spike", "level_shift", "drift", "new_sku", "drop", "new_resource", "spread")]
+SIZE_COLUMNS = [f"recall_{label}" for _, _, label in SIZE_BINS]
+COLUMNS["anomaly_breakdown"] = ([(c, True) for c in KIND_COLUMNS + SIZE_COLUMNS]
+                                + [("normal_event_alarm_rate", False)])
+
+
+def _cell_truth(d: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per material truth cell its kind and size (the anomaly's extra cost / the cell's expected cost); the cells
+    of normal events (labelled normal: a short event's days, a step's first week) with their kind."""
+    from finops_ml.synthetic.org import SERVICE_BY_KEY
+
+    truth = pd.read_csv(d / "data" / "truth" / "anomaly_cells.csv")
+    truth = truth[truth.material.astype(bool)].assign(
+        day=lambda t: pd.to_datetime(t.date), size=lambda t: t.injected_cost.abs() / t.expected_cost.clip(lower=1e-9))
+    truth = truth.drop_duplicates(["day", "service", "project_id"])[["day", "service", "project_id", "kind", "size"]]
+    rows = []
+    path = d / "data" / "truth" / "normal_events.csv"
+    events = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    for e in events.itertuples():
+        last = min(pd.Timestamp(e.end), pd.Timestamp(e.start) + pd.Timedelta(days=6))
+        for service in str(e.service).split(";"):
+            rows += [dict(day=day, service=SERVICE_BY_KEY[service].description, project_id=e.project_id,
+                          normal_kind=e.kind) for day in pd.date_range(e.start, last)]
+    normal = pd.DataFrame(rows, columns=["day", "service", "project_id", "normal_kind"]).drop_duplicates(
+        ["day", "service", "project_id"])
+    return truth, normal
+
+
+def _breakdown(test: pd.DataFrame, predicted: np.ndarray, truth: pd.DataFrame, normal: pd.DataFrame) -> dict:
+    """Recall per anomaly kind and per size bin; the share of normal-event cells (not anomalous) flagged."""
+    t = test.assign(predicted=np.asarray(predicted, bool))
+    hit = t.merge(truth, on=["day", "service", "project_id"])
+    out = {f"recall_{k}": float(g.predicted.mean()) for k, g in hit.groupby("kind")}
+    for lo, hi, label in SIZE_BINS:
+        g = hit[(hit["size"] >= lo) & (hit["size"] < hi)]
+        out[f"recall_{label}"] = float(g.predicted.mean()) if len(g) else np.nan
+    quiet = t.merge(normal, on=["day", "service", "project_id"])
+    quiet = quiet[~quiet.truth.astype(bool)]
+    out["normal_event_alarm_rate"] = float(quiet.predicted.mean()) if len(quiet) else np.nan
+    return out
+
+
 def eval_anomaly(d: Path, cfg, seed: int) -> tuple[list[dict], pd.DataFrame]:
     truth = pd.read_csv(d / "data" / "truth" / "anomaly_cells.csv")
     a = cfg.anomaly
@@ -114,10 +158,14 @@ def eval_anomaly(d: Path, cfg, seed: int) -> tuple[list[dict], pd.DataFrame]:
     train_end = pd.Timestamp(result["metrics"]["train_end"])
     test_mask = (cells.day > train_end).to_numpy()
     test = cells[test_mask][["day", "service", "project_id", "truth"]]
-    rows = [{"model": "ours", **_cell_metrics(test, cells.is_anomaly.to_numpy()[test_mask]), "seconds": secs}]
+    truth_cells, normal = _cell_truth(d)
+    ours = cells.is_anomaly.to_numpy()[test_mask]
+    rows = [{"model": "ours", **_cell_metrics(test, ours), **_breakdown(test, ours, truth_cells, normal),
+             "seconds": secs}]
     flags = baselines.anomaly_baselines(cells[["day", "service", "project_id", "net_cost", "truth"]], train_end, seed)
     for name, (pred, secs) in flags.items():
-        rows.insert(-1, {"model": name, **_cell_metrics(test, pred[test_mask]), "seconds": secs})
+        rows.insert(-1, {"model": name, **_cell_metrics(test, pred[test_mask]),
+                         **_breakdown(test, pred[test_mask], truth_cells, normal), "seconds": secs})
     return rows, result["cells"]
 
 
@@ -193,8 +241,9 @@ def eval_labels(d: Path, cfg, seed: int) -> list[dict]:
     for name, metrics in m["baselines"].items():  # same-project and overall majority label
         rows.append(_label_row(name, {**metrics, "label_compliance_before": m["label_compliance_before"]},
                                lc.targets, None))
+    canonical, _ = canonical_labels(resources, lc.targets)  # the same cleaned labels train_and_evaluate learns from
     for name, make in baselines.LABEL_BASELINES.items():
-        base, secs_b = _timed(labeler.evaluate, lambda ts, make=make: make(ts, lc.confidence_threshold), resources,
+        base, secs_b = _timed(labeler.evaluate, lambda ts, make=make: make(ts, lc.confidence_threshold), canonical,
                               lc.targets, lc.test_share, seed, truth)
         rows.append(_label_row(name, base["metrics"], lc.targets, secs_b))
     rows.append(_label_row("ours", m, lc.targets, secs))
@@ -241,7 +290,7 @@ def markdown(table: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="101-105")
-    parser.add_argument("--shapes", default="small_stable,large_fast_migration")
+    parser.add_argument("--shapes", default="realistic,large_fast_migration")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--out", default="out/model_quality")
     parser.add_argument("--config", default=None, help="model settings (default configs/local.yaml)")
@@ -312,8 +361,9 @@ def report(df: pd.DataFrame, tasks, seeds, shapes, args, console: Console, start
     df["model"] = df["model"].str.replace(r"^ours: selected \(.*\)$", "ours: selected", regex=True)
     n = len(seeds) * len(shapes)
     md = []
-    for task in tasks:
-        t = df[df.task == task].dropna(axis=1, how="all")
+    shown = [x for t in tasks for x in ([t, "anomaly_breakdown"] if t == "anomaly" else [t])]
+    for task in shown:
+        t = df[df.task == ("anomaly" if task == "anomaly_breakdown" else task)].dropna(axis=1, how="all")
         parts = [(f"{task}: mean (worst) over {n} runs, seeds {args.seeds} x {', '.join(shapes)}", t)]
         parts += [(f"{task} on {shape}: mean (worst) over seeds {args.seeds}", t[t["shape"] == shape])
                   for shape in shapes]

@@ -40,16 +40,21 @@ def generate(
     resources_per_project: Optional[int] = typer.Option(None, help="Scale: resources per project (~600 rows each)."),
     plants: Optional[int] = typer.Option(None, help="Scale: number of plants (3 projects each)."),
     from_monthly_csv: Optional[Path] = typer.Option(None, help="CSV month,service,cost to reconcile to the cent."),
+    shape: Optional[str] = typer.Option(None, help="Organisation shape over the config's generator: realistic "
+                                                   "(messy as a real export), demo, small_stable, "
+                                                   "large_fast_migration."),
 ):
     """Generate the synthetic organisation's billing events and their ground truth."""
     from finops_ml.synthetic.generator import generate as gen
-    from finops_ml.synthetic.generator import generate_from_monthly, resources_for_rows
+    from finops_ml.synthetic.generator import generate_from_monthly, resources_for_rows, shape_config
 
     cfg = _config(config, seed)
     if rows is not None and resources_per_project is not None:
         raise FinopsError("--rows and --resources-per-project both set the organisation's size; give one of them.")
     options = {"plants": plants, "resources_per_project": resources_per_project}
     gcfg = cfg.with_options("generator", **options).generator
+    if shape:
+        gcfg = shape_config(shape, gcfg)
     if rows is not None:
         gcfg = gcfg.model_copy(update={"resources_per_project": resources_for_rows(gcfg, rows)})
     t0 = time.perf_counter()
@@ -105,16 +110,25 @@ def run(
     source: Optional[str] = typer.Option(None, help="Billing events to train on; default: generate the demo data."),
     feedback: Optional[Path] = typer.Option(None, help="Anomaly verdicts (finops-ml feedback); default: "
                                                        "OUT/feedback.csv when it exists."),
+    shape: Optional[str] = typer.Option(None, help="Organisation shape over the config's generator: realistic "
+                                                   "(messy as a real export), demo, small_stable, "
+                                                   "large_fast_migration."),
 ):
     """Run the whole training pipeline on this machine with the KFP local runner."""
     out = out.resolve()
     with exclusive_lock(out, "finops-ml run"):  # a second run into the same --out is refused, not interleaved
-        _run(seed, out, config, source, feedback)
+        _run(seed, out, config, source, feedback, shape)
 
 
 def _run(seed: Optional[int], out: Path, config: Optional[Path], source: Optional[str],
-         feedback: Optional[Path]) -> None:
+         feedback: Optional[Path], shape: Optional[str] = None) -> None:
     cfg = _config(config, seed)
+    if shape:
+        from finops_ml.synthetic.generator import shape_config
+
+        if source:
+            raise FinopsError("--shape shapes the generated organisation; with --source there is none to shape.")
+        cfg = cfg.model_copy(update={"generator": shape_config(shape, cfg.generator)})
     from finops_ml.data.sources.files import resolve_files
     from finops_ml.synthetic.generator import generate as gen
     from pipelines.local import run_local

@@ -99,6 +99,14 @@ class GeneratorConfig(_Strict):
     new_anomaly_kinds_share: float = Field(0.3, ge=0.0, le=1.0)
     anomaly_sigma_multiple: tuple[float, float] = (3.0, 30.0)
     material_min_usd: float = Field(1.0, ge=0.0)
+    # Realism (finops_ml.synthetic.realism; all off by default, the `realistic` shape sets them):
+    usage_noise: Literal["lognormal", "by_kind"] = "lognormal"  # by_kind: heavy-tailed, log-sigma 0.05-0.4 by service
+    normal_events: bool = False  # quarter ends, load tests, rightsizing, a price change, a decommissioned plant
+    late_row_share: float = Field(0.0, ge=0.0, le=0.5)  # rows exported 1-5 days after their usage (0.01-0.05 real)
+    label_error_share: float = Field(0.0, ge=0.0, le=0.3)  # carried labels with another value (5-10% in audits)
+    label_variant_share: float = Field(0.0, ge=0.0, le=0.5)  # carried values spelt another way ("lyn", "cc4110")
+    departed_owner_share: float = Field(0.0, ge=0.0, le=0.3)  # owner labels naming someone who left
+    unlabelled_project_share: float = Field(0.0, ge=0.0, le=0.9)  # projects where no resource carries a label
 
     @field_validator("anomaly_sigma_multiple")
     @classmethod

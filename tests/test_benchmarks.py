@@ -46,7 +46,8 @@ def test_anomaly_baselines_align_with_the_cells_and_use_only_training_labels():
     cells["truth"] |= (cells.project_id == "p1") & (cells.day == cells.day.min() + pd.Timedelta(days=60))
     cells.loc[(cells.project_id == "p1") & (cells.day == cells.day.min() + pd.Timedelta(days=60)), "net_cost"] *= 3
     out = baselines.anomaly_baselines(cells.sample(frac=1.0, random_state=1), pd.Timestamp("2025-03-31"), seed=1)
-    assert set(out) == {"rolling_zscore", "rule_1.25x_mean_2std", "stl_robust_z", "isolation_forest"}
+    assert set(out) == {"rolling_zscore", "rolling_zscore_tuned", "rule_1.25x_mean_2std", "stl_robust_z",
+                        "stl_robust_z_tuned", "isolation_forest"}
     shuffled = cells.sample(frac=1.0, random_state=1)
     for flags, _ in out.values():
         assert len(flags) == len(cells)
@@ -105,8 +106,11 @@ def test_labels_and_anomaly_are_evaluated_on_the_same_holdout_for_all(prepared, 
     for r in rows:  # correct-only compliance: a baseline's wrong labels do not raise it
         assert 0 <= r["acc_owner"] <= 1 and 0 <= r["compliance_after"] <= 1
     rows, cells = model_quality.eval_anomaly(prepared, cfg, small_seed)
-    assert [r["model"] for r in rows] == ["rolling_zscore", "rule_1.25x_mean_2std", "stl_robust_z",
-                                          "isolation_forest", "ours"]
+    assert [r["model"] for r in rows] == ["rolling_zscore", "rolling_zscore_tuned", "rule_1.25x_mean_2std",
+                                          "stl_robust_z", "stl_robust_z_tuned", "isolation_forest", "ours"]
     assert {"is_anomaly", "expected"} <= set(cells.columns)
     for r in rows:
         assert 0 <= r["f1"] <= 1 and 0 <= r["event_f1"] <= 1
+        # recall per kind of the holdout's anomalies and per size bin, beside the overall recall
+        kinds = [k for k in model_quality.KIND_COLUMNS if k in r and r[k] == r[k]]
+        assert kinds and all(0 <= r[k] <= 1 for k in kinds)

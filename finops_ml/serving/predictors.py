@@ -337,6 +337,9 @@ class LabelerPredictor(Predictor):
                     use, analog, precision = self.model.analogy(target, frame)
                     if use[0]:
                         predicted, confidence = str(analog[0]), float(precision)
+                agreed, sure = self.model.consensus(target, [inst.project_id], np.array([predicted], dtype=object),
+                                                    np.array([confidence]))
+                predicted, confidence = str(agreed[0]), float(sure[0])
                 o[target] = {"predicted": predicted, "confidence": confidence, "known": known,
                              "apply": known is None and confidence >= threshold}
             out.append(o)

@@ -10,6 +10,8 @@ drops, runaway new resources and rises spread over a service). The ground truth 
   truth/anomalies.csv             one row per injected anomaly (kind, direction, window, resources, size, $ impact)
   truth/anomaly_cells.csv         daily cells (day x service x project) of each anomaly's window, whether material
   truth/resources.csv             every resource with its true owner / cost_center / plant and which labels it carries
+  truth/carried_labels.csv        carried label values that differ from the truth (wrong, misspelt, a departed owner)
+  truth/normal_events.csv         planned changes that look like anomalies and are not (finops_ml.synthetic.realism)
 
 Everything is drawn from one seeded generator: the same config and seed give the same files.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from finops_ml.config import GeneratorConfig
 from finops_ml.data.events import ARROW_SCHEMA, EXPORT_SCHEMA
 from finops_ml.errors import FinopsError
 from finops_ml.fileio import atomic_dir
+from finops_ml.synthetic import realism
 from finops_ml.synthetic.injector import KINDS, NEW_SKU_NAMES, SERIES_KEYS, CostPanel, InjectionSpec, inject
 from finops_ml.synthetic.org import (
     APPS,
@@ -69,6 +72,7 @@ class _Resource:
     base: float
     weekend: float
     labelled: tuple[str, ...]
+    carried: dict = field(default_factory=dict)  # carried label values that differ from the truth (realism)
 
 
 def _days(cfg: GeneratorConfig) -> pd.DatetimeIndex:
@@ -168,8 +172,9 @@ def build_organisation(cfg: GeneratorConfig, rng: np.random.Generator, n_days: i
     return resources
 
 
-def _series_costs(cfg, rng, resources, days):
-    """Normal (anomaly-free) daily cost per (resource, SKU): returns the series table and a cost matrix."""
+def _series_costs(cfg, rng, resources, days, real_rng=None):
+    """Normal (anomaly-free) daily cost per (resource, SKU): returns the series table and a cost matrix. With
+    `usage_noise: by_kind` each resource's usage also varies as its kind does (realism.usage_noise, `real_rng`)."""
     n_days = len(days)
     t = np.arange(n_days)
     weekend = np.asarray(days.dayofweek >= 5)
@@ -182,6 +187,8 @@ def _series_costs(cfg, rng, resources, days):
         ramp = np.clip(0.3 + 0.7 * (t - res.start) / 21.0, 0.3, 1.0)
         growth = (1.0 + spec.monthly_growth * rng.uniform(0.5, 1.5)) ** (np.maximum(t - res.start, 0) / 30.4)
         level = res.base * ramp * growth * active
+        if cfg.usage_noise == "by_kind":
+            level = level * realism.usage_noise(real_rng, res.service, n_days)
         for s_idx, sku in enumerate(spec.skus):
             season = np.where(weekend, res.weekend, 1.0)
             if s_idx == 0 and spec.month_end_factor != 1.0:
@@ -239,12 +246,12 @@ def _inject_anomalies(cfg, rng, resources, series, cost, days):
 
 def _labels_of(res: _Resource) -> list[dict]:
     true = {"owner": res.owner, "cost_center": res.cost_center, "plant": res.plant}
-    labels = [{"key": k, "value": true[k]} for k in res.labelled]
+    labels = [{"key": k, "value": res.carried.get(k, true[k])} for k in res.labelled]
     labels.append({"key": "env", "value": res.env})
     return labels
 
 
-def _line_items(cfg, rng, resources, series, cost, days) -> pa.Table:
+def _line_items(cfg, rng, resources, series, cost, days, real_rng=None) -> pa.Table:
     """Turn the cost matrix into export line items (only the days a series has cost)."""
     s_idx, d_idx = np.nonzero(cost > 0)
     n = len(s_idx)
@@ -265,6 +272,8 @@ def _line_items(cfg, rng, resources, series, cost, days) -> pa.Table:
     start_ts = days.tz_localize(None).to_numpy()[d_idx]
     end_ts = start_ts + np.timedelta64(1, "D")
     export_ts = end_ts + (rng.integers(4, 30, n) * np.timedelta64(1, "h"))
+    if cfg.late_row_share:
+        export_ts = export_ts + realism.late_export_days(real_rng, n, cfg.late_row_share) * np.timedelta64(1, "D")
     invoice = pd.DatetimeIndex(start_ts).strftime("%Y%m").to_numpy()
 
     credit_type = np.asarray([s.credit or "" for s in skus], dtype=object)[s_idx]
@@ -431,6 +440,12 @@ ORG_SHAPES: dict[str, dict] = {
                          noise_sigma=0.04),
     "large_fast_migration": dict(plants=8, resources_per_project=30, migration_span=0.3, late_resource_share=0.5,
                                  noise_sigma=0.08),
+    # As messy as a real export (issue 13): usage noise by kind of resource (SKU noise on top stays small), normal
+    # events that look like anomalies, 3% of rows exported days late, 7% of carried labels wrong, 10% misspelt, 5%
+    # of owners gone, 15% of projects without any label.
+    "realistic": dict(usage_noise="by_kind", noise_sigma=0.03, normal_events=True, late_row_share=0.03,
+                      label_error_share=0.07, label_variant_share=0.1, departed_owner_share=0.05,
+                      unlabelled_project_share=0.15),
 }
 
 
@@ -452,18 +467,24 @@ def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "j
     if fmt not in ("jsonl", "parquet"):
         raise FinopsError(f"Unknown output format '{fmt}'; use jsonl or parquet.")
     rng = np.random.default_rng(seed)
+    real_rng = np.random.default_rng([seed, 13])  # the realism knobs' own draws: with them off, nothing changes
     days = _days(cfg)
     resources = build_organisation(cfg, rng, len(days))
-    series, cost = _series_costs(cfg, rng, resources, days)
+    if cfg.label_error_share or cfg.label_variant_share or cfg.departed_owner_share or cfg.unlabelled_project_share:
+        realism.messy_labels(real_rng, resources, cfg, {p.code: p.aliases for p in PLANTS})
+    series, cost = _series_costs(cfg, rng, resources, days, real_rng)
+    normal = pd.DataFrame(columns=realism.NORMAL_EVENT_COLUMNS)
+    if cfg.normal_events:
+        cost, normal = realism.normal_events(real_rng, resources, series, cost, days, cfg.plants)
     cost, new_skus, anomalies, anomaly_cells = _inject_anomalies(cfg, rng, resources, series, cost, days)
 
     def item_chunks():
         for lo in range(0, len(series), SERIES_PER_CHUNK):
             yield _line_items(cfg, rng, resources, series[lo: lo + SERIES_PER_CHUNK],
-                              cost[lo: lo + SERIES_PER_CHUNK], days)
+                              cost[lo: lo + SERIES_PER_CHUNK], days, real_rng)
         if new_skus:
             yield _line_items(cfg, rng, resources, [(r, sku) for r, sku, _ in new_skus],
-                              np.vstack([row for _, _, row in new_skus]), days)
+                              np.vstack([row for _, _, row in new_skus]), days, real_rng)
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -485,6 +506,11 @@ def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "j
         control.to_csv(tmp / "control_totals.csv", index=False)
         anomalies.to_csv(truth / "anomalies.csv", index=False)
         anomaly_cells.to_csv(truth / "anomaly_cells.csv", index=False)
+        normal.to_csv(truth / "normal_events.csv", index=False)
+        pd.DataFrame([dict(resource=r.name, project_id=r.project_id, label=k, carried=v, true=getattr(r, k))
+                      for r in resources for k, v in r.carried.items()],
+                     columns=["resource", "project_id", "label", "carried", "true"]).to_csv(
+            truth / "carried_labels.csv", index=False)
         pd.DataFrame(
             [dict(resource=r.name, project_id=r.project_id, service=SERVICE_BY_KEY[r.service].description,
                   owner=r.owner, cost_center=r.cost_center, plant=r.plant, labelled=";".join(r.labelled))

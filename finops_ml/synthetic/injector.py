@@ -236,8 +236,9 @@ class _Injector:
         self.cum_present = np.concatenate([np.zeros((self.n_res, 1), int), np.cumsum(self.present, axis=1)], axis=1)
         _, self.cell_clean = panel.cell_cost()
         # A resource is picked with its share of its cell's cost: every cell about as often, big resources first.
-        mean = np.nanmean(np.where(self.present, self.res_cost, np.nan), axis=1)
-        mean = np.nan_to_num(mean)
+        days_present = self.present.sum(axis=1)  # 0 for a resource that never bills (gone before it started)
+        mean = np.divide(np.where(self.present, self.res_cost, 0.0).sum(axis=1), days_present,
+                         out=np.zeros(self.n_res), where=days_present > 0)
         cell_total = np.zeros(len(cells))
         np.add.at(cell_total, self.cell_of_res, mean)
         of_cell = cell_total[self.cell_of_res]

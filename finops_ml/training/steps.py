@@ -24,6 +24,7 @@ from finops_ml.errors import InsufficientData
 from finops_ml.fileio import atomic_path, read_json, write_json
 from finops_ml.models import anomaly, forecast, labeler
 from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER, by_name
+from finops_ml.models.label_values import canonical_labels
 from finops_ml.platform.registry import LocalRegistry, registry_for
 from finops_ml.training import gates
 
@@ -177,6 +178,8 @@ def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_
     for d in (model_dir, eval_dir):
         with atomic_path(d / "review_list.csv") as tmp:
             result["review"].to_csv(tmp, index=False)
+    with atomic_path(eval_dir / "label_fixes.csv") as tmp:  # carried values brought to one spelling
+        result["fixes"].to_csv(tmp, index=False)
     with atomic_path(eval_dir / "labelled.parquet") as tmp:
         result["labelled"].to_parquet(tmp, index=False)
     write_json(eval_dir / "confusion.json", result["confusion"])
@@ -258,7 +261,8 @@ def _rescore_labeler(model: labeler.ResourceLabeler, tables: dict, plan: dict) -
     challenger's labelled resources, with the challenger's folds."""
     targets = plan["targets"]
     make = labeler.unfitted_factory(model)
-    metrics = labeler.evaluate(make, tables["resources"], targets, plan["test_share"], plan["seed"],
+    resources, _ = canonical_labels(tables["resources"], targets)  # as train_and_evaluate cleans them
+    metrics = labeler.evaluate(make, resources, targets, plan["test_share"], plan["seed"],
                                tables.get("truth"))["metrics"]
     metrics["label_accuracy_min"] = min(metrics[f"label_accuracy_{t}"] for t in targets)
     return metrics
