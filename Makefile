@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 OUT ?= out
 SEED ?= 42
 
-.PHONY: help run test lint compile bench constraints clean dashboard screenshot
+.PHONY: help run test lint compile bench constraints clean dashboard screenshot bridge-source
 
 help:  ## this list
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/'
 
 # The dashboard's browser test drives the system's Chromium (never a browser Playwright downloads): installed with
 # apt where this runs as root on Debian/Ubuntu; elsewhere install chromium yourself or set FINOPS_CHROMIUM.
@@ -40,6 +40,12 @@ compile: $(BIN)/finops-ml  ## the pipeline YAML for Vertex AI Pipelines
 
 bench: $(BIN)/finops-ml  ## seconds per pipeline step
 	$(BIN)/python -m benchmarks.pipeline_timings
+
+bridge-source: $(BIN)/finops-ml  ## the Cloud Run bridge's source in $(OUT)/bridge-source (docs/bridge.md)
+	rm -rf $(OUT)/bridge-source && mkdir -p $(OUT)/bridge-source/wheels
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w $(OUT)/bridge-source/wheels .
+	cp deploy/bridge/main.py constraints.txt $(OUT)/bridge-source/
+	cd $(OUT)/bridge-source && printf -- '-c constraints.txt\n%s[bridge]\n' ./wheels/*.whl > requirements.txt
 
 # Pin the Docker images to the versions of this environment (run it after the tests pass here, on Linux).
 constraints: $(BIN)/finops-ml  ## refresh constraints.txt from this environment

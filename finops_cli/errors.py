@@ -97,6 +97,7 @@ EXTRAS = {
     "confluent_kafka": "stream", "orjson": "stream", "prometheus_client": "stream",
     "google.cloud.aiplatform": "vertex", "google.cloud.storage": "vertex", "google.cloud.scheduler_v1": "vertex",
     "google.api_core": "vertex",
+    "functions_framework": "bridge",
 }
 _OWN = ("finops_ml", "finops_cli", "components", "pipelines")
 

@@ -103,6 +103,32 @@ def replay(
 
 
 @app.command()
+def bridge(
+    source: str = typer.Argument(..., help="A billing export file: gs://BUCKET/PATH or a local JSONL / Parquet / "
+                                           "CSV file."),
+    bootstrap: str = typer.Option(..., help="Kafka bootstrap servers, HOST:PORT."),
+    topic: str = typer.Option("billing-events", help="The billing topic (created if missing)."),
+    dead_letter_topic: Optional[str] = typer.Option(None, help="Where invalid rows go, with their reason "
+                                                               "(default: TOPIC-dlq)."),
+    marker_topic: Optional[str] = typer.Option(None, help="The bridge's record of published files "
+                                                          "(default: TOPIC-bridge-markers)."),
+    generation: Optional[str] = typer.Option(None, help="The gs:// object's generation (default: the live one)."),
+):
+    """Publish a billing export file to Kafka as the Cloud Run bridge does: valid rows keyed by series, bad rows
+    to the dead-letter topic, each object generation once (see docs/bridge.md)."""
+    from finops_ml.data.bridge import bridge as run_bridge
+
+    s = run_bridge(source, bootstrap, topic, dead_letter_topic, marker_topic, generation=generation)
+    where = f"{s['object']}#{s['generation']}"
+    if s["skipped"]:
+        console.print(f"{where} was published already ({s['rows']:,} rows, {s['dead_letters']:,} dead letters, "
+                      f"marker in {s['marker_topic']}): nothing sent")
+        return
+    console.print(f"published {where}: {s['rows']:,} of {s['read']:,} rows to {s['topic']}, {s['dead_letters']:,} "
+                  f"dead letters to {s['dead_letter_topic']}, in {s['seconds']:.1f} s ({s['rows_per_s']:,} rows/s)")
+
+
+@app.command()
 def run(
     seed: Optional[int] = typer.Option(None, help="Random seed (default: the config's)."),
     out: Path = typer.Option(Path("out"), help="Output directory: report.html, summary.json, registry, data."),

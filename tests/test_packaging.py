@@ -85,7 +85,7 @@ def test_the_serving_extra_installs_none_of_the_other_runtimes():
 
 def test_dev_installs_every_runtime():
     dev = PYPROJECT["project"]["optional-dependencies"]["dev"]
-    assert "finops-ml[pipeline,serving,stream,vertex]" in dev
+    assert "finops-ml[pipeline,serving,stream,vertex,bridge]" in dev
 
 
 def test_xgboost_installs_on_every_os():

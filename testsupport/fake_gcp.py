@@ -36,7 +36,9 @@ class FakeGCP:
         self.pipeline_jobs: dict[str, dict] = {}
         self.schedules: dict[str, dict] = {}
         self.scheduler_jobs: dict[str, dict] = {}
-        self.objects: dict[tuple[str, str], bytes] = {}
+        self.objects: dict[tuple[str, str], bytes] = {}  # the live generation of each object
+        self.generations: dict[tuple[str, str], int] = {}  # (bucket, name) -> live generation
+        self.versions: dict[tuple[str, str, int], bytes] = {}  # every generation written (as with versioning on)
         self.buckets: set[str] = set()
         self._n = 100
         self._lock = threading.Lock()
@@ -71,6 +73,10 @@ class FakeGCP:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/octet-stream" if media else "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                m = re.fullmatch(r"/download/storage/v1/b/([^/]+)/o/(.+)", record["path"])
+                if media and m:  # GCS tells which generation it served (the client keeps it as blob.generation)
+                    with outer._lock:
+                        self.send_header("X-Goog-Generation", str(outer._object_version(m[1], m[2], query)))
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -104,6 +110,27 @@ class FakeGCP:
     def unknown(self) -> list[dict]:
         return [r for r in self.requests if r.get("status") == 404 and "no such method" in json.dumps(r)]
 
+    # -- GCS objects
+    def put_object(self, bucket: str, name: str, data: bytes) -> int:
+        """Write a new generation of an object (as an upload does); its generation."""
+        self._n += 1
+        generation = self._n * 1000  # real generations are large numbers (microseconds); any increasing int will do
+        self.objects[(bucket, name)] = data
+        self.generations[(bucket, name)] = generation
+        self.versions[(bucket, name, generation)] = data
+        return generation
+
+    def _object_json(self, bucket: str, name: str, generation: int) -> dict:
+        data = self.versions[(bucket, name, generation)]
+        return {"kind": "storage#object", "bucket": bucket, "name": name, "size": str(len(data)),
+                "generation": str(generation), "metageneration": "1", "contentType": "application/octet-stream",
+                "id": f"{bucket}/{name}/{generation}", "timeCreated": "2026-11-24T00:00:00.000Z"}
+
+    def _object_version(self, bucket: str, name: str, query: dict) -> int | None:
+        """The generation a request names (`generation`), else the live one; None when there is no such object."""
+        generation = int(query["generation"]) if query.get("generation") else self.generations.get((bucket, name))
+        return generation if (bucket, name, generation) in self.versions else None
+
     def _id(self) -> str:
         self._n += 1
         return str(self._n)
@@ -132,18 +159,26 @@ class FakeGCP:
         m = re.fullmatch(r"/upload/storage/v1/b/(?P<bucket>[^/]+)/o", path)
         if m and method == "POST":
             name = query.get("name") or self._multipart_name(raw)
-            self.objects[(m["bucket"], name)] = self._media(raw, content_type)
-            return 200, {"kind": "storage#object", "bucket": m["bucket"], "name": name, "size": str(len(raw)),
-                         "generation": "1"}
+            generation = self.put_object(m["bucket"], name, self._media(raw, content_type))
+            return 200, self._object_json(m["bucket"], name, generation)
         m = re.fullmatch(r"/storage/v1/b/(?P<bucket>[^/]+)/o", path)
         if m and method == "GET":
             prefix = query.get("prefix", "")
             return 200, {"kind": "storage#objects", "items": [
-                {"kind": "storage#object", "bucket": b, "name": n, "size": str(len(data)), "generation": "1"}
-                for (b, n), data in sorted(self.objects.items()) if b == m["bucket"] and n.startswith(prefix)]}
+                self._object_json(b, n, self.generations[(b, n)])
+                for (b, n) in sorted(self.objects) if b == m["bucket"] and n.startswith(prefix)]}
+        m = re.fullmatch(r"/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>.+)", path)
+        if m and method == "GET":  # an object's metadata (a generation of it with ?generation=)
+            generation = self._object_version(m["bucket"], m["name"], query)
+            if generation is None:
+                return 404, {"error": {"code": 404, "message": f"No such object: {m['bucket']}/{m['name']}"}}
+            return 200, self._object_json(m["bucket"], m["name"], generation)
         m = re.fullmatch(r"/download/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<name>.+)", path)
         if m and method == "GET":
-            return 200, self.objects[(m["bucket"], m["name"])]  # raw bytes (see the handler)
+            generation = self._object_version(m["bucket"], m["name"], query)
+            if generation is None:
+                return 404, {"error": {"code": 404, "message": f"No such object: {m['bucket']}/{m['name']}"}}
+            return 200, self.versions[(m["bucket"], m["name"], generation)]  # raw bytes (see the handler)
         m = re.fullmatch(_LOC + r"(?P<rest>/.*)?", path)
         if not m:
             return 404, {"error": {"code": 404, "message": f"no such method {method} {path}"}}

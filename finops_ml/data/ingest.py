@@ -102,33 +102,34 @@ class _Quarantine:
         self.count += 1
         self.reasons[reason.split(":")[0]] += 1
         self.file.write(json.dumps({"ingest_id": self.ingest_id, "source": source, "location": location,
-                                    "reason": reason, "record": _strict_json(record)},
+                                    "reason": reason, "record": strict_json(record)},
                                    default=str, allow_nan=False) + "\n")
 
 
-def _strict_json(value):
+def strict_json(value):
     """`value` with the floats strict JSON has no token for (NaN, Infinity) as their text: a quarantine line must
     parse with any JSON parser."""
     if isinstance(value, float) and not math.isfinite(value):
         return json.dumps(value)  # 'NaN', 'Infinity', '-Infinity'
     if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
+        return {k: strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
+        return [strict_json(v) for v in value]
     return value
 
 
-def _valid_rows(con: duckdb.DuckDBPyConnection, batch: SourceBatch, quarantine: _Quarantine) -> pa.Table | None:
-    """The batch's valid rows with their event ids; every other record goes to quarantine with its reason."""
+def validate_batch(con: duckdb.DuckDBPyConnection, batch: SourceBatch) -> tuple[pa.Table | None, list[Rejected]]:
+    """The batch's valid rows with their event ids (EXPORT_SCHEMA with `event_id` in front; None when there are
+    none), and every other record as a `Rejected` with its location and reason: the reader's own rejects first, then
+    the rows the schema refuses. Ingest quarantines the rejects; the export bridge dead-letters them."""
     try:
         table = conform(batch.table)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         batch = _rowwise(batch)
         table = batch.table
-    for r in batch.rejected:
-        quarantine.add(r.source, r.location, r.reason, r.record)
+    rejected = list(batch.rejected)
     if table.num_rows == 0:
-        return None
+        return None, rejected
     # Only the id and the verdict come back from DuckDB: the rows stay in Arrow.
     con.register("batch", table)
     checked = con.execute(f"SELECT {EVENT_ID_SQL} AS event_id, {REASON_SQL} AS reason FROM batch").arrow()
@@ -137,10 +138,11 @@ def _valid_rows(con: duckdb.DuckDBPyConnection, batch: SourceBatch, quarantine: 
     invalid = pa.compute.is_valid(checked.column("reason"))
     if pa.compute.any(invalid).as_py():
         for i in pa.compute.indices_nonzero(invalid).to_pylist():
-            quarantine.add(batch.source, batch.location(i), checked.column("reason")[i].as_py(),
-                           table.slice(i, 1).to_pylist()[0])
+            rejected.append(Rejected(batch.source, batch.location(i), checked.column("reason")[i].as_py(),
+                                     table.slice(i, 1).to_pylist()[0]))
     good = table.add_column(0, "event_id", checked.column("event_id").cast(pa.string()))
-    return good.filter(pa.compute.invert(invalid))
+    good = good.filter(pa.compute.invert(invalid))
+    return (good if good.num_rows else None), rejected
 
 
 def require_billing_rows(summary: dict) -> dict:
@@ -212,7 +214,9 @@ def _ingest_locked(source: str, out_dir: Path, control_totals, started: float, *
                 pending = None
                 for batch in read_events(source, **source_options):
                     read += batch.table.num_rows + len(batch.rejected)
-                    good = _valid_rows(con, batch, quarantine)
+                    good, rejected = validate_batch(con, batch)
+                    for r in rejected:
+                        quarantine.add(r.source, r.location, r.reason, r.record)
                     if good is None:
                         continue
                     if pending is not None:

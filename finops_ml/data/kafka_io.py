@@ -74,6 +74,24 @@ def cell_key_of(event: BillingEvent) -> bytes:
     return f"{event.service.description}|{(event.project.id or '') if event.project else ''}".encode()
 
 
+# The same key in SQL, over a table of valid export rows (the bridge computes it with the event id; the tests compare
+# it with cell_key_of).
+CELL_KEY_SQL = "concat(service.description, '|', coalesce(project.id, ''))"
+
+
+def json_value_sql(columns: list[tuple[str, str]]) -> str:
+    """A SQL expression giving a row of the columns (name, DuckDB type) as one line of JSON, the form the generator
+    writes: timestamps ISO 8601 UTC, sub-second digits only where there are some. Run it with TimeZone UTC."""
+    fields = []
+    for name, type_ in columns:
+        col = f'"{name}"'
+        if type_.startswith("TIMESTAMP"):
+            col = (f"CASE WHEN microsecond({col}) % 1000000 = 0 THEN strftime({col}, '%Y-%m-%dT%H:%M:%SZ') "
+                   f"ELSE strftime({col}, '%Y-%m-%dT%H:%M:%S.%fZ') END")
+        fields.append(f'"{name}" := {col}')
+    return f"to_json(struct_pack({', '.join(fields)}))::VARCHAR"
+
+
 def _ids(value: bytes) -> tuple[bytes, bytes, tuple] | None:
     """(event id, cell key, export order key) of a message value, or None if it is no valid billing event."""
     try:
@@ -122,12 +140,8 @@ def _parquet_rows(path: Path) -> Iterator[tuple[tuple[bytes, bytes] | None, byte
     except duckdb.Error as exc:
         raise FinopsError(f"Parquet file {path} cannot be read ({str(exc).splitlines()[0]}); "
                           f"is it a complete Parquet file?") from None
-    # Timestamps as the generator writes them: ISO 8601 UTC, sub-second digits only where there are some.
-    iso = [f"CASE WHEN microsecond(\"{name}\") % 1000000 = 0 THEN strftime(\"{name}\", '%Y-%m-%dT%H:%M:%SZ') "
-           f"ELSE strftime(\"{name}\", '%Y-%m-%dT%H:%M:%S.%fZ') END AS \"{name}\""
-           for name, type_, *_ in columns if type_.startswith("TIMESTAMP")]
-    select = f"SELECT * REPLACE ({', '.join(iso)})" if iso else "SELECT *"
-    cursor = con.execute(f"SELECT to_json(t)::VARCHAR FROM ({select} FROM read_parquet(?)) t", [str(path)])
+    cursor = con.execute(f"SELECT {json_value_sql([(c[0], c[1]) for c in columns])} FROM read_parquet(?)",
+                         [str(path)])
     while rows := cursor.fetchmany(20_000):
         for (text,) in rows:
             value = text.encode()
