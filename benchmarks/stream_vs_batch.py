@@ -1,0 +1,112 @@
+"""The stream reaches the batch answer: a seed's events through Kafka, as an export delivers them (issue 12).
+
+    python -m benchmarks.stream_vs_batch [--seeds 42,5] [--workdir DIR] [--partitions 3]
+
+Per seed, all through the CLI a user types: `finops-ml run --seed S` (the batch side: OUT/anomalies.csv, written
+by the registered detector), a Tansu broker on 127.0.0.1, `finops-ml replay OUT/data/events.jsonl` (export order,
+the default), `finops-ml stream --until-end` with the run's registry; then the alerts topic is read back. Prints, per
+seed: batch anomalies, ids confirmed by the stream, whether the two sets are equal, messages published twice (by
+key and status), retractions, late rows. Exits 1 when a seed's ids differ or a message repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from testsupport.cli import command
+from testsupport.kafka import tansu_broker
+
+
+def _cli(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(*args), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise SystemExit(f"finops-ml {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return result
+
+
+def _alerts(bootstrap: str, topic: str) -> list:
+    from confluent_kafka import Consumer, KafkaError
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    consumer.subscribe([topic])
+    out, eof, idle = [], set(), time.monotonic()
+    parts = None
+    while time.monotonic() - idle < 15:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            if parts is not None and eof >= parts:
+                break
+            continue
+        if parts is None and consumer.assignment():
+            parts = {tp.partition for tp in consumer.assignment()}
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                eof.add(msg.partition())
+            continue
+        idle = time.monotonic()
+        out.append(msg)
+    consumer.close()
+    return out
+
+
+def one_seed(seed: int, workdir: Path, partitions: int) -> dict:
+    out = workdir / f"seed{seed}"
+    if not (out / "anomalies.csv").exists():
+        _cli("run", "--seed", str(seed), "--out", str(out))
+    batch = set(pd.read_csv(out / "anomalies.csv").anomaly_id)
+    with tansu_broker(workdir / f"tansu-{seed}.log") as bootstrap:
+        topic = f"billing-{seed}"
+        _cli("replay", str(out / "data" / "events.jsonl"), "--bootstrap", bootstrap, "--topic", topic,
+             "--partitions", str(partitions))
+        t0 = time.perf_counter()
+        _cli("stream", "--bootstrap", bootstrap, "--topic", topic, "--registry", str(out / "registry"),
+             "--alerts-topic", f"{topic}-alerts", "--dead-letter-topic", f"{topic}-dlq",
+             "--state-dir", str(workdir / f"state-{seed}"), "--group", f"g-{seed}", "--metrics-port", "0",
+             "--until-end")
+        seconds = time.perf_counter() - t0
+        messages = _alerts(bootstrap, f"{topic}-alerts")
+    last = json.loads((workdir / f"state-{seed}" / "last_run.json").read_text())
+    keyed = Counter((m.key().decode(), dict(m.headers() or []).get("finops.status", b"").decode(),
+                     dict(m.headers() or []).get("finops.revision", b"0").decode()) for m in messages)
+    alerts = [json.loads(m.value()) for m in messages]
+    confirmed = {a["anomaly_id"] for a in alerts if a.get("status") == "confirmed"}
+    retracted = {a["anomaly_id"] for a in alerts if a.get("status") == "retracted"}
+    standing = confirmed - retracted
+    return {"seed": seed, "batch": len(batch), "confirmed": len(standing), "equal": standing == batch,
+            "missing": len(batch - standing), "extra": len(standing - batch),
+            "repeated": sum(n - 1 for n in keyed.values() if n > 1), "retracted": len(retracted),
+            "late": last.get("late", 0), "events": last.get("events", 0), "stream_s": round(seconds, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="42,5")
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep runs here (a run already there is reused)")
+    args = ap.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="finops-stream-batch-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = [one_seed(int(s), workdir, args.partitions) for s in args.seeds.split(",") if s]
+    table = Table(title="stream (Kafka, export order) vs batch anomalies.csv")
+    for col in rows[0]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    Console().print(table)
+    return 0 if all(r["equal"] and r["repeated"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
