@@ -15,47 +15,19 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from finops_ml.config import Config
 from finops_ml.models import forecast as forecast_lib
 from finops_ml.models.catalogue import MODELS
 from finops_ml.models.trees import ForestRegressor
-from finops_ml.platform.registry import LocalRegistry
 from finops_ml.serving import app, predictors, schemas
-from finops_ml.synthetic.generator import generate
-from finops_ml.training import steps
 from testsupport.cli import command
 from testsupport.net import free_port, wait_for_http
-
-# 11 months: the forecast's 3 holdout months, one backtest origin and its 56 days of history.
-SMALL = {"generator": {"months": 11, "plants": 1, "resources_per_project": 3},
-         "forecast": {"candidates": ["linear"], "backtest_origins": 1},
-         "anomaly": {"n_estimators": 50, "injection_draws": 1}}
+from testsupport.registry import train_small_registry
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     """The three models trained by the pipeline's own steps on a small organisation, in a local registry."""
-    root = tmp_path_factory.mktemp("serving")
-    cfg = Config.model_validate(SMALL)
-    small_generated = root / "generated"
-    generate(cfg.generator, cfg.seed, small_generated)
-    steps.ingest_step(str(small_generated / "events.jsonl"), "", str(root / "events"))
-    paths = {name: str(root / f"{name}.parquet") for name in ("daily_cost", "resource_daily_cost", "resources")}
-    steps.features_step(str(root / "events"), paths["daily_cost"], paths["resource_daily_cost"], paths["resources"])
-    truth = small_generated / "truth"
-    steps.train_anomaly_step(paths["resource_daily_cost"], paths["resources"], str(truth / "anomaly_cells.csv"), "",
-                             cfg, str(root / "m_anomaly"), str(root / "e_anomaly"))
-    steps.train_forecast_step(paths["daily_cost"], str(root / "e_anomaly"), cfg, str(root / "m_forecast"),
-                              str(root / "e_forecast"))
-    steps.train_labeler_step(paths["resources"], str(truth / "resources.csv"), cfg, str(root / "m_labeler"),
-                             str(root / "e_labeler"))
-    registry = LocalRegistry(root / "registry")
-    # registered whatever the gates say: the server is what is tested
-    for kind, name in ((k, s.name) for k, s in MODELS.items()):
-        evaluation = json.loads((root / f"e_{kind}" / "evaluation.json").read_text())
-        registry.register(name, root / f"m_{kind}", evaluation["metrics"], cfg.digest(), evaluation["data_window"])
-    return {"registry": root / "registry", "dirs": predictors.resolve_registry(root / "registry", list(MODELS)),
-            **{k: pd.read_parquet(v) for k, v in paths.items()}}
+    return train_small_registry(tmp_path_factory.mktemp("serving"))  # registered whatever the gates say
 
 
 def _ready(client: TestClient, route: str = "/health") -> None:

@@ -507,8 +507,9 @@ def test_k8s_manifests_wire_config_secret_state_and_metrics():
     assert {m.get("pods", {}).get("metric", {}).get("name") for m in hpa["spec"]["metrics"]} >= {
         "finops_stream_consumer_lag"}
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    for kind in ("Service", "ServiceMonitor", "PodMonitoring"):
-        selector = next(d for (k, _), d in docs.items() if k == kind)["spec"]["selector"]
+    for kind, name in (("Service", "finops-ml-stream-metrics"), ("ServiceMonitor", "finops-ml-stream"),
+                       ("PodMonitoring", "finops-ml-stream")):
+        selector = docs[(kind, name)]["spec"]["selector"]
         assert (selector.get("matchLabels") or selector).items() <= labels.items()
 
 

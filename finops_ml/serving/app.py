@@ -4,8 +4,11 @@
   GET  {AIP_HEALTH_ROUTE}   200 once the model is loaded, 503 before
 
 The port is AIP_HTTP_PORT (default 8080), the model's directory AIP_STORAGE_URI (a registry version directory, or
-gs://... on Vertex AI, downloaded at start-up). One model per server, as on a Vertex endpoint; `finops-ml serve`
-without --model serves the three side by side under /forecast, /anomaly and /labeler.
+gs://... on Vertex AI, downloaded at start-up), or, outside Vertex AI (docker compose, Kubernetes), a local registry:
+FINOPS_REGISTRY with FINOPS_MODEL (forecast, anomaly or labeler) under FINOPS_MODEL_ALIAS (default champion). When
+FINOPS_MODEL is set, the model found must be of that kind: a container started for the forecast never serves a
+labeler. One model per server, as on a Vertex endpoint; `finops-ml serve` without --model serves the three side by
+side under /forecast, /anomaly and /labeler.
 
 Each model's instance is a pydantic model (the README documents them). Requests are cheap by design:
 - forecast: the model's stored forecast (forecast.csv beside the model, the library's own forecast for every
@@ -15,9 +18,11 @@ Each model's instance is a pydantic model (the README documents them). Requests 
   the detector's recursive baseline runs over that window only;
 - labeler: one resource's metadata; the TF-IDF + logistic regression pipelines run on it without a DataFrame.
 
-A bad instance is a 400 whose message names the instance index and the field; a body over the limit, or more
-instances than the kind's limit (schemas.MAX_INSTANCES), is a 413; a body not received within `body_timeout_s` is a
-408. Validation and prediction run on a worker thread, so health answers stay fast while a heavy request computes.
+A bad instance is a 400 whose message names the instance index and the field (and, when it is another model's
+instance, which service to send it to); an unknown route is a 404 that names this server's model and routes; a
+body over the limit, or more instances than the kind's limit (schemas.MAX_INSTANCES), is a 413; a body not
+received within `body_timeout_s` is a 408. Validation and prediction run on a worker thread, so health answers
+stay fast while a heavy request computes.
 Anything unexpected is a 500 with a JSON sentence (the traceback goes to the server's log), never a reset connection.
 """
 
@@ -41,7 +46,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from finops_ml.errors import FinopsError
-from finops_ml.serving.predictors import PREDICTORS, Predictor, kind_of
+from finops_ml.serving.predictors import PREDICTORS, Predictor, kind_of, resolve_registry
 from finops_ml.serving.schemas import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, RequestError
 
 log = logging.getLogger("finops_ml.serving")
@@ -164,6 +169,18 @@ def create_app(spec: ServerSpec):
     routes = spec.routes()
     for kind, (h, p) in routes.items():
         make_routes(kind, h, p)
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    served = ", ".join(f"{kind} (GET {h}, POST {p})" for kind, (h, p) in routes.items())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return error(404, f"no route {request.method} {request.url.path} on this server; it serves {served}.")
+        if exc.status_code == 405:
+            return error(405, f"{request.method} is not allowed on {request.url.path}; it serves {served}.")
+        return error(exc.status_code, str(exc.detail))
     if len(routes) > 1:
         async def health_all() -> Response:
             for kind in spec.models:
@@ -191,6 +208,9 @@ class ContainerSettings(BaseSettings):
     aip_health_route: str = Field("/health", pattern="^/")
     aip_predict_route: str = Field("/predict", pattern="^/")
     aip_storage_uri: str = ""  # the model's directory: a registry version directory, or gs://... (Vertex AI)
+    finops_model: Literal["forecast", "anomaly", "labeler"] | None = None  # the kind this container must serve
+    finops_registry: str = ""  # a local registry (compose, Kubernetes): FINOPS_MODEL's FINOPS_MODEL_ALIAS in it
+    finops_model_alias: str = Field("champion", min_length=1)
     finops_max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
     finops_workers: int = Field(1, ge=1)
     finops_serve_spec: str = ""  # a ServerSpec as JSON: set by `finops-ml serve` for its worker processes
@@ -219,11 +239,22 @@ def _spec(env: ContainerSettings) -> ServerSpec:
     if env.finops_serve_spec:
         return ServerSpec.model_validate_json(env.finops_serve_spec)
     uri = env.aip_storage_uri
-    if not uri:
+    if uri:
+        model_dir = download_gcs(uri) if uri.startswith("gs://") else Path(uri)
+        kind = kind_of(model_dir)
+        if env.finops_model is not None and kind != env.finops_model:
+            raise FinopsError(f"AIP_STORAGE_URI={uri} holds the {kind} model but FINOPS_MODEL={env.finops_model}; "
+                              f"point AIP_STORAGE_URI at a {env.finops_model} model version or fix FINOPS_MODEL.")
+    elif env.finops_registry:
+        if env.finops_model is None:
+            raise FinopsError(f"FINOPS_REGISTRY={env.finops_registry} is set without FINOPS_MODEL; set FINOPS_MODEL "
+                              "to the model this container serves (forecast, anomaly or labeler).")
+        kind = env.finops_model
+        model_dir = resolve_registry(env.finops_registry, [kind], env.finops_model_alias)[kind]
+    else:
         raise FinopsError("AIP_STORAGE_URI is not set; set it to the model's directory (a registry version "
-                          "directory, or gs://bucket/path).")
-    model_dir = download_gcs(uri) if uri.startswith("gs://") else Path(uri)
-    return ServerSpec(models={kind_of(model_dir): str(model_dir)}, max_body_bytes=env.finops_max_body_bytes,
+                          "directory, or gs://bucket/path), or set FINOPS_REGISTRY and FINOPS_MODEL.")
+    return ServerSpec(models={kind: str(model_dir)}, max_body_bytes=env.finops_max_body_bytes,
                       health_route=env.aip_health_route, predict_route=env.aip_predict_route)
 
 

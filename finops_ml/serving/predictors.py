@@ -66,7 +66,7 @@ class Predictor:
         try:
             items = self._instances.validate_python(instances)
         except ValidationError as exc:
-            raise RequestError(_describe_error(exc, "instances")) from None
+            raise RequestError(self._wrong_service(exc, instances) or _describe_error(exc, "instances")) from None
         if self.kind == "forecast":  # a forecast from a history runs the model: heavier than a stored lookup
             _check_count(sum(i.history is not None for i in items), MAX_INSTANCES["forecast_history"],
                          "instances with a history")
@@ -78,6 +78,22 @@ class Predictor:
 
     def predict(self, instances: list, parameters: BaseModel) -> list[dict]:
         raise NotImplementedError
+
+    def _wrong_service(self, exc: ValidationError, instances: list) -> str | None:
+        """A sentence when the failing instance is a valid instance of another model (sent to the wrong service)."""
+        index = exc.errors()[0]["loc"][0] if exc.errors()[0]["loc"] else 0
+        if not isinstance(index, int) or index >= len(instances):
+            return None
+        for kind, predictor in PREDICTORS.items():
+            if kind == self.kind:
+                continue
+            try:
+                predictor.instance_model.model_validate(instances[index])
+            except ValidationError:
+                continue
+            return (f"instances[{index}] is an instance of the {kind} model, but this server serves the {self.kind} "
+                    f"model ({MODELS[self.kind].name}); send it to the {kind} service.")
+        return None
 
 
 def _check_count(n: int, limit: int, what: str) -> None:
