@@ -37,27 +37,22 @@ def _cli(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
 
 
 def _alerts(bootstrap: str, topic: str) -> list:
-    from confluent_kafka import Consumer, KafkaError
+    """Every message of TOPIC, each partition read from its start to its high watermark."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time_ns()}",
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    consumer.subscribe([topic])
-    out, eof, idle = [], set(), time.monotonic()
-    parts = None
-    while time.monotonic() - idle < 15:
+                         "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    high = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    out, done, deadline = [], {p for p, h in high.items() if h == 0}, time.monotonic() + 120
+    while len(done) < len(high) and time.monotonic() < deadline:
         msg = consumer.poll(0.5)
-        if msg is None:
-            if parts is not None and eof >= parts:
-                break
+        if msg is None or msg.error():
             continue
-        if parts is None and consumer.assignment():
-            parts = {tp.partition for tp in consumer.assignment()}
-        if msg.error():
-            if msg.error().code() == KafkaError._PARTITION_EOF:
-                eof.add(msg.partition())
-            continue
-        idle = time.monotonic()
         out.append(msg)
+        if msg.offset() + 1 >= high[msg.partition()]:
+            done.add(msg.partition())
     consumer.close()
     return out
 
@@ -110,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(*(str(v) for v in r.values()))
-    Console().print(table)
+    Console(width=200).print(table)
     return 0 if all(r["equal"] and r["repeated"] == 0 for r in rows) else 1
 
 
