@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,7 @@ def one_seed(seed: int, workdir: Path, partitions: int) -> dict:
     if not (out / "registry" / "cost-anomaly").exists():
         raise SystemExit(f"seed {seed}: no anomaly detector was registered (its gate failed): nothing to stream")
     batch = set(pd.read_csv(out / "anomalies.csv").anomaly_id)
+    shutil.rmtree(workdir / f"state-{seed}", ignore_errors=True)  # a fresh broker: the stream starts afresh too
     with tansu_broker(workdir / f"tansu-{seed}.log") as bootstrap:
         topic = f"billing-{seed}"
         _cli("replay", str(workdir / f"data{seed}" / "events.jsonl"), "--bootstrap", bootstrap, "--topic", topic,
