@@ -62,9 +62,9 @@ def duckdb_session(spill_dir: Path | None = None) -> Iterator[duckdb.DuckDBPyCon
         con.execute("SET TimeZone = 'UTC'")  # CAST(timestamptz AS DATE) takes the UTC day, as BigQuery does
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET preserve_insertion_order = false")
-        # No terminal progress bar: in a pipeline step it only fills the log, and a query that outlasts its 2 s
-        # threshold (a busy machine) is where the aborts at interpreter exit were seen (issue 12). In Jupyter without
-        # ipywidgets it is off already, and setting it at all raises: set it only when it is on.
+        # No terminal progress bar: in a pipeline step it only fills the log (the aborts at exit it was once blamed
+        # for come from native teardown: finops_ml/process.py). In Jupyter without ipywidgets it is off already, and
+        # setting it at all raises: set it only when it is on.
         if con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0]:
             con.execute("SET enable_progress_bar = false")
         con.execute(f"SET temp_directory = '{spill_dir.as_posix()}'")
