@@ -423,8 +423,9 @@ class ResourceLabeler(LabelApplier):
             found = analog != None  # noqa: E711 (elementwise)
             self.analogy_precision_[target] = (float((analog[found] == known[target].to_numpy()[found]).mean())
                                                if found.sum() >= ANALOG_MIN_SUPPORT else float("nan"))
-            if target in PROJECT_LEVEL_TARGETS:
-                self.project_values_[target] = project_consensus(known, target)
+        # every project-level label the data carries, the model's or not: a resource's other label is evidence too
+        self.project_values_ = {t: project_consensus(resources[resources[t].notna()], t)
+                                for t in PROJECT_LEVEL_TARGETS if t in resources.columns}
         return self
 
     def analogy(self, target: str, resources: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
@@ -446,7 +447,8 @@ class ResourceLabeler(LabelApplier):
                   conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The project's agreed value (project_consensus) instead of the classifier's: in a project whose labelled
         resources agree, the classifier mostly adds the few wrong carried labels it learnt from neighbours. Not for
-        a resource whose name says another plant than the project's (a shared project's resource serving a plant)."""
+        a resource whose name says another plant than the project's, or whose own other label is not the project's
+        (a shared project's resource serving a plant)."""
         agreed_by = getattr(self, "project_values_", {}).get(target, {})  # none in a labeler pickled before
         if not agreed_by:
             return pred, conf
@@ -462,6 +464,10 @@ class ResourceLabeler(LabelApplier):
             project_plant = plants.get(project, (None, 0.0))[0]
             if named and project_plant is not None and named != [project_plant]:
                 continue
+            if any(isinstance(own := resources[other].iloc[i], str) and own != self.project_values_[other]
+                   .get(project, (own, 0.0))[0] for other in PROJECT_LEVEL_TARGETS
+                   if other != target and other in resources.columns and other in self.project_values_):
+                continue  # its own other label is not the project's: it is not like the project's other resources
             use[i], (values[i], shares[i]) = True, agreed
         return np.where(use, values, pred), np.where(use, shares, conf)
 
