@@ -58,7 +58,7 @@ PROJECT_DROPOUT = True
 # Labels that are the project's when its labelled resources agree (project_consensus): plant and cost center.
 PROJECT_LEVEL_TARGETS = ("plant", "cost_center")
 CONSENSUS_MIN_RESOURCES = 2
-CONSENSUS_SHARE = 0.8
+CONSENSUS_SHARE = 0.6
 
 
 def _tokens(value) -> str:
@@ -423,8 +423,9 @@ class ResourceLabeler(LabelApplier):
             found = analog != None  # noqa: E711 (elementwise)
             self.analogy_precision_[target] = (float((analog[found] == known[target].to_numpy()[found]).mean())
                                                if found.sum() >= ANALOG_MIN_SUPPORT else float("nan"))
-            if target in PROJECT_LEVEL_TARGETS:
-                self.project_values_[target] = project_consensus(known, target)
+        # every project-level label the data carries, the model's or not: a resource's other label is evidence too
+        self.project_values_ = {t: project_consensus(resources[resources[t].notna()], t)
+                                for t in PROJECT_LEVEL_TARGETS if t in resources.columns}
         return self
 
     def analogy(self, target: str, resources: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
@@ -442,16 +443,33 @@ class ResourceLabeler(LabelApplier):
             values[new] = analog_labels(resources[new], target, self.aliases_[target])
         return values != None, values, precision  # noqa: E711
 
-    def consensus(self, target: str, projects, pred: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The project's agreed value (project_consensus) instead of a prediction less sure than that agreement."""
+    def consensus(self, target: str, resources: pd.DataFrame, pred: np.ndarray,
+                  conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The project's agreed value (project_consensus) instead of the classifier's: in a project whose labelled
+        resources agree, the classifier mostly adds the few wrong carried labels it learnt from neighbours. Not for
+        a resource whose name says another plant than the project's, or whose own other label is not the project's
+        (a shared project's resource serving a plant)."""
         agreed_by = getattr(self, "project_values_", {}).get(target, {})  # none in a labeler pickled before
         if not agreed_by:
             return pred, conf
-        agreed = [agreed_by.get(p) for p in projects]
-        share = np.array([a[1] if a else 0.0 for a in agreed])
-        use = share >= np.asarray(conf, float)
-        return (np.where(use, np.array([a[0] if a else None for a in agreed], dtype=object), pred),
-                np.where(use, share, conf))
+        plants = self.project_values_.get("plant", {})
+        aliases = self.aliases_.get("plant") or next(iter(self.aliases_.values()), None)
+        use = np.zeros(len(resources), bool)
+        values, shares = np.full(len(resources), None, dtype=object), np.zeros(len(resources))
+        for i, (project, name) in enumerate(zip(resources.project_id, resources.resource_name)):
+            agreed = agreed_by.get(project)
+            if agreed is None:
+                continue
+            named = aliases.plants(name) if aliases is not None else []
+            project_plant = plants.get(project, (None, 0.0))[0]
+            if named and project_plant is not None and named != [project_plant]:
+                continue
+            if any(isinstance(own := resources[other].iloc[i], str) and own != self.project_values_[other]
+                   .get(project, (own, 0.0))[0] for other in PROJECT_LEVEL_TARGETS
+                   if other != target and other in resources.columns and other in self.project_values_):
+                continue  # its own other label is not the project's: it is not like the project's other resources
+            use[i], (values[i], shares[i]) = True, agreed
+        return np.where(use, values, pred), np.where(use, shares, conf)
 
     def predict(self, resources: pd.DataFrame) -> pd.DataFrame:
         """Per resource and target: predicted value and confidence (from the resource's other known labels too)."""
@@ -461,7 +479,7 @@ class ResourceLabeler(LabelApplier):
             pred, conf = _predict_target(model, self.aliases_[target], known, target)
             use, analog, precision = self.analogy(target, known)
             pred, conf = np.where(use, analog, pred), np.where(use, precision, conf)
-            pred, conf = self.consensus(target, resources.project_id, pred, conf)
+            pred, conf = self.consensus(target, resources, pred, conf)
             out[f"{target}_predicted"] = pred
             out[f"{target}_confidence"] = conf
         return out
@@ -470,7 +488,8 @@ class ResourceLabeler(LabelApplier):
 def project_consensus(known: pd.DataFrame, target: str) -> dict[str, tuple[str, float]]:
     """project -> (value, share) for the projects whose labelled resources agree on one value of `target` (at least
     CONSENSUS_MIN_RESOURCES of them, CONSENSUS_SHARE agreeing): a plant or a cost center is usually the project's,
-    and a few wrong carried labels are outvoted where a classifier would learn them."""
+    and a few wrong carried labels are outvoted where a classifier would learn them. A shared project, whose
+    resources serve several plants, does not agree and is left to the classifier."""
     out = {}
     for project, values in known.groupby("project_id")[target]:
         counts = values.value_counts()

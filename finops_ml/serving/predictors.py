@@ -353,8 +353,9 @@ class LabelerPredictor(Predictor):
                     use, analog, precision = self.model.analogy(target, frame)
                     if use[0]:
                         predicted, confidence = str(analog[0]), float(precision)
-                agreed, sure = self.model.consensus(target, [inst.project_id], np.array([predicted], dtype=object),
-                                                    np.array([confidence]))
+                agreed, sure = self.model.consensus(
+                    target, pd.DataFrame({"project_id": [inst.project_id], "resource_name": [inst.resource_name]}),
+                    np.array([predicted], dtype=object), np.array([confidence]))
                 predicted, confidence = str(agreed[0]), float(sure[0])
                 o[target] = {"predicted": predicted, "confidence": confidence, "known": known,
                              "apply": known is None and confidence >= threshold}

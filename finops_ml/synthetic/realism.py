@@ -144,13 +144,14 @@ def messy_labels(rng: np.random.Generator, resources: list, cfg, aliases: dict[s
         for key in res.labelled:
             true = getattr(res, key)
             u = rng.random()
-            if key == "owner" and u < cfg.departed_owner_share:
+            gone = cfg.departed_owner_share if key == "owner" else 0.0  # only owners leave the company
+            if u < gone:
                 carried[key] = departed[int(rng.integers(len(departed)))]
-            elif u < cfg.departed_owner_share + cfg.label_error_share:
+            elif u < gone + cfg.label_error_share:
                 others = [v for v in values[key] if v != true]
                 if others:
                     carried[key] = others[int(rng.integers(len(others)))]
-            elif u < cfg.departed_owner_share + cfg.label_error_share + cfg.label_variant_share:
+            elif u < gone + cfg.label_error_share + cfg.label_variant_share:
                 carried[key] = _variant(rng, key, true, aliases)
         res.carried = carried
 
