@@ -319,30 +319,19 @@ class RealtimeState:
 
     # -- events ------------------------------------------------------------------------------------------------
     def _parse_day(self, ts) -> int:
-        day = self._day_of.get(ts) if isinstance(ts, str) else None
-        if day is not None:
-            return day
-        try:
-            if isinstance(ts, datetime):
-                dt = ts
-            elif isinstance(ts, str):
-                dt = datetime.fromisoformat(ts.replace("Z", "+00:00") if ts.endswith("Z") else ts)
-            else:
-                raise ValueError
-        except ValueError:
-            raise InvalidEvent(f"usage_start_time {ts!r} is not an ISO timestamp") from None
-        if dt.tzinfo is not None:
-            dt = dt.astimezone(timezone.utc)  # the export's day is the UTC day; a naive timestamp is UTC
-        day = dt.toordinal()
-        if isinstance(ts, str):
-            if len(self._day_of) > 100_000:
-                self._day_of.clear()
-            self._day_of[ts] = day
-        return day
+        """The UTC usage day of a usage_start_time."""
+        return self._day_cached(self._day_of, ts, "usage_start_time", lambda dt: dt.toordinal())
 
     def _closes_through(self, ts) -> int:
         """The last usage day an event exported at `ts` closes: the day before (ts - lateness_days)."""
-        day = self._close_of.get(ts) if isinstance(ts, str) else None
+        return self._day_cached(self._close_of, ts, "export_time",
+                                lambda dt: (dt - timedelta(days=self.lateness_days)).toordinal() - 1)
+
+    @staticmethod
+    def _day_cached(cache: dict, ts, field: str, day_of) -> int:
+        """`day_of` the timestamp `ts` (ISO text or datetime; the export's days are UTC days, a naive timestamp is
+        UTC), cached per text: an export repeats the same few timestamps on thousands of rows."""
+        day = cache.get(ts) if isinstance(ts, str) else None
         if day is not None:
             return day
         try:
@@ -353,14 +342,14 @@ class RealtimeState:
             else:
                 raise ValueError
         except ValueError:
-            raise InvalidEvent(f"export_time {ts!r} is not an ISO timestamp") from None
+            raise InvalidEvent(f"{field} {ts!r} is not an ISO timestamp") from None
         if dt.tzinfo is not None:
             dt = dt.astimezone(timezone.utc)
-        day = (dt - timedelta(days=self.lateness_days)).toordinal() - 1
+        day = day_of(dt)
         if isinstance(ts, str):
-            if len(self._close_of) > 100_000:
-                self._close_of.clear()
-            self._close_of[ts] = day
+            if len(cache) > 100_000:
+                cache.clear()
+            cache[ts] = day
         return day
 
     def event(self, event: dict) -> list[dict]:
