@@ -352,6 +352,16 @@ class RealtimeState:
             cache[ts] = day
         return day
 
+    def _resource(self, key: tuple, cell: tuple, day: int) -> _Resource:
+        """The state of a resource billed on `day`: known, or new from that day on (its factors from the model)."""
+        res = self.resources.get(key)
+        if res is None:
+            res = self.resources[key] = _Resource(cell, day, self.model.factors_of(key), self.model.baseline_days)
+            self.cell_members.setdefault(cell, []).append(key)
+        elif day < res.first_day and res.last_day is None:
+            res.first_day = day
+        return res
+
     def event(self, event: dict) -> list[dict]:
         self.late = ""
         try:
@@ -412,12 +422,7 @@ class RealtimeState:
         m = self.model
         cell = (service, project)
         key = (service, project, resource)
-        res = self.resources.get(key)
-        if res is None:
-            res = self.resources[key] = _Resource(cell, day, m.factors_of(key), m.baseline_days)
-            self.cell_members.setdefault(cell, []).append(key)
-        elif day < res.first_day and res.last_day is None:
-            res.first_day = day
+        res = self._resource(key, cell, day)
         d = self.days.get(day)
         if d is None:
             d = self.days[day] = _Day(day)
@@ -655,7 +660,6 @@ class RealtimeState:
             return []
         cell = (service, project)
         key = (service, project, resource)
-        m = self.model
         # the cell's resources as they were before `day`: their first kept state from `day` on
         for k in self.cell_members.get(cell, ()):
             for dd in range(day, self.closed_through + 1):
@@ -666,12 +670,7 @@ class RealtimeState:
                     snap.labels = current.labels
                     self.resources[k] = snap
                     break
-        res = self.resources.get(key)
-        if res is None:
-            res = self.resources[key] = _Resource(cell, day, m.factors_of(key), m.baseline_days)
-            self.cell_members.setdefault(cell, []).append(key)
-        elif day < res.first_day and res.last_day is None:
-            res.first_day = day
+        res = self._resource(key, cell, day)
         for item in labels or ():
             if isinstance(item, dict) and item.get("key") in CAUSE_LABELS:
                 res.labels[item["key"]] = item.get("value")
