@@ -330,3 +330,24 @@ def test_the_training_step_says_in_one_sentence_that_the_labels_are_too_few(tmp_
     assert result["trained"] is False and result["passed"] is False
     assert reason.count(". ") == 0 and "owner on 0 (0 distinct), cost_center on 0" in reason
     assert not (tmp_path / "m" / "model.joblib").exists()
+
+
+def test_the_prediction_server_weighs_an_instances_own_labels_as_the_library_does(tmp_path):
+    import joblib
+
+    from finops_ml.serving.predictors import LabelerPredictor
+
+    res = organisation()
+    model = ResourceLabeler(seed=1).fit(res)
+    joblib.dump(model, tmp_path / "model.joblib")
+    # a resource of a Lyon project whose own cost center is Stuttgart's: the project's agreed plant is not forced on it
+    new = pd.DataFrame([_row("x-77", "acme-lyn-mes-prd", "Cloud SQL", "mes", None, "cc-4220", None),
+                        _row("x-78", "acme-lyn-mes-prd", "Cloud SQL", "mes", None, None, None)])
+    predictor = LabelerPredictor(tmp_path)
+    instances, parameters = predictor.validate(new.drop(columns="net_cost").to_dict(orient="records"), {})
+    served = predictor.predict(instances, parameters)
+    library = model.predict(new)
+    for target in ("owner", "cost_center", "plant"):
+        assert [p[target]["predicted"] for p in served] == library[f"{target}_predicted"].tolist()
+        np.testing.assert_allclose([p[target]["confidence"] for p in served], library[f"{target}_confidence"],
+                                   rtol=1e-9)

@@ -454,6 +454,8 @@ class ResourceLabeler(LabelApplier):
             return pred, conf
         plants = self.project_values_.get("plant", {})
         aliases = self.aliases_.get("plant") or next(iter(self.aliases_.values()), None)
+        own_labels = {other: resources[other].to_numpy() for other in PROJECT_LEVEL_TARGETS
+                      if other != target and other in resources.columns and other in self.project_values_}
         use = np.zeros(len(resources), bool)
         values, shares = np.full(len(resources), None, dtype=object), np.zeros(len(resources))
         for i, (project, name) in enumerate(zip(resources.project_id, resources.resource_name)):
@@ -464,9 +466,8 @@ class ResourceLabeler(LabelApplier):
             project_plant = plants.get(project, (None, 0.0))[0]
             if named and project_plant is not None and named != [project_plant]:
                 continue
-            if any(isinstance(own := resources[other].iloc[i], str) and own != self.project_values_[other]
-                   .get(project, (own, 0.0))[0] for other in PROJECT_LEVEL_TARGETS
-                   if other != target and other in resources.columns and other in self.project_values_):
+            if any(isinstance(v[i], str) and v[i] != self.project_values_[other].get(project, (v[i], 0.0))[0]
+                   for other, v in own_labels.items()):
                 continue  # its own other label is not the project's: it is not like the project's other resources
             use[i], (values[i], shares[i]) = True, agreed
         return np.where(use, values, pred), np.where(use, shares, conf)

@@ -353,10 +353,10 @@ class LabelerPredictor(Predictor):
                     use, analog, precision = self.model.analogy(target, frame)
                     if use[0]:
                         predicted, confidence = str(analog[0]), float(precision)
-                agreed, sure = self.model.consensus(
-                    target, pd.DataFrame({"project_id": [inst.project_id], "resource_name": [inst.resource_name]}),
-                    np.array([predicted], dtype=object), np.array([confidence]))
-                predicted, confidence = str(agreed[0]), float(sure[0])
+                    # the project's agreed value, judged on the instance with its own known labels, as the library
+                    agreed, sure = self.model.consensus(target, frame, np.array([predicted], dtype=object),
+                                                        np.array([confidence]))
+                    predicted, confidence = str(agreed[0]), float(sure[0])
                 o[target] = {"predicted": predicted, "confidence": confidence, "known": known,
                              "apply": known is None and confidence >= threshold}
             out.append(o)
