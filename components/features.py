@@ -8,9 +8,6 @@ from components.image import PIPELINE_IMAGE
 def build_features(events: Input[Dataset], daily_cost: Output[Dataset], resource_daily_cost: Output[Dataset],
                    resources: Output[Dataset]):
     """Run the feature views of feature_defs/ over the events table (or in BigQuery for a BigQuery source)."""
-    from finops_ml.process import end_step_process_cleanly
-
-    end_step_process_cleanly()  # no native teardown at exit: it aborts a finished step now and then
     from finops_ml.training.steps import features_step
 
     print(features_step(events.path, daily_cost.path, resource_daily_cost.path, resources.path))

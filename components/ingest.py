@@ -7,9 +7,6 @@ from components.image import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def ingest_events(source: str, control_totals: str, events: Output[Dataset], metrics: Output[Metrics]):
     """Validate, quarantine, dedupe and reconcile billing events into the events table."""
-    from finops_ml.process import end_step_process_cleanly
-
-    end_step_process_cleanly()  # no native teardown at exit: it aborts a finished step now and then
     from finops_ml.training.steps import ingest_step
 
     summary = ingest_step(source, control_totals, events.path)

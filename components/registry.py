@@ -7,9 +7,6 @@ from components.image import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def check_gate(evaluation: Input[Artifact]) -> bool:
     """Whether every gate of a model passed (computed by the training step from held-out metrics)."""
-    from finops_ml.process import end_step_process_cleanly
-
-    end_step_process_cleanly()  # no native teardown at exit: it aborts a finished step now and then
     from finops_ml.training.steps import gate_step
 
     return gate_step(evaluation.path)
@@ -21,9 +18,6 @@ def register_model(model: Input[Model], evaluation: Input[Artifact], registry_di
     """Register a model that passed its gate (local or Vertex AI registry, from the config); it becomes champion
     only if not worse than the champion on the same holdout. Returns the version ("NAME:vN"; the champion's when
     this run's data and config are the champion's, then nothing is registered)."""
-    from finops_ml.process import end_step_process_cleanly
-
-    end_step_process_cleanly()  # no native teardown at exit: it aborts a finished step now and then
     import json
 
     from finops_ml.config import Config
@@ -39,9 +33,6 @@ def register_model(model: Input[Model], evaluation: Input[Artifact], registry_di
 def deploy_model(registered: str, registry_dir: str, config_json: str) -> str:
     """Deploy a new champion ("NAME:vN") with the canary split and keep the newest N versions deployed (a Vertex AI
     endpoint, or the local registry's endpoint state); returns what was done, as JSON."""
-    from finops_ml.process import end_step_process_cleanly
-
-    end_step_process_cleanly()  # no native teardown at exit: it aborts a finished step now and then
     import json
 
     from finops_ml.config import Config

@@ -9,9 +9,6 @@ def build_report(events: Input[Dataset], forecast_evaluation: Input[Artifact], a
                  labeler_evaluation: Input[Artifact], config_json: str, report: Output[HTML],
                  summary: Output[Artifact], value: Output[Artifact], run_id: str = "", anomaly_feedback: str = ""):
     """The run's dashboard (HTML, interactive plots), summary JSON and value report, shown in the Vertex AI console."""
-    from finops_ml.process import end_step_process_cleanly
-
-    end_step_process_cleanly()  # no native teardown at exit: it aborts a finished step now and then
     import json
     import os
     from pathlib import Path

@@ -10,9 +10,6 @@ def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifac
     """Backtest linear / random forest / XGBoost, the naive forecasts and the ensemble of the two best on the
     anomaly-adjusted history, evaluate the best on the holdout from rolling origins beside the naive baselines,
     refit, forecast daily and monthly with calibrated intervals, and check the budgets."""
-    from finops_ml.process import end_step_process_cleanly
-
-    end_step_process_cleanly()  # no native teardown at exit: it aborts a finished step now and then
     from finops_ml.config import Config
     from finops_ml.training.steps import loggable_metrics, train_forecast_step
 
@@ -30,9 +27,6 @@ def train_anomaly_detector(resource_daily_cost: Input[Dataset], resources: Input
                            confusion: Output[ClassificationMetrics]):
     """Label-free thresholds (alarm budgets; refined by users' feedback, replaced by ground truth on synthetic data);
     rises and drops, each with its dollar impact, % deviation and cause; evaluated by injection into the holdout."""
-    from finops_ml.process import end_step_process_cleanly
-
-    end_step_process_cleanly()  # no native teardown at exit: it aborts a finished step now and then
     from finops_ml.config import Config
     from finops_ml.training.steps import loggable_metrics, train_anomaly_step
 
@@ -53,9 +47,6 @@ def train_labeler(resources: Input[Dataset], resource_truth: str, config_json: s
                   plant_confusion: Output[ClassificationMetrics]):
     """TF-IDF + logistic regression per label; confident predictions applied, the rest to review. Raises
     InsufficientData when a label is carried by too few resources to learn and measure it."""
-    from finops_ml.process import end_step_process_cleanly
-
-    end_step_process_cleanly()  # no native teardown at exit: it aborts a finished step now and then
     import json
     import os
 
