@@ -371,8 +371,9 @@ class ValueConfig(_Strict):
     hourly_rate_usd: float = Field(80.0, gt=0.0, le=1000.0)  # loaded cost of an engineer's hour
     # The monthly bill is reviewed on this day of the month after the spend (the invoice closes on the 2nd-5th).
     bill_review_day: int = Field(10, ge=1, le=28)
-    # Days from the end of an anomalous day to its alert: the stream's (it closes a day `stream.lateness_days`
-    # after it ends), and a daily batch detector's over the billing export (export latency + the next batch run).
+    # Days from the end of an anomalous day to its alert: the stream's (it raises an open alert as the day's rows
+    # arrive, up to ~1 day after it ends, and confirms it `stream.lateness_days` later), and a daily batch detector's
+    # over the billing export (export latency + the next batch run).
     stream_alert_days: int = Field(1, ge=0, le=31)
     batch_alert_days: int = Field(2, ge=0, le=31)
     setup_usd: float = Field(0.0, ge=0.0)  # one-off cost of setting the platform up (counted in payback and ROI)
