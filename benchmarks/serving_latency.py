@@ -30,12 +30,12 @@ from rich.console import Console
 from rich.table import Table
 
 from testsupport.net import free_port, wait_for_http
+from testsupport.services import anomaly_bodies
 
 HERE = Path(__file__).resolve().parent
 FINOPS_ML = Path(sys.executable).parent / "finops-ml"
 LOCUST = Path(sys.executable).parent / "locust"
 WARMUP_S = 3.0
-ANOMALY_WINDOW = 63
 FORECAST_HISTORY = 91
 
 
@@ -67,24 +67,7 @@ def pools(run_dir: Path, size: int, seed: int) -> dict[str, dict]:
         for i, (s, p) in enumerate(zip(panel.keys.service, panel.keys.project_id))
         if panel.values[i, -FORECAST_HISTORY:].sum() > 0]
 
-    rdc = pd.read_parquet(fd / "resource_daily_cost").assign(day=lambda d: pd.to_datetime(d.day))
-    days = pd.date_range(rdc.day.min(), rdc.day.max(), freq="D")
-    bodies = []
-    cells = list(rdc.groupby(["service", "project_id"]))
-    for _ in range(size):
-        (service, project), cell = cells[rng.integers(len(cells))]
-        wide = cell.pivot_table(index="resource_name", columns="day", values="net_cost", aggfunc="sum")
-        end_day = days[rng.integers(ANOMALY_WINDOW, len(days))]
-        wide = wide.reindex(columns=pd.date_range(end=end_day, periods=ANOMALY_WINDOW, freq="D"))
-        wide = wide[wide.notna().any(axis=1)]
-        if wide.empty or wide.iloc[:, -1].isna().all():
-            continue
-        bodies.append({"instances": [{
-            "service": service, "project_id": project, "end_date": str(end_day.date()),
-            "resources": [{"resource_name": n,
-                           "daily_costs": [None if np.isnan(v) else round(float(v), 6) for v in row]}
-                          for n, row in zip(wide.index, wide.to_numpy())]}]})
-    out["anomaly"] = bodies
+    out["anomaly"] = anomaly_bodies(pd.read_parquet(fd / "resource_daily_cost"), size, rng)
 
     res = pd.read_parquet(fd / "resources")
     out["labeler"] = [{"instances": [{

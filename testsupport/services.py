@@ -84,7 +84,35 @@ def run_services(registry: Path, log_dir: Path, names=SERVING, timeout: float = 
                 proc.wait()
 
 
-ANOMALY_WINDOW = 63  # days of a cell sent to the anomaly service (what benchmarks/serving_latency.py sends)
+ANOMALY_WINDOW = 63  # days of a cell sent to the anomaly service
+
+
+def anomaly_bodies(resource_daily_cost, size: int, rng, attempts: int | None = None) -> list[dict]:
+    """Up to `size` one-instance anomaly request bodies from `attempts` (default `size`) random draws: a random
+    cell's resources over the ANOMALY_WINDOW days ending on a random day, kept when its last day has cost."""
+    import numpy as np
+    import pandas as pd
+
+    rdc = resource_daily_cost.assign(day=pd.to_datetime(resource_daily_cost.day))
+    days = pd.date_range(rdc.day.min(), rdc.day.max(), freq="D")
+    cells = [(key, cell.pivot_table(index="resource_name", columns="day", values="net_cost", aggfunc="sum"))
+             for key, cell in rdc.groupby(["service", "project_id"])]
+    bodies = []
+    for _ in range(size if attempts is None else attempts):
+        if len(bodies) >= size:
+            break
+        (service, project), wide = cells[rng.integers(len(cells))]
+        end = days[rng.integers(ANOMALY_WINDOW, len(days))]
+        wide = wide.reindex(columns=pd.date_range(end=end, periods=ANOMALY_WINDOW, freq="D"))
+        wide = wide[wide.notna().any(axis=1)]
+        if wide.empty or wide.iloc[:, -1].isna().all():
+            continue
+        bodies.append({"instances": [{
+            "service": service, "project_id": project, "end_date": str(end.date()),
+            "resources": [{"resource_name": n, "daily_costs": [None if np.isnan(v) else round(float(v), 6)
+                                                               for v in row]}
+                          for n, row in zip(wide.index, wide.to_numpy())]}]})
+    return bodies
 
 
 def request_pools(registry: Path, resource_daily_cost, resources, size: int = 200, seed: int = 0) -> dict[str, list]:
@@ -100,26 +128,7 @@ def request_pools(registry: Path, resource_daily_cost, resources, size: int = 20
     stored = pd.read_csv(forecast_dir / "forecast.csv")[["service", "project_id"]].drop_duplicates()
     pools: dict[str, list] = {"forecast": [{"instances": [{"service": s, "project_id": p}]}
                                            for s, p in stored.itertuples(index=False)]}
-    rdc = resource_daily_cost.assign(day=pd.to_datetime(resource_daily_cost.day))
-    days = pd.date_range(rdc.day.min(), rdc.day.max(), freq="D")
-    cells = [(key, cell.pivot_table(index="resource_name", columns="day", values="net_cost", aggfunc="sum"))
-             for key, cell in rdc.groupby(["service", "project_id"])]
-    anomaly = []
-    for _ in range(size * 4):
-        if len(anomaly) >= size:
-            break
-        (service, project), wide = cells[rng.integers(len(cells))]
-        end = days[rng.integers(ANOMALY_WINDOW, len(days))]
-        wide = wide.reindex(columns=pd.date_range(end=end, periods=ANOMALY_WINDOW, freq="D"))
-        wide = wide[wide.notna().any(axis=1)]
-        if wide.empty or wide.iloc[:, -1].isna().all():
-            continue
-        anomaly.append({"instances": [{
-            "service": service, "project_id": project, "end_date": str(end.date()),
-            "resources": [{"resource_name": n, "daily_costs": [None if np.isnan(v) else round(float(v), 6)
-                                                               for v in row]}
-                          for n, row in zip(wide.index, wide.to_numpy())]}]})
-    pools["anomaly"] = anomaly
+    pools["anomaly"] = anomaly_bodies(resource_daily_cost, size, rng, attempts=size * 4)
     fields = ["resource_name", "project_id", "service", "project_name", "skus", "region", "env", "workload"]
     pools["labeler"] = [{"instances": [{k: v for k, v in zip(fields, row) if not (v is None or v != v)}]}
                         for row in resources[fields].itertuples(index=False)]
