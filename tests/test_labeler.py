@@ -294,19 +294,13 @@ def test_too_few_labelled_resources_is_one_clear_sentence():
     train_and_evaluate(organisation().assign(owner=None), ["plant"], 0.6, 0.25, 1)  # the other labels still train
 
 
-def test_the_prediction_server_answers_by_analogy_as_the_library_does(tmp_path):
+def _assert_served_as_the_library(model: ResourceLabeler, new: pd.DataFrame, tmp_path) -> None:
+    """The prediction server, loading MODEL as stored, answers NEW as `model.predict` does."""
     import joblib
 
     from finops_ml.serving.predictors import LabelerPredictor
 
-    res = organisation(skip={("stuttgart", "quality", s) for s, _ in WORKLOADS["quality"]})
-    model = ResourceLabeler(seed=1).fit(res)
     joblib.dump(model, tmp_path / "model.joblib")
-    new = pd.DataFrame([_row(f"stg-qa-{s.split()[-1].lower()}-77", "acme-stg-quality-prd", s, "quality", None, None,
-                             None) for s, _ in WORKLOADS["quality"]] + [_row("lyn-oee-sql-77", "acme-lyn-mes-prd",
-                                                                             "Cloud SQL", "mes", None, None, None)])
-    use, _, _ = model.analogy("owner", new)
-    assert use[:4].any() and not use[4]
     predictor = LabelerPredictor(tmp_path)
     instances, parameters = predictor.validate(new.drop(columns="net_cost").to_dict(orient="records"), {})
     served = predictor.predict(instances, parameters)
@@ -315,6 +309,17 @@ def test_the_prediction_server_answers_by_analogy_as_the_library_does(tmp_path):
         assert [p[target]["predicted"] for p in served] == library[f"{target}_predicted"].tolist()
         np.testing.assert_allclose([p[target]["confidence"] for p in served], library[f"{target}_confidence"],
                                    rtol=1e-9)
+
+
+def test_the_prediction_server_answers_by_analogy_as_the_library_does(tmp_path):
+    res = organisation(skip={("stuttgart", "quality", s) for s, _ in WORKLOADS["quality"]})
+    model = ResourceLabeler(seed=1).fit(res)
+    new = pd.DataFrame([_row(f"stg-qa-{s.split()[-1].lower()}-77", "acme-stg-quality-prd", s, "quality", None, None,
+                             None) for s, _ in WORKLOADS["quality"]] + [_row("lyn-oee-sql-77", "acme-lyn-mes-prd",
+                                                                             "Cloud SQL", "mes", None, None, None)])
+    use, _, _ = model.analogy("owner", new)
+    assert use[:4].any() and not use[4]
+    _assert_served_as_the_library(model, new, tmp_path)
 
 
 def test_the_training_step_says_in_one_sentence_that_the_labels_are_too_few(tmp_path):
@@ -333,21 +338,9 @@ def test_the_training_step_says_in_one_sentence_that_the_labels_are_too_few(tmp_
 
 
 def test_the_prediction_server_weighs_an_instances_own_labels_as_the_library_does(tmp_path):
-    import joblib
-
-    from finops_ml.serving.predictors import LabelerPredictor
-
     res = organisation()
     model = ResourceLabeler(seed=1).fit(res)
-    joblib.dump(model, tmp_path / "model.joblib")
     # a resource of a Lyon project whose own cost center is Stuttgart's: the project's agreed plant is not forced on it
     new = pd.DataFrame([_row("x-77", "acme-lyn-mes-prd", "Cloud SQL", "mes", None, "cc-4220", None),
                         _row("x-78", "acme-lyn-mes-prd", "Cloud SQL", "mes", None, None, None)])
-    predictor = LabelerPredictor(tmp_path)
-    instances, parameters = predictor.validate(new.drop(columns="net_cost").to_dict(orient="records"), {})
-    served = predictor.predict(instances, parameters)
-    library = model.predict(new)
-    for target in ("owner", "cost_center", "plant"):
-        assert [p[target]["predicted"] for p in served] == library[f"{target}_predicted"].tolist()
-        np.testing.assert_allclose([p[target]["confidence"] for p in served], library[f"{target}_confidence"],
-                                   rtol=1e-9)
+    _assert_served_as_the_library(model, new, tmp_path)
