@@ -28,9 +28,8 @@ transport, as the rest of finops_ml.platform.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-
-import sqlglot
 
 from finops_ml.config import Config
 from finops_ml.errors import FinopsError
@@ -88,6 +87,8 @@ def group_sql(spec: FeatureGroupSpec, dialect: str = "duckdb", table: str = "eve
               null_resource: bool = False) -> str:
     """The SQL of a feature group's source: the feature view (`feature_sql_for`) with its entity ids and
     feature_timestamp added, for DuckDB (what the tests run) or BigQuery (the view `sync` creates)."""
+    import sqlglot
+
     from finops_ml.data.warehouse import feature_sql_for
 
     inner = sqlglot.parse_one(feature_sql_for(spec.view, dialect, table, null_resource), read=dialect)
@@ -224,11 +225,21 @@ def ensure_online_store(cfg: Config) -> tuple[list[dict], list]:
     return done, views
 
 
+def _quiet_sdk() -> None:
+    """The SDK logs each creation on stdout at INFO; what `sync` returns says the same, once."""
+    import vertexai.resources.preview.feature_store  # noqa: F401 (its loggers exist once imported)
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("vertexai.resources.preview.feature_store"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def sync(cfg: Config, trigger: bool = True, bigquery_client=None) -> list[dict]:
     """Create what is missing (views, groups, features, store, feature views), then start a sync of each feature
     view (with `trigger`). Returns one dict per resource: kind, name, action (created, updated, exists, started)."""
     done = ensure_bigquery_views(cfg, bigquery_client)
     init_vertex(cfg)
+    _quiet_sdk()
     done += ensure_feature_groups(cfg)
     store_done, views = ensure_online_store(cfg)
     done += store_done
@@ -245,6 +256,7 @@ def status(cfg: Config) -> list[dict]:
     from vertexai.resources.preview.feature_store import FeatureView
 
     init_vertex(cfg)
+    _quiet_sdk()
     rows = []
     for name, group in feature_view_names(cfg).items():
         try:
