@@ -300,7 +300,7 @@ def online(gcp, trained):
     return rows
 
 
-def _server(trained, feature_view: str = "", endpoint: str = "", **kinds) -> TestClient:
+def _server(trained, feature_view: str = "", endpoint: str = "") -> TestClient:
     spec = serving.ServerSpec(models={k: str(trained["dirs"][k]) for k in ("forecast", "anomaly")},
                               feature_view=feature_view, feature_store_endpoint=endpoint)
     return TestClient(serving.create_app(spec))

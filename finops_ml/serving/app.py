@@ -17,6 +17,8 @@ Each model's instance is a pydantic model (the README documents them). Requests 
 - anomaly: a short window of a cell's daily costs (per resource, or for the whole cell) ending on the day judged;
   the detector's recursive baseline runs over that window only;
 - labeler: one resource's metadata; the TF-IDF + logistic regression pipelines run on it without a DataFrame.
+With FINOPS_FEATURE_VIEW set (an online feature view of `finops-ml featurestore sync`), a forecast or anomaly
+instance without a history is given the series' stored one first (finops_ml.serving.online_store).
 
 A bad instance is a 400 whose message names the instance index and the field (and, when it is another model's
 instance, which service to send it to); an unknown route is a 404 that names this server's model and routes; a
