@@ -412,7 +412,12 @@ def test_the_servers_read_is_the_request_the_aiplatform_client_sends(gcp):
     assert OnlineStore(SERIES_VIEW, gcp.endpoint).read("nobody") is None
 
 
-def test_a_bad_feature_view_setting_is_one_sentence():
+def test_the_container_reads_the_feature_view_setting(trained):
+    env = {"AIP_STORAGE_URI": str(trained["dirs"]["forecast"]), "FINOPS_FEATURE_VIEW": SERIES_VIEW,
+           "FINOPS_FEATURE_STORE_ENDPOINT": "europe-west1-aiplatform.googleapis.com"}
+    spec = serving.spec_from_env(env)
+    assert (spec.feature_view, spec.feature_store_endpoint) == (SERIES_VIEW, env["FINOPS_FEATURE_STORE_ENDPOINT"])
+    assert serving.spec_from_env({"AIP_STORAGE_URI": env["AIP_STORAGE_URI"]}).feature_view == ""  # off by default
     with pytest.raises(FinopsError, match="FINOPS_FEATURE_VIEW="):
         serving.spec_from_env({"FINOPS_FEATURE_VIEW": "series_latest", "AIP_STORAGE_URI": "/nowhere"})
     with pytest.raises(FinopsError, match="is not a feature view name"):

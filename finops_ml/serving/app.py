@@ -226,7 +226,7 @@ class ContainerSettings(BaseSettings):
     finops_serve_spec: str = ""  # a ServerSpec as JSON: set by `finops-ml serve` for its worker processes
     # A history missing from a forecast or anomaly instance is read from this online feature view (series_latest of
     # `finops-ml featurestore sync`); FINOPS_FEATURE_STORE_ENDPOINT: its API host (default: the region's).
-    finops_feature_view: str = Field("", pattern=FEATURE_VIEW.pattern)
+    finops_feature_view: str = Field("", pattern=f"^$|{FEATURE_VIEW.pattern.replace('?P<location>', '')}")
     finops_feature_store_endpoint: str = ""
 
 
