@@ -424,3 +424,17 @@ def test_the_container_reads_the_feature_view_setting(trained):
         OnlineStore("projects/p/locations/europe-west1/featureViews/v")
     assert OnlineStore(SERIES_VIEW).url == \
         f"https://europe-west1-aiplatform.googleapis.com/v1/{SERIES_VIEW}:fetchFeatureValues"
+
+
+def test_the_servers_read_needs_only_the_serving_extra():
+    """The serving image has no aiplatform SDK, BigQuery client, sqlglot or DuckDB: reading the store imports none."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from finops_ml.serving import app; "
+            "from finops_ml.serving.online_store import OnlineStore, series_history; "
+            "OnlineStore('" + SERIES_VIEW + "', 'http://127.0.0.1:9'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlglot', 'vertexai', 'duckdb', 'kfp') "
+            "or m.startswith(('google.cloud.aiplatform', 'google.cloud.bigquery'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -301,7 +301,8 @@ class FakeGCP:
         name = f"{view_name}/featureViewSyncs/{self._id()}"
         rows = len(self.feature_values.get(view_name, {}))
         self.feature_store[name] = {  # done at once: the values put are what the view serves
-            "name": name, "createTime": f"2026-11-24T00:00:{int(self._n) % 60:02d}Z",
+            "name": name, "createTime": f"2026-11-24T{self._n // 3600 % 24:02d}:{self._n // 60 % 60:02d}:"
+                                        f"{self._n % 60:02d}Z",  # later syncs are newer
             "runTime": {"startTime": "2026-11-24T00:00:00Z", "endTime": "2026-11-24T00:01:00Z"},
             "finalStatus": {"code": 0}, "syncSummary": {"rowSynced": str(rows), "totalSlot": "1"}}
         return 200, {"featureViewSync": name}
