@@ -28,7 +28,7 @@ NOISE_DF = 3  # Student t degrees of freedom: a few days far out in the tail, as
 # Services whose resources run quarter-end batch work (reports, closing), and those a load test drives.
 QUARTER_END_SERVICES = ("bigquery", "dataflow")
 LOAD_TEST_SERVICES = ("compute", "gke", "run")
-NORMAL_EVENT_COLUMNS = ["kind", "start", "end", "service", "project_id", "resources", "factor"]
+NORMAL_EVENT_COLUMNS = ["kind", "start", "end", "service", "project_id", "resources", "factor", "amount_usd"]
 
 
 def usage_noise(rng: np.random.Generator, service: str, n_days: int) -> np.ndarray:
@@ -160,3 +160,178 @@ def late_export_days(rng: np.random.Generator, n: int, share: float) -> np.ndarr
     """Days added to each row's export time: most rows arrive within hours, `share` of them 1-5 days late."""
     late = rng.random(n) < share
     return np.where(late, rng.integers(1, 6, n), 0)
+
+
+# --- Public holidays by plant country (`plant_holidays`) ----------------------------------------------------------
+# A small fixed calendar per country: fixed dates, days counted from Easter Sunday, nth weekdays of a month, and for
+# India the two lunar festivals of 2024-2030 (other years keep only the fixed dates). Plants close or run a skeleton
+# shift on these days, so their projects' usage dips as on a weekend. Weekends already dip: a holiday on a Saturday
+# changes nothing. Regional holidays are those of the plant's region (Stuttgart: Baden-Wuerttemberg).
+_FIXED = {
+    "FR": ["01-01", "05-01", "05-08", "07-14", "08-15", "11-01", "11-11", "12-25"],
+    "DE": ["01-01", "01-06", "05-01", "10-03", "11-01", "12-25", "12-26"],
+    "MX": ["01-01", "05-01", "09-16", "12-25"],
+    "IN": ["01-26", "08-15", "10-02"],
+    "US": ["01-01", "07-04", "12-25"],
+    "PL": ["01-01", "01-06", "05-01", "05-03", "08-15", "11-01", "11-11", "12-25", "12-26"],
+    "BR": ["01-01", "04-21", "05-01", "09-07", "10-12", "11-02", "11-15", "11-20", "12-25"],
+    "JP": ["01-01", "01-02", "01-03", "02-11", "02-23", "03-20", "04-29", "05-03", "05-04", "05-05", "08-11",
+           "08-13", "08-14", "08-15", "09-23", "11-03", "11-23"],  # with the Obon plant shutdown (Aug 13-15)
+    "SK": ["01-01", "01-06", "05-01", "05-08", "07-05", "08-29", "09-01", "09-15", "11-01", "11-17", "12-24",
+           "12-25", "12-26"],
+    "CZ": ["01-01", "05-01", "05-08", "07-05", "07-06", "09-28", "10-28", "11-17", "12-24", "12-25", "12-26"],
+}
+_FROM_EASTER = {"FR": [1, 39, 50], "DE": [-2, 1, 39, 50, 60], "MX": [-3, -2], "PL": [1, 60], "BR": [-48, -47, -2, 60],
+                "SK": [-2, 1], "CZ": [-2, 1]}
+# (month, weekday Mon=0, n): the n-th such weekday of the month; n = -1 the last one.
+_NTH_WEEKDAY = {"MX": [(2, 0, 1), (3, 0, 3), (11, 0, 3)],
+                "US": [(1, 0, 3), (5, 0, -1), (9, 0, 1), (11, 3, 4)],
+                "JP": [(1, 0, 2), (7, 0, 3), (9, 0, 3), (10, 0, 2)]}
+_LUNAR = {"IN": ["2024-03-25", "2024-11-01", "2025-03-14", "2025-10-20", "2026-03-04", "2026-11-08", "2027-03-22",
+                 "2027-10-29", "2028-03-11", "2028-10-17", "2029-03-01", "2029-11-05", "2030-03-20",
+                 "2030-10-26"]}  # Holi and Diwali
+
+
+def _easter(year: int) -> pd.Timestamp:
+    """Easter Sunday (Gregorian; the anonymous algorithm)."""
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = b // 4, b % 4
+    g = (8 * b + 13) // 25
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = c // 4, c % 4
+    l_ = (32 + 2 * e + 2 * i - h - k) % 7
+    m = (a + 11 * h + 22 * l_) // 451
+    month = (h + l_ - 7 * m + 114) // 31
+    return pd.Timestamp(year, month, (h + l_ - 7 * m + 114) % 31 + 1)
+
+
+def public_holidays(country: str, years) -> set[pd.Timestamp]:
+    """The country's public holidays in `years` (naive dates); an unknown country has none."""
+    out = set()
+    for year in years:
+        out |= {pd.Timestamp(f"{year}-{md}") for md in _FIXED.get(country, [])}
+        out |= {_easter(year) + pd.Timedelta(days=k) for k in _FROM_EASTER.get(country, [])}
+        for month, weekday, n in _NTH_WEEKDAY.get(country, []):
+            month_days = pd.date_range(pd.Timestamp(year, month, 1), periods=pd.Timestamp(year, month, 1).days_in_month)
+            out.add(month_days[month_days.dayofweek == weekday][n - 1 if n > 0 else n])
+    out |= {pd.Timestamp(d) for d in _LUNAR.get(country, []) if pd.Timestamp(d).year in set(years)}
+    return out
+
+
+def holiday_masks(days: pd.DatetimeIndex, countries) -> dict[str, np.ndarray]:
+    """Per country, which of `days` are public holidays on a weekday (weekends dip anyway)."""
+    naive = days.tz_localize(None)
+    years = sorted(set(naive.year))
+    return {c: np.asarray(naive.isin(sorted(public_holidays(c, years))) & (naive.dayofweek < 5)) for c in countries}
+
+
+def is_plant_project(res) -> bool:
+    return not res.project_id.startswith("acme-corp")
+
+
+def holiday_events(resources: list, days: pd.DatetimeIndex, masks: dict[str, np.ndarray]) -> list[dict]:
+    """One normal event per plant project and weekday holiday it was running on (kind `holiday`): the project's
+    resources billed at their weekend level that day (factor: their mean weekend factor)."""
+    events = []
+    by_project: dict[str, list] = {}
+    for res in resources:
+        if is_plant_project(res):
+            by_project.setdefault(res.project_id, []).append(res)
+    for pid, members in sorted(by_project.items()):
+        for d in np.flatnonzero(masks[members[0].country]):
+            on = [r for r in members if r.start <= d < r.end]
+            if on:
+                events.append(dict(kind="holiday", start=str(days[d].date()), end=str(days[d].date()),
+                                   service=";".join(sorted({r.service for r in on})), project_id=pid,
+                                   resources=";".join(sorted(r.name for r in on)),
+                                   factor=round(float(np.mean([r.weekend for r in on])), 3)))
+    return events
+
+
+# --- Committed use discounts that start and stop (`commitments`) ---------------------------------------------------
+# N2 resource-based commitments: 37% off vCPU and memory for one year (GCP list). A commitment covers its project's
+# Compute Engine core and RAM usage (the SKUs that otherwise earn a sustained use discount, which it replaces).
+CUD_RATE_1Y = 0.37
+COMMITMENT_SERVICE = "compute"
+
+
+def commitments(rng: np.random.Generator, resources: list, days: pd.DatetimeIndex,
+                skip: set[str] = frozenset()) -> list[dict]:
+    """Projects whose compute gets a one-year commitment during the history (kind `commitment_start`: credits
+    appear, net cost drops) and projects whose commitment, bought before the history or when the project moved to
+    GCP, expires (kind `commitment_end`: net cost rises back); projects in `skip` (new ones) get none. Sets `res.commitment = (first day, end day, rate)` on the covered
+    resources; returns the events (factor: net cost of the covered SKUs as a share of the price without it)."""
+    n_days = len(days)
+    projects = sorted({r.project_id for r in resources if r.service == COMMITMENT_SERVICE and r.env == "prod"
+                       and r.workload != "erp" and r.end >= n_days and r.project_id not in skip})  # erp runs under a commitment all along
+    if len(projects) < 2:
+        return []
+    chosen = rng.choice(projects, size=2 * max(1, len(projects) // 6), replace=False)
+    events = []
+    for k, pid in enumerate(chosen):
+        members = [r for r in resources if r.project_id == pid and r.service == COMMITMENT_SERVICE]
+        first_start = min(r.start for r in members)
+        day = int(rng.integers(max(first_start + 60, int(0.3 * n_days)), max(first_start + 61, int(0.8 * n_days))))
+        day = min(day, n_days - 30)
+        starts = k % 2 == 0
+        lo, hi = (day, min(n_days, day + 365)) if starts else (0, day)
+        for r in members:
+            r.commitment = (lo, hi, CUD_RATE_1Y)
+        events.append(dict(kind="commitment_start" if starts else "commitment_end", start=str(days[day].date()),
+                           end=str(days[hi - 1 if starts else n_days - 1].date()), service=COMMITMENT_SERVICE, project_id=pid,
+                           resources=";".join(sorted(r.name for r in members)),
+                           factor=round(1 - CUD_RATE_1Y if starts else 1 / (1 - CUD_RATE_1Y), 3)))
+    return events
+
+
+# --- One-off charges (`one_off_charges`) ---------------------------------------------------------------------------
+SUPPORT_PROJECT = "acme-corp-it-shared"  # holds the billing account's support contract
+SUPPORT_MIN_USD, SUPPORT_SHARE = 500.0, 0.03  # Enhanced Support: the greater of $500 and 3% of last month's spend
+COMMITMENT_FEE_DAYS = 30  # a commitment purchase bills its first month upfront, on its first day
+
+
+# --- A second billing account in EUR (`eur_billing_account`) -------------------------------------------------------
+# The European entity (HQ in Belgium) pays for every project outside the Americas in EUR; the Americas' plants stay
+# on the USD account. The export's rows of the EUR account carry cost, credits and taxes in EUR and the day's
+# currency_conversion_rate (EUR per USD): cost / currency_conversion_rate is the cost in USD.
+USD_COUNTRIES = ("US", "MX", "BR")
+EUR_BILLING_ACCOUNT_ID = "01E7B2-A93C40-5D1F86"
+EUR_PER_USD = 0.92  # where the rate starts; it moves ~0.3% a day and is pulled back towards it
+
+
+def eur_per_usd(rng: np.random.Generator, n_days: int) -> np.ndarray:
+    """A daily EUR-per-USD rate: a mean-reverting random walk in logs (daily sigma 0.3%), rounded as exports do."""
+    x = np.empty(n_days)
+    prev = 0.0
+    for t, shock in enumerate(rng.normal(0.0, 0.003, n_days)):
+        prev = 0.98 * prev + shock
+        x[t] = prev
+    return np.round(EUR_PER_USD * np.exp(x), 6)
+
+
+def in_eur(country: str) -> bool:
+    return country not in USD_COUNTRIES
+
+
+# --- Migration waves and new projects' ramp-up, labelled normal ---------------------------------------------------
+RAMP_DAYS = 21  # a resource reaches its full usage three weeks after it starts (generator._series_costs)
+WAVE_DAYS = 90  # a plant's resources move over within three months of its wave (generator.build_organisation)
+
+
+def migration_waves(resources: list, days: pd.DatetimeIndex, skip: set[str]) -> list[dict]:
+    """One normal event per plant project (kind `migration_wave`): from its first resource's arrival until the last
+    one that moved with the wave has ramped up; projects in `skip` (new ones, labelled `ramp_up`) are left out."""
+    n_days = len(days)
+    by_project: dict[str, list] = {}
+    for res in resources:
+        if is_plant_project(res) and res.project_id not in skip:
+            by_project.setdefault(res.project_id, []).append(res)
+    events = []
+    for pid, members in sorted(by_project.items()):
+        wave = min(r.start for r in members)
+        moved = [r for r in members if r.start < wave + WAVE_DAYS]
+        end = min(n_days - 1, max(r.start for r in moved) + RAMP_DAYS)
+        events.append(dict(kind="migration_wave", start=str(days[wave].date()), end=str(days[end].date()),
+                           service=";".join(sorted({r.service for r in moved})), project_id=pid,
+                           resources=";".join(sorted(r.name for r in moved))))
+    return events
