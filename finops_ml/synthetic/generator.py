@@ -39,9 +39,9 @@ from finops_ml.synthetic.injector import KINDS, NEW_SKU_NAMES, SERIES_KEYS, Cost
 from finops_ml.synthetic.org import (
     APPS,
     BILLING_ACCOUNT_ID,
+    COMMITMENT_FEE_SKU,
     COMPANY_DOMAIN,
     CORPORATE,
-    COMMITMENT_FEE_SKU,
     NEW_SKUS,
     PLANTS,
     SERVICE_BY_KEY,
@@ -211,6 +211,7 @@ def add_new_projects(cfg: GeneratorConfig, rng: np.random.Generator, resources: 
                 weekend=float(np.clip(spec.weekend_factor + rng.normal(0, 0.05), 0.3, 1.05)), labelled=labelled))
         resources.extend(members)
         end = min(n_days - 1, max(r.start for r in members) + realism.RAMP_DAYS)
+        first = min(r.start for r in members)
         events.append(dict(kind="ramp_up", start=str(days[first].date()), end=str(days[end].date()),
                            service=";".join(sorted({r.service for r in members})), project_id=pid,
                            resources=";".join(sorted(r.name for r in members))))

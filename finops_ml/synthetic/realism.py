@@ -259,28 +259,40 @@ def commitments(rng: np.random.Generator, resources: list, days: pd.DatetimeInde
                 skip: set[str] = frozenset()) -> list[dict]:
     """Projects whose compute gets a one-year commitment during the history (kind `commitment_start`: credits
     appear, net cost drops) and projects whose commitment, bought before the history or when the project moved to
-    GCP, expires (kind `commitment_end`: net cost rises back); projects in `skip` (new ones) get none. Sets `res.commitment = (first day, end day, rate)` on the covered
-    resources; returns the events (factor: net cost of the covered SKUs as a share of the price without it)."""
+    GCP, expires (kind `commitment_end`: net cost rises back); projects in `skip` (new ones) get none. Sets
+    `res.commitment = (first day, end day, rate)` on the covered resources; returns the events (factor: the covered
+    SKUs' net cost under the commitment / at list price; at an expiry its inverse)."""
     n_days = len(days)
-    projects = sorted({r.project_id for r in resources if r.service == COMMITMENT_SERVICE and r.env == "prod"
-                       and r.workload != "erp" and r.end >= n_days and r.project_id not in skip})  # erp runs under a commitment all along
+    first = {}
+    for r in resources:  # erp runs under a commitment all along; a commitment needs months of running compute
+        if (r.service == COMMITMENT_SERVICE and r.env == "prod" and r.workload != "erp" and r.end >= n_days
+                and r.project_id not in skip):
+            first[r.project_id] = min(first.get(r.project_id, n_days), r.start)
+    projects = sorted(p for p, start in first.items() if start < 0.6 * n_days)
     if len(projects) < 2:
         return []
-    chosen = rng.choice(projects, size=2 * max(1, len(projects) // 6), replace=False)
     events = []
-    for k, pid in enumerate(chosen):
-        members = [r for r in resources if r.project_id == pid and r.service == COMMITMENT_SERVICE]
-        first_start = min(r.start for r in members)
-        day = int(rng.integers(max(first_start + 60, int(0.3 * n_days)), max(first_start + 61, int(0.8 * n_days))))
-        day = min(day, n_days - 30)
-        starts = k % 2 == 0
-        lo, hi = (day, min(n_days, day + 365)) if starts else (0, day)
-        for r in members:
-            r.commitment = (lo, hi, CUD_RATE_1Y)
-        events.append(dict(kind="commitment_start" if starts else "commitment_end", start=str(days[day].date()),
-                           end=str(days[hi - 1 if starts else n_days - 1].date()), service=COMMITMENT_SERVICE, project_id=pid,
+
+    def event(kind, pid, day, members):
+        events.append(dict(kind=kind, start=str(days[day].date()), end=str(days[n_days - 1].date()),
+                           service=COMMITMENT_SERVICE, project_id=pid,
                            resources=";".join(sorted(r.name for r in members)),
-                           factor=round(1 - CUD_RATE_1Y if starts else 1 / (1 - CUD_RATE_1Y), 3)))
+                           factor=round(1 - CUD_RATE_1Y if kind == "commitment_start" else 1 / (1 - CUD_RATE_1Y), 3)))
+
+    for k, pid in enumerate(rng.choice(projects, size=2 * max(1, len(projects) // 6), replace=False)):
+        members = [r for r in resources if r.project_id == pid and r.service == COMMITMENT_SERVICE]
+        lo = max(first[pid] + 60, int(0.3 * n_days))
+        day = min(int(rng.integers(lo, max(lo + 1, int(0.8 * n_days)))), n_days - 30)
+        if k % 2 == 0:  # bought during the history; a year later it expires (when the history is that long)
+            window = (day, min(n_days, day + 365))
+            event("commitment_start", pid, day, members)
+            if window[1] < n_days:
+                event("commitment_end", pid, window[1], members)
+        else:
+            window = (0, day)
+            event("commitment_end", pid, day, members)
+        for r in members:
+            r.commitment = (*window, CUD_RATE_1Y)
     return events
 
 
