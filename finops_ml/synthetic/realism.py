@@ -8,7 +8,16 @@
 - late rows (`late_row_share`): rows exported days after their usage, as a billing export delivers corrections;
 - labels as messy as real ones: spelling variants of carried values (`label_variant_share`), carried labels that are
   wrong (`label_error_share`), owners who left the company (`departed_owner_share`), whole projects without labels
-  (`unlabelled_project_share`).
+  (`unlabelled_project_share`);
+- public holidays by plant country (`plant_holidays`): a plant's projects bill their weekend level on a weekday
+  holiday; labelled normal (kind `holiday`, one row per project and day) since a detector without the calendar sees
+  a weekday drop;
+- committed use discounts that start and expire (`commitments`, kinds `commitment_start` / `commitment_end`);
+- one-off charges (`one_off_charges`, kind `one_off_charge` with its `amount_usd`): the support fee on the 1st, a
+  commitment's upfront fee on its first day;
+- a second billing account in EUR (`eur_billing_account`) for the projects outside the Americas, at a daily rate;
+- new projects ramping up (`new_projects`, kind `ramp_up`; built by generator.add_new_projects) and, with
+  `normal_events`, the plants' migration waves the generator already makes (kind `migration_wave`).
 
 Every part draws from its own generator (`rng`, seeded from the run's seed), so an organisation with every knob off is
 drawn exactly as before, draw for draw.
@@ -28,6 +37,9 @@ NOISE_DF = 3  # Student t degrees of freedom: a few days far out in the tail, as
 # Services whose resources run quarter-end batch work (reports, closing), and those a load test drives.
 QUARTER_END_SERVICES = ("bigquery", "dataflow")
 LOAD_TEST_SERVICES = ("compute", "gke", "run")
+# truth/normal_events.csv: service holds ';'-joined service keys (org.SERVICE_BY_KEY), resources ';'-joined names
+# (empty for a charge without a resource); factor multiplies the cost the event touches (empty for a migration wave
+# or ramp-up, which start from nothing); amount_usd is a one-off charge's amount.
 NORMAL_EVENT_COLUMNS = ["kind", "start", "end", "service", "project_id", "resources", "factor", "amount_usd"]
 
 
