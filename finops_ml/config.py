@@ -112,6 +112,9 @@ class GeneratorConfig(_Strict):
     one_off_charges: bool = False  # the monthly support fee on the 1st, a commitment's upfront fee on its first day
     eur_billing_account: bool = False  # projects outside the Americas billed in EUR by a second billing account
     new_projects: int = Field(0, ge=0, le=10)  # projects created during the history, ramping up in their first weeks
+    # hourly: 24 line items per (resource, SKU) and day, spread by the service's hourly profile in local time (the
+    # detailed export is hourly; features sum the hours into days). 24x the rows: not in the realistic shape.
+    export_granularity: Literal["daily", "hourly"] = "daily"
 
     @field_validator("anomaly_sigma_multiple")
     @classmethod

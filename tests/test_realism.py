@@ -301,3 +301,37 @@ def test_the_new_knobs_are_off_by_default_and_on_in_the_realistic_shape():
     default, real = GeneratorConfig(), shape_config("realistic")
     assert all(not getattr(default, k) for k in knobs)
     assert {k: getattr(real, k) for k in knobs} == knobs
+
+
+def test_an_hourly_export_sums_to_the_daily_one(tmp_path):
+    """`export_granularity: hourly`: 24 line items per daily one, spread by the service's profile in local time;
+    the feature views sum them back into the same daily cells (to a millionth), ingest reconciles them to the cent."""
+    from finops_ml.data.ingest import ingest
+    from finops_ml.data.warehouse import run_feature_view
+
+    cfg = shape_config("realistic", GeneratorConfig(plants=2, resources_per_project=3, months=6))
+    cells, items = {}, {}
+    for granularity in ("daily", "hourly"):
+        out = tmp_path / granularity
+        generate(cfg.model_copy(update={"export_granularity": granularity}), 5, out, fmt="parquet")
+        summary = ingest(str(out / "events.parquet"), tmp_path / f"i-{granularity}",
+                         control_totals=out / "control_totals.csv")
+        assert summary["quarantined"] == 0 and summary["reconciliation_diff"] == 0.0
+        cells[granularity] = run_feature_view("daily_cost", tmp_path / f"i-{granularity}" / "events.parquet")
+        items[granularity] = pd.read_parquet(out / "events.parquet", columns=["resource", "sku", "usage_start_time",
+                                                                              "usage_end_time", "cost", "cost_type"])
+        items[granularity] = items[granularity][(items[granularity].cost_type == "regular")
+                                                & items[granularity].resource.notna()]  # not the one-off charges
+    daily, hourly = items["daily"], items["hourly"]
+    assert len(hourly) == 24 * len(daily)
+    assert ((hourly.usage_end_time - hourly.usage_start_time) == pd.Timedelta(hours=1)).all()
+    assert (hourly.cost >= 0).all()
+    merged = cells["daily"].merge(cells["hourly"], on=["day", "service", "project_id"], suffixes=("_d", "_h"))
+    assert len(merged) == len(cells["daily"]) == len(cells["hourly"])
+    assert np.allclose(merged.net_cost_d, merged.net_cost_h, atol=1e-4)
+    # the profiles: a serving endpoint bills more in office hours than at night, BigQuery more at night
+    h = hourly.assign(hour=lambda t: t.usage_start_time.dt.hour,
+                                               sku=lambda t: t.sku.map(lambda s: s["id"]))
+    by_hour = h.groupby(["sku", "hour"]).cost.sum().unstack()
+    assert by_hour.loc["RUN-CPU", 10 - 1] > 2 * by_hour.loc["RUN-CPU", 2 - 1]  # Lyon / Stuttgart: UTC+1
+    assert by_hour.loc["BQ-ANALYSIS", 3 - 1] > 2 * by_hour.loc["BQ-ANALYSIS", 14 - 1]

@@ -414,7 +414,52 @@ def _line_items(cfg, rng, resources, series, cost, days, real_rng=None, eur_per_
             "seller_name": pa.array(np.full(n, "Google")),
         }
     )
+    if cfg.export_granularity == "hourly":
+        weights = np.vstack([realism.hourly_weights(r.service, r.region) for r in resources])[r_idx]
+        table = _hourly(table, weights)
     return table
+
+
+def _hourly(table: pa.Table, weights: np.ndarray) -> pa.Table:
+    """Each daily line item as 24 hourly ones (`weights`: per row, 24 shares summing to 1): cost, credits and usage
+    split by the weights (rounded to 6 decimals, the last hour taking the remainder so the day adds up), the times
+    an hour apart; the export time stays the day's."""
+    n = table.num_rows
+    rows = np.repeat(np.arange(n), 24)
+    w = weights.reshape(-1)
+
+    def split(values: np.ndarray) -> np.ndarray:
+        parts = np.round(values[rows] * w, 6).reshape(n, 24)
+        last = np.round(values - parts[:, :-1].sum(axis=1), 6)
+        parts[:, -1] = np.where(last * values >= 0, last, 0.0)  # never a sign the day's value does not have
+        return parts.reshape(-1)
+
+    out = table.take(pa.array(rows))
+    hour = np.tile(np.arange(24), n) * np.timedelta64(1, "h")
+    start = table.column("usage_start_time").to_numpy().astype("datetime64[us]")[rows] + hour
+    credits = out.column("credits").combine_chunks()
+    flat = pc.list_flatten(credits)
+    parent = pc.list_parent_indices(credits).to_numpy()
+    amounts = flat.field("amount").to_numpy(zero_copy_only=False)
+    day_amount = np.zeros(n)  # one credit per line item at most: its day's amount by the day's row
+    day_amount[rows[parent[parent % 24 == 0]]] = amounts[parent % 24 == 0]
+    amounts = split(day_amount)[parent]
+    flat = pa.StructArray.from_arrays([flat.field(f.name) if f.name != "amount" else pa.array(amounts)
+                                       for f in flat.type], fields=list(flat.type))
+    usage = out.column("usage").combine_chunks()
+    usage = pa.StructArray.from_arrays(
+        [pa.array(split(usage.field(f.name).to_numpy(zero_copy_only=False).reshape(n, 24)[:, 0]))
+         if f.name in ("amount", "amount_in_pricing_units") else usage.field(f.name) for f in usage.type],
+        fields=list(usage.type))
+    updates = {
+        "usage_start_time": _utc_array(start), "usage_end_time": _utc_array(start + np.timedelta64(1, "h")),
+        "cost": pa.array(split(table.column("cost").to_numpy())),
+        "cost_at_list": pa.array(split(table.column("cost_at_list").to_numpy())),
+        "credits": pa.ListArray.from_arrays(credits.offsets, flat), "usage": usage,
+    }
+    for name, column in updates.items():
+        out = out.set_column(out.schema.get_field_index(name), name, column)
+    return out
 
 
 def _commitment_fees(resources, series, cost, days) -> list[dict]:
@@ -634,9 +679,10 @@ def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "j
     cost, new_skus, anomalies, anomaly_cells = _inject_anomalies(cfg, rng, resources, series, cost, days)
 
     def item_chunks():
-        for lo in range(0, len(series), SERIES_PER_CHUNK):
-            yield _line_items(cfg, rng, resources, series[lo: lo + SERIES_PER_CHUNK],
-                              cost[lo: lo + SERIES_PER_CHUNK], days, real_rng, eur_per_usd)
+        step = SERIES_PER_CHUNK if cfg.export_granularity == "daily" else SERIES_PER_CHUNK // 24
+        for lo in range(0, len(series), step):
+            yield _line_items(cfg, rng, resources, series[lo: lo + step], cost[lo: lo + step], days, real_rng,
+                              eur_per_usd)
         if new_skus:
             yield _line_items(cfg, rng, resources, [(r, sku) for r, sku, _ in new_skus],
                               np.vstack([row for _, _, row in new_skus]), days, real_rng, eur_per_usd)

@@ -359,3 +359,27 @@ def migration_waves(resources: list, days: pd.DatetimeIndex, skip: set[str]) -> 
                            service=";".join(sorted({r.service for r in moved})), project_id=pid,
                            resources=";".join(sorted(r.name for r in moved))))
     return events
+
+
+# --- Hourly line items (`export_granularity: hourly`) ---------------------------------------------------------------
+# How a day's usage spreads over its hours, by service, in the plant's local time: production work runs around the
+# clock with a day-shift bump, serving and ML endpoints follow office hours, BigQuery's batch runs at night, storage is
+# billed evenly by the byte-second.
+UTC_OFFSET = {"europe-west9": 1, "europe-west3": 1, "europe-west1": 1, "europe-west4": 1, "europe-central2": 1,
+              "us-south1": -6, "us-east5": -5, "asia-south1": 5, "asia-northeast1": 9, "southamerica-east1": -3}
+_LOCAL_HOUR = np.arange(24)
+_DAY_SHIFT = (_LOCAL_HOUR >= 8) & (_LOCAL_HOUR < 18)
+HOURLY_PROFILE = {
+    "around_the_clock": 1.0 + 0.15 * _DAY_SHIFT,
+    "office": 0.3 + 1.0 * _DAY_SHIFT,
+    "night_batch": 1.0 + 2.0 * ((_LOCAL_HOUR >= 1) & (_LOCAL_HOUR < 5)),
+    "even": np.ones(24),
+}
+PROFILE_OF_SERVICE = {"run": "office", "vertex": "office", "bigquery": "night_batch", "storage": "even"}
+
+
+def hourly_weights(service: str, region: str) -> np.ndarray:
+    """24 weights over UTC hours summing to 1: the service's profile in the region's local time."""
+    profile = HOURLY_PROFILE[PROFILE_OF_SERVICE.get(service, "around_the_clock")]
+    weights = np.roll(profile, -UTC_OFFSET.get(region, 0))  # UTC hour h is local hour h + offset
+    return weights / weights.sum()
