@@ -177,8 +177,8 @@ def build_organisation(cfg: GeneratorConfig, rng: np.random.Generator, n_days: i
 def add_new_projects(cfg: GeneratorConfig, rng: np.random.Generator, resources: list[_Resource],
                      days: pd.DatetimeIndex) -> list[dict]:
     """`cfg.new_projects` projects created during the history (a plant starts a vision-inspection project): their
-    resources all arrive within its first three weeks and ramp up, with no labelled sibling to learn from. Appended
-    to `resources`; returns one normal event per project (kind `ramp_up`)."""
+    resources all arrive within its first three weeks and ramp up, in a project the labelers have never seen.
+    Appended to `resources`; returns one normal event per project (kind `ramp_up`)."""
     n_days = len(days)
     plants = list(PLANTS[: cfg.plants])
     if len(plants) >= 3:  # not at the plant normal_events decommissions (the last code)
