@@ -172,14 +172,14 @@ def eval_anomaly(d: Path, cfg, seed: int) -> tuple[list[dict], pd.DataFrame]:
 # ----------------------------------------------------------------------------------------------------- forecast
 
 
-def eval_forecast(d: Path, cfg, seed: int, anomaly_cells: pd.DataFrame | None) -> list[dict]:
+def eval_forecast(d: Path, cfg, seed: int) -> list[dict]:
     """Ours (as the pipeline calls it) and every baseline on the same cells: (holdout origin, service, month) for
     each rolling holdout origin of train_and_evaluate (the cutoff, then every later month end)."""
     f = cfg.forecast
     daily = pd.read_parquet(d / "daily_cost.parquet")
     daily["day"] = pd.to_datetime(daily["day"])
     result, secs = _timed(forecast.train_and_evaluate, daily, list(f.candidates), f.holdout_months,
-                          f.horizon_months, f.backtest_origins, f.interval, seed, anomaly_cells)
+                          f.horizon_months, f.backtest_origins, f.interval, seed)
     m = result["metrics"]
     cells = result["holdout"]  # origin, service, month, step, forecast, actual, lo, hi: the gate's cells
     keys = ["origin", "service", "month"]
@@ -323,17 +323,15 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 d = prepare(shape, seed, cfg, workdir)
                 timing = {"prepare": time.perf_counter() - t0}
-                anomaly_cells = None
-                if "anomaly" in tasks or "forecast" in tasks:  # the forecast learns from the detector's flags
+                if "anomaly" in tasks:
                     t0 = time.perf_counter()
-                    rows, anomaly_cells = eval_anomaly(d, cfg, seed)
-                    if "anomaly" in tasks:
-                        records += [{"task": "anomaly", "shape": shape, "seed": seed, **r} for r in rows]
+                    rows, _ = eval_anomaly(d, cfg, seed)
+                    records += [{"task": "anomaly", "shape": shape, "seed": seed, **r} for r in rows]
                     timing["anomaly"] = time.perf_counter() - t0
                 if "forecast" in tasks:
                     t0 = time.perf_counter()
                     records += [{"task": "forecast", "shape": shape, "seed": seed, **r}
-                                for r in eval_forecast(d, cfg, seed, anomaly_cells)]
+                                for r in eval_forecast(d, cfg, seed)]
                     timing["forecast"] = time.perf_counter() - t0
                 if "labels" in tasks:
                     t0 = time.perf_counter()

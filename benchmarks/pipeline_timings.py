@@ -51,8 +51,7 @@ def run(size: str, workdir: Path) -> dict:
          str(d / "resources.parquet"))
     step("train_anomaly", train_anomaly_step, str(d / "resource_daily.parquet"), str(d / "resources.parquet"),
          str(d / "data" / "truth" / "anomaly_cells.csv"), "", cfg, str(d / "m2"), str(d / "e2"))
-    step("train_forecast", train_forecast_step, str(d / "daily.parquet"), str(d / "e2"), cfg, str(d / "m1"),
-         str(d / "e1"))
+    step("train_forecast", train_forecast_step, str(d / "daily.parquet"), cfg, str(d / "m1"), str(d / "e1"))
     step("train_labeler", train_labeler_step, str(d / "resources.parquet"),
          str(d / "data" / "truth" / "resources.csv"), cfg, str(d / "m3"), str(d / "e3"))
     timings["total"] = sum(timings.values())

@@ -5,16 +5,15 @@ from components.image import PIPELINE_IMAGE
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
-def train_forecast(daily_cost: Input[Dataset], anomaly_evaluation: Input[Artifact], config_json: str,
-                   model: Output[Model], evaluation: Output[Artifact], metrics: Output[Metrics]):
+def train_forecast(daily_cost: Input[Dataset], config_json: str, model: Output[Model], evaluation: Output[Artifact],
+                   metrics: Output[Metrics]):
     """Backtest linear / random forest / XGBoost, the naive forecasts and the ensemble of the two best on the
-    anomaly-adjusted history, evaluate the best on the holdout from rolling origins beside the naive baselines,
+    daily cost as billed, evaluate the best on the holdout from rolling origins beside the naive baselines,
     refit, forecast daily and monthly with calibrated intervals, and check the budgets."""
     from finops_ml.config import Config
     from finops_ml.training.steps import loggable_metrics, train_forecast_step
 
-    result = train_forecast_step(daily_cost.path, anomaly_evaluation.path, Config.from_json(config_json), model.path,
-                                 evaluation.path)
+    result = train_forecast_step(daily_cost.path, Config.from_json(config_json), model.path, evaluation.path)
     for key, value in loggable_metrics(result["metrics"]).items():  # incl. each budget's highest P(exceed) ahead
         metrics.log_metric(key, value)
     model.metadata["algorithm"] = result["metrics"].get("model", "not trained")

@@ -41,9 +41,7 @@ def training_pipeline(
                                      resources=features.outputs["resources"], anomaly_labels=anomaly_labels,
                                      anomaly_feedback=anomaly_feedback, config_json=anomaly_config)
     trained = {
-        # The forecast learns from the history adjusted for the anomalies the detector flagged.
-        "forecast": train_forecast(daily_cost=daily, anomaly_evaluation=anomaly.outputs["evaluation"],
-                                   config_json=forecast_config),
+        "forecast": train_forecast(daily_cost=daily, config_json=forecast_config),
         "anomaly": anomaly,
         "labeler": train_labeler(resources=features.outputs["resources"], resource_truth=resource_truth,
                                  config_json=labeler_config),

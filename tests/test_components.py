@@ -76,11 +76,9 @@ class _Trained(NamedTuple):
 
 
 @dsl.pipeline
-def forecast_from(daily_cost_uri: str, anomaly_evaluation_uri: str, config_json: str) -> _Trained:
+def forecast_from(daily_cost_uri: str, config_json: str) -> _Trained:
     daily = dsl.importer(artifact_uri=daily_cost_uri, artifact_class=Dataset)
-    anomaly_evaluation = dsl.importer(artifact_uri=anomaly_evaluation_uri, artifact_class=Artifact)
-    task = train_forecast(daily_cost=daily.output, anomaly_evaluation=anomaly_evaluation.output,
-                          config_json=config_json)
+    task = train_forecast(daily_cost=daily.output, config_json=config_json)
     return _Trained(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
                     metrics=task.outputs["metrics"])
 
@@ -173,9 +171,7 @@ def chain(tmp_path_factory) -> SimpleNamespace:
                            anomaly_labels=str(data / "truth" / "anomaly_cells.csv"),
                            config_json=step_config["anomaly_config"])
     trained = {
-        "cost-forecast": forecast_from(daily_cost_uri=daily_uri,
-                                       anomaly_evaluation_uri=anomaly.outputs["evaluation"].uri,
-                                       config_json=step_config["forecast_config"]),
+        "cost-forecast": forecast_from(daily_cost_uri=daily_uri, config_json=step_config["forecast_config"]),
         "cost-anomaly": anomaly,
         "resource-labeler": labeler_from(resources_uri=features.outputs["resources"].uri,
                                          resource_truth=str(data / "truth" / "resources.csv"),

@@ -102,8 +102,7 @@ def small_run(small_generated, tmp_path_factory) -> SimpleNamespace:
     steps.train_anomaly_step(paths["resource_daily_cost"], paths["resources"],
                              str(small_generated / "truth" / "anomaly_cells.csv"), "", cfg,
                              str(base / ANOMALY / "model"), str(dirs[ANOMALY]))
-    steps.train_forecast_step(paths["daily_cost"], str(dirs[ANOMALY]), cfg, str(base / FORECAST / "model"),
-                              str(dirs[FORECAST]))
+    steps.train_forecast_step(paths["daily_cost"], cfg, str(base / FORECAST / "model"), str(dirs[FORECAST]))
     steps.train_labeler_step(paths["resources"], str(small_generated / "truth" / "resources.csv"), cfg,
                              str(base / LABELER / "model"), str(dirs[LABELER]))
     evaluations = {name: read_json(d / "evaluation.json") for name, d in dirs.items()}

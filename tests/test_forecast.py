@@ -65,31 +65,6 @@ def test_growth_is_extrapolated_not_flattened():
         "naive_last_month"] + 0.03  # a month behind on 5% a month growth
 
 
-def test_adjust_for_anomalies_replaces_only_flagged_cells():
-    daily = _daily(days=60)
-    day = daily.day.iloc[10]
-    cells = daily.assign(expected=1.0, is_anomaly=False)
-    cells.loc[(cells.day == day) & (cells.service == "BigQuery") & (cells.project_id == "p2"), "is_anomaly"] = True
-    out = F.adjust_for_anomalies(daily, cells)
-    changed = out.net_cost.to_numpy() != daily.net_cost.to_numpy()
-    assert changed.sum() == 1
-    assert out.loc[changed, "net_cost"].iloc[0] == 1.0
-    pd.testing.assert_frame_equal(F.adjust_for_anomalies(daily, None), daily.assign(day=pd.to_datetime(daily.day)))
-
-
-def test_a_transient_rise_flagged_as_anomaly_is_not_extrapolated():
-    daily = _daily(growth=0.0)
-    panel = F.SeriesPanel.from_daily(daily)
-    cutoff = panel.days[F.month_end_index(panel.days, 3)]  # the last day the holdout model sees
-    rise = (daily.day > cutoff - pd.Timedelta(days=20)) & (daily.day <= cutoff) & (daily.project_id == "p3")
-    raised = daily.assign(net_cost=np.where(rise, daily.net_cost * 2.5, daily.net_cost))
-    flagged = raised.assign(expected=daily.net_cost, is_anomaly=rise)
-    plain = F.train_and_evaluate(raised, ["linear"], 3, 3, 1, 0.8, 1)["metrics"]["forecast_accuracy"]
-    adjusted = F.train_and_evaluate(raised, ["linear"], 3, 3, 1, 0.8, 1, flagged)["metrics"]["forecast_accuracy"]
-    assert adjusted > plain + 0.05
-    assert adjusted > 0.95
-
-
 def test_too_little_history_is_a_clear_error():
     with pytest.raises(InsufficientData, match="needs at least 150 days .* holds 100 days"):
         F.CostForecaster("linear", 1, 93).fit(F.SeriesPanel.from_daily(_daily(days=100)))
@@ -116,8 +91,7 @@ def test_the_one_month_focus_sample_says_how_much_history_the_forecast_needs(tmp
     ingest(str(FOCUS_SAMPLE), tmp_path / "events")
     export_feature_view("daily_cost", tmp_path / "events" / "events.parquet", tmp_path / "daily.parquet")
     pattern = r"^The cost forecast needs at least \d+ days .* the data holds \d+ days \(\d{4}-\d\d-\d\d to .*\)\.$"
-    result = train_forecast_step(str(tmp_path / "daily.parquet"), "", Config(), str(tmp_path / "m"),
-                                 str(tmp_path / "e"))
+    result = train_forecast_step(str(tmp_path / "daily.parquet"), Config(), str(tmp_path / "m"), str(tmp_path / "e"))
     assert result["trained"] is False and result["passed"] is False  # the run carries on; nothing is registered
     assert re.match(pattern, result["not_trained_reason"]), result["not_trained_reason"]
 

@@ -98,7 +98,7 @@ def test_a_weekly_retrain_registers_new_data_once_and_rescores_the_forecast_cham
         daily = tmp_path / f"{run}.parquet"
         _daily(days=days).to_parquet(daily, index=False)
         model, evaluation = tmp_path / run / "model", tmp_path / run / "evaluation"
-        steps.train_forecast_step(str(daily), "", cfg, str(model), str(evaluation))
+        steps.train_forecast_step(str(daily), cfg, str(model), str(evaluation))
         runs[run] = steps.register_step(str(model), str(evaluation), registry_dir, cfg, run)
     registry = LocalRegistry(registry_dir)
     # The champion's data and config again (a cached or repeated run): it stands, nothing new is stored.

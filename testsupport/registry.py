@@ -34,8 +34,7 @@ def train_small_registry(root: Path, overrides: dict | None = None) -> dict:
     truth = generated / "truth"
     steps.train_anomaly_step(paths["resource_daily_cost"], paths["resources"], str(truth / "anomaly_cells.csv"), "",
                              cfg, str(root / "m_anomaly"), str(root / "e_anomaly"))
-    steps.train_forecast_step(paths["daily_cost"], str(root / "e_anomaly"), cfg, str(root / "m_forecast"),
-                              str(root / "e_forecast"))
+    steps.train_forecast_step(paths["daily_cost"], cfg, str(root / "m_forecast"), str(root / "e_forecast"))
     steps.train_labeler_step(paths["resources"], str(truth / "resources.csv"), cfg, str(root / "m_labeler"),
                              str(root / "e_labeler"))
     registry = LocalRegistry(root / "registry")

@@ -83,9 +83,8 @@ def features_step(events_dir: str, daily_cost_path: str, resource_daily_cost_pat
             "first_day": str(daily.day.min()), "last_day": str(daily.day.max())}
 
 
-def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config, model_dir: str,
-                        eval_dir: str) -> dict:
-    """Forecast trained on the history adjusted for the anomalies the detector flagged (its `cells.parquet`).
+def train_forecast_step(daily_cost_path: str, cfg: Config, model_dir: str, eval_dir: str) -> dict:
+    """The cost forecast, trained on the daily cost as billed.
 
     MODEL_DIR: forecast.csv (monthly per series), forecast_monthly.csv (also the totals per service, project and
     all), forecast_daily.csv (per series and day), each with its interval lo..hi.
@@ -93,16 +92,14 @@ def train_forecast_step(daily_cost_path: str, anomaly_eval_dir: str, cfg: Config
     """
     model_dir, eval_dir = _dirs(model_dir, eval_dir)
     daily = pd.read_parquet(daily_cost_path)
-    cells = Path(anomaly_eval_dir) / "cells.parquet" if anomaly_eval_dir else None
-    anomalies = pd.read_parquet(cells) if cells and cells.exists() else None
     f = cfg.forecast
     try:
         result = forecast.train_and_evaluate(daily, f.candidates, f.holdout_months, f.horizon_months,
-                                             f.backtest_origins, f.interval, cfg.seed, anomalies, cfg.budgets)
+                                             f.backtest_origins, f.interval, cfg.seed, cfg.budgets)
     except InsufficientData as exc:
         return _finish(eval_dir, FORECAST, {}, cfg, daily, not_trained=str(exc))
     joblib.dump(result["model"], model_dir / "model.joblib")
-    _save_rescore_inputs(eval_dir, {"daily_cost": daily, "anomaly_cells": anomalies},
+    _save_rescore_inputs(eval_dir, {"daily_cost": daily},
                          {"holdout_months": f.holdout_months, "horizon_months": f.horizon_months,
                           "backtest_origins": f.backtest_origins})
     for name in ("forecast", "forecast_monthly", "forecast_daily"):
@@ -236,7 +233,7 @@ def _rescore_inputs(d: Path) -> tuple[dict[str, pd.DataFrame | None], dict]:
 
 
 def _rescore_forecast(model, tables: dict, plan: dict) -> dict:
-    return forecast.holdout_score(model, tables["daily_cost"], **plan, anomalies=tables.get("anomaly_cells"))
+    return forecast.holdout_score(model, tables["daily_cost"], **plan)
 
 
 def _rescore_anomaly(model: anomaly.CostAnomalyDetector, tables: dict, plan: dict) -> dict:
