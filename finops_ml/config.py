@@ -355,6 +355,20 @@ class StreamConfig(_Strict):
     until_end: bool = False  # stop at the end of the topic, closing the open days (backfills, tests, benchmarks)
 
 
+class MonitoringConfig(_Strict):
+    """Model monitoring (finops_ml.training.monitoring): each run against the champion's training reference."""
+
+    enabled: bool = True
+    # PSI of a feature at or above this is drift (rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 a real shift).
+    psi_threshold: float = Field(0.2, gt=0.0, le=10.0)
+    # The champion detector's alarm rate on the run's latest window over its rate in training, at or above this.
+    alarm_rate_ratio: float = Field(2.0, gt=1.0, le=100.0)
+    # The champion forecast's interval coverage on the months closed since, this far below its backtest coverage.
+    coverage_drop: float = Field(0.15, gt=0.0, le=1.0)
+    # Drift alerts go through the stream's channels (stream.slack_webhook_env, stream.smtp_host); false: none.
+    alert: bool = True
+
+
 class OpexLine(_Strict):
     """One line of the platform's own monthly running cost (the value report's denominator)."""
 
@@ -400,6 +414,8 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     # the environment's labels.
     "register": ("environment", "registry", "gcp", "pipeline", "deploy"),
     "deploy": ("environment", "registry", "gcp", "deploy"),
+    # model monitoring: the champion's reference from the registry, drift alerts through the stream's channels
+    "monitor": ("environment", "monitoring", "registry", "gcp", "stream"),
     # the dashboard and value report (finops_ml.training.dashboard, .value)
     "report": ("value",),
 }
@@ -422,6 +438,7 @@ class Config(_Strict):
     stream: StreamConfig = StreamConfig()
     budgets: list[BudgetConfig] = []
     value: ValueConfig = ValueConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     # The step a config was sent to (`from_json` of `for_step`'s document); None: the whole configuration.
     _step: str | None = PrivateAttr(None)
 
