@@ -8,7 +8,8 @@ Each run then loads the champion's reference and compares:
   - drift per feature: the Population Stability Index, PSI = sum_b (c_b - r_b) * ln(c_b / r_b), over the
     reference's bins: the deciles of the reference values (inner edges at its 10%, ..., 90% quantiles, duplicates
     merged, the outer bins open-ended), r_b / c_b the reference / current share of values in bin b, a share of 0
-    counted as PSI_EPSILON. Rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 a real shift.
+    counted as PSI_EPSILON (the deciles are values of the data, so a discrete feature gets a bin per value).
+    Rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 a real shift.
   - the anomaly detector's alarm rate: the champion detector scoring this run's latest window, against its rate on
     its own training window (a ratio of Laplace-smoothed rates, (flagged + 1) / (cells + 1)).
   - the forecast's recent error against its interval: the champion's monthly series forecasts (its forecast.csv)
@@ -36,8 +37,8 @@ REFERENCE_DAYS = 91  # 13 whole weeks: the same weekday mix in the reference and
 BINS = 10  # deciles of the reference
 PSI_EPSILON = 1e-4  # the share counted for an empty bin (PSI is infinite otherwise)
 STATISTIC = "PSI"
-BINS_TEXT = (f"{BINS} quantile bins of the reference (inner edges at its deciles, duplicates merged, outer bins "
-             f"open-ended); an empty bin counts as a share of {PSI_EPSILON:g}")
+BINS_TEXT = (f"{BINS} quantile bins of the reference (inner edges at its deciles, values of its data, duplicates "
+             f"merged, outer bins open-ended); an empty bin counts as a share of {PSI_EPSILON:g}")
 EPS_COST = 0.01  # dollars added before a log ratio of costs (a resource without cost that day)
 
 
@@ -85,21 +86,26 @@ def anomaly_features(views: dict[str, pd.DataFrame], days: int = REFERENCE_DAYS)
 
 
 def labeler_features(views: dict[str, pd.DataFrame], days: int = REFERENCE_DAYS) -> pd.DataFrame:
-    """Per resource active in the window (billed on one of its days), from `resources`: log1p of its cost, its days
-    billed, its SKU count, the length of its name and the labels it carries (0-3 of owner, cost_center, plant)."""
+    """Per resource active in the window (billed on one of its days), from `resources`: log1p of its cost per day
+    of life, whether it started in the window (new resources), its SKU count, the length of its name and the labels
+    it carries (0-3 of owner, cost_center, plant). Nothing that grows with the history's length (its total cost,
+    its age) is a feature: it would drift in every run."""
+    columns = ["log_cost_per_day", "new_in_window", "skus", "name_length", "labels_carried"]
     r = views["resources"]
     if r.empty:
-        return pd.DataFrame(columns=["log_resource_cost", "active_days", "skus", "name_length", "labels_carried"])
-    last = pd.to_datetime(r["last_day"])
-    r = r[last > last.max() - pd.Timedelta(days=days)]
+        return pd.DataFrame(columns=columns)
+    first, last = pd.to_datetime(r["first_day"]), pd.to_datetime(r["last_day"])
+    start = last.max() - pd.Timedelta(days=days)
+    active = last > start
+    r, first, last = r[active], first[active], last[active]
     labels = [c for c in ("owner", "cost_center", "plant") if c in r.columns]
     return pd.DataFrame({
-        "log_resource_cost": np.log1p(r["net_cost"].clip(lower=0)),
-        "active_days": (pd.to_datetime(r["last_day"]) - pd.to_datetime(r["first_day"])).dt.days + 1,
+        "log_cost_per_day": np.log1p(r["net_cost"].clip(lower=0) / ((last - first).dt.days + 1)),
+        "new_in_window": (first > start).astype(float),
         "skus": r["skus"].fillna("").map(lambda s: len([x for x in s.split(" | ") if x])),
         "name_length": r["resource_name"].fillna("").str.len(),
         "labels_carried": r[labels].notna().sum(axis=1) if labels else 0,
-    }).reset_index(drop=True)
+    }, columns=columns).reset_index(drop=True)
 
 
 FEATURES: dict[str, Callable[[dict[str, pd.DataFrame], int], pd.DataFrame]] = {
@@ -115,7 +121,7 @@ def bin_edges(values: np.ndarray, bins: int = BINS) -> list[float]:
     v = v[np.isfinite(v)]
     if not len(v):
         return []
-    return sorted({float(q) for q in np.quantile(v, np.arange(1, bins) / bins)})
+    return sorted({float(q) for q in np.quantile(v, np.arange(1, bins) / bins, method="inverted_cdf")})
 
 
 def proportions(values: np.ndarray, edges: list[float]) -> list[float]:
