@@ -90,22 +90,22 @@ def labeler_features(views: dict[str, pd.DataFrame], days: int = REFERENCE_DAYS)
     of life, whether it started in the window (new resources), its SKU count, the length of its name and the labels
     it carries (0-3 of owner, cost_center, plant). Nothing that grows with the history's length (its total cost,
     its age) is a feature: it would drift in every run."""
-    columns = ["log_cost_per_day", "new_in_window", "skus", "name_length", "labels_carried"]
     r = views["resources"]
-    if r.empty:
-        return pd.DataFrame(columns=columns)
+    if r.empty or not {"first_day", "last_day"} <= set(r.columns):  # the `resources` view always has them
+        return pd.DataFrame(columns=["labels_carried"])
     first, last = pd.to_datetime(r["first_day"]), pd.to_datetime(r["last_day"])
     start = last.max() - pd.Timedelta(days=days)
     active = last > start
     r, first, last = r[active], first[active], last[active]
-    labels = [c for c in ("owner", "cost_center", "plant") if c in r.columns]
-    return pd.DataFrame({
-        "log_cost_per_day": np.log1p(r["net_cost"].clip(lower=0) / ((last - first).dt.days + 1)),
-        "new_in_window": (first > start).astype(float),
-        "skus": r["skus"].fillna("").map(lambda s: len([x for x in s.split(" | ") if x])),
-        "name_length": r["resource_name"].fillna("").str.len(),
-        "labels_carried": r[labels].notna().sum(axis=1) if labels else 0,
-    }, columns=columns).reset_index(drop=True)
+    out = {"new_in_window": (first > start).astype(float)}
+    if "net_cost" in r:
+        out["log_cost_per_day"] = np.log1p(r["net_cost"].clip(lower=0) / ((last - first).dt.days + 1))
+    if "skus" in r:
+        out["skus"] = r["skus"].fillna("").map(lambda s: len([x for x in s.split(" | ") if x]))
+    if "resource_name" in r:
+        out["name_length"] = r["resource_name"].fillna("").str.len()
+    out["labels_carried"] = r[[c for c in ("owner", "cost_center", "plant") if c in r.columns]].notna().sum(axis=1)
+    return pd.DataFrame(out).reset_index(drop=True)
 
 
 FEATURES: dict[str, Callable[[dict[str, pd.DataFrame], int], pd.DataFrame]] = {
