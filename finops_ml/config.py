@@ -367,6 +367,15 @@ class MonitoringConfig(_Strict):
     coverage_drop: float = Field(0.15, gt=0.0, le=1.0)
     # Drift alerts go through the stream's channels (stream.slack_webhook_env, stream.smtp_host); false: none.
     alert: bool = True
+    # Vertex AI Model Monitoring on the deployed endpoints where it applies (finops_ml.platform.model_monitoring;
+    # registry.backend vertex): drift of the request fields, each `vertex_interval_hours`, on a sample of requests.
+    # Its statistic is Vertex's own (L-infinity distance for categorical fields, Jensen-Shannon for numbers);
+    # 0.3 is Vertex's default threshold. Alerts by email to `vertex_alert_emails`, and to Cloud Logging.
+    vertex_enabled: bool = True
+    vertex_drift_threshold: float = Field(0.3, gt=0.0, le=1.0)
+    vertex_sample_rate: float = Field(0.5, gt=0.0, le=1.0)
+    vertex_interval_hours: int = Field(24, ge=1, le=168)
+    vertex_alert_emails: list[str] = []
 
 
 class OpexLine(_Strict):
@@ -413,7 +422,7 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     # The Vertex AI registry uploads to gcp.staging_bucket or PIPELINE_ROOT/models, with the serving image and
     # the environment's labels.
     "register": ("environment", "registry", "gcp", "pipeline", "deploy"),
-    "deploy": ("environment", "registry", "gcp", "deploy"),
+    "deploy": ("environment", "registry", "gcp", "deploy", "monitoring"),  # + Vertex AI Model Monitoring
     # model monitoring: the champion's reference from the registry, drift alerts through the stream's channels
     "monitor": ("environment", "monitoring", "registry", "gcp", "stream"),
     # the dashboard and value report (finops_ml.training.dashboard, .value)

@@ -270,3 +270,83 @@ def test_the_shipped_configs_carry_the_monitoring_thresholds():
     for name in ("local", "dev", "prod"):
         m = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml").monitoring
         assert (m.psi_threshold, m.alarm_rate_ratio, m.coverage_drop) == (0.2, 2.0, 0.15)
+
+
+# ---- Vertex AI Model Monitoring on the deployed endpoints (real aiplatform client, loopback fake) -----------------
+
+@pytest.mark.gcp
+def test_deploying_the_labeler_creates_then_updates_its_endpoints_vertex_monitoring_job(gcp, tmp_path):
+    from finops_ml.platform.deploy import deploy_vertex
+    from finops_ml.platform.vertex_registry import VertexRegistry
+
+    cfg = _vertex_cfg(gcp, monitoring={"vertex_alert_emails": ["finops@example.com"], "vertex_sample_rate": 0.25})
+    registry = VertexRegistry(cfg)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.joblib").write_bytes(b"fitted model")
+    window = {"start": "2025-01-01", "end": "2025-06-30"}  # one holdout: the better model becomes champion
+
+    def register(i: int) -> int:
+        return registry.register(LABELER, model_dir, {"label_accuracy_min": 0.9 + i / 100}, f"digest-{i}", window,
+                                 f"run-{i}")["version"]
+
+    first = deploy_vertex(cfg, LABELER, register(0))
+    assert first["monitoring"]["configured"] and first["monitoring"]["action"] == "created"
+    (create,) = gcp.sent("POST", r"/modelDeploymentMonitoringJobs$")
+    job = create["body"]
+    assert job["displayName"] == "finops-ml-resource-labeler-monitoring"
+    assert job["endpoint"] == first["endpoint"]
+    (objective,) = job["modelDeploymentMonitoringObjectiveConfigs"]
+    assert objective["deployedModelId"] == first["deployed_model_id"]
+    drift = objective["objectiveConfig"]["predictionDriftDetectionConfig"]["driftThresholds"]
+    assert drift == {f: {"value": 0.3} for f in ("service", "project_id", "region", "env", "workload")}
+    assert job["loggingSamplingStrategy"] == {"randomSampleConfig": {"sampleRate": 0.25}}
+    assert job["modelDeploymentMonitoringScheduleConfig"] == {"monitorInterval": "86400s"}
+    assert job["modelMonitoringAlertConfig"]["emailAlertConfig"] == {"userEmails": ["finops@example.com"]}
+    assert job["modelMonitoringAlertConfig"]["enableLogging"] is True
+    schema = job["analysisInstanceSchemaUri"]
+    bucket, _, name = schema.removeprefix("gs://").partition("/")
+    assert name.endswith("resource-labeler/monitoring-instance-schema.yaml")
+    assert b"workload:\n    type: string" in gcp.objects[(bucket, name)]
+
+    second = deploy_vertex(cfg, LABELER, register(1))  # the canary beside v1: the job now watches both
+    assert second["monitoring"]["action"] == "updated"
+    assert len(gcp.sent("POST", r"/modelDeploymentMonitoringJobs$")) == 1
+    (patch,) = gcp.sent("PATCH", r"/modelDeploymentMonitoringJobs/")
+    assert "modelDeploymentMonitoringObjectiveConfigs" in patch["query"]["updateMask"].split(",")
+    watched = {o["deployedModelId"] for o in patch["body"]["modelDeploymentMonitoringObjectiveConfigs"]}
+    assert watched == {first["deployed_model_id"], second["deployed_model_id"]}
+    assert not gcp.unknown()
+
+
+@pytest.mark.gcp
+def test_vertex_monitoring_is_not_configured_where_it_does_not_apply_or_is_off(gcp, tmp_path):
+    from finops_ml.platform.deploy import deploy_vertex
+    from finops_ml.platform.vertex_registry import VertexRegistry
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.joblib").write_bytes(b"fitted model")
+    cfg = _vertex_cfg(gcp)
+    v = VertexRegistry(cfg).register(ANOMALY, model_dir, {"anomaly_f1": 0.9}, "d", {"start": "2025-01-01",
+                                                                                 "end": "2025-02-01"}, "r")
+    out = deploy_vertex(cfg, ANOMALY, v["version"])
+    assert out["deployed"] and out["monitoring"]["configured"] is False and "arrays" in out["monitoring"]["reason"]
+    off = _vertex_cfg(gcp, monitoring={"vertex_enabled": False})
+    v = VertexRegistry(off).register(LABELER, model_dir, {"label_accuracy_min": 0.9}, "d", {"start": "2025-01-01",
+                                                                                         "end": "2025-02-01"}, "r")
+    assert deploy_vertex(off, LABELER, v["version"])["monitoring"] == {
+        "configured": False, "reason": "monitoring.vertex_enabled is false"}
+    assert gcp.sent("POST", r"/modelDeploymentMonitoringJobs$") == [] and not gcp.unknown()
+
+
+def _vertex_cfg(fake, **updates) -> Config:
+    from tests.test_vertex import _cfg
+
+    cfg = _cfg(fake, **updates)
+    return Config.from_json(cfg.for_step("deploy")) if not updates else cfg
+
+
+from tests import test_vertex  # noqa: E402
+
+gcp = test_vertex.gcp  # the fixture: the loopback fake of the Google APIs, as in test_vertex.py
