@@ -85,10 +85,15 @@ def champion(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def worlds(tmp_path_factory, champion) -> dict[str, dict[str, pd.DataFrame]]:
+def worlds_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("worlds")
+
+
+@pytest.fixture(scope="module")
+def worlds(worlds_dir, champion) -> dict[str, dict[str, pd.DataFrame]]:
     """The same world (the champion's own views), the same organisation two months later, and that later world with
-    its daily usage noise raised (generator.noise_sigma 0.06 -> 0.3)."""
-    base = tmp_path_factory.mktemp("worlds")
+    its daily usage noise raised (generator.noise_sigma 0.06 -> 0.3); generated under `worlds_dir`/NAME."""
+    base = worlds_dir
     later = {**SMALL["generator"], "months": 13}
     return {"same": {k: champion[k] for k in VIEW_NAMES},
             "later": _views(base / "later", {**SMALL, "generator": later}),
@@ -249,6 +254,22 @@ def test_the_dashboard_shows_psi_per_feature_with_its_threshold_and_status(tmp_p
     assert (f"<td>log_ratio_to_28d_median</td><td class=\"n\">{f['psi']:.3f}</td><td class=\"n\">0.2</td>"
             "<td class=\"fail\">drift</td>") in page
     assert "alarm rate (champion detector" in page and 'id="monitoring-verdict" class="fail"' in page
+
+
+def test_the_monitor_command_compares_an_export_with_the_champions(tmp_path, champion, worlds, worlds_dir):
+    from typer.testing import CliRunner
+
+    from finops_cli.main import app
+
+    result = CliRunner().invoke(app, ["monitor", str(worlds_dir / "noisy" / "generated" / "events.jsonl"),
+                                      "--out", str(tmp_path / "m"), "--registry", str(champion["registry"])])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "log_ratio_to_28d_median" in text and "drift" in text and "alarm rate ratio" in text
+    section = _strict_loads((tmp_path / "m" / "monitoring.json").read_text())
+    assert section["drift"] and "alerts" not in section  # --alert not given: nothing sent
+    missing = CliRunner().invoke(app, ["monitor", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
 
 
 # ---- configuration -----------------------------------------------------------------------------------------------
