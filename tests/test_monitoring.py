@@ -311,7 +311,7 @@ def test_deploying_the_labeler_creates_then_updates_its_endpoints_vertex_monitor
         return registry.register(LABELER, model_dir, {"label_accuracy_min": 0.9 + i / 100}, f"digest-{i}", window,
                                  f"run-{i}")["version"]
 
-    first = deploy_vertex(cfg, LABELER, register(0))
+    first = deploy_vertex(_step(cfg, "deploy"), LABELER, register(0))
     assert first["monitoring"]["configured"] and first["monitoring"]["action"] == "created"
     (create,) = gcp.sent("POST", r"/modelDeploymentMonitoringJobs$")
     job = create["body"]
@@ -330,7 +330,7 @@ def test_deploying_the_labeler_creates_then_updates_its_endpoints_vertex_monitor
     assert name.endswith("resource-labeler/monitoring-instance-schema.yaml")
     assert b"workload:\n    type: string" in gcp.objects[(bucket, name)]
 
-    second = deploy_vertex(cfg, LABELER, register(1))  # the canary beside v1: the job now watches both
+    second = deploy_vertex(_step(cfg, "deploy"), LABELER, register(1))  # the canary beside v1: the job now watches both
     assert second["monitoring"]["action"] == "updated"
     assert len(gcp.sent("POST", r"/modelDeploymentMonitoringJobs$")) == 1
     (patch,) = gcp.sent("PATCH", r"/modelDeploymentMonitoringJobs/")
@@ -351,21 +351,44 @@ def test_vertex_monitoring_is_not_configured_where_it_does_not_apply_or_is_off(g
     cfg = _vertex_cfg(gcp)
     v = VertexRegistry(cfg).register(ANOMALY, model_dir, {"anomaly_f1": 0.9}, "d", {"start": "2025-01-01",
                                                                                  "end": "2025-02-01"}, "r")
-    out = deploy_vertex(cfg, ANOMALY, v["version"])
+    out = deploy_vertex(_step(cfg, "deploy"), ANOMALY, v["version"])
     assert out["deployed"] and out["monitoring"]["configured"] is False and "arrays" in out["monitoring"]["reason"]
     off = _vertex_cfg(gcp, monitoring={"vertex_enabled": False})
     v = VertexRegistry(off).register(LABELER, model_dir, {"label_accuracy_min": 0.9}, "d", {"start": "2025-01-01",
                                                                                          "end": "2025-02-01"}, "r")
-    assert deploy_vertex(off, LABELER, v["version"])["monitoring"] == {
+    assert deploy_vertex(_step(off, "deploy"), LABELER, v["version"])["monitoring"] == {
         "configured": False, "reason": "monitoring.vertex_enabled is false"}
     assert gcp.sent("POST", r"/modelDeploymentMonitoringJobs$") == [] and not gcp.unknown()
+
+
+@pytest.mark.gcp
+def test_on_vertex_the_champions_reference_is_read_from_its_artifacts(gcp, champion, worlds):
+    from finops_ml.platform.registry import registry_for
+    from finops_ml.platform.vertex_registry import VertexRegistry
+
+    cfg = _vertex_cfg(gcp)
+    local = LocalRegistry(champion["registry"])
+    VertexRegistry(cfg).register(LABELER, local.model_dir(LABELER, "champion"), {"label_accuracy_min": 0.9}, "d",
+                                 {"start": "2025-01-01", "end": "2025-02-01"}, "r")
+    monitor_cfg = _step(cfg, "monitor")
+    section = monitoring.monitor(worlds["same"], registry_for(monitor_cfg, "unused"), monitor_cfg.monitoring)
+    labeler = section["models"][LABELER]
+    assert labeler["status"] == "stable" and labeler["champion_version"] == 1
+    assert all(f["psi"] == 0.0 for f in labeler["features"])
+    assert section["models"][FORECAST]["status"] == "no reference"  # never registered on Vertex here
+    assert section["models"][FORECAST]["reason"] == "no champion yet"
+    assert not gcp.unknown()
 
 
 def _vertex_cfg(fake, **updates) -> Config:
     from tests.test_vertex import _cfg
 
-    cfg = _cfg(fake, **updates)
-    return Config.from_json(cfg.for_step("deploy")) if not updates else cfg
+    return _cfg(fake, **updates)
+
+
+def _step(cfg: Config, step: str) -> Config:
+    """What the pipeline's STEP is sent: its sections only (reading another one raises)."""
+    return Config.from_json(cfg.for_step(step))
 
 
 from tests import test_vertex  # noqa: E402
