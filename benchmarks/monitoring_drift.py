@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("out/bench-monitoring"))
     parser.add_argument("--out", type=Path, default=Path("out/bench-monitoring"))
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=160)
     base = load_config().generator
     threshold = load_config().monitoring.psi_threshold
     t0 = time.perf_counter()
