@@ -292,6 +292,10 @@ from finops_cli import vertex as _vertex  # noqa: E402 (submit, schedule, promot
 
 _vertex.register(app)
 
+from finops_cli import featurestore as _featurestore  # noqa: E402 (featurestore sync, status)
+
+_featurestore.register(app)
+
 from finops_cli.serve import serve  # noqa: E402
 
 app.command()(serve)

@@ -27,6 +27,11 @@ def serve(
     max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body accepted (default: the config's, "
                                                             "1,500,000); larger ones get 413."),
     config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml)."),
+    feature_view: str = typer.Option("", help="An online feature view (projects/.../featureViews/series_latest, "
+                                              "`finops-ml featurestore status`) the forecast and anomaly models read "
+                                              "a series' history from when an instance has none; default: off."),
+    feature_store_endpoint: str = typer.Option("", help="The feature view's API endpoint (default: "
+                                                        "REGION-aiplatform.googleapis.com)."),
 ):
     """Serve the registered models over HTTP, as the Vertex AI custom container does."""
     from finops_ml.models.catalogue import MODELS
@@ -39,7 +44,12 @@ def serve(
                           "out to serve all three.")
     kinds = [model] if model else list(MODELS)
     dirs = predictors.resolve_registry(registry, kinds, alias or cfg.alias)
-    spec = app.ServerSpec(models={k: str(d) for k, d in dirs.items()}, max_body_bytes=cfg.max_body_bytes)
+    if feature_view:
+        from finops_ml.serving.online_store import OnlineStore
+
+        OnlineStore(feature_view, feature_store_endpoint)  # a malformed name is one sentence before the server starts
+    spec = app.ServerSpec(models={k: str(d) for k, d in dirs.items()}, max_body_bytes=cfg.max_body_bytes,
+                          feature_view=feature_view, feature_store_endpoint=feature_store_endpoint)
     for kind, (health, predict) in spec.routes().items():
         console.print(f"{kind}: {dirs[kind]}  POST {predict}  GET {health}")
     if len(spec.models) > 1:

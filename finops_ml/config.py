@@ -273,30 +273,66 @@ class DeployConfig(_Strict):
         return value
 
 
+def _cron(value: str) -> str:
+    if len(value.split()) != 5:
+        raise ValueError(f"'{value}' is not a 5-field cron expression; use one such as '0 3 * * 1' (minute hour "
+                         "day month weekday)")
+    return value
+
+
+def _time_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"'{value}' is not an IANA time zone; use one such as Europe/Paris or UTC") from None
+    return value
+
+
+Cron = Annotated[str, AfterValidator(_cron)]
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
+
+
 class ScheduleConfig(_Strict):
     """Retraining schedule: a Vertex AI pipeline schedule, or a Cloud Scheduler job that creates the pipeline job."""
     backend: Literal["vertex", "cloud_scheduler"] = "vertex"
     display_name: str = "finops-ml-training-weekly"
-    cron: str = "0 3 * * 1"
-    timezone: str = "Europe/Paris"
+    cron: Cron = "0 3 * * 1"
+    timezone: TimeZone = "Europe/Paris"
     max_concurrent_runs: int = Field(1, ge=1, le=10)
     service_account: ServiceAccount = ""  # Cloud Scheduler's caller identity (OAuth token for the Vertex AI API)
 
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(f"'{value}' is not a 5-field cron expression; use one such as '0 3 * * 1' (minute hour "
-                             "day month weekday)")
-        return value
 
-    @field_validator("timezone")
+_FS_ID = Annotated[str, _format(r"^[a-z_][a-z0-9_]{0,59}$", "is not a Feature Store id",
+                                "use lowercase letters, digits and '_' (60 characters at most, not starting with a "
+                                "digit)")]
+
+
+class FeatureStoreConfig(_Strict):
+    """`finops-ml featurestore sync` (finops_ml.platform.featurestore): the feature views of feature_defs/ as BigQuery
+    views over the billing export (pipeline.source), a feature group over each, and one Bigtable online store with the
+    feature views the prediction server reads (a series' latest history, a resource's latest features)."""
+
+    # PROJECT.DATASET holding the BigQuery views (created in the billing export's location when missing);
+    # empty: GCP_PROJECT.finops_features.
+    bigquery_dataset: Annotated[str, _format(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]\.[A-Za-z0-9_]{1,1024}$",
+                                             "is not a BigQuery dataset", "give PROJECT.DATASET")] = ""
+    online_store: _FS_ID = "finops_ml"
+    series_view: _FS_ID = "series_latest"  # per (service, project) series: the latest 91 days of daily net cost
+    resource_view: _FS_ID = "resource_latest"  # per resource: the labeler's features and the labels it carries
+    # Bigtable autoscaling of the online store (Vertex AI: max <= 10 x min, CPU target 10-80 %).
+    min_nodes: int = Field(1, ge=1, le=100)
+    max_nodes: int = Field(3, ge=1, le=1000)
+    cpu_utilization_target: int = Field(50, ge=10, le=80)
+    # When the online store re-reads the BigQuery views (a daily billing export: once a day after it lands).
+    sync_cron: Cron = "0 6 * * *"
+    sync_timezone: TimeZone = "UTC"
+
+    @field_validator("max_nodes")
     @classmethod
-    def _iana(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"'{value}' is not an IANA time zone; use one such as Europe/Paris or UTC") from None
+    def _node_range(cls, value: int, info) -> int:
+        low = info.data.get("min_nodes")
+        if low is not None and not low <= value <= 10 * low:
+            raise ValueError(f"{value} must be between featurestore.min_nodes ({low}) and 10 times it ({10 * low})")
         return value
 
 
@@ -448,6 +484,7 @@ class Config(_Strict):
     budgets: list[BudgetConfig] = []
     value: ValueConfig = ValueConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    featurestore: FeatureStoreConfig = FeatureStoreConfig()
     # The step a config was sent to (`from_json` of `for_step`'s document); None: the whole configuration.
     _step: str | None = PrivateAttr(None)
 

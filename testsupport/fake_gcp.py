@@ -1,11 +1,12 @@
 """A recording fake of the Google Cloud REST APIs the production path calls, on 127.0.0.1.
 
 The real clients (google-cloud-aiplatform with api_transport="rest", google-cloud-scheduler with transport="rest",
-google-cloud-storage through STORAGE_EMULATOR_HOST) talk to it. It keeps just enough state for the clients' follow-up
-calls to make sense (models and their versions, aliases that move, evaluations, endpoints with deployed models and
-traffic split, pipeline jobs, schedules, Cloud Scheduler jobs, GCS objects) and records every request: the tests
-assert on what was sent. Long-running operations come back done. Unknown methods answer 404 and are recorded too,
-so a test sees them.
+google-cloud-storage through STORAGE_EMULATOR_HOST, google-cloud-bigquery through BIGQUERY_EMULATOR_HOST) talk to it.
+It keeps just enough state for the clients' follow-up calls to make sense (models and their versions, aliases that
+move, evaluations, endpoints with deployed models and traffic split, pipeline jobs, schedules, Cloud Scheduler jobs,
+GCS objects, the Feature Store's feature groups, features, online stores, feature views, their syncs and the values
+they serve, BigQuery datasets, tables and views) and records every request: the tests assert on what was sent.
+Long-running operations come back done. Unknown methods answer 404 and are recorded too, so a test sees them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ class FakeGCP:
         self.generations: dict[tuple[str, str], int] = {}  # (bucket, name) -> live generation
         self.versions: dict[tuple[str, str, int], bytes] = {}  # every generation written (as with versioning on)
         self.buckets: set[str] = set()
+        # Feature Store: resource name -> resource (REST form); served values: feature view name -> entity id ->
+        # features (REST FeatureValue form), set by `put_feature_values` (a sync here serves whatever was put)
+        self.feature_store: dict[str, dict] = {}
+        self.feature_values: dict[str, dict[str, list[dict]]] = {}
+        # BigQuery: "project.dataset" -> dataset, "project.dataset.table" -> table or view (REST form)
+        self.bq_datasets: dict[str, dict] = {}
+        self.bq_tables: dict[str, dict] = {}
         self._n = 100
         self._lock = threading.Lock()
         outer = self
@@ -91,6 +99,9 @@ class FakeGCP:
 
             def do_DELETE(self):
                 self._handle("DELETE")
+
+            def do_PUT(self):
+                self._handle("PUT")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -179,6 +190,8 @@ class FakeGCP:
             if generation is None:
                 return 404, {"error": {"code": 404, "message": f"No such object: {m['bucket']}/{m['name']}"}}
             return 200, self.versions[(m["bucket"], m["name"], generation)]  # raw bytes (see the handler)
+        if path.startswith("/bigquery/v2/"):
+            return self._bigquery(method, path.removeprefix("/bigquery/v2"), body or {})
         m = re.fullmatch(_LOC + r"(?P<rest>/.*)?", path)
         if not m:
             return 404, {"error": {"code": 404, "message": f"no such method {method} {path}"}}
@@ -228,7 +241,147 @@ class FakeGCP:
             (r"GET /jobs", self._list_scheduler_jobs),
             (r"DELETE /jobs/(?P<name>[^/:]+)", self._delete_scheduler_job),
             *self._monitoring_routes(),
+            # Feature Store: the registry (groups, features), online stores, feature views, syncs, online reads
+            (r"POST /featureGroups", self._fs_create("featureGroups", "featureGroupId", "FeatureGroup",
+                                                     "CreateFeatureGroupOperationMetadata")),
+            (r"POST /featureGroups/(?P<parent>[^/:]+)/features",
+             self._fs_create("features", "featureId", "Feature", "CreateFeatureOperationMetadata")),
+            (r"GET /featureGroups/(?P<parent>[^/:]+)/features", self._fs_list("features")),
+            (r"POST /featureOnlineStores", self._fs_create("featureOnlineStores", "featureOnlineStoreId",
+                                                           "FeatureOnlineStore",
+                                                           "CreateFeatureOnlineStoreOperationMetadata")),
+            (r"POST /featureOnlineStores/(?P<parent>[^/:]+)/featureViews",
+             self._fs_create("featureViews", "featureViewId", "FeatureView", "CreateFeatureViewOperationMetadata")),
+            (r"GET /featureOnlineStores/(?P<parent>[^/:]+)/featureViews", self._fs_list("featureViews")),
+            (r"POST /featureOnlineStores/(?P<store>[^/:]+)/featureViews/(?P<view>[^/:]+):sync", self._fs_sync),
+            (r"GET /featureOnlineStores/(?P<parent>[^/:]+/featureViews/[^/:]+)/featureViewSyncs",
+             self._fs_list("featureViewSyncs")),
+            (r"POST /featureOnlineStores/(?P<store>[^/:]+)/featureViews/(?P<view>[^/:]+):fetchFeatureValues",
+             self._fs_fetch),
+            (r"GET /(?P<rest>feature(Groups|OnlineStores)/[^:]+)", self._fs_get),
         ]
+
+    # -- Feature Store
+    def _fs_create(self, collection: str, id_param: str, kind: str, metadata_type: str):
+        parents = {"features": "featureGroups", "featureViews": "featureOnlineStores"}
+
+        def create(loc, body, query, parent=None):
+            parent_name = loc if parent is None else f"{loc}/{parents[collection]}/{parent}"
+            if parent is not None and parent_name not in self.feature_store:
+                return 404, {"error": {"code": 404, "message": f"{parent_name} not found", "status": "NOT_FOUND"}}
+            name = f"{parent_name}/{collection}/{query[id_param]}"
+            if name in self.feature_store:
+                return 409, {"error": {"code": 409, "message": f"{name} already exists", "status": "ALREADY_EXISTS"}}
+            resource = {**body, "name": name, "createTime": "2026-11-24T00:00:00Z", "etag": "e1"}
+            if kind == "FeatureOnlineStore":
+                resource["state"] = "STABLE"
+            self.feature_store[name] = resource
+            return 200, _op(loc, int(self._id()), {"@type": f"{V1}.{kind}", **resource}, metadata_type)
+        return create
+
+    def _fs_list(self, collection: str):
+        def list_(loc, body, query, parent):
+            prefix = f"{loc}/{'featureGroups' if collection == 'features' else 'featureOnlineStores'}/{parent}"
+            if collection == "featureViewSyncs":
+                prefix = f"{loc}/featureOnlineStores/{parent}"
+            found = [r for n, r in self.feature_store.items() if n.startswith(f"{prefix}/{collection}/")
+                     and "/" not in n.removeprefix(f"{prefix}/{collection}/")]
+            return 200, {collection: found}
+        return list_
+
+    def _fs_get(self, loc, body, query, rest):
+        name = f"{loc}/{rest}"
+        if name not in self.feature_store:
+            return 404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}}
+        return 200, self.feature_store[name]
+
+    def _fs_sync(self, loc, body, query, store, view):
+        view_name = f"{loc}/featureOnlineStores/{store}/featureViews/{view}"
+        if view_name not in self.feature_store:
+            return 404, {"error": {"code": 404, "message": f"{view_name} not found", "status": "NOT_FOUND"}}
+        name = f"{view_name}/featureViewSyncs/{self._id()}"
+        rows = len(self.feature_values.get(view_name, {}))
+        self.feature_store[name] = {  # done at once: the values put are what the view serves
+            "name": name, "createTime": f"2026-11-24T{self._n // 3600 % 24:02d}:{self._n // 60 % 60:02d}:"
+                                        f"{self._n % 60:02d}Z",  # later syncs are newer
+            "runTime": {"startTime": "2026-11-24T00:00:00Z", "endTime": "2026-11-24T00:01:00Z"},
+            "finalStatus": {"code": 0}, "syncSummary": {"rowSynced": str(rows), "totalSlot": "1"}}
+        return 200, {"featureViewSync": name}
+
+    def put_feature_values(self, feature_view: str, entity_id: str, features: dict) -> None:
+        """What the online feature view `feature_view` (its resource name) serves for `entity_id`: Python values
+        (str, int, float, bool, lists of them, None) in the REST FeatureValue form."""
+        def value(v) -> dict:
+            if v is None:
+                return {}
+            if isinstance(v, bool):
+                return {"boolValue": v}
+            if isinstance(v, int):
+                return {"int64Value": str(v)}
+            if isinstance(v, float):
+                return {"doubleValue": v}
+            if isinstance(v, str):
+                return {"stringValue": v}
+            items = list(v)
+            if all(isinstance(x, str) for x in items) and items:
+                return {"stringArrayValue": {"values": items}}
+            if all(isinstance(x, int) and not isinstance(x, bool) for x in items) and items:
+                return {"int64ArrayValue": {"values": [str(x) for x in items]}}
+            return {"doubleArrayValue": {"values": [float(x) for x in items]}}
+
+        self.feature_values.setdefault(feature_view, {})[entity_id] = [
+            {"name": k, "value": value(v)} for k, v in features.items()]
+
+    def _fs_fetch(self, loc, body, query, store, view):
+        view_name = f"{loc}/featureOnlineStores/{store}/featureViews/{view}"
+        if view_name not in self.feature_store:
+            return 404, {"error": {"code": 404, "message": f"{view_name} not found", "status": "NOT_FOUND"}}
+        key = body.get("dataKey", {})
+        entity = key.get("key") if "key" in key else "|".join(key.get("compositeKey", {}).get("parts", []))
+        features = self.feature_values.get(view_name, {}).get(entity)
+        if features is None:
+            return 404, {"error": {"code": 404, "message": f"entity {entity} not found in {view_name}",
+                                   "status": "NOT_FOUND"}}
+        return 200, {"keyValues": {"features": features}, "dataKey": key}
+
+    # -- BigQuery (datasets, tables and views: what `featurestore sync` reads and creates)
+    def put_bigquery_table(self, table: str, fields: list[dict], location: str = "EU") -> None:
+        """A table `project.dataset.table` with this REST schema (its dataset made too)."""
+        project, dataset, name = table.split(".")
+        self.bq_datasets.setdefault(f"{project}.{dataset}", {
+            "datasetReference": {"projectId": project, "datasetId": dataset}, "location": location})
+        self.bq_tables[table] = {"tableReference": {"projectId": project, "datasetId": dataset, "tableId": name},
+                                 "type": "TABLE", "location": location, "schema": {"fields": fields}}
+
+    def _bigquery(self, method, path, body):
+        def missing(what):
+            return 404, {"error": {"code": 404, "message": f"Not found: {what}", "status": "NOT_FOUND"}}
+
+        m = re.fullmatch(r"/projects/(?P<p>[^/]+)/datasets(/(?P<d>[^/]+))?(/tables(/(?P<t>[^/]+))?)?", path)
+        if not m:
+            return 404, {"error": {"code": 404, "message": f"no such method {method} {path}"}}
+        p, d, t, tables = m["p"], m["d"], m["t"], path.rstrip("/").split("/")[-1] == "tables" or m["t"]
+        if not tables:
+            if method == "GET":
+                return (200, self.bq_datasets[f"{p}.{d}"]) if f"{p}.{d}" in self.bq_datasets \
+                    else missing(f"Dataset {p}:{d}")
+            ref = body["datasetReference"]
+            key = f"{ref['projectId']}.{ref['datasetId']}"
+            self.bq_datasets[key] = {**body, "id": key.replace(".", ":", 1)}
+            return 200, self.bq_datasets[key]
+        if method == "POST":  # tables.insert
+            ref = body["tableReference"]
+            key = f"{ref['projectId']}.{ref['datasetId']}.{ref['tableId']}"
+            if f"{ref['projectId']}.{ref['datasetId']}" not in self.bq_datasets:
+                return missing(f"Dataset {ref['projectId']}:{ref['datasetId']}")
+            self.bq_tables[key] = {**body, "type": "VIEW" if "view" in body else "TABLE"}
+            return 200, self.bq_tables[key]
+        key = f"{p}.{d}.{t}"
+        if key not in self.bq_tables:
+            return missing(f"Table {p}:{d}.{t}")
+        if method in ("PATCH", "PUT"):  # tables.patch / update
+            self.bq_tables[key] = {**self.bq_tables[key], **body}
+        return 200, self.bq_tables[key]
 
     def _model_json(self, loc, model_id, v):
         return {**v, "name": f"{loc}/models/{model_id}"}

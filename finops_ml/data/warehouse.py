@@ -27,7 +27,8 @@ from finops_ml.errors import FinopsError
 
 # feature_defs/ ships as the package finops_ml.feature_defs (pyproject.toml).
 FEATURE_DIR = Path(str(files("finops_ml.feature_defs")))
-FEATURE_VIEWS = ("daily_cost", "resource_daily_cost", "resources")
+# series_latest: what the online feature store serves (finops_ml.platform.featurestore); the pipeline reads the others.
+FEATURE_VIEWS = ("daily_cost", "resource_daily_cost", "resources", "series_latest")
 MEMORY_LIMIT = "3GB"
 
 

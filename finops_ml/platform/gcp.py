@@ -22,6 +22,7 @@ NEEDS = {
     "schedule": ("gcp", "pipeline", "registry", "deploy", "schedule"),
     "gcp": ("gcp",),
     "registry": ("gcp", "registry_storage", "deploy"),
+    "featurestore": ("gcp", "bigquery_source"),
 }
 
 
@@ -56,6 +57,12 @@ def validate(cfg: Config, source: str | Path, command: str) -> None:
         raise missing("gcp.staging_bucket", "set a gs:// prefix for the models' artifacts (or pipeline.pipeline_root)")
     if "deploy" in needs and d.enabled and not d.serving_image:
         raise missing("deploy.serving_image", "set the serving image built from deploy/Dockerfile.serving")
+    if "bigquery_source" in needs and not p.source.startswith("bq://"):
+        fix = ("set the BigQuery billing export (bq://PROJECT.DATASET.TABLE): the feature store reads the feature "
+               "views as BigQuery views over it")
+        if not p.source:
+            raise missing("pipeline.source", fix)
+        raise FinopsError(f"Config file {source}: key 'pipeline.source' is '{p.source}', not a BigQuery table; {fix}.")
     if "schedule" in needs and s.backend == "cloud_scheduler" and not s.service_account:
         raise missing("schedule.service_account", "set the service account Cloud Scheduler calls the Vertex AI API as")
 

@@ -17,6 +17,8 @@ Each model's instance is a pydantic model (the README documents them). Requests 
 - anomaly: a short window of a cell's daily costs (per resource, or for the whole cell) ending on the day judged;
   the detector's recursive baseline runs over that window only;
 - labeler: one resource's metadata; the TF-IDF + logistic regression pipelines run on it without a DataFrame.
+With FINOPS_FEATURE_VIEW set (an online feature view of `finops-ml featurestore sync`), a forecast or anomaly
+instance without a history is given the series' stored one first (finops_ml.serving.online_store).
 
 A bad instance is a 400 whose message names the instance index and the field (and, when it is another model's
 instance, which service to send it to); an unknown route is a 404 that names this server's model and routes; a
@@ -46,6 +48,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from finops_ml.errors import FinopsError
+from finops_ml.serving.online_store import FEATURE_VIEW, OnlineStore
 from finops_ml.serving.predictors import PREDICTORS, Predictor, kind_of, resolve_registry
 from finops_ml.serving.schemas import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, RequestError
 
@@ -67,6 +70,10 @@ class ServerSpec(BaseModel):
     body_timeout_s: float = Field(30.0, gt=0)  # a client that stops sending mid-body gets 408, not a held worker
     health_route: str = "/health"
     predict_route: str = "/predict"
+    # The online store's series feature view the forecast and anomaly models read a missing history from
+    # (finops_ml.serving.online_store); empty: off. Its API endpoint; empty: REGION-aiplatform.googleapis.com.
+    feature_view: str = ""
+    feature_store_endpoint: str = ""
 
     def routes(self) -> dict[str, tuple[str, str]]:
         """kind -> (health route, predict route): the AIP_* routes for one model, /<kind>/... for several."""
@@ -83,7 +90,10 @@ def create_app(spec: ServerSpec):
     def load() -> None:
         for kind, model_dir in spec.models.items():
             try:
-                predictors[kind] = PREDICTORS[kind](model_dir)
+                predictor = PREDICTORS[kind](model_dir)
+                if spec.feature_view and kind in ("forecast", "anomaly"):
+                    predictor.store = OnlineStore(spec.feature_view, spec.feature_store_endpoint)
+                predictors[kind] = predictor
             except Exception as exc:  # reported by health and predict; the process stays up to say so
                 failures[kind] = f"{exc.__class__.__name__}: {exc}"
 
@@ -214,6 +224,10 @@ class ContainerSettings(BaseSettings):
     finops_max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
     finops_workers: int = Field(1, ge=1)
     finops_serve_spec: str = ""  # a ServerSpec as JSON: set by `finops-ml serve` for its worker processes
+    # A history missing from a forecast or anomaly instance is read from this online feature view (series_latest of
+    # `finops-ml featurestore sync`); FINOPS_FEATURE_STORE_ENDPOINT: its API host (default: the region's).
+    finops_feature_view: str = Field("", pattern=f"^$|{FEATURE_VIEW.pattern.replace('?P<location>', '')}")
+    finops_feature_store_endpoint: str = ""
 
 
 def container_settings(environ: Mapping[str, str] | None = None) -> ContainerSettings:
@@ -255,7 +269,9 @@ def _spec(env: ContainerSettings) -> ServerSpec:
         raise FinopsError("AIP_STORAGE_URI is not set; set it to the model's directory (a registry version "
                           "directory, or gs://bucket/path), or set FINOPS_REGISTRY and FINOPS_MODEL.")
     return ServerSpec(models={kind: str(model_dir)}, max_body_bytes=env.finops_max_body_bytes,
-                      health_route=env.aip_health_route, predict_route=env.aip_predict_route)
+                      health_route=env.aip_health_route, predict_route=env.aip_predict_route,
+                      feature_view=env.finops_feature_view,
+                      feature_store_endpoint=env.finops_feature_store_endpoint)
 
 
 def download_gcs(uri: str) -> Path:

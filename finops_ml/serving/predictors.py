@@ -21,6 +21,7 @@ from finops_ml.models.catalogue import MODELS
 from finops_ml.models.realtime import RealtimeModel, RealtimeState
 from finops_ml.models.trees import ForestRegressor
 from finops_ml.platform.registry import LocalRegistry
+from finops_ml.serving.online_store import OnlineStore, series_history, window_ending
 from finops_ml.serving.schemas import (
     MAX_INSTANCES,
     AnomalyInstance,
@@ -45,6 +46,8 @@ class Predictor:
     kind: str
     instance_model: type[BaseModel]
     parameters_model: type[BaseModel] = NoParameters
+    # The online feature store an instance without a history reads it from (forecast, anomaly); None: off.
+    store: OnlineStore | None = None
 
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)
@@ -63,6 +66,8 @@ class Predictor:
 
     def validate(self, instances: Any, parameters: Any) -> tuple[list, BaseModel]:
         _check_count(len(instances), MAX_INSTANCES[self.kind], "instances")
+        if self.store is not None:
+            instances = self.fill_from_store(instances)
         try:
             items = self._instances.validate_python(instances)
         except ValidationError as exc:
@@ -78,6 +83,18 @@ class Predictor:
 
     def predict(self, instances: list, parameters: BaseModel) -> list[dict]:
         raise NotImplementedError
+
+    def fill_from_store(self, instances: list) -> list:
+        """The instances, those without a history given theirs from the online store (before validation: a filled
+        instance is then validated and predicted as one that carried it)."""
+        return instances
+
+    def _store_series(self, instances: list, has_history) -> dict[int, dict | None]:
+        """Index -> the stored history of each instance that lacks one (None: not in the store)."""
+        wanted = [i for i, x in enumerate(instances) if isinstance(x, dict) and not has_history(x)
+                  and isinstance(x.get("service"), str) and isinstance(x.get("project_id"), str)]
+        _check_count(len(wanted), MAX_INSTANCES["forecast_history"], "instances to read from the feature store")
+        return {i: series_history(self.store, instances[i]["service"], instances[i]["project_id"]) for i in wanted}
 
     def _wrong_service(self, exc: ValidationError, instances: list) -> str | None:
         """A sentence when the failing instance is a valid instance of another model (sent to the wrong service)."""
@@ -151,6 +168,16 @@ class ForecastPredictor(Predictor):
                 {"month": m, "forecast": float(f), "lo": float(lo), "hi": float(hi)}
                 for m, f, lo, hi in zip(g.month, g.forecast, g.lo, g.hi)]
 
+    def fill_from_store(self, instances: list) -> list:
+        """An instance with neither history nor end_date is forecast from the series' stored history; a series the
+        store does not hold keeps the model's stored forecast."""
+        out = list(instances)
+        for i, stored in self._store_series(instances, lambda x: "history" in x or "end_date" in x).items():
+            if stored is not None:
+                out[i] = {**out[i], "history": stored["history"], "end_date": stored["end_date"],
+                          "first_cost_date": out[i].get("first_cost_date", stored["first_cost_date"])}
+        return out
+
     def predict(self, instances: list[ForecastInstance], parameters: NoParameters) -> list[dict]:
         out = []
         for i, inst in enumerate(instances):
@@ -212,6 +239,20 @@ class AnomalyPredictor(Predictor):
         # Fewer days and no resource could be established (warm-up + the baseline's first days): nothing is judged.
         self.min_days = m.warmup_days + anomaly_lib.MIN_BASELINE_DAYS + 1
         self.realtime = RealtimeModel(m)
+
+    def fill_from_store(self, instances: list) -> list:
+        """An instance with neither daily_costs nor resources is judged on the cell's stored daily costs, ending on
+        its end_date (default: the store's last day)."""
+        out = list(instances)
+        for i, stored in self._store_series(instances, lambda x: "daily_costs" in x or "resources" in x).items():
+            x = out[i]
+            if stored is None:
+                raise RequestError(f"instances[{i}]: the feature store holds no history for service '{x['service']}' "
+                                   f"in project '{x['project_id']}'; send its daily_costs or resources.")
+            window = window_ending(stored, x["end_date"], f"instances[{i}]") if "end_date" in x \
+                else stored["history"]
+            out[i] = {**x, "daily_costs": window, "end_date": x.get("end_date", stored["end_date"])}
+        return out
 
     def predict(self, instances: list[AnomalyInstance], parameters: NoParameters) -> list[dict]:
         out = []
