@@ -107,6 +107,14 @@ class GeneratorConfig(_Strict):
     label_variant_share: float = Field(0.0, ge=0.0, le=0.5)  # carried values spelt another way ("lyn", "cc4110")
     departed_owner_share: float = Field(0.0, ge=0.0, le=0.3)  # owner labels naming someone who left
     unlabelled_project_share: float = Field(0.0, ge=0.0, le=0.9)  # projects where no resource carries a label
+    plant_holidays: bool = False  # plants' projects dip as on a weekend on their country's public holidays
+    commitments: bool = False  # one-year CUDs on projects' compute that start (net drops) or expire (net rises)
+    one_off_charges: bool = False  # the monthly support fee on the 1st, a commitment's upfront fee on its first day
+    eur_billing_account: bool = False  # projects outside the Americas billed in EUR by a second billing account
+    new_projects: int = Field(0, ge=0, le=10)  # projects created during the history, ramping up in their first weeks
+    # hourly: 24 line items per (resource, SKU) and day, spread by the service's hourly profile in local time (the
+    # detailed export is hourly; features sum the hours into days). 24x the rows: not in the realistic shape.
+    export_granularity: Literal["daily", "hourly"] = "daily"
 
     @field_validator("anomaly_sigma_multiple")
     @classmethod

@@ -39,6 +39,7 @@ from finops_ml.synthetic.injector import KINDS, NEW_SKU_NAMES, SERIES_KEYS, Cost
 from finops_ml.synthetic.org import (
     APPS,
     BILLING_ACCOUNT_ID,
+    COMMITMENT_FEE_SKU,
     COMPANY_DOMAIN,
     CORPORATE,
     NEW_SKUS,
@@ -73,6 +74,7 @@ class _Resource:
     weekend: float
     labelled: tuple[str, ...]
     carried: dict = field(default_factory=dict)  # carried label values that differ from the truth (realism)
+    commitment: tuple | None = None  # (first day, end day, rate) of a committed use discount on its compute (realism)
 
 
 def _days(cfg: GeneratorConfig) -> pd.DatetimeIndex:
@@ -172,9 +174,54 @@ def build_organisation(cfg: GeneratorConfig, rng: np.random.Generator, n_days: i
     return resources
 
 
-def _series_costs(cfg, rng, resources, days, real_rng=None):
+def add_new_projects(cfg: GeneratorConfig, rng: np.random.Generator, resources: list[_Resource],
+                     days: pd.DatetimeIndex) -> list[dict]:
+    """`cfg.new_projects` projects created during the history (a plant starts a vision-inspection project): their
+    resources all arrive within its first three weeks and ramp up, in a project the labelers have never seen.
+    Appended to `resources`; returns one normal event per project (kind `ramp_up`)."""
+    n_days = len(days)
+    plants = list(PLANTS[: cfg.plants])
+    if len(plants) >= 3:  # not at the plant normal_events decommissions (the last code)
+        plants.remove(max(plants, key=lambda p: p.code))
+    n_projects = len({r.project_id for r in resources})
+    used = {r.name for r in resources}
+    events = []
+    for k in range(cfg.new_projects):
+        plant = plants[int(rng.integers(len(plants)))]
+        pid = f"acme-{plant.aliases[1]}-vision{'' if k == 0 else k + 1}-prd"
+        first = int(rng.integers(int(0.3 * n_days), int(0.75 * n_days)))
+        services = WORKLOADS["quality"]
+        members = []
+        for r in range(max(3, cfg.resources_per_project // 2)):
+            svc_key, role = services[r] if r < len(services) else services[int(rng.integers(len(services)))]
+            spec = SERVICE_BY_KEY[svc_key]
+            pattern = spec.name_patterns[int(rng.integers(len(spec.name_patterns)))]
+            name = next((nm for n in range(1, 1000) if (nm := _alias_name(rng, pattern, plant.aliases, "vision", n))
+                         not in used), f"{plant.code}-vision-{len(used)}")
+            used.add(name)
+            lo, hi = spec.daily_cost
+            labelled = LABEL_KEYS if rng.random() >= cfg.unlabelled_share else ()
+            members.append(_Resource(
+                name=name, project_id=pid, project_name=f"{plant.city} VISION prod",
+                project_number=f"{700000000000 + (n_projects + k) * 7919}", workload="quality", env="prod",
+                service=svc_key, region=plant.region, country=plant.country, plant=plant.code,
+                owner=f"{plant.people[role]}@{COMPANY_DOMAIN}".replace("@", "_at_").replace(".", "_"),
+                cost_center=plant.cost_center_eng, start=first + int(rng.integers(0, 21)), end=n_days,
+                base=float(math.exp(rng.uniform(math.log(lo), math.log(hi)))),
+                weekend=float(np.clip(spec.weekend_factor + rng.normal(0, 0.05), 0.3, 1.05)), labelled=labelled))
+        resources.extend(members)
+        end = min(n_days - 1, max(r.start for r in members) + realism.RAMP_DAYS)
+        first = min(r.start for r in members)
+        events.append(dict(kind="ramp_up", start=str(days[first].date()), end=str(days[end].date()),
+                           service=";".join(sorted({r.service for r in members})), project_id=pid,
+                           resources=";".join(sorted(r.name for r in members))))
+    return events
+
+
+def _series_costs(cfg, rng, resources, days, real_rng=None, holidays=None):
     """Normal (anomaly-free) daily cost per (resource, SKU): returns the series table and a cost matrix. With
-    `usage_noise: by_kind` each resource's usage also varies as its kind does (realism.usage_noise, `real_rng`)."""
+    `usage_noise: by_kind` each resource's usage also varies as its kind does (realism.usage_noise, `real_rng`);
+    with `holidays` (country -> weekday holiday mask) a plant project's resources bill those days as a weekend."""
     n_days = len(days)
     t = np.arange(n_days)
     weekend = np.asarray(days.dayofweek >= 5)
@@ -189,8 +236,11 @@ def _series_costs(cfg, rng, resources, days, real_rng=None):
         level = res.base * ramp * growth * active
         if cfg.usage_noise == "by_kind":
             level = level * realism.usage_noise(real_rng, res.service, n_days)
+        off = weekend
+        if holidays is not None and realism.is_plant_project(res):
+            off = weekend | holidays[res.country]
         for s_idx, sku in enumerate(spec.skus):
-            season = np.where(weekend, res.weekend, 1.0)
+            season = np.where(off, res.weekend, 1.0)
             if s_idx == 0 and spec.month_end_factor != 1.0:
                 season = season * np.where(month_end, spec.month_end_factor, 1.0)
             noise = rng.lognormal(0.0, cfg.noise_sigma, n_days)
@@ -251,8 +301,10 @@ def _labels_of(res: _Resource) -> list[dict]:
     return labels
 
 
-def _line_items(cfg, rng, resources, series, cost, days, real_rng=None) -> pa.Table:
-    """Turn the cost matrix into export line items (only the days a series has cost)."""
+def _line_items(cfg, rng, resources, series, cost, days, real_rng=None, eur_per_usd=None) -> pa.Table:
+    """Turn the cost matrix (USD) into export line items (only the days a series has cost). A resource under a
+    commitment (`res.commitment`) earns its rate as a committed use discount on the days it runs; with
+    `eur_per_usd` (a rate per day) the rows of projects outside the Americas are billed in EUR (realism)."""
     s_idx, d_idx = np.nonzero(cost > 0)
     n = len(s_idx)
     gross = np.round(cost[s_idx, d_idx], 6)
@@ -283,11 +335,26 @@ def _line_items(cfg, rng, resources, series, cost, days, real_rng=None) -> pa.Ta
     for kind, (lo, hi) in CREDIT_RATES.items():
         series_rate = rng.uniform(lo, hi, len(series))[s_idx]
         rate = np.where(credit_type == kind, series_rate, rate)
+    if any(r.commitment for r in resources):
+        lo, hi, cud = (np.asarray([r.commitment[k] if r.commitment else 0 for r in resources])[r_idx]
+                       for k in range(3))
+        covered = (credit_type == "SUSTAINED_USAGE_DISCOUNT") & (d_idx >= lo) & (d_idx < hi)
+        credit_type = np.where(covered, "COMMITTED_USAGE_DISCOUNT", credit_type)
+        rate = np.where(covered, cud, rate)
     normal = np.round(gross, 6)
     credit_amount = -np.round(normal * rate, 6)
     free_tier = credit_type == "FREE_TIER"
     credit_amount = np.where(free_tier, -np.round(np.minimum(normal, 0.5), 6), credit_amount)
     has_credit = credit_amount < 0
+    billed = gross  # in the billing account's currency
+    account, currency, conversion = np.full(n, BILLING_ACCOUNT_ID), np.full(n, "USD"), np.ones(n)
+    if eur_per_usd is not None:  # the EUR account's rows: cost and credits in EUR at the day's rate
+        eur = np.asarray([realism.in_eur(r.country) for r in resources])[r_idx]
+        conversion = np.where(eur, eur_per_usd[d_idx], 1.0)
+        billed = np.where(eur, np.round(gross * conversion, 6), gross)
+        credit_amount = np.where(eur, np.round(credit_amount * conversion, 6), credit_amount)
+        account = np.where(eur, realism.EUR_BILLING_ACCOUNT_ID, account)
+        currency = np.where(eur, "EUR", currency)
     credit_names = {"SUSTAINED_USAGE_DISCOUNT": "Sustained usage discount",
                     "COMMITTED_USAGE_DISCOUNT": "Committed use discount: CPU", "FREE_TIER": "Free tier"}
     credits = [
@@ -299,7 +366,7 @@ def _line_items(cfg, rng, resources, series, cost, days, real_rng=None) -> pa.Ta
     label_type = ARROW_SCHEMA.field("labels").type
     table = pa.table(
         {
-            "billing_account_id": pa.array(np.full(n, BILLING_ACCOUNT_ID)),
+            "billing_account_id": pa.array(account),
             "service": pa.StructArray.from_arrays(
                 [per_resource([SERVICE_BY_KEY[r.service].id for r in resources]),
                  per_resource([SERVICE_BY_KEY[r.service].description for r in resources])],
@@ -331,9 +398,9 @@ def _line_items(cfg, rng, resources, series, cost, days, real_rng=None) -> pa.Ta
                  per_resource([f"//{r.service}.googleapis.com/projects/{r.project_id}/{r.name}" for r in resources])],
                 names=["name", "global_name"]),
             "export_time": _utc_array(export_ts),
-            "cost": pa.array(gross),
-            "currency": pa.array(np.full(n, "USD")),
-            "currency_conversion_rate": pa.array(np.ones(n)),
+            "cost": pa.array(billed),
+            "currency": pa.array(currency),
+            "currency_conversion_rate": pa.array(conversion),
             "usage": pa.StructArray.from_arrays(
                 [pa.array(np.round(amount_pricing * 3600.0, 3)), per_series([s.unit for s in skus]),
                  pa.array(np.round(amount_pricing, 6)), per_series([s.pricing_unit for s in skus])],
@@ -342,12 +409,118 @@ def _line_items(cfg, rng, resources, series, cost, days, real_rng=None) -> pa.Ta
             "invoice": pa.StructArray.from_arrays([pa.array(invoice)], names=["month"]),
             "cost_type": pa.array(np.full(n, "regular")),
             "adjustment_info": pa.nulls(n, ARROW_SCHEMA.field("adjustment_info").type),
-            "cost_at_list": pa.array(np.round(gross / (1.0 - rate * 0.5), 6)),
+            "cost_at_list": pa.array(np.round(billed / (1.0 - rate * 0.5), 6)),
             "transaction_type": pa.array(np.full(n, "GOOGLE")),
             "seller_name": pa.array(np.full(n, "Google")),
         }
     )
+    if cfg.export_granularity == "hourly":
+        weights = np.vstack([realism.hourly_weights(r.service, r.region) for r in resources])[r_idx]
+        table = _hourly(table, weights)
     return table
+
+
+def _hourly(table: pa.Table, weights: np.ndarray) -> pa.Table:
+    """Each daily line item as 24 hourly ones (`weights`: per row, 24 shares summing to 1): cost, credits and usage
+    split by the weights (rounded to 6 decimals, the last hour taking the remainder so the day adds up), the times
+    an hour apart; the export time stays the day's."""
+    n = table.num_rows
+    rows = np.repeat(np.arange(n), 24)
+    w = weights.reshape(-1)
+
+    def split(values: np.ndarray) -> np.ndarray:
+        parts = np.round(values[rows] * w, 6).reshape(n, 24)
+        last = np.round(values - parts[:, :-1].sum(axis=1), 6)
+        parts[:, -1] = np.where(last * values >= 0, last, 0.0)  # never a sign the day's value does not have
+        return parts.reshape(-1)
+
+    out = table.take(pa.array(rows))
+    hour = np.tile(np.arange(24), n) * np.timedelta64(1, "h")
+    start = table.column("usage_start_time").to_numpy().astype("datetime64[us]")[rows] + hour
+    credits = out.column("credits").combine_chunks()
+    flat = pc.list_flatten(credits)
+    parent = pc.list_parent_indices(credits).to_numpy()
+    amounts = flat.field("amount").to_numpy(zero_copy_only=False)
+    day_amount = np.zeros(n)  # one credit per line item at most: its day's amount by the day's row
+    day_amount[rows[parent[parent % 24 == 0]]] = amounts[parent % 24 == 0]
+    amounts = split(day_amount)[parent]
+    flat = pa.StructArray.from_arrays([flat.field(f.name) if f.name != "amount" else pa.array(amounts)
+                                       for f in flat.type], fields=list(flat.type))
+    usage = out.column("usage").combine_chunks()
+    usage = pa.StructArray.from_arrays(
+        [pa.array(split(usage.field(f.name).to_numpy(zero_copy_only=False).reshape(n, 24)[:, 0]))
+         if f.name in ("amount", "amount_in_pricing_units") else usage.field(f.name) for f in usage.type],
+        fields=list(usage.type))
+    updates = {
+        "usage_start_time": _utc_array(start), "usage_end_time": _utc_array(start + np.timedelta64(1, "h")),
+        "cost": pa.array(split(table.column("cost").to_numpy())),
+        "cost_at_list": pa.array(split(table.column("cost_at_list").to_numpy())),
+        "credits": pa.ListArray.from_arrays(credits.offsets, flat), "usage": usage,
+    }
+    for name, column in updates.items():
+        out = out.set_column(out.schema.get_field_index(name), name, column)
+    return out
+
+
+def _commitment_fees(resources, series, cost, days) -> list[dict]:
+    """A commitment purchase bills its first COMMITMENT_FEE_DAYS upfront on its first day: the covered SKUs'
+    mean daily cost over its first four weeks, at the commitment's price (1 - rate). One charge per project."""
+    fees: dict[str, dict] = {}
+    for s_idx, (r, sku) in enumerate(series):
+        res = resources[r]
+        if res.commitment and res.commitment[0] > 0 and sku.credit == "SUSTAINED_USAGE_DISCOUNT":
+            lo, _, rate = res.commitment
+            fee = fees.setdefault(res.project_id, dict(day=lo, project_id=res.project_id, service=res.service,
+                                                       sku=COMMITMENT_FEE_SKU, amount_usd=0.0))
+            fee["amount_usd"] += realism.COMMITMENT_FEE_DAYS * float(cost[s_idx, lo: lo + 28].mean()) * (1 - rate)
+    return [{**f, "amount_usd": round(f["amount_usd"], 2)} for f in fees.values() if f["amount_usd"] >= 0.01]
+
+
+def _support_fees(project_month_cost: pd.Series, days) -> list[dict]:
+    """The support contract's monthly fee, billed on the 1st: the greater of SUPPORT_MIN_USD and SUPPORT_SHARE
+    of the previous month's gross usage (the first month: its own)."""
+    by_month = project_month_cost.groupby(level=1).sum().sort_index()
+    firsts = [i for i, d in enumerate(days) if d.day == 1]
+    fees = []
+    for i in firsts:
+        month = days[i].strftime("%Y%m")
+        previous = (days[i] - pd.Timedelta(days=1)).strftime("%Y%m")
+        usage = by_month.get(previous, by_month.get(month, 0.0))
+        fees.append(dict(day=i, project_id=realism.SUPPORT_PROJECT, service="support",
+                         sku=SERVICE_BY_KEY["support"].skus[0],
+                         amount_usd=round(max(realism.SUPPORT_MIN_USD, realism.SUPPORT_SHARE * usage), 2)))
+    return fees
+
+
+def _charge_rows(charges: list[dict], resources, days, eur_per_usd=None) -> pa.Table:
+    """One-off charges as regular line items of their project and service, without a resource."""
+    project = {}
+    for r in resources:
+        project.setdefault(r.project_id, r)
+    rows = []
+    for c in charges:
+        res, spec, start = project[c["project_id"]], SERVICE_BY_KEY[c["service"]], days[c["day"]]
+        account, currency, conversion = BILLING_ACCOUNT_ID, "USD", 1.0
+        if eur_per_usd is not None and realism.in_eur(res.country):
+            account, currency = realism.EUR_BILLING_ACCOUNT_ID, "EUR"
+            conversion = float(eur_per_usd[c["day"]])
+        cost = round(c["amount_usd"] * conversion, 6)
+        rows.append({
+            "billing_account_id": account, "service": {"id": spec.id, "description": spec.description},
+            "sku": {"id": c["sku"].id, "description": c["sku"].description},
+            "usage_start_time": start.to_pydatetime(), "usage_end_time": (start + pd.Timedelta(days=1)).to_pydatetime(),
+            "project": {"id": res.project_id, "number": res.project_number, "name": res.project_name,
+                        "labels": [{"key": "env", "value": res.env}, {"key": "workload", "value": res.workload}],
+                        "ancestry_numbers": f"/{res.project_number}/880011223344/"},
+            "labels": [], "system_labels": [], "location": None, "resource": None,
+            "export_time": (start + pd.Timedelta(hours=30)).to_pydatetime(),
+            "cost": cost, "currency": currency, "currency_conversion_rate": conversion,
+            "usage": {"amount": 1.0, "unit": c["sku"].unit, "amount_in_pricing_units": 1.0,
+                      "pricing_unit": c["sku"].pricing_unit},
+            "credits": [], "invoice": {"month": start.strftime("%Y%m")}, "cost_type": "regular",
+            "adjustment_info": None, "cost_at_list": cost, "transaction_type": "GOOGLE", "seller_name": "Google",
+        })
+    return pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA)
 
 
 def _utc_array(values: np.ndarray) -> pa.Array:
@@ -355,17 +528,18 @@ def _utc_array(values: np.ndarray) -> pa.Array:
 
 
 def _project_month_cost(items: pa.Table) -> pd.Series:
-    """Gross cost per (project, invoice month) of line items: what taxes are computed on."""
+    """Gross cost in USD per (project, invoice month) of line items: what taxes are computed on."""
     df = pd.DataFrame({
         "project": items.column("project").combine_chunks().field("id").to_numpy(zero_copy_only=False),
         "month": items.column("invoice").combine_chunks().field("month").to_numpy(zero_copy_only=False),
-        "cost": items.column("cost").to_numpy(),
+        "cost": items.column("cost").to_numpy() / items.column("currency_conversion_rate").to_numpy(),
     })
     return df.groupby(["project", "month"]).cost.sum()
 
 
-def _billing_rows(cfg, rng, resources, project_month_cost: pd.Series, days) -> pa.Table:
-    """Taxes per project and month, a few adjustments and rounding errors, as the export has them."""
+def _billing_rows(cfg, rng, resources, project_month_cost: pd.Series, days, eur_per_usd=None) -> pa.Table:
+    """Taxes per project and month, a few adjustments and rounding errors, as the export has them (amounts in
+    USD; with `eur_per_usd`, in EUR for a project of the EUR account, at the rate of the month's last day)."""
     df = project_month_cost.rename("cost").reset_index()
     project_country = {}
     for r in resources:
@@ -378,15 +552,21 @@ def _billing_rows(cfg, rng, resources, project_month_cost: pd.Series, days) -> p
     def row(project, month, cost, cost_type, sku, adjustment=None):
         start = pd.Timestamp(datetime.strptime(month, "%Y%m"), tz="UTC")
         end = month_end[month] + pd.Timedelta(days=1)
+        account, currency, conversion = BILLING_ACCOUNT_ID, "USD", 1.0
+        if eur_per_usd is not None and project and realism.in_eur(project_country.get(project, "US")):
+            last = min(len(days) - 1, int((month_end[month] - days[0]).days))
+            account, currency, conversion = realism.EUR_BILLING_ACCOUNT_ID, "EUR", float(eur_per_usd[last])
+            cost = cost * conversion
         return {
-            "billing_account_id": BILLING_ACCOUNT_ID,
+            "billing_account_id": account,
             "service": {"id": "0000-0000-0000", "description": "Invoice"},
             "sku": {"id": sku[0], "description": sku[1]},
             "usage_start_time": start.to_pydatetime(), "usage_end_time": end.to_pydatetime(),
             "project": {"id": project, "number": None, "name": None, "labels": [], "ancestry_numbers": None},
             "labels": [], "system_labels": [], "location": None, "resource": None,
             "export_time": (end + pd.Timedelta(hours=6)).to_pydatetime(),
-            "cost": float(round(cost, 6)), "currency": "USD", "currency_conversion_rate": 1.0, "usage": None,
+            "cost": float(round(cost, 6)), "currency": currency, "currency_conversion_rate": conversion,
+            "usage": None,
             "credits": [], "invoice": {"month": month}, "cost_type": cost_type, "adjustment_info": adjustment,
             "cost_at_list": None, "transaction_type": "GOOGLE", "seller_name": "Google",
         }
@@ -442,10 +622,12 @@ ORG_SHAPES: dict[str, dict] = {
                                  noise_sigma=0.08),
     # As messy as a real export (issue 13): usage noise by kind of resource (SKU noise on top stays small), normal
     # events that look like anomalies, 3% of rows exported days late, 7% of carried labels wrong, 10% misspelt, 5%
-    # of owners gone, 15% of projects without any label.
+    # of owners gone, 15% of projects without any label; plants' public holidays, commitments that start and expire,
+    # one-off charges (support fees, commitment purchases), a second billing account in EUR, two new projects.
     "realistic": dict(usage_noise="by_kind", noise_sigma=0.03, normal_events=True, late_row_share=0.03,
                       label_error_share=0.07, label_variant_share=0.1, departed_owner_share=0.05,
-                      unlabelled_project_share=0.15),
+                      unlabelled_project_share=0.15, plant_holidays=True, commitments=True, one_off_charges=True,
+                      eur_billing_account=True, new_projects=2),
 }
 
 
@@ -468,23 +650,42 @@ def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "j
         raise FinopsError(f"Unknown output format '{fmt}'; use jsonl or parquet.")
     rng = np.random.default_rng(seed)
     real_rng = np.random.default_rng([seed, 13])  # the realism knobs' own draws: with them off, nothing changes
+
+    def own_rng(k):  # the later realism knobs each draw from their own generator, apart from the others
+        return np.random.default_rng([seed, 13, k])
+
     days = _days(cfg)
     resources = build_organisation(cfg, rng, len(days))
+    extra_events = add_new_projects(cfg, own_rng(1), resources, days) if cfg.new_projects else []
+    new_projects = {e["project_id"] for e in extra_events}
     if cfg.label_error_share or cfg.label_variant_share or cfg.departed_owner_share or cfg.unlabelled_project_share:
         realism.messy_labels(real_rng, resources, cfg, {p.code: p.aliases for p in PLANTS})
-    series, cost = _series_costs(cfg, rng, resources, days, real_rng)
+    holidays = None
+    if cfg.plant_holidays:
+        holidays = realism.holiday_masks(days, {r.country for r in resources if realism.is_plant_project(r)})
+    series, cost = _series_costs(cfg, rng, resources, days, real_rng, holidays)
     normal = pd.DataFrame(columns=realism.NORMAL_EVENT_COLUMNS)
     if cfg.normal_events:
         cost, normal = realism.normal_events(real_rng, resources, series, cost, days, cfg.plants)
+        extra_events += realism.migration_waves(resources, days, new_projects)
+    if holidays is not None:
+        extra_events += realism.holiday_events(resources, days, holidays)
+    charges = []
+    if cfg.commitments:
+        extra_events += realism.commitments(own_rng(2), resources, days, new_projects)
+        if cfg.one_off_charges:
+            charges += _commitment_fees(resources, series, cost, days)
+    eur_per_usd = realism.eur_per_usd(own_rng(3), len(days)) if cfg.eur_billing_account else None
     cost, new_skus, anomalies, anomaly_cells = _inject_anomalies(cfg, rng, resources, series, cost, days)
 
     def item_chunks():
-        for lo in range(0, len(series), SERIES_PER_CHUNK):
-            yield _line_items(cfg, rng, resources, series[lo: lo + SERIES_PER_CHUNK],
-                              cost[lo: lo + SERIES_PER_CHUNK], days, real_rng)
+        step = SERIES_PER_CHUNK if cfg.export_granularity == "daily" else SERIES_PER_CHUNK // 24
+        for lo in range(0, len(series), step):
+            yield _line_items(cfg, rng, resources, series[lo: lo + step], cost[lo: lo + step], days, real_rng,
+                              eur_per_usd)
         if new_skus:
             yield _line_items(cfg, rng, resources, [(r, sku) for r, sku, _ in new_skus],
-                              np.vstack([row for _, _, row in new_skus]), days, real_rng)
+                              np.vstack([row for _, _, row in new_skus]), days, real_rng, eur_per_usd)
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -498,7 +699,16 @@ def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "j
                 rows += items.num_rows
                 project_month.append(_project_month_cost(items))
                 net_by_month.append(_control_totals(items))
-            billing = _billing_rows(cfg, rng, resources, pd.concat(project_month).groupby(level=[0, 1]).sum(), days)
+            if cfg.one_off_charges:
+                charges += _support_fees(pd.concat(project_month).groupby(level=[0, 1]).sum(), days)
+            if charges:
+                items = _charge_rows(charges, resources, days, eur_per_usd)
+                writer.write(items.sort_by([("usage_start_time", "ascending")]))
+                rows += items.num_rows
+                project_month.append(_project_month_cost(items))
+                net_by_month.append(_control_totals(items))
+            billing = _billing_rows(cfg, rng, resources, pd.concat(project_month).groupby(level=[0, 1]).sum(), days,
+                                    eur_per_usd)
             writer.write(billing)
             rows += billing.num_rows
             net_by_month.append(_control_totals(billing))
@@ -506,7 +716,14 @@ def generate(cfg: GeneratorConfig, seed: int, out_dir: str | Path, fmt: str = "j
         control.to_csv(tmp / "control_totals.csv", index=False)
         anomalies.to_csv(truth / "anomalies.csv", index=False)
         anomaly_cells.to_csv(truth / "anomaly_cells.csv", index=False)
-        normal.to_csv(truth / "normal_events.csv", index=False)
+        extra_events += [dict(kind="one_off_charge", start=str(days[c["day"]].date()), end=str(days[c["day"]].date()),
+                              service=c["service"], project_id=c["project_id"], resources="",
+                              amount_usd=c["amount_usd"]) for c in charges]
+        if extra_events:
+            extra = pd.DataFrame(extra_events, columns=realism.NORMAL_EVENT_COLUMNS)
+            normal = pd.concat([normal, extra], ignore_index=True) if len(normal) else extra
+        normal.sort_values(["start", "kind", "project_id"], kind="stable").to_csv(truth / "normal_events.csv",
+                                                                                  index=False)
         pd.DataFrame([dict(resource=r.name, project_id=r.project_id, label=k, carried=v, true=getattr(r, k))
                       for r in resources for k, v in r.carried.items()],
                      columns=["resource", "project_id", "label", "carried", "true"]).to_csv(
@@ -548,13 +765,15 @@ class _EventWriter:
 
 
 def _control_totals(table: pa.Table) -> pd.DataFrame:
-    """Net cost (cost + credits) per invoice month, as the invoice states it, to the cent."""
+    """Net cost in USD ((cost + credits) / currency_conversion_rate) per invoice month, as the invoice states it
+    (in USD: an invoice in EUR converted at the export's rates), to the cent."""
     credits = table.column("credits").combine_chunks()
     credit_sum = np.zeros(table.num_rows)
     np.add.at(credit_sum, pc.list_parent_indices(credits).to_numpy(),
               pc.struct_field(pc.list_flatten(credits), "amount").to_numpy(zero_copy_only=False))
     month = table.column("invoice").combine_chunks().field("month").to_numpy(zero_copy_only=False)
-    totals = pd.Series(table.column("cost").to_numpy() + credit_sum).groupby(month).sum()  # round once, at the end
+    usd = (table.column("cost").to_numpy() + credit_sum) / table.column("currency_conversion_rate").to_numpy()
+    totals = pd.Series(usd).groupby(month).sum()  # round once, at the end
     return totals.rename("net_cost").rename_axis("invoice_month").reset_index()
 
 

@@ -135,7 +135,14 @@ SERVICES: tuple[ServiceSpec, ...] = (
                 (SkuSpec("NET-EGRESS-INTERNET", "Network Internet Egress", "bytes", "gibibyte", 0.085, 0.55),
                  SkuSpec("NET-VPN-TUNNEL", "Cloud VPN Tunnel", "seconds", "hour", 0.05, 0.45))),
 )
-SERVICE_BY_KEY = {s.key: s for s in SERVICES}
+# Billed to the billing account, not used by resources: the support contract (a one-off line each month, see
+# finops_ml.synthetic.realism, `one_off_charges`).
+SUPPORT = ServiceSpec("support", "2062-016F-44A2", "Support", "support contract", (), (0, 0), 1.0, 1.0, 0.0,
+                      (SkuSpec("SUPPORT-ENHANCED", "Enhanced Support", "month", "month", 500.0, 1.0),))
+SERVICE_BY_KEY = {s.key: s for s in (*SERVICES, SUPPORT)}
+# The upfront fee of a commitment purchase (a one-off line on its first day, in its project's Compute Engine).
+COMMITMENT_FEE_SKU = SkuSpec("CP-COMMITMENT-N2-1Y", "Commitment v1: N2 Cpu and Ram for 1 Year (upfront)", "month",
+                             "month", 1.0, 1.0)
 
 # New expensive SKUs that show up in an anomaly of kind "new_sku".
 NEW_SKUS = (
