@@ -405,6 +405,9 @@ class MonitoringConfig(_Strict):
     enabled: bool = True
     # PSI of a feature at or above this is drift (rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 a real shift).
     psi_threshold: float = Field(0.2, gt=0.0, le=10.0)
+    # Fewer values than this in the reference or this run's window: PSI is shown but judges nothing ("too few"):
+    # over ten bins, a few dozen values move PSI past 0.2 by chance alone.
+    min_values: int = Field(100, ge=1)
     # The champion detector's alarm rate on the run's latest window over its rate in training, at or above this.
     alarm_rate_ratio: float = Field(2.0, gt=1.0, le=100.0)
     # The champion forecast's interval coverage on the months closed since, this far below its backtest coverage.

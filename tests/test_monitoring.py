@@ -56,6 +56,16 @@ def test_psi_over_decile_bins_tells_a_shifted_distribution_from_another_sample_o
     assert same < 0.02 and shifted > 0.2 and wider > 0.2
 
 
+def test_a_psi_from_too_few_values_is_shown_but_judges_nothing():
+    rng = np.random.default_rng(1)
+    reference = {"features": {"x": monitoring.feature_reference(pd.DataFrame({"x": rng.normal(0, 1, 30)}))["x"]}}
+    current = pd.DataFrame({"x": rng.normal(1, 1, 30)})
+    (few,) = monitoring.feature_drift(reference, current, 0.2, min_values=100)
+    (judged,) = monitoring.feature_drift(reference, current, 0.2, min_values=30)
+    assert few["psi"] == judged["psi"] > 0.2
+    assert few["status"] == "too few" and judged["status"] == "drift"
+
+
 def test_a_discrete_feature_has_its_duplicate_edges_merged():
     values = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3] * 10)
     edges = monitoring.bin_edges(values)
@@ -137,6 +147,9 @@ def test_the_same_world_is_stable_and_a_noisier_one_drifts(champion, worlds):
     for key in ((ANOMALY, "log_ratio_to_28d_median"), (FORECAST, "weekly_log_change")):
         assert psi["later"][key] < cfg.psi_threshold < psi["noisy"][key], key
     assert noisy["drift"] and {"model": ANOMALY, "check": "log_ratio_to_28d_median"} in noisy["drifted"]
+    # the small world has a few dozen resources: the labeler's PSIs are shown, and judge nothing
+    assert {f["status"] for f in noisy["models"][LABELER]["features"]} == {"too few"}
+    assert noisy["models"][LABELER]["status"] == "stable"
     # the champion detector alarms far more often on the noisy world than in its training window
     assert noisy["models"][ANOMALY]["scores"]["alarm_rate"]["status"] == "drift"
     assert later["models"][ANOMALY]["scores"]["alarm_rate"]["alarm_rate_ratio"] < cfg.alarm_rate_ratio

@@ -199,16 +199,18 @@ def _status(value: float | None, threshold: float, higher_is_worse: bool = True)
     return "stable"
 
 
-def feature_drift(reference: dict, frame: pd.DataFrame, threshold: float) -> list[dict]:
-    """PSI of each reference feature, this run's values binned with the reference's edges."""
+def feature_drift(reference: dict, frame: pd.DataFrame, threshold: float, min_values: int = 1) -> list[dict]:
+    """PSI of each reference feature, this run's values binned with the reference's edges; status "too few" (never
+    drift) when the reference or this run has fewer than `min_values` values of it."""
     rows = []
     for name, ref in reference["features"].items():
         values = pd.to_numeric(frame[name], errors="coerce").to_numpy(float) if name in frame else np.array([])
         count = int(np.isfinite(values).sum())
         value = psi(ref["proportions"], proportions(values, ref["edges"])) if count and ref["count"] else None
         finite = values[np.isfinite(values)]
+        status = "too few" if value is not None and min(count, ref["count"]) < min_values else _status(value, threshold)
         rows.append({"feature": name, "psi": None if value is None else round(value, 6), "threshold": threshold,
-                     "status": _status(value, threshold), "reference_count": ref["count"], "current_count": count,
+                     "status": status, "reference_count": ref["count"], "current_count": count,
                      "reference_mean": ref.get("mean"), "current_mean": float(finite.mean()) if count else None})
     return rows
 
@@ -276,7 +278,7 @@ def compare(kind: str, reference: dict | None, champion_dir: Path | None, views:
         return {"model": name, "status": "no reference", "reason": reason or "no champion yet",
                 "champion_version": champion_version, "features": [], "scores": {}}
     frame = FEATURES[kind](views, reference.get("window_days", REFERENCE_DAYS))
-    features = feature_drift(reference, frame, cfg.psi_threshold)
+    features = feature_drift(reference, frame, cfg.psi_threshold, cfg.min_values)
     scores = {}
     if kind == ANOMALY:
         scores["alarm_rate"] = alarm_rate_check(reference, champion_dir, views, cfg.alarm_rate_ratio)
@@ -325,8 +327,8 @@ def monitor(views: dict[str, pd.DataFrame], registry, cfg, kinds=(FORECAST, ANOM
     drifted = [{"model": m["model"], "check": d} for kind, m in models.items()
                for d in m.get("drifted", [])]
     return strict({"statistic": STATISTIC, "bins": BINS_TEXT, "window_days": REFERENCE_DAYS,
-            "thresholds": {"psi": cfg.psi_threshold, "alarm_rate_ratio": cfg.alarm_rate_ratio,
-                           "coverage_drop": cfg.coverage_drop},
+            "thresholds": {"psi": cfg.psi_threshold, "min_values": cfg.min_values,
+                           "alarm_rate_ratio": cfg.alarm_rate_ratio, "coverage_drop": cfg.coverage_drop},
             "models": models, "drifted": drifted, "drift": bool(drifted)})
 
 
