@@ -266,6 +266,13 @@ def _print_gates(summary: dict) -> None:
                   f"reconciliation diff {summary['reconciliation_diff']}")
     regs = ", ".join(f"{r['name']} v{r['version']} ({'/'.join(r['aliases'])})" for r in summary["registered"])
     console.print(f"registered: {regs or 'nothing (no gate passed)'}")
+    mon = summary.get("monitoring") or {}
+    if mon.get("enabled"):
+        drifted = ", ".join(f"{d['model']} {d['check']}" for d in mon["drifted"])
+        none = [n for n, m in mon["models"].items() if m["status"] == "no reference"]
+        console.print("monitoring against the champions: " + (f"[red]drift[/] in {drifted}" if drifted else "no drift")
+                      + (f"; no reference for {', '.join(none)}" if none else "")
+                      + " (dashboard section Model monitoring)")
 
 
 @app.command("compile")
@@ -296,6 +303,10 @@ app.command()(serve)
 from finops_cli.dashboard import dashboard  # noqa: E402
 
 app.command()(dashboard)
+
+from finops_cli.monitor import monitor  # noqa: E402
+
+app.command()(monitor)
 
 from finops_cli import stream as _stream  # noqa: E402
 

@@ -399,6 +399,32 @@ class StreamConfig(_Strict):
     until_end: bool = False  # stop at the end of the topic, closing the open days (backfills, tests, benchmarks)
 
 
+class MonitoringConfig(_Strict):
+    """Model monitoring (finops_ml.training.monitoring): each run against the champion's training reference."""
+
+    enabled: bool = True
+    # PSI of a feature at or above this is drift (rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 a real shift).
+    psi_threshold: float = Field(0.2, gt=0.0, le=10.0)
+    # Fewer values than this in the reference or this run's window: PSI is shown but judges nothing ("too few"):
+    # over ten bins, a few dozen values move PSI past 0.2 by chance alone.
+    min_values: int = Field(100, ge=1)
+    # The champion detector's alarm rate on the run's latest window over its rate in training, at or above this.
+    alarm_rate_ratio: float = Field(2.0, gt=1.0, le=100.0)
+    # The champion forecast's interval coverage on the months closed since, this far below its backtest coverage.
+    coverage_drop: float = Field(0.15, gt=0.0, le=1.0)
+    # Drift alerts go through the stream's channels (stream.slack_webhook_env, stream.smtp_host); false: none.
+    alert: bool = True
+    # Vertex AI Model Monitoring on the deployed endpoints where it applies (finops_ml.platform.model_monitoring;
+    # registry.backend vertex): drift of the request fields, each `vertex_interval_hours`, on a sample of requests.
+    # Its statistic is Vertex's own (L-infinity distance for categorical fields, Jensen-Shannon for numbers);
+    # 0.3 is Vertex's default threshold. Alerts by email to `vertex_alert_emails`, and to Cloud Logging.
+    vertex_enabled: bool = True
+    vertex_drift_threshold: float = Field(0.3, gt=0.0, le=1.0)
+    vertex_sample_rate: float = Field(0.5, gt=0.0, le=1.0)
+    vertex_interval_hours: int = Field(24, ge=1, le=168)
+    vertex_alert_emails: list[str] = []
+
+
 class OpexLine(_Strict):
     """One line of the platform's own monthly running cost (the value report's denominator)."""
 
@@ -443,7 +469,9 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     # The Vertex AI registry uploads to gcp.staging_bucket or PIPELINE_ROOT/models, with the serving image and
     # the environment's labels.
     "register": ("environment", "registry", "gcp", "pipeline", "deploy"),
-    "deploy": ("environment", "registry", "gcp", "deploy"),
+    "deploy": ("environment", "registry", "gcp", "deploy", "monitoring"),  # + Vertex AI Model Monitoring
+    # model monitoring: the champion's reference from the registry, drift alerts through the stream's channels
+    "monitor": ("environment", "monitoring", "registry", "gcp", "stream"),
     # the dashboard and value report (finops_ml.training.dashboard, .value)
     "report": ("value",),
 }
@@ -466,6 +494,7 @@ class Config(_Strict):
     stream: StreamConfig = StreamConfig()
     budgets: list[BudgetConfig] = []
     value: ValueConfig = ValueConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     featurestore: FeatureStoreConfig = FeatureStoreConfig()
     # The step a config was sent to (`from_json` of `for_step`'s document); None: the whole configuration.
     _step: str | None = PrivateAttr(None)

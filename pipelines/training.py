@@ -1,9 +1,11 @@
-"""The training pipeline: ingest -> features -> train three models -> gates -> register -> deploy -> report."""
+"""The training pipeline: ingest -> features -> train three models, monitor against the champions -> gates ->
+register -> deploy -> report."""
 
 from kfp import dsl
 
 from components.features import build_features
 from components.ingest import ingest_events
+from components.monitor import monitor_models
 from components.registry import check_gate, deploy_model, register_model
 from components.report import build_report
 from components.train import train_anomaly_detector, train_forecast, train_labeler
@@ -21,6 +23,7 @@ def training_pipeline(
     labeler_config: str,
     register_config: str,
     deploy_config: str,
+    monitor_config: str,
     report_config: str,
     registry_dir: str,
     control_totals: str = "",
@@ -46,16 +49,23 @@ def training_pipeline(
         "labeler": train_labeler(resources=features.outputs["resources"], resource_truth=resource_truth,
                                  config_json=labeler_config),
     }
+    # Monitoring reads the champions before this run's registrations can move them (the register steps wait for
+    # it). Never cached: the champions it compares with live in the registry, outside its inputs.
+    monitor = monitor_models(daily_cost=daily, resource_daily_cost=features.outputs["resource_daily_cost"],
+                             resources=features.outputs["resources"], registry_dir=registry_dir,
+                             config_json=monitor_config, run_id=run_id).set_display_name("monitor")
+    monitor.set_caching_options(False)
     for name, task in trained.items():
         task.set_display_name(f"train-{name}")
         gate = check_gate(evaluation=task.outputs["evaluation"]).set_display_name(f"gate-{name}")
         with dsl.If(gate.output == True, name=f"{name}-gate-passed"):  # noqa: E712 (KFP condition)
             registered = register_model(model=task.outputs["model"], evaluation=task.outputs["evaluation"],
                                         registry_dir=registry_dir, config_json=register_config,
-                                        run_id=run_id).set_display_name(f"register-{name}")
+                                        run_id=run_id).set_display_name(f"register-{name}").after(monitor)
             deploy_model(registered=registered.output, registry_dir=registry_dir,
                          config_json=deploy_config).set_display_name(f"deploy-{name}")
     build_report(events=ingest.outputs["events"], forecast_evaluation=trained["forecast"].outputs["evaluation"],
                  anomaly_evaluation=trained["anomaly"].outputs["evaluation"],
-                 labeler_evaluation=trained["labeler"].outputs["evaluation"], config_json=report_config,
+                 labeler_evaluation=trained["labeler"].outputs["evaluation"],
+                 monitoring=monitor.outputs["monitoring"], config_json=report_config,
                  run_id=run_id, anomaly_feedback=anomaly_feedback).set_display_name("report")

@@ -111,7 +111,7 @@ def test_local_run_has_no_failed_step_and_reports_each_step(pipeline_run):
 def test_step_timings_cover_every_task_that_ran(pipeline_run, compiled):
     plain, guarded = _structure(compiled)
     assert plain == {"ingest-events", "build-features", "train-forecast", "train-anomaly-detector", "train-labeler",
-                     "check-gate", "check-gate-2", "check-gate-3", "build-report"}
+                     "check-gate", "check-gate-2", "check-gate-3", "monitor-models", "build-report"}
     passed = {trainer for trainer in guarded if _evaluation(pipeline_run, trainer)["passed"]}
     expected = plain | {task for trainer in passed for task in guarded[trainer]}
 
@@ -198,6 +198,8 @@ def test_compiled_pipeline_registers_only_inside_gate_conditions(compiled):
         gate = match.group(1)
         assert root_tasks[gate]["componentRef"]["name"].startswith("comp-check-gate")
         assert gate in t["dependentTasks"]
+        # registration waits for monitoring: it compares with the champions before this run can move them
+        assert "monitor-models" in t["dependentTasks"]
         trainer = root_tasks[gate]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"]
         trainers.add(trainer)
         inner = compiled["components"][t["componentRef"]["name"]]["dag"]["tasks"]
@@ -226,12 +228,12 @@ def test_compiled_pipeline_registers_only_inside_gate_conditions(compiled):
 def test_compiled_pipeline_is_a_valid_pipeline_spec(compiled):
     spec = json_format.ParseDict(compiled, pipeline_spec_pb2.PipelineSpec())
     assert spec.pipeline_info.name == PIPELINE_NAME
-    assert len(spec.root.dag.tasks) == 12  # 9 steps + 3 condition groups
+    assert len(spec.root.dag.tasks) == 13  # 10 steps + 3 condition groups
     assert set(spec.root.input_definitions.parameters) == set(compiled["root"]["inputDefinitions"]["parameters"])
     assert spec.root.dag.tasks["build-report"].dependent_tasks == [
-        "ingest-events", "train-anomaly-detector", "train-forecast", "train-labeler"]
+        "ingest-events", "monitor-models", "train-anomaly-detector", "train-forecast", "train-labeler"]
     executors = compiled["deploymentSpec"]["executors"]
-    assert len(executors) == 15  # 9 steps + 3 register steps + 3 deploy steps
+    assert len(executors) == 16  # 10 steps + 3 register steps + 3 deploy steps
     assert {e["container"]["image"] for e in executors.values()} == {PIPELINE_IMAGE}
 
 
@@ -240,6 +242,8 @@ def test_ingest_is_never_served_from_cache(compiled):
     tasks = compiled["root"]["dag"]["tasks"]
     assert tasks["ingest-events"].get("cachingOptions", {}).get("enableCache", False) is False
     assert tasks["build-features"]["cachingOptions"]["enableCache"] is True
+    # the champions monitoring compares with live in the registry, outside the step's inputs
+    assert tasks["monitor-models"].get("cachingOptions", {}).get("enableCache", False) is False
 
 
 def test_each_training_step_is_sent_its_own_config(compiled):

@@ -17,7 +17,6 @@ import statistics
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -38,6 +37,7 @@ from finops_ml.stream.alerts import (  # noqa: E402
 )
 from finops_ml.stream.consumer import StreamMetrics, StreamProcessor, read_alert_ids  # noqa: E402
 from testsupport import cli  # noqa: E402
+from testsupport.alerts import Webhook, smtp_recorder  # noqa: E402
 from testsupport.net import free_port  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,54 +140,6 @@ def toy_expected(lines: list[bytes]) -> set[str]:
 # Servers that receive the alerts
 
 
-class Webhook:
-    """An incoming-webhook endpoint on 127.0.0.1 that records the JSON it receives; it can be made slow (each
-    request waits until `release` is set) or failing (answers 500)."""
-
-    def __init__(self):
-        self.received: list[dict] = []
-        self.release = threading.Event()
-        self.release.set()
-        self.fail = False
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.release.wait(30)
-                if hook.fail:
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                hook.received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def ids(self) -> list[str]:
-        """The alert key (`alert_key`) of each message received: its anomaly id, /confirmed, /retracted."""
-        out = []
-        for m in self.received:
-            body = m["blocks"][1]["text"]["text"]
-            anomaly_id = body.split("anomaly id: ", 1)[1].split("\n")[0].split("  ")[0]
-            status = m["text"].split(":", 1)[0].lower()
-            out.append(anomaly_id + (f"/{status}" if status in ("retracted", "confirmed") else ""))
-        return out
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def webhook():
     hook = Webhook()
@@ -197,23 +149,8 @@ def webhook():
 
 @pytest.fixture
 def smtp_server():
-    from aiosmtpd.controller import Controller
-
-    class Handler:
-        def __init__(self):
-            self.messages: list = []
-
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
-            from email import message_from_bytes
-
-            self.messages.append(message_from_bytes(envelope.content))
-            return "250 OK"
-
-    handler = Handler()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller, handler
-    controller.stop()
+    with smtp_recorder() as (controller, handler):
+        yield controller, handler
 
 
 def _alert(i: int) -> dict:

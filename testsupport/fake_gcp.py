@@ -240,6 +240,7 @@ class FakeGCP:
             (r"POST /jobs", self._create_scheduler_job),
             (r"GET /jobs", self._list_scheduler_jobs),
             (r"DELETE /jobs/(?P<name>[^/:]+)", self._delete_scheduler_job),
+            *self._monitoring_routes(),
             # Feature Store: the registry (groups, features), online stores, feature views, syncs, online reads
             (r"POST /featureGroups", self._fs_create("featureGroups", "featureGroupId", "FeatureGroup",
                                                      "CreateFeatureGroupOperationMetadata")),
@@ -527,3 +528,44 @@ class FakeGCP:
     def _delete_scheduler_job(self, loc, body, query, name):
         del self.scheduler_jobs[f"{loc}/jobs/{name}"]
         return 200, {}
+
+    # ---- Vertex AI Model Monitoring (finops_ml.platform.model_monitoring) ---------------------------------------
+    # Model deployment monitoring jobs: create, list (by display name), get, update (PATCH, a long-running
+    # operation). Kept in this block (state in `monitoring_jobs`, created on first use) so other fakes merge apart.
+
+    def _monitoring_routes(self):
+        return [
+            (r"POST /modelDeploymentMonitoringJobs", self._create_monitoring_job),
+            (r"GET /modelDeploymentMonitoringJobs", self._list_monitoring_jobs),
+            (r"GET /modelDeploymentMonitoringJobs/(?P<jid>[^/:]+)", self._get_monitoring_job),
+            (r"PATCH /modelDeploymentMonitoringJobs/(?P<jid>[^/:]+)", self._update_monitoring_job),
+        ]
+
+    @property
+    def monitoring_jobs(self) -> dict[str, dict]:
+        return self.__dict__.setdefault("_monitoring_jobs", {})
+
+    def _create_monitoring_job(self, loc, body, query):
+        jid = self._id()
+        job = {**body, "name": f"{loc}/modelDeploymentMonitoringJobs/{jid}", "state": "JOB_STATE_PENDING",
+               "scheduleState": "PENDING", "createTime": "2026-11-24T00:00:00Z"}
+        self.monitoring_jobs[jid] = job
+        return 200, job
+
+    def _list_monitoring_jobs(self, loc, body, query):
+        name = re.search(r'display_name="([^"]*)"', query.get("filter", ""))
+        return 200, {"modelDeploymentMonitoringJobs": [
+            j for j in self.monitoring_jobs.values() if not name or j.get("displayName") == name.group(1)]}
+
+    def _get_monitoring_job(self, loc, body, query, jid):
+        return 200, self.monitoring_jobs[jid]
+
+    def _update_monitoring_job(self, loc, body, query, jid):
+        job = self.monitoring_jobs[jid]
+        mask = query.get("updateMask", "")
+        for field in filter(None, mask.split(",")):
+            key = re.sub(r"_(\w)", lambda m: m[1].upper(), field)  # snake_case mask -> camelCase body
+            if key in body:
+                job[key] = body[key]
+        return 200, _op(loc, int(self._id()), {"@type": f"{V1}.ModelDeploymentMonitoringJob", **job},
+                        "UpdateModelDeploymentMonitoringJobOperationMetadata")

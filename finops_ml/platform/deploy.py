@@ -1,6 +1,7 @@
 """Deployment of a new champion to its Vertex AI endpoint: `<deploy.endpoint_display_name>-<model>`, found by display
 name or created; the new version gets `deploy.canary_percent` of the traffic and the versions beyond the newest
-`deploy.keep_versions` are undeployed, their traffic going to the ones kept. (Locally: LocalRegistry.deploy.)"""
+`deploy.keep_versions` are undeployed, their traffic going to the ones kept; Vertex AI Model Monitoring follows the
+endpoint where it applies (finops_ml.platform.model_monitoring). (Locally: LocalRegistry.deploy.)"""
 
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ def deploy_vertex(cfg: Config, name: str, version: int) -> dict:
         remaining.discard(dm_id)
         endpoint.undeploy(deployed_model_id=dm_id, traffic_split={i: kept.get(i, 0) for i in remaining}, sync=True)
         undeployed.append({"deployed_model_id": dm_id, "version": deployed[dm_id]})
+    from finops_ml.platform.model_monitoring import configure_endpoint_monitoring
+
+    # the monitoring job names deployed models: it follows the endpoint as it is after the undeployments
+    monitoring = configure_endpoint_monitoring(cfg, name, aiplatform.Endpoint(endpoint.resource_name), model.uri)
     return {"name": name, "version": int(version), "deployed": True, "endpoint": endpoint.resource_name,
             "deployed_model_id": new_id, "traffic": {f"v{deployed[i]}": p for i, p in kept.items()},
-            "undeployed": undeployed}
+            "undeployed": undeployed, "monitoring": monitoring}

@@ -59,6 +59,8 @@ def alert_key(alert: dict) -> str:
 
 
 def alert_title(alert: dict) -> str:
+    if alert.get("kind") == "model_drift":  # finops_ml.training.monitoring: the message is written there
+        return str(alert["title"])
     if alert.get("status") == "retracted":
         return (f"Retracted: the cost anomaly {alert.get('service')} in {alert.get('project_id')} on "
                 f"{alert.get('day')} was not confirmed by the complete day")
@@ -83,6 +85,8 @@ def _pct(value) -> str:
 
 def alert_text(alert: dict) -> str:
     """The alert in plain text: series, cost against expectation, impact, cause and id."""
+    if alert.get("kind") == "model_drift":
+        return str(alert["text"])
     cause = alert.get("cause") or {}
     labels = ", ".join(f"{k}={v}" for k, v in sorted((cause.get("labels") or {}).items())) or "none"
     share = cause.get("share")

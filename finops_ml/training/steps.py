@@ -26,7 +26,7 @@ from finops_ml.models import anomaly, forecast, labeler
 from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER, by_name
 from finops_ml.models.label_values import canonical_labels
 from finops_ml.platform.registry import LocalRegistry, registry_for
-from finops_ml.training import gates
+from finops_ml.training import gates, monitoring
 
 
 def _dirs(*paths: str | Path) -> list[Path]:
@@ -114,6 +114,8 @@ def train_forecast_step(daily_cost_path: str, cfg: Config, model_dir: str, eval_
         alerts.to_csv(tmp, index=False)
     write_json(eval_dir / "budget_alerts.json", {"budgets": alerts.to_dict(orient="records"),
                                                  "warnings": sorted({w for w in alerts["warning"] if w})})
+    monitoring.write_reference(model_dir, monitoring.build_reference(FORECAST, {"daily_cost": daily},
+                                                                     metrics=result["metrics"]))
     return _finish(eval_dir, FORECAST, result["metrics"], cfg, daily)
 
 
@@ -151,6 +153,8 @@ def train_anomaly_step(resource_daily_cost_path: str, resources_path: str, label
     found = registered[registered.is_anomaly].assign(size=lambda c: c.impact.abs())
     found = found.sort_values(["day", "size"], ascending=[True, False])
     found[anomaly.ANOMALY_COLUMNS].to_csv(eval_dir / "anomalies.csv", index=False, float_format="%.4f")
+    monitoring.write_reference(model_dir, monitoring.build_reference(ANOMALY, {"resource_daily_cost": daily},
+                                                                     scored_cells=registered))
     result["metrics"]["feedback_marks"] = 0 if feedback is None else int(len(feedback))
     return _finish(eval_dir, ANOMALY, result["metrics"], cfg, daily)
 
@@ -180,6 +184,7 @@ def train_labeler_step(resources_path: str, truth_path: str, cfg: Config, model_
     with atomic_path(eval_dir / "labelled.parquet") as tmp:
         result["labelled"].to_parquet(tmp, index=False)
     write_json(eval_dir / "confusion.json", result["confusion"])
+    monitoring.write_reference(model_dir, monitoring.build_reference(LABELER, {"resources": resources}))
     metrics = result["metrics"]
     metrics["label_accuracy_min"] = min(metrics[f"label_accuracy_{t}"] for t in lc.targets)
     return _finish(eval_dir, LABELER, metrics, cfg, window)
@@ -318,3 +323,26 @@ def deploy_step(registered: str, registry_dir: str, cfg: Config) -> dict:
     state = registry.deploy(name, int(version), cfg.deploy.canary_percent, cfg.deploy.keep_versions)
     return {**out, "deployed": True, "endpoint": str(Path(registry_dir) / name / "endpoint.json"),
             "traffic": {f"v{v}": p for v, p in state["traffic"].items()}}
+
+
+def monitor_step(daily_cost_path: str, resource_daily_cost_path: str, resources_path: str, registry_dir: str,
+                 cfg: Config, run_id: str, out_dir: str) -> dict:
+    """This run's features and scores against each champion's training reference (finops_ml.training.monitoring):
+    OUT_DIR/monitoring.json, and drift alerts through the stream's channels (each once: OUT_DIR's outbox, or
+    REGISTRY/monitoring/alerts-outbox.jsonl for the local registry, which outlives the run's directories)."""
+    (out,) = _dirs(out_dir)
+    m = cfg.monitoring
+    if not m.enabled:
+        section = {"enabled": False, "models": {}, "drifted": [], "drift": False}
+        write_json(out / "monitoring.json", section)
+        return section
+    views = {name: pd.read_parquet(path) for name, path in (
+        ("daily_cost", daily_cost_path), ("resource_daily_cost", resource_daily_cost_path),
+        ("resources", resources_path)) if path and Path(path).exists()}
+    section = {"enabled": True, **monitoring.monitor(views, registry_for(cfg, registry_dir), m)}
+    if m.alert and section["drifted"]:
+        outbox = (Path(registry_dir) / "monitoring" / "alerts-outbox.jsonl" if cfg.registry.backend == "local"
+                  else out / "alerts-outbox.jsonl")
+        section["alerts"] = monitoring.send_drift_alerts(section, run_id, cfg.stream, outbox)
+    write_json(out / "monitoring.json", section)
+    return section
