@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,9 @@ def test_a_model_the_data_cannot_train_writes_its_reason_and_fails_its_gates(tmp
     assert evaluation["passed"] is False and not steps.gate_step(str(tmp_path / "eval"))
     assert set(evaluation["gates"]) == set(MODELS["labeler"].gates)
     assert all(g["value"] is None and not g["passed"] for g in evaluation["gates"].values())
-    assert evaluation["data_window"] == {"start": "2025-01-01", "end": "2025-02-01"}
+    window = evaluation["data_window"]
+    assert {k: window[k] for k in ("start", "end")} == {"start": "2025-01-01", "end": "2025-02-01"}
+    assert re.fullmatch(r"[0-9a-f]{16}", window["digest"])  # other data over the same dates is other data
 
 
 def test_an_empty_window_has_no_data_window_instead_of_a_crash(tmp_path):

@@ -511,6 +511,12 @@ def test_the_champions_data_window_and_config_are_not_registered_again_locally(m
     # Another holdout and no way to re-score this model: not compared with a figure from other data.
     assert changed["aliases"] == ["latest"] and registry.aliases("cost-anomaly")["champion"] == 1
     assert changed["comparison"]["champion"] is None and "promote" in changed["comparison"]["basis"]
+    # Other data over the same dates (another export, the same config) is something new.
+    digested = LocalRegistry(tmp_path / "digested")
+    digested.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", {**WINDOW, "digest": "a1"}, "run-1")
+    same = digested.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", {**WINDOW, "digest": "a1"}, "run-2")
+    other = digested.register("cost-anomaly", model_dir, {"anomaly_f1": 0.9}, "d", {**WINDOW, "digest": "b2"}, "run-3")
+    assert same["registered"] is False and other["registered"] is True and other["version"] == 2
 
 
 @pytest.mark.parametrize("rescored, wins", [(0.80, True), (0.88, False)])

@@ -45,9 +45,11 @@ def holdout_of(metrics: dict, data_window: dict | None) -> dict:
 
 
 def _same(a: dict | None, b: dict | None) -> bool:
+    """The same dates and, where both name one, the same data digest."""
     # label_value: what the Vertex AI registry stores as labels reads back equal to what was sent
     a, b = a or {}, b or {}
-    return all(label_value(a.get(k) or "") == label_value(b.get(k) or "") for k in ("start", "end"))
+    keys = ["start", "end"] + (["digest"] if a.get("digest") and b.get("digest") else [])
+    return all(label_value(a.get(k) or "") == label_value(b.get(k) or "") for k in keys)
 
 
 def _number(value) -> float | None:

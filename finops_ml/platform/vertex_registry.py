@@ -91,9 +91,11 @@ class VertexRegistry(ModelRegistry):
                               f"{self.cfg.gcp.project} ({self.cfg.gcp.region}); check the name and version.")
         model = aiplatform.Model(parent.resource_name, version=str(version))
         labels = dict(model.labels or {})
+        window = {"start": labels.get("data_start", ""), "end": labels.get("data_end", ""),
+                  **({"digest": labels["data_digest"]} if labels.get("data_digest") else {})}
         return {"name": name, "version": int(version), "resource_name": model.resource_name,
                 "run_id": labels.get("run_id", ""), "config_digest": labels.get("config_digest", ""),
-                "data_window": {"start": labels.get("data_start", ""), "end": labels.get("data_end", "")},
+                "data_window": window,
                 "holdout": {"start": labels.get("holdout_start", ""), "end": labels.get("holdout_end", "")},
                 "metrics": _numbers(self._evaluation_metrics(parent, str(version)) or {}),
                 "primary_metric": PRIMARY_METRIC.get(name), "artifact_uri": model.uri,
@@ -135,6 +137,7 @@ class VertexRegistry(ModelRegistry):
         alias = "champion" if is_champion else "challenger"
         labels = resource_labels(self.cfg, model=name, run_id=run_id, config_digest=config_digest,
                                  data_start=data_window.get("start", ""), data_end=data_window.get("end", ""),
+                                 data_digest=data_window.get("digest", ""),
                                  holdout_start=holdout["start"], holdout_end=holdout["end"])
         d = self.cfg.deploy
         model = aiplatform.Model.upload(

@@ -196,6 +196,8 @@ def _finish(eval_dir: Path, model_name: str, metrics: dict, cfg: Config, data: p
     no metrics, fails its gates and is not registered; the other models of the run carry on."""
     days = pd.to_datetime(data["day"]).dropna() if "day" in data else pd.Series(dtype="datetime64[ns]")
     window = {"start": str(days.min().date()), "end": str(days.max().date())} if len(days) else None
+    if window:  # other data over the same dates is not the champion's data again (the registry's duplicate check)
+        window["digest"] = f"{int(pd.util.hash_pandas_object(data, index=False).sum()) & (2**64 - 1):016x}"
     evaluation = {"model_name": model_name, "trained": not_trained is None, "not_trained_reason": not_trained,
                   "metrics": metrics, "gates": gates.check(model_name, metrics, cfg),
                   "passed": not_trained is None and gates.passed(model_name, metrics, cfg), "data_window": window,
