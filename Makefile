@@ -1,4 +1,4 @@
-# The two commands of the README: `make run` (the demo, end to end) and `make test`.
+# The two commands of the README: `make run` (the realistic synthetic organisation, end to end) and `make test`.
 # Each one creates the virtual environment and installs the project on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -26,7 +26,7 @@ $(BIN)/finops-ml: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'  # the versions the suite passed with
 	touch $(BIN)/finops-ml
 
-run: $(BIN)/finops-ml  ## the demo end to end: out/report.html (the dashboard), out/summary.json, out/value.json
+run: $(BIN)/finops-ml  ## the synthetic organisation end to end: out/report.html (the dashboard), out/summary.json, out/value.json
 	$(BIN)/finops-ml run --seed $(SEED) --out $(OUT)
 
 test: $(BIN)/finops-ml $(CHROMIUM)  ## the whole test suite (what CI runs after lint), the dashboard's browser test too
@@ -57,5 +57,5 @@ dashboard: $(BIN)/finops-ml  ## serve the last run's dashboard on http://127.0.0
 screenshot: $(BIN)/finops-ml $(CHROMIUM)  ## regenerate docs/img/dashboard.png from out/report.html
 	$(BIN)/python docs/screenshot.py $(OUT)/report.html docs/img/dashboard.png
 
-clean:  ## remove the demo's outputs
+clean:  ## remove the run's outputs
 	rm -rf $(OUT) .pytest_cache

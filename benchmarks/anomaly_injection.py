@@ -1,9 +1,10 @@
 """The anomaly detector measured by injection, as on a user's export: the generator's truth is ignored.
 
-    python benchmarks/anomaly_injection.py [--seeds 5] [--shape demo] [--draws 5] [--fit-labels none|truth]
+    python benchmarks/anomaly_injection.py [--seeds 5] [--shape realistic] [--draws 5] [--fit-labels none|truth]
                                            [--leave-out-truth] [--workdir DIR] [--out DIR]
 
-For each seed it generates the organisation (finops_ml.synthetic.generator), ingests it and builds the
+For each seed it generates the organisation (finops_ml.synthetic.generator; the default world, realistic, as
+`finops-ml run` trains on: a user's export is no easier; `--shape easy` for the calm one), ingests it and builds the
 resource_daily_cost and resources views as the pipeline does, fits the detector on the training window WITHOUT
 labels (`fit(train, None)`: what a user's export allows; `--fit-labels truth` fits with the generator's truth, for
 comparison only), then evaluates it with finops_ml.models.anomaly_eval.evaluate_by_injection on the holdout (the
@@ -125,7 +126,7 @@ def report(results: dict[int, dict], console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="5")
-    parser.add_argument("--shape", default="demo")
+    parser.add_argument("--shape", default="realistic")
     parser.add_argument("--draws", type=int, default=None, help="default: anomaly.injection_draws of the config")
     parser.add_argument("--fit-labels", choices=("none", "truth"), default="none",
                         help="none: fit as on a user's export; truth: with the generator's labels (comparison)")

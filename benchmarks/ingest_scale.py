@@ -3,7 +3,8 @@
 Each step runs in its own process, so its peak memory (max RSS) is its own:
     python -m benchmarks.ingest_scale [--sizes 1m,10m] [--workdir DIR] [--keep]
 
-  generate        the synthetic organisation to Parquet (and to JSONL at 1M: JSONL at 10M is ~13 GB)
+  generate        the synthetic organisation (configs/local.yaml's: the realistic world) to Parquet (and to JSONL
+                  at 1M: JSONL at 10M is ~13 GB)
   ingest parquet  read -> validate -> event ids -> dedupe -> events.parquet (finops_ml.data.ingest)
   ingest jsonl    the same from JSONL
   features        the daily_cost feature view (feature_defs/daily_cost.sql) over the events table, written to Parquet

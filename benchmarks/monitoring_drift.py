@@ -4,13 +4,15 @@ world did?
     python benchmarks/monitoring_drift.py [--seed 42] [--reference-months 13] [--months 15]
                                           [--worlds later,realistic,...] [--workdir DIR] [--out DIR]
 
-The reference is the demo organisation (configs/local.yaml's generator, `--reference-months` months): the data a
-champion was trained on, its reference built as the training steps build it (finops_ml.training.monitoring,
+The reference is the easy organisation (configs/local.yaml's generator in `--shape easy`: every realism knob off,
+`--reference-months` months), so that each world below changes one thing against a calm one: the data a champion was
+trained on, its reference built as the training steps build it (finops_ml.training.monitoring,
 `build_reference`). Each other world is generated, ingested and run through the feature views as the pipeline does,
 and compared with that reference feature by feature (`feature_drift`: PSI over the reference's decile bins, last 91
 days of each):
   later        the same organisation (same seed and config) with `--months` months: 2 more months, nothing changed
-  realistic    the same, generated with `--shape realistic` (finops_ml/synthetic/realism.py: every knob on)
+  realistic    the same, generated with `--shape realistic` (finops_ml/synthetic/realism.py: every knob on; the
+               default world of configs/local.yaml)
   usage_noise  only generator.usage_noise: by_kind (heavy-tailed daily usage, log-sigma 0.05-0.4 by service)
   events       only generator.normal_events: true (quarter ends, load tests, rightsizing, a price change, ...)
   labels       only the label knobs (errors 7%, variants 10%, departed owners 5%, unlabelled projects 15%)
@@ -66,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/bench-monitoring"))
     args = parser.parse_args(argv)
     console = Console(width=160)
-    base = load_config().generator
+    base = shape_config("easy", load_config().generator)  # the reference world: every realism knob off
     threshold = load_config().monitoring.psi_threshold
     t0 = time.perf_counter()
     ref_views = views_of(base.model_copy(update={"months": args.reference_months}), args.seed,
                          args.workdir / f"reference-{args.seed}-{args.reference_months}m")
     references = {name: monitoring.build_reference(name, ref_views) for name in (FORECAST, ANOMALY, LABELER)}
-    console.print(f"reference: demo organisation, seed {args.seed}, {args.reference_months} months "
+    console.print(f"reference: easy organisation, seed {args.seed}, {args.reference_months} months "
                   f"[dim]{time.perf_counter() - t0:.0f} s[/]")
     results: dict = {"seed": args.seed, "reference_months": args.reference_months, "months": args.months,
                      "threshold": threshold, "bins": monitoring.BINS_TEXT, "window_days": monitoring.REFERENCE_DAYS,

@@ -1,7 +1,8 @@
-"""Seconds per step (generate, ingest, features, each model) and in total, at the demo size and at 1M line items.
+"""Seconds per step (generate, ingest, features, each model) and in total, at the default size and at 1M line items.
 
-Runs the library steps directly (what each pipeline component calls), in one process, and prints a table.
-    python -m benchmarks.pipeline_timings [--sizes demo,1m] [--workdir DIR]
+Runs the library steps directly (what each pipeline component calls), in one process, and prints a table. It times
+the default world (configs/local.yaml: realistic), what `finops-ml run` runs; `--shape easy` times the easy one.
+    python -m benchmarks.pipeline_timings [--sizes default,1m] [--shape SHAPE] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from finops_ml.config import load_config
-from finops_ml.synthetic.generator import generate, resources_for_rows
+from finops_ml.synthetic.generator import generate, resources_for_rows, shape_config
 from finops_ml.training.steps import (
     features_step,
     ingest_step,
@@ -26,11 +27,13 @@ from finops_ml.training.steps import (
     train_labeler_step,
 )
 
-SIZES = {"demo": None, "1m": 1_000_000, "10m": 10_000_000}  # target line items (None: the config's demo size)
+SIZES = {"default": None, "1m": 1_000_000, "10m": 10_000_000}  # target line items (None: the config's size)
 
 
-def run(size: str, workdir: Path) -> dict:
+def run(size: str, workdir: Path, shape: str | None = None) -> dict:
     cfg = load_config()
+    if shape:
+        cfg = cfg.model_copy(update={"generator": shape_config(shape, cfg.generator)})
     if SIZES[size]:
         per_project = resources_for_rows(cfg.generator, SIZES[size])
         cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(
@@ -61,11 +64,12 @@ def run(size: str, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="demo,1m")
+    parser.add_argument("--sizes", default="default,1m")
+    parser.add_argument("--shape", default=None, help="organisation shape over the config's generator (default: none)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="finops-bench-"))
-    results = {size: run(size, workdir) for size in args.sizes.split(",")}
+    results = {size: run(size, workdir, args.shape) for size in args.sizes.split(",")}
     table = Table(title="finops-ml step timings (seconds)")
     table.add_column("step")
     for size, r in results.items():

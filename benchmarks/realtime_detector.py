@@ -3,10 +3,11 @@
 For each organisation shape and seed: generate the billing data, fit the batch detector on all but the last 3
 months (threshold from the training labels, as the pipeline), then feed every event in time order to
 `detect_anomaly_realtime` (JSON already parsed: the Kafka consumer's share is measured by the stream benchmark).
+The default shapes: the default world (realistic, configs/local.yaml) and a large, calm one (`easy` knobs).
 Prints one row per run: events/s, anomalies decided in batch and in real time and how many differ, the share raised
 by an event of their own day (before the day closed), open alerts retracted, and the state's snapshot size and
 save/load time.
-    python -m benchmarks.realtime_detector [--shapes demo,large_fast_migration] [--seeds 42] [--workdir DIR]
+    python -m benchmarks.realtime_detector [--shapes realistic,large_fast_migration] [--seeds 42] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from finops_ml.config import GeneratorConfig, load_config
+from finops_ml.config import load_config
 from finops_ml.data.ingest import ingest
 from finops_ml.data.warehouse import export_feature_view
 from finops_ml.models.anomaly import CostAnomalyDetector
 from finops_ml.models.realtime import RealtimeState, detect_anomaly_realtime
-from finops_ml.synthetic.generator import ORG_SHAPES, generate
+from finops_ml.synthetic.generator import generate, shape_config
 
 
 def run(shape: str, seed: int, workdir: Path) -> dict:
     d = workdir / f"{shape}-{seed}"
-    gcfg = GeneratorConfig(**{**load_config().generator.model_dump(), **ORG_SHAPES[shape]})
+    gcfg = shape_config(shape, load_config().generator)
     generate(gcfg, seed, d / "data", "jsonl")
     ingest(str(d / "data" / "events.jsonl"), d / "ingest", None)
     export_feature_view("resource_daily_cost", d / "ingest" / "events.parquet", d / "rdc.parquet")
@@ -71,7 +72,7 @@ def run(shape: str, seed: int, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="demo,large_fast_migration")
+    parser.add_argument("--shapes", default="realistic,large_fast_migration")
     parser.add_argument("--seeds", default="42")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()

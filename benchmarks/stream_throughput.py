@@ -3,7 +3,8 @@ broker.
 
     .venv/bin/python -m benchmarks.stream_throughput [--rows N] [--rate EVENTS_PER_S] [--bootstrap HOST:PORT]
 
-1. Set-up (not timed): generate the synthetic organisation (`--rows`, default the demo's ~215k line items), train
+1. Set-up (not timed): generate the synthetic organisation (`--rows`, default ~215k line
+   items: `Config()`'s generator, the easy world, every realism knob off; throughput hardly depends on them), train
    the cost-anomaly detector on it (ingest -> resource_daily_cost -> fit, as the pipeline does), and start a Tansu
    broker on 127.0.0.1 (or use `--bootstrap`).
 2. Throughput: the events, time-sorted and keyed by cell, are produced into a fresh topic first; then one stream
@@ -153,7 +154,7 @@ def batch_stream_agreement(bootstrap: str, alerts_topic: str, detector, work: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=None, help="line items to generate (default: the demo)")
+    parser.add_argument("--rows", type=int, default=None, help="line items to generate (default: the easy world's)")
     parser.add_argument("--rate", type=float, default=10_000, help="events/s the live producer sends")
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"))

@@ -1,8 +1,9 @@
 """The stream reaches the batch answer: a seed's events through Kafka, as an export delivers them (issue 12).
 
-    python -m benchmarks.stream_vs_batch [--seeds 42,5] [--workdir DIR] [--partitions 3]
+    python -m benchmarks.stream_vs_batch [--seeds 42,5] [--shape SHAPE] [--workdir DIR] [--partitions 3]
 
-Per seed, all through the CLI a user types: `finops-ml generate --seed S`, then `finops-ml run --source` its events
+Per seed, all through the CLI a user types: `finops-ml generate --seed S` (the default world, realistic, or
+`--shape`), then `finops-ml run --source` its events
 as a user's own export (the batch side: OUT/anomalies.csv, written by the registered detector), a Tansu broker on
 127.0.0.1, `finops-ml replay` the same events (export order, the default), `finops-ml stream --until-end` with the
 run's registry; then the alerts topic is read back. Prints, per seed: batch anomalies, ids confirmed by the stream,
@@ -58,12 +59,13 @@ def _alerts(bootstrap: str, topic: str) -> list:
     return out
 
 
-def one_seed(seed: int, workdir: Path, partitions: int) -> dict:
+def one_seed(seed: int, workdir: Path, partitions: int, shape: str | None = None) -> dict:
     out = workdir / f"seed{seed}"
     if not (out / "anomalies.csv").exists():
         # As a user's own export (no truth files): the detector is gated by injection, so it is registered even
         # where the generator's truth would fail its gate; the stream loads what the registry holds.
-        _cli("generate", "--seed", str(seed), "--out", str(workdir / f"data{seed}"))
+        _cli("generate", "--seed", str(seed), "--out", str(workdir / f"data{seed}"),
+             *(["--shape", shape] if shape else []))
         _cli("run", "--source", str(workdir / f"data{seed}" / "events.jsonl"), "--out", str(out))
     if not (out / "registry" / "cost-anomaly").exists():
         raise SystemExit(f"seed {seed}: no anomaly detector was registered (its gate failed): nothing to stream")
@@ -97,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="42,5")
     ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--shape", default=None, help="organisation shape of `finops-ml generate` (default: the config's)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep runs here (a run already there is reused)")
     args = ap.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="finops-stream-batch-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    rows = [one_seed(int(s), workdir, args.partitions) for s in args.seeds.split(",") if s]
+    rows = [one_seed(int(s), workdir, args.partitions, args.shape) for s in args.seeds.split(",") if s]
     table = Table(title="stream (Kafka, export order) vs batch anomalies.csv")
     for col in rows[0]:
         table.add_column(col, justify="right")

@@ -1,4 +1,4 @@
-"""`finops-ml run` N times in a row while busy loops load the cores: does the demo ever fail under load? (issue 12)
+"""`finops-ml run` N times in a row while busy loops load the cores: does a run ever fail under load? (issue 12)
 
 Each run is the real CLI in a fresh process with a fresh --out; a run counts as failed when the CLI exits non-zero,
 prints a traceback, or any step's process aborted ("terminate called ..."), even if the step's retry then succeeded.
@@ -7,7 +7,8 @@ Prints one row per run and a summary; exits 1 if any run failed.
     python -m benchmarks.stress_run [--runs 20] [--busy 2] [--small] [--seed 42] [--workdir DIR]
 
 --small runs a smaller organisation (3 plants, 6 resources per project, 12 months: every model still trains), so that
-20 runs under load fit in about half an hour on 2 cores; without it each run is the full demo.
+20 runs under load fit in about half an hour on 2 cores; without it each run is the full default organisation
+(configs/local.yaml: the realistic world, as `make run`; the gates may fail there, which is no failure of a run).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     busy = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
     for p in busy:
         p.start()
-    console.print(f"{args.runs} runs of `finops-ml run --seed {args.seed}` ({'small' if args.small else 'demo'} "
+    console.print(f"{args.runs} runs of `finops-ml run --seed {args.seed}` ({'small' if args.small else 'default'} "
                   f"organisation) beside {args.busy} busy loops on {os.cpu_count()} cores; outputs in {workdir}")
     rows = []
     try:

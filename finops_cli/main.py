@@ -40,9 +40,9 @@ def generate(
     resources_per_project: Optional[int] = typer.Option(None, help="Scale: resources per project (~600 rows each)."),
     plants: Optional[int] = typer.Option(None, help="Scale: number of plants (3 projects each)."),
     from_monthly_csv: Optional[Path] = typer.Option(None, help="CSV month,service,cost to reconcile to the cent."),
-    shape: Optional[str] = typer.Option(None, help="Organisation shape over the config's generator: realistic "
-                                                   "(messy as a real export), demo, small_stable, "
-                                                   "large_fast_migration."),
+    shape: Optional[str] = typer.Option(None, help="Organisation shape over the config's generator: easy (every "
+                                                   "realism knob off, for fast tests), realistic (the default "
+                                                   "config's), small_stable, large_fast_migration."),
 ):
     """Generate the synthetic organisation's billing events and their ground truth."""
     from finops_ml.synthetic.generator import generate as gen
@@ -133,12 +133,13 @@ def run(
     seed: Optional[int] = typer.Option(None, help="Random seed (default: the config's)."),
     out: Path = typer.Option(Path("out"), help="Output directory: report.html, summary.json, registry, data."),
     config: Optional[Path] = typer.Option(None, help="YAML config (default: configs/local.yaml)."),
-    source: Optional[str] = typer.Option(None, help="Billing events to train on; default: generate the demo data."),
+    source: Optional[str] = typer.Option(None, help="Billing events to train on; default: generate the "
+                                                    "synthetic organisation."),
     feedback: Optional[Path] = typer.Option(None, help="Anomaly verdicts (finops-ml feedback); default: "
                                                        "OUT/feedback.csv when it exists."),
-    shape: Optional[str] = typer.Option(None, help="Organisation shape over the config's generator: realistic "
-                                                   "(messy as a real export), demo, small_stable, "
-                                                   "large_fast_migration."),
+    shape: Optional[str] = typer.Option(None, help="Organisation shape over the config's generator: easy (every "
+                                                   "realism knob off, for fast tests), realistic (the default "
+                                                   "config's), small_stable, large_fast_migration."),
 ):
     """Run the whole training pipeline on this machine with the KFP local runner."""
     out = out.resolve()

@@ -89,7 +89,7 @@ class GeneratorConfig(_Strict):
     # An injected anomaly makes a daily cell "anomalous" in the ground truth when it adds at least this
     # share of the cell's expected cost: the first days of a slow drift are not yet a cost anomaly.
     material_share: float = Field(0.25, gt=0.0, le=5.0)
-    # Organisation shape (the defaults reproduce the demo organisation draw for draw):
+    # Organisation shape (the defaults reproduce the easy organisation draw for draw):
     migration_span: float = Field(0.55, gt=0.0, le=1.0)  # share of the history over which plants' migration waves start
     late_resource_share: float = Field(0.25, ge=0.0, le=1.0)  # share of plant resources arriving at a random later day
     noise_sigma: float = Field(0.06, ge=0.0, le=1.0)  # lognormal daily noise of each SKU series
@@ -99,7 +99,8 @@ class GeneratorConfig(_Strict):
     new_anomaly_kinds_share: float = Field(0.3, ge=0.0, le=1.0)
     anomaly_sigma_multiple: tuple[float, float] = (3.0, 30.0)
     material_min_usd: float = Field(1.0, ge=0.0)
-    # Realism (finops_ml.synthetic.realism; all off by default, the `realistic` shape sets them):
+    # Realism (finops_ml.synthetic.realism; all off here, the `easy` shape; configs/local.yaml and the `realistic`
+    # shape set them):
     usage_noise: Literal["lognormal", "by_kind"] = "lognormal"  # by_kind: heavy-tailed, log-sigma 0.05-0.4 by service
     normal_events: bool = False  # quarter ends, load tests, rightsizing, a price change, a decommissioned plant
     late_row_share: float = Field(0.0, ge=0.0, le=0.5)  # rows exported 1-5 days after their usage (0.01-0.05 real)

@@ -130,10 +130,10 @@ def test_compile_writes_the_pipeline_yaml(tmp_path):
     assert yaml.safe_load(output.read_text())["pipelineInfo"]["name"] == PIPELINE_NAME
 
 
-# ---- the demo, end to end ------------------------------------------------------------------------------------------
+# ---- a small organisation, end to end -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+def small_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     base = tmp_path_factory.mktemp("cli-run")
     config = base / "small.yaml"
     config.write_text(yaml.safe_dump(SMALL_CONFIG))
@@ -143,8 +143,8 @@ def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
 
 @pytest.mark.kfp
 @pytest.mark.slow
-def test_run_end_to_end_writes_summary_and_report(demo_run):
-    result, out = demo_run
+def test_run_end_to_end_writes_summary_and_report(small_run):
+    result, out = small_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
 
@@ -175,8 +175,8 @@ def test_run_end_to_end_writes_summary_and_report(demo_run):
 
 @pytest.mark.kfp
 @pytest.mark.slow
-def test_run_registers_exactly_the_models_whose_gates_passed(demo_run):
-    result, out = demo_run
+def test_run_registers_exactly_the_models_whose_gates_passed(small_run):
+    result, out = small_run
     summary = json.loads((out / "summary.json").read_text())
     passed = {model for model, gates in MODEL_GATES.items()
               if all(summary["gates"][g]["passed"] for g in gates)}
@@ -191,8 +191,8 @@ def test_run_registers_exactly_the_models_whose_gates_passed(demo_run):
 
 @pytest.mark.kfp
 @pytest.mark.slow
-def test_run_reports_progress_and_timings(demo_run):
-    result, out = demo_run
+def test_run_reports_progress_and_timings(small_run):
+    result, out = small_run
     timings = json.loads((out / "summary.json").read_text())["timings_s"]
     steps = {"ingest-events", "build-features", "train-forecast", "train-anomaly-detector", "train-labeler",
              "check-gate", "check-gate-2", "check-gate-3", "build-report"}

@@ -36,6 +36,14 @@ def test_local_yaml_values():
     cfg = load_config(CONFIG_DIR / "local.yaml")
     assert cfg.environment == "local"
     assert cfg.generator.unlabelled_share == pytest.approx(0.2)
+    # the realistic world (issue 13): every realism knob on, at the values documented beside it
+    g = cfg.generator
+    assert (g.usage_noise, g.noise_sigma, g.normal_events, g.late_row_share) == ("by_kind", 0.03, True, 0.03)
+    assert (g.label_error_share, g.label_variant_share, g.departed_owner_share, g.unlabelled_project_share) == (
+        0.07, 0.1, 0.05, 0.15)
+    assert (g.plant_holidays, g.commitments, g.one_off_charges, g.eur_billing_account, g.new_projects) == (
+        True, True, True, True, 2)
+    assert g.export_granularity == "daily"
     assert 0.0 < cfg.gates.forecast_accuracy <= 1.0
     assert set(cfg.labeler.targets) == {"owner", "cost_center", "plant"}
 
@@ -303,3 +311,44 @@ def test_an_env_field_holds_a_variable_name_never_a_secret(tmp_path, section, na
     msg = str(exc.value)
     assert str(path) in msg and f"key '{section}.{name}' is invalid" in msg and "environment variable" in msg
     assert "xoxSecret123" not in msg and (not value or value not in msg)
+
+
+def test_the_default_config_is_the_realistic_world_and_the_easy_shape_turns_every_knob_off():
+    from finops_ml.synthetic.generator import EASY_KNOBS, ORG_SHAPES, REALISTIC_KNOBS, shape_config
+
+    base = load_config().generator
+    knobs = lambda g: {k: getattr(g, k) for k in REALISTIC_KNOBS}  # noqa: E731
+    assert knobs(base) == ORG_SHAPES["realistic"] == REALISTIC_KNOBS
+    assert shape_config("realistic", base) == base  # idempotent over the default
+    easy = shape_config("easy", base)
+    assert knobs(easy) == EASY_KNOBS == knobs(GeneratorConfig())  # GeneratorConfig's defaults: every knob off
+    assert easy.model_dump(exclude=set(REALISTIC_KNOBS)) == base.model_dump(exclude=set(REALISTIC_KNOBS))
+    for shape in ("small_stable", "large_fast_migration"):  # calm worlds even over the realistic default
+        g = shape_config(shape, base)
+        assert {k: v for k, v in knobs(g).items() if k != "noise_sigma"} == {
+            k: v for k, v in EASY_KNOBS.items() if k != "noise_sigma"}, shape
+        assert g.usage_noise == "lognormal" and g.noise_sigma in (0.04, 0.08)
+
+
+@pytest.mark.parametrize("command", ["generate", "run"])
+@pytest.mark.parametrize("shape", [None, "easy"])
+def test_the_cli_generates_the_default_world_or_the_easy_one(command, shape, tmp_path, monkeypatch):
+    """`finops-ml generate|run` with no shape generate configs/local.yaml's (realistic) world, `--shape easy` the
+    easy one: the generator config they pass on holds each shape's knobs (generation stopped there)."""
+    from typer.testing import CliRunner
+
+    import finops_cli.main as cli
+    from finops_ml.synthetic import generator
+    from finops_ml.synthetic.generator import ORG_SHAPES
+
+    seen = []
+
+    def stop(cfg, seed, out, fmt="jsonl"):
+        seen.append(cfg)
+        raise FinopsError("generation stopped by the test")
+
+    monkeypatch.setattr(generator, "generate", stop)
+    args = [command, "--out", str(tmp_path / "o")] + (["--shape", shape] if shape else [])
+    result = CliRunner().invoke(cli.app, args)
+    assert "generation stopped by the test" in result.output and len(seen) == 1, result.output
+    assert {k: getattr(seen[0], k) for k in ORG_SHAPES["realistic"]} == ORG_SHAPES[shape or "realistic"]

@@ -493,16 +493,16 @@ def _digest(out: Path) -> str:
 
 def test_shape_fields_default_to_the_original_draws(tmp_path):
     # Recomputed when the anomalies moved to the injector (the demo data changed then, by design); the defaults
-    # and the "demo" shape must give the same data, draw for draw.
+    # and the "easy" shape must give the same data, draw for draw.
     generate(GeneratorConfig(plants=2, resources_per_project=3, months=6), 3, tmp_path / "g", fmt="parquet")
     assert _digest(tmp_path / "g") == "ba8abefaf3df57731d274957ce87d5c36b24caaa9c61eb41d88489f724c62715"
-    generate(gen.shape_config("demo", GeneratorConfig(plants=2, resources_per_project=3, months=6)), 3,
+    generate(gen.shape_config("easy", GeneratorConfig(plants=2, resources_per_project=3, months=6)), 3,
              tmp_path / "d", fmt="parquet")
     assert _digest(tmp_path / "d") == _digest(tmp_path / "g")
 
 
 def test_org_shapes():
-    assert gen.shape_config("demo") == GeneratorConfig()
+    assert gen.shape_config("easy") == GeneratorConfig()
     small, large = gen.shape_config("small_stable"), gen.shape_config("large_fast_migration")
     assert (small.plants, small.resources_per_project, small.noise_sigma) == (2, 12, 0.04)
     assert (large.plants, large.migration_span, large.late_resource_share) == (8, 0.3, 0.5)

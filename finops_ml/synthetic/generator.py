@@ -613,21 +613,27 @@ def resources_for_rows(cfg: GeneratorConfig, rows: int) -> int:
     return n
 
 
-# Named organisation shapes: updates of GeneratorConfig (the benchmark runs over several of them).
+# Named organisation shapes: updates of the config's generator (the benchmark runs over several of them). The default
+# config (configs/local.yaml) is the realistic world; `easy` turns every realism knob off.
+# As messy as a real export (issue 13): usage noise by kind of resource (SKU noise on top stays small), normal events
+# that look like anomalies, 3% of rows exported days late, 7% of carried labels wrong, 10% misspelt, 5% of owners gone,
+# 15% of projects without any label; plants' public holidays, commitments that start and expire, one-off charges
+# (support fees, commitment purchases), a second billing account in EUR, two new projects.
+REALISTIC_KNOBS: dict = dict(usage_noise="by_kind", noise_sigma=0.03, normal_events=True, late_row_share=0.03,
+                             label_error_share=0.07, label_variant_share=0.1, departed_owner_share=0.05,
+                             unlabelled_project_share=0.15, plant_holidays=True, commitments=True,
+                             one_off_charges=True, eur_billing_account=True, new_projects=2)
+# Every realism knob off (GeneratorConfig's defaults): lognormal SKU noise of 0.06, no normal events, no late rows,
+# clean labels. The easy world (the demo organisation before issue 13), for fast, deterministic tests.
+EASY_KNOBS: dict = {knob: GeneratorConfig.model_fields[knob].default for knob in REALISTIC_KNOBS}
 ORG_SHAPES: dict[str, dict] = {
-    "demo": {},  # configs/local.yaml as it is: 5 plants x 3 projects + 3 corporate, 20 resources per project
-    "small_stable": dict(plants=2, resources_per_project=12, migration_span=0.1, late_resource_share=0.05,
-                         noise_sigma=0.04),
-    "large_fast_migration": dict(plants=8, resources_per_project=30, migration_span=0.3, late_resource_share=0.5,
-                                 noise_sigma=0.08),
-    # As messy as a real export (issue 13): usage noise by kind of resource (SKU noise on top stays small), normal
-    # events that look like anomalies, 3% of rows exported days late, 7% of carried labels wrong, 10% misspelt, 5%
-    # of owners gone, 15% of projects without any label; plants' public holidays, commitments that start and expire,
-    # one-off charges (support fees, commitment purchases), a second billing account in EUR, two new projects.
-    "realistic": dict(usage_noise="by_kind", noise_sigma=0.03, normal_events=True, late_row_share=0.03,
-                      label_error_share=0.07, label_variant_share=0.1, departed_owner_share=0.05,
-                      unlabelled_project_share=0.15, plant_holidays=True, commitments=True, one_off_charges=True,
-                      eur_billing_account=True, new_projects=2),
+    "realistic": REALISTIC_KNOBS,  # configs/local.yaml as it is: 5 plants x 3 projects + 3 corporate, 20 resources
+    "easy": EASY_KNOBS,
+    # the shapes below keep their own noise_sigma over the easy world's knobs
+    "small_stable": {**EASY_KNOBS, **dict(plants=2, resources_per_project=12, migration_span=0.1,
+                                          late_resource_share=0.05, noise_sigma=0.04)},
+    "large_fast_migration": {**EASY_KNOBS, **dict(plants=8, resources_per_project=30, migration_span=0.3,
+                                                  late_resource_share=0.5, noise_sigma=0.08)},
 }
 
 
