@@ -94,11 +94,38 @@ def _month_end(days: pd.DatetimeIndex) -> np.ndarray:
     return np.asarray(days.day > days.days_in_month - 2)
 
 
+def _quarter_end(days: pd.DatetimeIndex) -> np.ndarray:
+    """The month-end days of March, June, September and December (calendar quarters, as most fiscal years)."""
+    return _month_end(days) & np.asarray(days.month % 3 == 0)
+
+
+MIN_QUARTER_ENDS = 2  # a quarter-end factor is learnt from at least this many quarter ends, else the month-end one
+
+
+def _season(factors: pd.DataFrame, days: pd.DatetimeIndex) -> np.ndarray:
+    """Each resource's season on each day (resources x days): weekday factor times the quarter-end factor on a
+    quarter's last two days, the month-end factor on another month's last two days."""
+    dow = factors[[f"dow{w}" for w in range(7)]].to_numpy()[:, np.asarray(days.dayofweek)]
+    quarter_end = _quarter_end(days)[None, :]
+    month_end = _month_end(days)[None, :]
+    return dow * np.where(quarter_end, factors["quarter_end"].to_numpy()[:, None],
+                          np.where(month_end, factors["month_end"].to_numpy()[:, None], 1.0))
+
+
 def _learn_factors(panel: ResourcePanel, warmup_days: int, eps: float) -> pd.DataFrame:
-    """Weekday factors, month-end factor and noise scale (log space) of each resource, robustly, from its history."""
+    """Weekday factors, month-end and quarter-end factors and noise scale (log space) of each resource, robustly,
+    from its history.
+
+    Quarter ends are learnt apart from the other month ends: batch work that runs at the close of a quarter
+    (reporting, consolidation, the quarter's ETL backfills) is as regular as the monthly close but larger, and
+    mixing the two would inflate the month-end factor of every month and still fall short at the quarter's end. A
+    quarter-end factor needs MIN_QUARTER_ENDS quarter ends with cost, else it is NaN (the month-end factor then
+    serves, see `_fill_factors`)."""
     x = pd.DataFrame(panel.cost.T)  # days x resources
     weekday = np.asarray(panel.days.dayofweek)
     month_end = _month_end(panel.days)
+    quarter_end = _quarter_end(panel.days)
+    other_end = month_end & ~quarter_end
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         # A centred week holds every weekday once: the ratio to its mean is the weekday factor.
@@ -112,8 +139,16 @@ def _learn_factors(panel: ResourcePanel, warmup_days: int, eps: float) -> pd.Dat
         flat = x.to_numpy() / dow.T[weekday]
         level = pd.DataFrame(np.where(month_end[:, None], np.nan, flat))
         level = level.rolling(15, center=True, min_periods=5).median().to_numpy()
-        me_ratio = (flat / level)[month_end]
+        ratio_end = flat / level
+        me_ratio = ratio_end[other_end]
         me = np.where(np.sum(np.isfinite(me_ratio), axis=0) >= 3, np.nanmedian(me_ratio, axis=0), np.nan)
+        qe_ratio = ratio_end[quarter_end]
+        # quarters with a finite ratio, per resource (a quarter end is two days: count distinct quarters)
+        quarter = np.asarray(panel.days.year * 4 + (panel.days.month - 1) // 3)[quarter_end]
+        seen = np.isfinite(qe_ratio)
+        n_quarters = np.array([len(np.unique(quarter[seen[:, r]])) for r in range(seen.shape[1])], dtype=int)
+        qe = np.where(n_quarters >= MIN_QUARTER_ENDS, np.nanmedian(np.where(seen, qe_ratio, np.nan), axis=0)
+                      if qe_ratio.shape[0] else np.nan, np.nan)
         # Noise: log residual around the centred level, once the resource has settled.
         age = np.arange(x.shape[0])[:, None] - np.argmax(np.isfinite(x.to_numpy()), axis=0)[None, :]
         expected = level * np.where(month_end[:, None], np.nan_to_num(me, nan=1.0), 1.0)
@@ -127,22 +162,29 @@ def _learn_factors(panel: ResourcePanel, warmup_days: int, eps: float) -> pd.Dat
     for w in range(7):
         out[f"dow{w}"] = dow[:, w]
     out["month_end"] = me
+    out["quarter_end"] = qe
     out["sigma"] = sigma
     return out
 
 
 def _fill_factors(factors: pd.DataFrame, resources: pd.DataFrame) -> pd.DataFrame:
-    """Factors for `resources`: their own where learnt, else their service's median, else neutral."""
-    cols = [f"dow{w}" for w in range(7)] + ["month_end", "sigma"]
+    """Factors for `resources`: their own where learnt, else their service's median, else neutral (the quarter-end
+    factor: else the month-end factor, a quarter end being a month end)."""
+    if "quarter_end" not in factors.columns:  # a detector fitted before quarter ends were learnt: month ends serve
+        factors = factors.assign(quarter_end=np.nan)
+    cols = [f"dow{w}" for w in range(7)] + ["month_end", "quarter_end", "sigma"]
     own = resources.merge(factors, on=RESOURCE_KEYS, how="left")
     by_service = factors.groupby("service")[cols].median()
     svc = by_service.reindex(own["service"]).reset_index(drop=True)
     neutral = {**{f"dow{w}": 1.0 for w in range(7)}, "month_end": 1.0,
                "sigma": float(np.nanmedian(factors["sigma"])) if factors["sigma"].notna().any() else 0.05}
     for c in cols:
-        own[c] = own[c].fillna(svc[c]).fillna(neutral[c])
+        own[c] = own[c].fillna(svc[c])
+        if c != "quarter_end":
+            own[c] = own[c].fillna(neutral[c])
+    own["quarter_end"] = own["quarter_end"].fillna(own["month_end"])
     own[[f"dow{w}" for w in range(7)]] = own[[f"dow{w}" for w in range(7)]].clip(0.2, 3.0)
-    own["month_end"] = own["month_end"].clip(0.5, 5.0)
+    own[["month_end", "quarter_end"]] = own[["month_end", "quarter_end"]].clip(0.5, 5.0)
     own["sigma"] = own["sigma"].clip(0.01, 1.0)
     return own
 
@@ -349,10 +391,7 @@ class CostAnomalyDetector:
             raise ValueError("CostAnomalyDetector.features needs a fitted detector: call fit first.")
         panel = ResourcePanel.from_daily(daily)
         factors = _fill_factors(self.factors_, panel.resources)
-        weekday = np.asarray(panel.days.dayofweek)
-        dow = factors[[f"dow{w}" for w in range(7)]].to_numpy()
-        month_end = factors["month_end"].to_numpy()[:, None]
-        season = dow[:, weekday] * np.where(_month_end(panel.days)[None, :], month_end, 1.0)
+        season = _season(factors, panel.days)
         x = panel.cost
         sigma = factors["sigma"].to_numpy()
         ref, obs = _causal_filter(x / season, season, sigma, self.filter_settings())
