@@ -225,7 +225,8 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
     pos_acc = np.zeros(n_res, int)
     pos_rec = np.zeros(n_res, int)
     pos_prev = np.zeros(n_res, int)
-    rejected_run = np.zeros(n_res, int)
+    rejected_since = np.full(n_res, -1)  # the first day of the current run of rejected days (-1: none)
+    rejected_run = np.zeros(n_res, int)  # ... and how many rejected days (with cost, or missing) it holds
     age = np.full(n_res, -1)
     run = np.zeros(n_res, int)  # consecutive days with cost, up to the last one
     gap = np.zeros(n_res, int)  # days without cost since the last one
@@ -263,21 +264,32 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
             pos_acc[revert] = pos_prev[revert]
             previous_base[revert] = np.nan
             ok = ok | revert
+        rejected_since = np.where(ok, -1, np.where(observed & (rejected_since < 0), t, rejected_since))
         rejected_run = np.where(observed & ~ok, rejected_run + 1, np.where(ok, 0, rejected_run))
         # record every observed value; accept the normal ones
         recent[rows[observed], pos_rec[observed]] = obs[observed]
         pos_rec = np.where(observed, (pos_rec + 1) % s.baseline_days, pos_rec)
         accepted[rows[ok], pos_acc[ok]] = obs[ok]
         pos_acc = np.where(ok, (pos_acc + 1) % s.baseline_days, pos_acc)
-        # A change that has lasted `accept_after_days` is the new normal: restart from the recent days.
-        reset = rejected_run >= s.accept_after_days
+        # A change that has lasted `accept_after_days` is the new normal: restart from the days since it began.
+        # Lasted in days of the calendar, not in days with cost: a charge billed once a month (a support fee that
+        # is a share of last month's spend, a subscription) that moved is its new normal at its second month, not
+        # after 21 months; and its new normal is its values since the change, not the months before it (a resource
+        # billed daily has more rejected days than the baseline holds by then: the same thing).
+        reset = observed & (rejected_since >= 0) & (t - rejected_since + 1 >= s.accept_after_days)
         if reset.any():
             previous[reset] = accepted[reset]
             pos_prev[reset] = pos_acc[reset]
             previous_base[reset] = base[reset]
             reset_day[reset] = t
-            accepted[reset] = recent[reset]
+            r = np.flatnonzero(reset)
+            newest = (pos_rec[r][:, None] - 1 - np.arange(s.baseline_days)[None, :]) % s.baseline_days
+            since = np.arange(s.baseline_days)[None, :] < rejected_run[r][:, None]
+            fresh = np.full((len(r), s.baseline_days), np.nan)
+            fresh[np.arange(len(r))[:, None], newest] = np.where(since, recent[r[:, None], newest], np.nan)
+            accepted[reset] = fresh
             pos_acc[reset] = pos_rec[reset]
+            rejected_since[reset] = -1
             rejected_run[reset] = 0
         level0 = np.where(present & (age == 0), cost, np.where(present & (age == 1), np.fmax(level0, cost), level0))
         flat0 = np.where(present & (age == 0), x, np.where(present & (age == 1), np.fmax(flat0, x), flat0))

@@ -55,8 +55,8 @@ class InvalidEvent(FinopsError):
 
 class _Resource:
     __slots__ = ("cell", "first_day", "last_day", "run", "level0", "flat0", "dow", "month_end", "quarter_end",
-                 "sigma", "accepted", "recent", "rejected_run", "base", "previous", "previous_base", "reset_day",
-                 "sku_ewma", "labels")
+                 "sigma", "accepted", "recent", "rejected_since", "rejected_run", "base", "previous", "previous_base",
+                 "reset_day", "sku_ewma", "labels")
 
     def __init__(self, cell, first_day, factors, baseline_days):
         self.cell = cell
@@ -68,7 +68,8 @@ class _Resource:
         self.dow, self.month_end, self.quarter_end, self.sigma = factors
         self.accepted: deque = deque(maxlen=baseline_days)
         self.recent: deque = deque(maxlen=baseline_days)
-        self.rejected_run = 0
+        self.rejected_since: int | None = None  # the first day of the current run of rejected days
+        self.rejected_run = 0  # ... and how many rejected days it holds
         self.base: float | None = None  # median of `accepted` once it holds MIN_BASELINE_DAYS values
         self.previous: deque | None = None  # the accepted days before the last new normal, and their median
         self.previous_base = math.nan
@@ -134,17 +135,22 @@ class _Resource:
         self.recent.append(flat)
         if ok:
             self.accepted.append(flat)
-            self.rejected_run = 0
+            self.rejected_since, self.rejected_run = None, 0
         else:
+            if self.rejected_since is None:
+                self.rejected_since = day
             self.rejected_run += 1
-            if self.rejected_run >= m.accept_after_days:  # a lasting change is the new normal
+            if day - self.rejected_since + 1 >= m.accept_after_days:  # a lasting change is the new normal: its days
                 self.previous, self.previous_base, self.reset_day = self.accepted, self.base, day
-                self.accepted = deque(self.recent, maxlen=self.accepted.maxlen)
-                self.rejected_run = 0
+                since = list(self.recent)[-self.rejected_run:]
+                self.accepted = deque(since, maxlen=self.accepted.maxlen)
+                self.rejected_since, self.rejected_run = None, 0
         n = len(self.accepted)
         if n >= MIN_BASELINE_DAYS:
             srt = sorted(self.accepted)
             self.base = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
+        else:  # a new normal seen on fewer days than a baseline needs: not judged until it has them
+            self.base = None
         if not present:
             return
         age = day - self.first_day
