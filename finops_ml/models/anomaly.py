@@ -3,13 +3,16 @@
 A cell's expected cost is built bottom-up from its resources (the daily cost per resource of the
 resource_daily_cost view; given daily cost per cell only, a cell is one resource):
 
-- each resource has weekday and month-end factors and a noise scale learnt in `fit` (a resource the fit never saw
-  borrows its service's);
+- each resource has weekday factors, a month-end factor (the last two days of a month), a quarter-end factor (the
+  last two days of March, June, September and December: quarter-close batch work, learnt apart from the other month
+  ends once the resource has been seen at MIN_QUARTER_ENDS of them, else its month-end factor) and a noise scale
+  learnt in `fit` (a resource the fit never saw borrows its service's);
 - an established resource's expected cost is the median of its last `baseline_days` *accepted* de-seasonalised
   days times today's season. A day is accepted into the baseline only when it lies within `reject_sigmas` noise
   scales of it, so a level shift, a drift or a drop in progress does not leak into the baseline that judges it; a
-  change that persists for `accept_after_days` is accepted as the new normal (the baseline restarts from recent days),
-  and a return to the former level within `accept_after_days` of that restores it at once (a long incident ended);
+  change that persists for `accept_after_days` days of the calendar is accepted as the new normal (the baseline
+  restarts from the days since it began: a monthly fee that moved is its new normal at its second month), and a
+  return to the former level within `accept_after_days` of that restores it at once (a long incident ended);
 - an established *always-on* resource (a cost every day of its last `baseline_days`) that has no cost today is
   judged at a cost of 0 (an outage, a broken export, a deleted resource) for its first `stop_days` days without
   cost; after that it is gone, not expected any more;
