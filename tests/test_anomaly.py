@@ -395,3 +395,19 @@ def test_fewer_than_two_quarter_ends_fall_back_to_the_month_end_factor():
     assert detector.factors_.quarter_end.isna().all()
     filled = _fill_factors(detector.factors_, detector.factors_[["service", "project_id", "resource"]])
     np.testing.assert_array_equal(filled.quarter_end, filled.month_end)
+
+
+def test_a_monthly_fee_that_moved_is_its_new_normal_at_its_second_month():
+    """A charge billed on the 1st without a resource (a support fee): $500 a month, then $2,000 from July. July
+    is an anomaly; the change lasted 21 days by August (in days of the calendar, not days with cost), so August is
+    the last alarm and the new level is the normal after it (counted in days with cost: 21 months of alarms)."""
+    org = Org(n_cells=4, seed=2)
+    daily = org.daily()
+    firsts = pd.date_range(START, periods=11, freq="MS")
+    fee = pd.DataFrame({"day": firsts, "service": "Support", "project_id": "shared", "resource_name": "",
+                        "net_cost": np.where(firsts.month >= 7, 2000.0, 500.0)})
+    daily = pd.concat([daily, fee], ignore_index=True)
+    detector = CostAnomalyDetector(28, 50, 0).fit(daily[daily.day <= CUTOFF])
+    cells = detector.score(daily)
+    flagged = set(cells[cells.is_anomaly & (cells.project_id == "shared")].day)
+    assert flagged == {pd.Timestamp("2025-07-01"), pd.Timestamp("2025-08-01")}

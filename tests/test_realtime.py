@@ -244,7 +244,8 @@ def test_realtime_cause_matches_the_batch_cause(fitted):
 
 def test_realtime_reaches_the_batch_decisions_across_quarter_ends():
     """Resources with a quarter-end batch job (3x on a quarter's last two days), one of them also with a 3x spike
-    on other days: event by event, the same anomalies as in batch, the quarter ends not among them."""
+    on other days, and a monthly fee that moves: event by event, the same anomalies as in batch, the quarter ends
+    not among them."""
     rng = np.random.default_rng(4)
     days = pd.date_range("2025-01-01", "2025-12-31", freq="D")
     quarter_end = days.is_month_end | (days + pd.Timedelta(days=1)).is_month_end
@@ -259,6 +260,9 @@ def test_realtime_reaches_the_batch_decisions_across_quarter_ends():
                 cost[days.isin(pd.to_datetime(["2025-10-14", "2025-10-15", "2025-11-20"]))] *= 3.0
             rows += [dict(day=d, service="svc", project_id=f"p{c}", resource_name=f"r{c}-{r}", net_cost=v)
                      for d, v in zip(days, cost)]
+    firsts = days[days.day == 1]
+    rows += [dict(day=d, service="Support", project_id="shared", resource_name="", net_cost=500.0 * (1 + (i >= 6)))
+             for i, d in enumerate(firsts)]
     daily = pd.DataFrame(rows)
     detector = CostAnomalyDetector().fit(daily[daily.day < "2025-09-01"])
     cells = detector.score(daily)
@@ -266,6 +270,7 @@ def test_realtime_reaches_the_batch_decisions_across_quarter_ends():
     flagged_days = set(cells.loc[cells.is_anomaly & (cells.project_id == "p0"), "day"])
     assert pd.Timestamp("2025-10-14") in flagged_days and pd.Timestamp("2025-11-20") in flagged_days
     assert not cells[cells.is_anomaly & cells.day.isin(days[quarter_end])].shape[0]
+    assert set(cells.loc[cells.is_anomaly & (cells.project_id == "shared"), "day"]) == set(firsts[6:8])
     state = RealtimeState.from_detector(detector, lateness_days=0)
     raised: dict[str, list[dict]] = {}
     for row in daily.sort_values("day").itertuples():
