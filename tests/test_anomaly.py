@@ -352,3 +352,62 @@ def test_too_short_a_history_is_insufficient_data(clean):
     _, daily, _ = clean
     with pytest.raises(InsufficientData, match="needs 63 days of history before its 3-month holdout"):
         train_and_evaluate(daily[daily.day < _day(140)], None, HOLDOUT, 28, 50, 0)
+
+
+QUARTER_ENDS = [88, 89, 179, 180, 271, 272]  # Mar 30-31, Jun 29-30 (training), Sep 29-30 (holdout)
+
+
+def _quarter_end_org(seed: int = 11) -> Org:
+    """A resource whose batch job runs 3x on the last two days of every quarter, and the same 3x on two days
+    of October: a spike."""
+    org = Org(n_cells=6, seed=seed)
+    for d in QUARTER_ENDS:
+        org.scale(0, "r0-0", d, 1, 3.0)
+    org.scale(0, "r0-0", 286, 2, 3.0)  # Oct 14-15
+    return org
+
+
+def test_a_quarter_end_batch_job_is_expected_but_the_same_rise_on_another_day_is_an_anomaly():
+    daily = _quarter_end_org().daily()
+    detector = CostAnomalyDetector(28, 50, 0).fit(daily[daily.day <= CUTOFF])
+    f = detector.factors_.set_index("resource")
+    assert f.loc["r0-0", "quarter_end"] == pytest.approx(3.0, rel=0.1)
+    assert f.loc["r0-0", "month_end"] == pytest.approx(1.0, abs=0.1)  # learnt from the other month ends
+    assert f.loc["r1-0", "quarter_end"] == pytest.approx(1.0, abs=0.1)
+    cells = detector.score(daily).set_index(["project_id", "day"])
+    assert not cells.loc[[("p0", _day(d)) for d in (271, 272)]].is_anomaly.any()  # the holdout's quarter end
+    spike = cells.loc[[("p0", _day(d)) for d in (286, 287)]]
+    assert spike.is_anomaly.all() and (spike.direction == "up").all()
+    assert spike.cause_resource.eq("r0-0").all()
+    # The same days with a detector that treats a quarter end as any month end: flagged (what the factor fixes).
+    plain = CostAnomalyDetector(28, 50, 0).fit(daily[daily.day <= CUTOFF])
+    plain.factors_ = plain.factors_.drop(columns="quarter_end")  # as a detector fitted before quarter ends
+    plain.factors_["month_end"] = detector.factors_["month_end"]
+    old = plain.score(daily).set_index(["project_id", "day"])
+    assert old.loc[[("p0", _day(d)) for d in (271, 272)]].is_anomaly.all()
+
+
+def test_fewer_than_two_quarter_ends_fall_back_to_the_month_end_factor():
+    from finops_ml.models.anomaly import _fill_factors
+
+    daily = _quarter_end_org().daily()
+    detector = CostAnomalyDetector(28, 50, 0).fit(daily[daily.day <= _day(150)])  # one quarter end (March)
+    assert detector.factors_.quarter_end.isna().all()
+    filled = _fill_factors(detector.factors_, detector.factors_[["service", "project_id", "resource"]])
+    np.testing.assert_array_equal(filled.quarter_end, filled.month_end)
+
+
+def test_a_monthly_fee_that_moved_is_its_new_normal_at_its_second_month():
+    """A charge billed on the 1st without a resource (a support fee): $500 a month, then $2,000 from July. July
+    is an anomaly; the change lasted 21 days by August (in days of the calendar, not days with cost), so August is
+    the last alarm and the new level is the normal after it (counted in days with cost: 21 months of alarms)."""
+    org = Org(n_cells=4, seed=2)
+    daily = org.daily()
+    firsts = pd.date_range(START, periods=11, freq="MS")
+    fee = pd.DataFrame({"day": firsts, "service": "Support", "project_id": "shared", "resource_name": "",
+                        "net_cost": np.where(firsts.month >= 7, 2000.0, 500.0)})
+    daily = pd.concat([daily, fee], ignore_index=True)
+    detector = CostAnomalyDetector(28, 50, 0).fit(daily[daily.day <= CUTOFF])
+    cells = detector.score(daily)
+    flagged = set(cells[cells.is_anomaly & (cells.project_id == "shared")].day)
+    assert flagged == {pd.Timestamp("2025-07-01"), pd.Timestamp("2025-08-01")}

@@ -105,9 +105,9 @@ def test_a_state_of_an_older_format_is_refused_with_one_sentence(fitted, tmp_pat
     from finops_ml.errors import FinopsError
 
     state = RealtimeState.from_detector(fitted[0])
-    state.version = 2  # days closed on usage time, closed days not kept
+    state.version = 3  # resources without a quarter-end factor
     state.save(tmp_path / "old.pkl")
-    with pytest.raises(FinopsError, match="has format version 2, and this finops-ml reads version 3 only.*move the "
+    with pytest.raises(FinopsError, match="has format version 3, and this finops-ml reads version 4 only.*move the "
                                           "state directory away"):
         RealtimeState.load(tmp_path / "old.pkl")
 
@@ -240,3 +240,48 @@ def test_realtime_cause_matches_the_batch_cause(fitted):
     same = [raised[k][0]["cause"]["resource"] == by_id.loc[k, "cause_resource"]
             for k in _decided(raised) & set(by_id.index)]
     assert np.mean(same) >= 0.95
+
+
+def test_realtime_reaches_the_batch_decisions_across_quarter_ends():
+    """Resources with a quarter-end batch job (3x on a quarter's last two days), one of them also with a 3x spike
+    on other days, and a monthly fee that moves: event by event, the same anomalies as in batch, the quarter ends
+    not among them."""
+    rng = np.random.default_rng(4)
+    days = pd.date_range("2025-01-01", "2025-12-31", freq="D")
+    quarter_end = days.is_month_end | (days + pd.Timedelta(days=1)).is_month_end
+    quarter_end &= days.month.isin([3, 6, 9, 12])
+    rows = []
+    for c in range(4):
+        for r in range(3):
+            cost = rng.uniform(20, 100) * np.where(days.dayofweek >= 5, 0.8, 1.0) * rng.lognormal(0, 0.05, len(days))
+            if r == 0:
+                cost = cost * np.where(quarter_end, 3.0, 1.0)
+            if (c, r) == (0, 0):
+                cost[days.isin(pd.to_datetime(["2025-10-14", "2025-10-15", "2025-11-20"]))] *= 3.0
+            rows += [dict(day=d, service="svc", project_id=f"p{c}", resource_name=f"r{c}-{r}", net_cost=v)
+                     for d, v in zip(days, cost)]
+    firsts = days[days.day == 1]
+    rows += [dict(day=d, service="Support", project_id="shared", resource_name="", net_cost=500.0 * (1 + (i >= 6)))
+             for i, d in enumerate(firsts)]
+    daily = pd.DataFrame(rows)
+    detector = CostAnomalyDetector().fit(daily[daily.day < "2025-09-01"])
+    cells = detector.score(daily)
+    batch = set(cells.loc[cells.is_anomaly, "anomaly_id"])
+    flagged_days = set(cells.loc[cells.is_anomaly & (cells.project_id == "p0"), "day"])
+    assert pd.Timestamp("2025-10-14") in flagged_days and pd.Timestamp("2025-11-20") in flagged_days
+    assert not cells[cells.is_anomaly & cells.day.isin(days[quarter_end])].shape[0]
+    assert set(cells.loc[cells.is_anomaly & (cells.project_id == "shared"), "day"]) == set(firsts[6:8])
+    state = RealtimeState.from_detector(detector, lateness_days=0)
+    raised: dict[str, list[dict]] = {}
+    for row in daily.sort_values("day").itertuples():
+        for a in state.add_cost(row.day.toordinal(), row.service, row.project_id, row.resource_name, "sku",
+                                row.net_cost):
+            raised.setdefault(a["anomaly_id"], []).append(a)
+    for a in state.flush():
+        raised.setdefault(a["anomaly_id"], []).append(a)
+    assert _decided(raised) == batch
+    by_id = cells.set_index("anomaly_id")
+    for aid in batch:
+        final = raised[aid][-1]
+        assert final["expected"] == pytest.approx(by_id.loc[aid, "expected"], rel=1e-6)
+        assert final["score"] == pytest.approx(by_id.loc[aid, "score"], rel=1e-6)

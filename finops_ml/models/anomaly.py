@@ -3,13 +3,16 @@
 A cell's expected cost is built bottom-up from its resources (the daily cost per resource of the
 resource_daily_cost view; given daily cost per cell only, a cell is one resource):
 
-- each resource has weekday and month-end factors and a noise scale learnt in `fit` (a resource the fit never saw
-  borrows its service's);
+- each resource has weekday factors, a month-end factor (the last two days of a month), a quarter-end factor (the
+  last two days of March, June, September and December: quarter-close batch work, learnt apart from the other month
+  ends once the resource has been seen at MIN_QUARTER_ENDS of them, else its month-end factor) and a noise scale
+  learnt in `fit` (a resource the fit never saw borrows its service's);
 - an established resource's expected cost is the median of its last `baseline_days` *accepted* de-seasonalised
   days times today's season. A day is accepted into the baseline only when it lies within `reject_sigmas` noise
   scales of it, so a level shift, a drift or a drop in progress does not leak into the baseline that judges it; a
-  change that persists for `accept_after_days` is accepted as the new normal (the baseline restarts from recent days),
-  and a return to the former level within `accept_after_days` of that restores it at once (a long incident ended);
+  change that persists for `accept_after_days` days of the calendar is accepted as the new normal (the baseline
+  restarts from the days since it began: a monthly fee that moved is its new normal at its second month), and a
+  return to the former level within `accept_after_days` of that restores it at once (a long incident ended);
 - an established *always-on* resource (a cost every day of its last `baseline_days`) that has no cost today is
   judged at a cost of 0 (an outage, a broken export, a deleted resource) for its first `stop_days` days without
   cost; after that it is gone, not expected any more;
@@ -94,11 +97,38 @@ def _month_end(days: pd.DatetimeIndex) -> np.ndarray:
     return np.asarray(days.day > days.days_in_month - 2)
 
 
+def _quarter_end(days: pd.DatetimeIndex) -> np.ndarray:
+    """The month-end days of March, June, September and December (calendar quarters, as most fiscal years)."""
+    return _month_end(days) & np.asarray(days.month % 3 == 0)
+
+
+MIN_QUARTER_ENDS = 2  # a quarter-end factor is learnt from at least this many quarter ends, else the month-end one
+
+
+def _season(factors: pd.DataFrame, days: pd.DatetimeIndex) -> np.ndarray:
+    """Each resource's season on each day (resources x days): weekday factor times the quarter-end factor on a
+    quarter's last two days, the month-end factor on another month's last two days."""
+    dow = factors[[f"dow{w}" for w in range(7)]].to_numpy()[:, np.asarray(days.dayofweek)]
+    quarter_end = _quarter_end(days)[None, :]
+    month_end = _month_end(days)[None, :]
+    return dow * np.where(quarter_end, factors["quarter_end"].to_numpy()[:, None],
+                          np.where(month_end, factors["month_end"].to_numpy()[:, None], 1.0))
+
+
 def _learn_factors(panel: ResourcePanel, warmup_days: int, eps: float) -> pd.DataFrame:
-    """Weekday factors, month-end factor and noise scale (log space) of each resource, robustly, from its history."""
+    """Weekday factors, month-end and quarter-end factors and noise scale (log space) of each resource, robustly,
+    from its history.
+
+    Quarter ends are learnt apart from the other month ends: batch work that runs at the close of a quarter
+    (reporting, consolidation, the quarter's ETL backfills) is as regular as the monthly close but larger, and
+    mixing the two would inflate the month-end factor of every month and still fall short at the quarter's end. A
+    quarter-end factor needs MIN_QUARTER_ENDS quarter ends with cost, else it is NaN (the month-end factor then
+    serves, see `_fill_factors`)."""
     x = pd.DataFrame(panel.cost.T)  # days x resources
     weekday = np.asarray(panel.days.dayofweek)
     month_end = _month_end(panel.days)
+    quarter_end = _quarter_end(panel.days)
+    other_end = month_end & ~quarter_end
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         # A centred week holds every weekday once: the ratio to its mean is the weekday factor.
@@ -112,8 +142,16 @@ def _learn_factors(panel: ResourcePanel, warmup_days: int, eps: float) -> pd.Dat
         flat = x.to_numpy() / dow.T[weekday]
         level = pd.DataFrame(np.where(month_end[:, None], np.nan, flat))
         level = level.rolling(15, center=True, min_periods=5).median().to_numpy()
-        me_ratio = (flat / level)[month_end]
+        ratio_end = flat / level
+        me_ratio = ratio_end[other_end]
         me = np.where(np.sum(np.isfinite(me_ratio), axis=0) >= 3, np.nanmedian(me_ratio, axis=0), np.nan)
+        qe_ratio = ratio_end[quarter_end]
+        # quarters with a finite ratio, per resource (a quarter end is two days: count distinct quarters)
+        quarter = np.asarray(panel.days.year * 4 + (panel.days.month - 1) // 3)[quarter_end]
+        seen = np.isfinite(qe_ratio)
+        n_quarters = np.array([len(np.unique(quarter[seen[:, r]])) for r in range(seen.shape[1])], dtype=int)
+        qe = np.where(n_quarters >= MIN_QUARTER_ENDS, np.nanmedian(np.where(seen, qe_ratio, np.nan), axis=0)
+                      if qe_ratio.shape[0] else np.nan, np.nan)
         # Noise: log residual around the centred level, once the resource has settled.
         age = np.arange(x.shape[0])[:, None] - np.argmax(np.isfinite(x.to_numpy()), axis=0)[None, :]
         expected = level * np.where(month_end[:, None], np.nan_to_num(me, nan=1.0), 1.0)
@@ -127,22 +165,29 @@ def _learn_factors(panel: ResourcePanel, warmup_days: int, eps: float) -> pd.Dat
     for w in range(7):
         out[f"dow{w}"] = dow[:, w]
     out["month_end"] = me
+    out["quarter_end"] = qe
     out["sigma"] = sigma
     return out
 
 
 def _fill_factors(factors: pd.DataFrame, resources: pd.DataFrame) -> pd.DataFrame:
-    """Factors for `resources`: their own where learnt, else their service's median, else neutral."""
-    cols = [f"dow{w}" for w in range(7)] + ["month_end", "sigma"]
+    """Factors for `resources`: their own where learnt, else their service's median, else neutral (the quarter-end
+    factor: else the month-end factor, a quarter end being a month end)."""
+    if "quarter_end" not in factors.columns:  # a detector fitted before quarter ends were learnt: month ends serve
+        factors = factors.assign(quarter_end=np.nan)
+    cols = [f"dow{w}" for w in range(7)] + ["month_end", "quarter_end", "sigma"]
     own = resources.merge(factors, on=RESOURCE_KEYS, how="left")
     by_service = factors.groupby("service")[cols].median()
     svc = by_service.reindex(own["service"]).reset_index(drop=True)
     neutral = {**{f"dow{w}": 1.0 for w in range(7)}, "month_end": 1.0,
                "sigma": float(np.nanmedian(factors["sigma"])) if factors["sigma"].notna().any() else 0.05}
     for c in cols:
-        own[c] = own[c].fillna(svc[c]).fillna(neutral[c])
+        own[c] = own[c].fillna(svc[c])
+        if c != "quarter_end":
+            own[c] = own[c].fillna(neutral[c])
+    own["quarter_end"] = own["quarter_end"].fillna(own["month_end"])
     own[[f"dow{w}" for w in range(7)]] = own[[f"dow{w}" for w in range(7)]].clip(0.2, 3.0)
-    own["month_end"] = own["month_end"].clip(0.5, 5.0)
+    own[["month_end", "quarter_end"]] = own[["month_end", "quarter_end"]].clip(0.5, 5.0)
     own["sigma"] = own["sigma"].clip(0.01, 1.0)
     return own
 
@@ -183,7 +228,8 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
     pos_acc = np.zeros(n_res, int)
     pos_rec = np.zeros(n_res, int)
     pos_prev = np.zeros(n_res, int)
-    rejected_run = np.zeros(n_res, int)
+    rejected_since = np.full(n_res, -1)  # the first day of the current run of rejected days (-1: none)
+    rejected_run = np.zeros(n_res, int)  # ... and how many rejected days (with cost, or missing) it holds
     age = np.full(n_res, -1)
     run = np.zeros(n_res, int)  # consecutive days with cost, up to the last one
     gap = np.zeros(n_res, int)  # days without cost since the last one
@@ -221,21 +267,32 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
             pos_acc[revert] = pos_prev[revert]
             previous_base[revert] = np.nan
             ok = ok | revert
+        rejected_since = np.where(ok, -1, np.where(observed & (rejected_since < 0), t, rejected_since))
         rejected_run = np.where(observed & ~ok, rejected_run + 1, np.where(ok, 0, rejected_run))
         # record every observed value; accept the normal ones
         recent[rows[observed], pos_rec[observed]] = obs[observed]
         pos_rec = np.where(observed, (pos_rec + 1) % s.baseline_days, pos_rec)
         accepted[rows[ok], pos_acc[ok]] = obs[ok]
         pos_acc = np.where(ok, (pos_acc + 1) % s.baseline_days, pos_acc)
-        # A change that has lasted `accept_after_days` is the new normal: restart from the recent days.
-        reset = rejected_run >= s.accept_after_days
+        # A change that has lasted `accept_after_days` is the new normal: restart from the days since it began.
+        # Lasted in days of the calendar, not in days with cost: a charge billed once a month (a support fee that
+        # is a share of last month's spend, a subscription) that moved is its new normal at its second month, not
+        # after 21 months; and its new normal is its values since the change, not the months before it (a resource
+        # billed daily has more rejected days than the baseline holds by then: the same thing).
+        reset = observed & (rejected_since >= 0) & (t - rejected_since + 1 >= s.accept_after_days)
         if reset.any():
             previous[reset] = accepted[reset]
             pos_prev[reset] = pos_acc[reset]
             previous_base[reset] = base[reset]
             reset_day[reset] = t
-            accepted[reset] = recent[reset]
+            r = np.flatnonzero(reset)
+            newest = (pos_rec[r][:, None] - 1 - np.arange(s.baseline_days)[None, :]) % s.baseline_days
+            since = np.arange(s.baseline_days)[None, :] < rejected_run[r][:, None]
+            fresh = np.full((len(r), s.baseline_days), np.nan)
+            fresh[np.arange(len(r))[:, None], newest] = np.where(since, recent[r[:, None], newest], np.nan)
+            accepted[reset] = fresh
             pos_acc[reset] = pos_rec[reset]
+            rejected_since[reset] = -1
             rejected_run[reset] = 0
         level0 = np.where(present & (age == 0), cost, np.where(present & (age == 1), np.fmax(level0, cost), level0))
         flat0 = np.where(present & (age == 0), x, np.where(present & (age == 1), np.fmax(flat0, x), flat0))
@@ -349,10 +406,7 @@ class CostAnomalyDetector:
             raise ValueError("CostAnomalyDetector.features needs a fitted detector: call fit first.")
         panel = ResourcePanel.from_daily(daily)
         factors = _fill_factors(self.factors_, panel.resources)
-        weekday = np.asarray(panel.days.dayofweek)
-        dow = factors[[f"dow{w}" for w in range(7)]].to_numpy()
-        month_end = factors["month_end"].to_numpy()[:, None]
-        season = dow[:, weekday] * np.where(_month_end(panel.days)[None, :], month_end, 1.0)
+        season = _season(factors, panel.days)
         x = panel.cost
         sigma = factors["sigma"].to_numpy()
         ref, obs = _causal_filter(x / season, season, sigma, self.filter_settings())

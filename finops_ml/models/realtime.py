@@ -44,7 +44,7 @@ from finops_ml.models.anomaly import (
     anomaly_id,
 )
 
-STATE_VERSION = 3  # 3: days close on export time; closed days kept to be re-judged
+STATE_VERSION = 4  # 3: days close on export time; closed days kept to be re-judged. 4: quarter-end factors
 DEFAULT_LATENESS_DAYS = 2  # the export delivers a day's rows up to ~29 h after it ends
 DEFAULT_REJUDGE_DAYS = 35
 
@@ -54,8 +54,9 @@ class InvalidEvent(FinopsError):
 
 
 class _Resource:
-    __slots__ = ("cell", "first_day", "last_day", "run", "level0", "flat0", "dow", "month_end", "sigma", "accepted",
-                 "recent", "rejected_run", "base", "previous", "previous_base", "reset_day", "sku_ewma", "labels")
+    __slots__ = ("cell", "first_day", "last_day", "run", "level0", "flat0", "dow", "month_end", "quarter_end",
+                 "sigma", "accepted", "recent", "rejected_since", "rejected_run", "base", "previous", "previous_base",
+                 "reset_day", "sku_ewma", "labels")
 
     def __init__(self, cell, first_day, factors, baseline_days):
         self.cell = cell
@@ -64,10 +65,11 @@ class _Resource:
         self.run = 0  # consecutive closed days with cost, up to last_day
         self.level0 = math.nan  # its first level: the larger cost of its first two days, and de-seasonalised
         self.flat0 = math.nan
-        self.dow, self.month_end, self.sigma = factors
+        self.dow, self.month_end, self.quarter_end, self.sigma = factors
         self.accepted: deque = deque(maxlen=baseline_days)
         self.recent: deque = deque(maxlen=baseline_days)
-        self.rejected_run = 0
+        self.rejected_since: int | None = None  # the first day of the current run of rejected days
+        self.rejected_run = 0  # ... and how many rejected days it holds
         self.base: float | None = None  # median of `accepted` once it holds MIN_BASELINE_DAYS values
         self.previous: deque | None = None  # the accepted days before the last new normal, and their median
         self.previous_base = math.nan
@@ -86,8 +88,10 @@ class _Resource:
         c.sku_ewma = dict(self.sku_ewma)
         return c
 
-    def season(self, calendar_day: tuple[int, bool]) -> float:
-        weekday, month_end = calendar_day
+    def season(self, calendar_day: tuple[int, bool, bool]) -> float:
+        weekday, month_end, quarter_end = calendar_day
+        if quarter_end:
+            return self.dow[weekday] * self.quarter_end
         return self.dow[weekday] * self.month_end if month_end else self.dow[weekday]
 
     def established(self, day: int, m: "RealtimeModel") -> bool:
@@ -131,17 +135,22 @@ class _Resource:
         self.recent.append(flat)
         if ok:
             self.accepted.append(flat)
-            self.rejected_run = 0
+            self.rejected_since, self.rejected_run = None, 0
         else:
+            if self.rejected_since is None:
+                self.rejected_since = day
             self.rejected_run += 1
-            if self.rejected_run >= m.accept_after_days:  # a lasting change is the new normal
+            if day - self.rejected_since + 1 >= m.accept_after_days:  # a lasting change is the new normal: its days
                 self.previous, self.previous_base, self.reset_day = self.accepted, self.base, day
-                self.accepted = deque(self.recent, maxlen=self.accepted.maxlen)
-                self.rejected_run = 0
+                since = list(self.recent)[-self.rejected_run:]
+                self.accepted = deque(since, maxlen=self.accepted.maxlen)
+                self.rejected_since, self.rejected_run = None, 0
         n = len(self.accepted)
         if n >= MIN_BASELINE_DAYS:
             srt = sorted(self.accepted)
             self.base = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
+        else:  # a new normal seen on fewer days than a baseline needs: not judged until it has them
+            self.base = None
         if not present:
             return
         age = day - self.first_day
@@ -158,10 +167,12 @@ class _Resource:
                                   + SKU_EWMA_ALPHA * skus.get(sku, 0.0))
 
 
-def _calendar_day(day: int) -> tuple[int, bool]:
-    """(weekday, whether it is one of the last two days of its month: anomaly._month_end)."""
+def _calendar_day(day: int) -> tuple[int, bool, bool]:
+    """(weekday, whether it is one of the last two days of its month: anomaly._month_end, and of a quarter's last
+    month: anomaly._quarter_end)."""
     d = date.fromordinal(day)
-    return d.weekday(), d.day > calendar.monthrange(d.year, d.month)[1] - 2
+    month_end = d.day > calendar.monthrange(d.year, d.month)[1] - 2
+    return d.weekday(), month_end, month_end and d.month % 3 == 0
 
 
 class _Day:
@@ -284,7 +295,7 @@ class RealtimeState:
             return
         self.model = model
         for key, res in self.resources.items():
-            res.dow, res.month_end, res.sigma = model.factors_of(key)
+            res.dow, res.month_end, res.quarter_end, res.sigma = model.factors_of(key)
 
     def save(self, path: str | Path) -> None:
         """Write the whole state atomically (a crash leaves the previous snapshot in place)."""
@@ -307,8 +318,9 @@ class RealtimeState:
         version = getattr(state, "version", None)
         if not isinstance(state, cls) or version != STATE_VERSION:
             raise FinopsError(f"Real-time state {path} has format version {version}, and this finops-ml reads "
-                              f"version {STATE_VERSION} only (days now close on export time and closed days are "
-                              "re-judged); move the state directory away to replay the topic from its start.")
+                              f"version {STATE_VERSION} only (resources now carry a quarter-end factor, days close "
+                              "on export time and closed days are re-judged); move the state directory away to "
+                              "replay the topic from its start.")
         return state
 
     def __getstate__(self):
@@ -699,8 +711,8 @@ class RealtimeState:
 
 def _factor_tuples(filled) -> list[tuple]:
     dows = filled[[f"dow{w}" for w in range(7)]].to_numpy().tolist()
-    return [(tuple(dw), float(me), float(sg)) for dw, me, sg in
-            zip(dows, filled["month_end"].to_numpy(), filled["sigma"].to_numpy())]
+    return [(tuple(dw), float(me), float(qe), float(sg)) for dw, me, qe, sg in
+            zip(dows, filled["month_end"].to_numpy(), filled["quarter_end"].to_numpy(), filled["sigma"].to_numpy())]
 
 
 def detect_anomaly_realtime(event: dict, state: RealtimeState) -> list[dict]:
