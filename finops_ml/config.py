@@ -186,8 +186,8 @@ class AnomalyConfig(_Strict):
     # a new resource that grew `runaway_factor` times since its first days, at `runaway_rate` a day or faster, runs
     # away.
     stop_days: int = Field(3, ge=1, le=60)
-    runaway_factor: float = Field(1.3, gt=1.0)
-    runaway_rate: float = Field(0.12, gt=0.0)
+    runaway_factor: float = Field(1.5, gt=1.0)
+    runaway_rate: float = Field(0.10, gt=0.0)
 
     @field_validator("min_impact_usd_by_service", "min_impact_usd_by_project")
     @classmethod

@@ -368,8 +368,8 @@ class CostAnomalyDetector:
     min_impact_by_service: dict[str, float] = field(default_factory=dict)
     min_impact_by_project: dict[str, float] = field(default_factory=dict)
     stop_days: int = 3  # days an always-on resource without cost is judged at 0 before it is taken as gone
-    runaway_factor: float = 1.3  # a new resource that grew this much since its first day ...
-    runaway_rate: float = 0.12  # ... at this rate a day or faster runs away (a usual ramp-up is slower)
+    runaway_factor: float = 1.5  # a new resource that grew this much since its first day ...
+    runaway_rate: float = 0.10  # ... at this rate a day or faster runs away (a usual ramp-up is slower)
     threshold_up_: float = float("nan")
     threshold_down_: float = float("nan")
     eps_: float = float("nan")
