@@ -303,19 +303,6 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
     return ref_out, obs_out
 
 
-def cell_z(excess, expected_judged, variance, eps):
-    """A cell's score: its excess over the noise of its judged resources (a robust z). A drop is measured in log
-    space (the log ratio of the judged cost to its expectation over the cell's relative noise): a cost cannot fall
-    below 0, so a resource that lost 90% of its cost is far out in the tail of its noise even where that noise is
-    wide, while a rise keeps its linear score (the two directions have their own thresholds). The two agree for a
-    small change."""
-    excess, expected = np.asarray(excess, float), np.asarray(expected_judged, float) + eps
-    noise = np.sqrt(np.asarray(variance, float) + eps ** 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        down = np.log(np.maximum(expected + excess, eps) / expected) * expected / noise
-    return np.where(excess < 0, np.minimum(down, excess / noise), excess / noise)
-
-
 def cell_costs(daily: pd.DataFrame) -> pd.DataFrame:
     """Daily cost per cell (day, service, project_id, net_cost) from cost per resource, or as it is."""
     if "resource_name" not in daily.columns:
@@ -446,8 +433,7 @@ class CostAnomalyDetector:
         n_judged = to_cells(judged.astype(float))
         actual_c = to_cells(np.nan_to_num(x))
         expected_c, excess_c, var_c, new_c = to_cells(expected_r), to_cells(excess_r), to_cells(var_r), to_cells(new_r)
-        judged_c = to_cells(np.where(judged, expected_r, 0.0))
-        z = np.clip(cell_z(excess_c, judged_c, var_c, self.eps_), -1e6, 1e6)
+        z = np.clip(excess_c / np.sqrt(var_c + self.eps_ ** 2), -1e6, 1e6)
         with np.errstate(divide="ignore", invalid="ignore"):
             deviation = np.where(expected_c > 0, 100.0 * excess_c / expected_c, np.nan)
 
