@@ -24,10 +24,9 @@ resource_daily_cost view; given daily cost per cell only, a cell is one resource
 Everything is causal (a recursive filter over days: a cell only sees its past, with factors fixed in `fit`), so the
 same detector runs event by event (`finops_ml.models.realtime`). A cell's excess is the sum of its judged resources'
 excesses (a price change spread over every resource adds up at the cell), its score the robust z of that excess
-against the resources' noise scales (a drop in log space: `cell_z`), and its deviation the excess in % of the
-expected cost. A cell is an anomaly, direction up or down, when its score reaches that direction's threshold, its
-deviation reaches `min_pct_deviation` and its dollar impact reaches the minimum of its scope (a default, per service,
-per project).
+against the resources' noise scales, and its deviation the excess in % of the expected cost. A cell is an anomaly,
+direction up or down, when its score reaches that direction's threshold, its deviation reaches `min_pct_deviation`
+and its dollar impact reaches the minimum of its scope (a default, per service, per project).
 
 The thresholds need no labels: on the training cells the score's robust body (median and 10% / 90% quantiles, which
 anomalies hardly move) is extrapolated as a normal tail to the alarm budget of each direction (the share of normal
