@@ -182,10 +182,10 @@ class AnomalyConfig(_Strict):
     min_impact_usd: float = Field(0.0, ge=0.0)
     min_impact_usd_by_service: dict[str, float] = {}
     min_impact_usd_by_project: dict[str, float] = {}
-    # An always-on resource without cost is a drop for its first `stop_days` days (one alert by default), then gone;
+    # An always-on resource without cost is a drop for its first `stop_days` days (three alerts by default), then gone;
     # a new resource that grew `runaway_factor` times since its first days, at `runaway_rate` a day or faster, runs
     # away.
-    stop_days: int = Field(1, ge=1, le=60)
+    stop_days: int = Field(3, ge=1, le=60)
     runaway_factor: float = Field(1.5, gt=1.0)
     runaway_rate: float = Field(0.10, gt=0.0)
 

@@ -18,7 +18,8 @@ resource_daily_cost view; given daily cost per cell only, a cell is one resource
   cost; after that it is gone, not expected any more;
 - a resource younger than `warmup_days` is new spend (it ramps up): its cost is its own expectation, reported but not
   an anomaly, unless it runs away: once its cost has grown `runaway_factor` times since its first days, at
-  `runaway_rate` a day or faster, its first level is its expectation.
+  `runaway_rate` a day or faster, it is expected at 0 (a runaway resource was not expected at all: all its cost is
+  the anomaly, as a FinOps user counts it).
 
 Everything is causal (a recursive filter over days: a cell only sees its past, with factors fixed in `fit`), so the
 same detector runs event by event (`finops_ml.models.realtime`). A cell's excess is the sum of its judged resources'
@@ -213,9 +214,9 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
     Returns, per resource and day, the expected de-seasonalised cost of a judged resource (NaN where it is not
     judged: absent, or new spend in its warm-up) and its observed de-seasonalised cost (its cost, 0 for an always-on
     resource that stopped billing, NaN otherwise). Day t's expectation of an established resource is the median of its
-    last `baseline_days` accepted values before t; a runaway new resource is expected at its first level (`flat`
-    times `season` is the cost: a new resource's own season is unknown, so its growth must show in its costs and in
-    its de-seasonalised costs alike).
+    last `baseline_days` accepted values before t; a runaway new resource is expected at 0 (`flat` times `season` is
+    the cost: a new resource's own season is unknown, so its growth since its first level must show in its costs and
+    in its de-seasonalised costs alike for it to run away).
     """
     n_res, n_days = flat.shape
     accepted = np.full((n_res, s.baseline_days), np.nan)
@@ -254,7 +255,7 @@ def _causal_filter(flat: np.ndarray, season: np.ndarray, sigma: np.ndarray,
         steep = np.maximum(s.runaway_factor, (1.0 + s.runaway_rate) ** np.maximum(age, 0))
         runaway = (present & ~established & (age >= 2) & (level0 > 0) & (cost >= steep * level0)
                    & (x >= steep * flat0))
-        ref_out[:, t] = np.where(established & observed, base, np.where(runaway, flat0, np.nan))
+        ref_out[:, t] = np.where(established & observed, base, np.where(runaway, 0.0, np.nan))
         obs_out[:, t] = obs
         dev = np.abs(np.log((np.maximum(obs, 0.0) + s.eps) / (np.maximum(base, 0.0) + s.eps)))
         ok = observed & (~established | (dev <= s.reject_sigmas * sigma))
@@ -352,7 +353,7 @@ class CostAnomalyDetector:
     min_impact: float = 0.0  # ... and by at least this many dollars (overrides per project, else per service)
     min_impact_by_service: dict[str, float] = field(default_factory=dict)
     min_impact_by_project: dict[str, float] = field(default_factory=dict)
-    stop_days: int = 1  # days an always-on resource without cost is judged at 0 before it is taken as gone
+    stop_days: int = 3  # days an always-on resource without cost is judged at 0 before it is taken as gone
     runaway_factor: float = 1.5  # a new resource that grew this much since its first day ...
     runaway_rate: float = 0.10  # ... at this rate a day or faster runs away (a usual ramp-up is slower)
     threshold_up_: float = float("nan")

@@ -104,7 +104,7 @@ class _Resource:
 
     def judge(self, day: int, calendar_day, cost: float | None, m: "RealtimeModel") -> tuple[bool, float, float]:
         """(judged, expected cost, variance) for `day` from the days closed so far, as the batch filter: an
-        established resource at its baseline, a runaway new one at its first level (`cost`: the day's cost, None
+        established resource at its baseline, a runaway new one at 0 (`cost`: the day's cost, None
         where it is absent, when only established resources are judged), else not judged (new spend)."""
         season = self.season(calendar_day)
         if self.established(day, m):
@@ -114,7 +114,7 @@ class _Resource:
             flat = cost / season  # as the batch filter, which holds costs de-seasonalised
             if not (flat * season >= steep * self.level0 and flat >= steep * self.flat0):
                 return False, 0.0, 0.0
-            expected = self.flat0 * season
+            expected = 0.0  # a runaway resource was not expected at all: all its cost is the anomaly
         else:
             return False, 0.0, 0.0
         return True, expected, (self.sigma * (expected + m.eps)) ** 2
