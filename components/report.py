@@ -15,7 +15,7 @@ def build_report(events: Input[Dataset], forecast_evaluation: Input[Artifact], a
     from pathlib import Path
 
     from finops_ml.config import Config
-    from finops_ml.fileio import read_json
+    from finops_ml.fileio import read_json, strict
     from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER
     from finops_ml.training.report import build_summary, build_value, read_feedback_file, write_dashboard
 
@@ -31,6 +31,6 @@ def build_report(events: Input[Dataset], forecast_evaluation: Input[Artifact], a
     worth = build_value(result, dirs, Config.from_json(config_json).value)
     write_dashboard(result, dirs, report.path, worth)
     with open(summary.path, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(strict(result), f, indent=2)
     with open(value.path, "w") as f:
-        json.dump(worth, f, indent=2)
+        json.dump(strict(worth), f, indent=2)

@@ -16,7 +16,7 @@ from rich.table import Table
 from finops_cli.errors import ErrorHandlingGroup
 from finops_ml.config import Config, load_config
 from finops_ml.errors import FinopsError
-from finops_ml.fileio import exclusive_lock, read_json, write_json
+from finops_ml.fileio import exclusive_lock, read_json, strict, write_json
 
 # ErrorHandlingGroup: a FinopsError from any command is one red sentence and exit code 1 (finops_cli/errors.py)
 app = typer.Typer(cls=ErrorHandlingGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -236,8 +236,8 @@ def _run(seed: Optional[int], out: Path, config: Optional[Path], source: Optiona
                  ANOMALY: run_dir / "train-anomaly-detector" / "evaluation",
                  LABELER: run_dir / "train-labeler" / "evaluation"}
     write_dashboard(summary, eval_dirs, out / "report.html", value)
-    write_json(out / "value.json", value)
-    write_json(out / "summary.json", summary)
+    write_json(out / "value.json", strict(value))
+    write_json(out / "summary.json", strict(summary))
     _print_gates(summary)
     console.print(f"dashboard: {out / 'report.html'} (serve it: finops-ml dashboard --out {out})\n"
                   f"summary: {out / 'summary.json'}  value: {out / 'value.json'}  "

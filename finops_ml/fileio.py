@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -34,6 +35,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def strict(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None: strict JSON (summary.json, value.json, references),
+    which any JSON parser reads (a metric with nothing to measure, e.g. the precision of no applied labels)."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if isinstance(value, float):  # numpy floats are floats too
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy scalar (int, bool, float32)
+        return strict(value.item())
+    return value
 
 
 def read_json(path: str | os.PathLike) -> Any:

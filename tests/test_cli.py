@@ -146,7 +146,9 @@ def small_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
 def test_run_end_to_end_writes_summary_and_report(small_run):
     result, out = small_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    # strict JSON: a metric with nothing to measure (a baseline that applies no label) is null, not NaN
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    json.loads((out / "value.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
 
     assert list(summary["gates"]) == GATES
     for gate, g in summary["gates"].items():

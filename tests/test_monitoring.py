@@ -407,3 +407,14 @@ def _step(cfg: Config, step: str) -> Config:
 from tests import test_vertex  # noqa: E402
 
 gcp = test_vertex.gcp  # the fixture: the loopback fake of the Google APIs, as in test_vertex.py
+
+
+def test_strict_makes_any_result_strict_json():
+    import numpy as np
+
+    from finops_ml.fileio import strict
+
+    value = {"nan": float("nan"), "inf": np.float64("inf"), "n": np.int64(3), "ok": np.bool_(True),
+             "rows": [1.5, np.float32(-np.inf), (np.nan,)], "text": "NaN"}
+    out = _strict_loads(json.dumps(strict(value), allow_nan=False))
+    assert out == {"nan": None, "inf": None, "n": 3, "ok": True, "rows": [1.5, None, [None]], "text": "NaN"}

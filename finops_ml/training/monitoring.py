@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from finops_ml.fileio import read_json, write_json
+from finops_ml.fileio import read_json, strict, write_json
 from finops_ml.models.catalogue import ANOMALY, FORECAST, LABELER, by_name
 
 REFERENCE = "reference.json"
@@ -330,19 +330,6 @@ def monitor(views: dict[str, pd.DataFrame], registry, cfg, kinds=(FORECAST, ANOM
             "thresholds": {"psi": cfg.psi_threshold, "min_values": cfg.min_values,
                            "alarm_rate_ratio": cfg.alarm_rate_ratio, "coverage_drop": cfg.coverage_drop},
             "models": models, "drifted": drifted, "drift": bool(drifted)})
-
-
-def strict(value):
-    """`value` with every NaN or infinite float replaced by None: strict JSON, as summary.json must be."""
-    if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def kfp_metrics(section: dict) -> dict[str, float]:
