@@ -3,6 +3,7 @@ pipeline's steps run in-process on the small generated organisation, then opened
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from pathlib import Path
@@ -232,3 +233,17 @@ def test_the_tables_on_the_page_agree_with_summary_json(page, small_run):
         (i["incident_id"], i["start"], i["days"], usd(i["impact_usd"], 2)) for i in s["anomaly_incidents"][:100]]
     served = page.page.evaluate("fetch('/summary.json').then(r => r.text())")  # metrics may hold NaN: text
     assert '"run_id": "local-test-run"' in served
+
+
+@pytest.mark.unit
+@pytest.mark.slow
+def test_incidents_of_a_detector_that_failed_its_gate_say_so(small_run, tmp_path):
+    def page(passed: bool) -> str:
+        summary = copy.deepcopy(small_run.summary)
+        summary["gates"]["anomaly_f1"].update(value=0.448, threshold=0.85, passed=passed)
+        write_dashboard(summary, small_run.dirs, tmp_path / "report.html", small_run.value)
+        return (tmp_path / "report.html").read_text()
+
+    failed = page(False)
+    assert 'id="incident-gate"' in failed and "F1 0.448 &lt; 0.85" in failed
+    assert 'id="incident-gate"' not in page(True)
