@@ -2,10 +2,11 @@
 
 A direct multi-horizon model over all (service, project) daily series at once: at a forecast origin, each
 series is described by its recent level, growth, age and seasonal ratios; the model predicts the cost of day
-origin+h as a multiple of the recent level. Linear regression, random forest, XGBoost and the ensemble of the
-two best (their mean forecast) are compared on time-based backtests inside the training window, from month-end
-origins like the forecast's; the best is evaluated on the holdout (the last months), where every candidate and
-the seasonal naive are scored too, and then refitted on everything to forecast the next months.
+origin+h as a multiple of the recent level. Linear regression, random forest, XGBoost, the naive forecasts and
+the ensemble (last month repeated and the two best models, their mean forecast) are compared on time-based
+backtests inside the training window, from month-end origins like the forecast's; the ensemble, or a single
+candidate clearly better on the backtest, is evaluated on the holdout (the last months), where every candidate is
+scored too, and then refitted on everything to forecast the next months.
 
 Intervals are split conformal at the level they are reported at: daily per series and in total, monthly per
 series, service, project and in total, from the ratios actual / forecast of the backtest windows (the
@@ -37,6 +38,9 @@ MIN_BILLED_DAYS = 14
 ORIGIN_STEP = 7
 HORIZON_STEP = 2
 RECENCY_HALF_LIFE_DAYS = 90
+MAX_RATIO = 5.0  # the learnt cost at origin+h, as a multiple of the origin's level, is capped here
+# A single candidate replaces the combination only when clearly better on the backtest (service accuracy).
+SELECTION_MARGIN = 0.02
 
 
 def make_regressor(name: str, seed: int):
@@ -94,14 +98,17 @@ def _origin_state(y: np.ndarray, days: pd.DatetimeIndex, t: int) -> dict[str, np
     tiny = np.finfo(float).tiny
     seen = y[:, : t + 1] > 0
     age = np.where(seen.any(axis=1), t - seen.argmax(axis=1), 0)  # days since the series' first cost
+    with np.errstate(over="ignore"):  # no weekday cost: x / tiny overflows to inf, clipped to the cap as meant
+        weekend_ratio = np.clip(hist[:, weekend].mean(axis=1) / (normal + tiny), 0.0, 3.0)
+        month_end_ratio = np.clip(hist[:, month_end & ~weekend].mean(axis=1) / (normal + tiny), 0.0, 5.0) \
+            if (month_end & ~weekend).any() else np.ones(len(y))
     return {
         "age": age,
         "level": level,
         "growth": _log_rel(level, prev),
         "recent_ratio": np.exp(_log_rel(recent, level)),
-        "weekend_ratio": np.clip(hist[:, weekend].mean(axis=1) / (normal + tiny), 0.0, 3.0),
-        "month_end_ratio": np.clip(hist[:, month_end & ~weekend].mean(axis=1) / (normal + tiny), 0.0, 5.0)
-        if (month_end & ~weekend).any() else np.ones(len(y)),
+        "weekend_ratio": weekend_ratio,
+        "month_end_ratio": month_end_ratio,
         "weekday_level": normal,
         "alive": (y[:, t - 27: t - 20] > 0).any(axis=1),  # billed in the window's first week: not brand new
         "billed_days": (w > 0).sum(axis=1),
@@ -204,9 +211,11 @@ class CostForecaster:
             raise InsufficientData(f"The cost forecast needs at least {MIN_HISTORY + self.horizon_days + 1} days of "
                                    f"daily cost history with costs in them; the data holds {last + 1} days.")
         x, y = pd.concat(xs, ignore_index=True), np.concatenate(ys)
-        # Log ratio: the model learns the typical (median-like) path, which is what WAPE rewards, and a few
-        # new resources arriving after an origin do not drag every forecast up.
-        y = np.log(np.clip(y, 0.05, 20.0))
+        # The ratio itself, by squared error: its mean, as a bill sums it. A log ratio learns its median instead,
+        # which under noise with a log-sd of 0.3 is some 5% under the mean: on realistic dev seeds 3/5/8/9 the
+        # log target's forests under-forecast services by 5-9% (naive last month by 2-5%), service accuracy
+        # rf 0.914 -> 0.920, xgboost 0.909 -> 0.923. Capped at 5x the level: a few arrivals must not set it.
+        y = np.clip(y, 0.0, MAX_RATIO)
         # Recent origins weigh more: the organisation's growth changes as its migration waves end.
         weight = x["_level"].to_numpy() / self.level_ref_ * 0.5 ** (x["_age"].to_numpy() / RECENCY_HALF_LIFE_DAYS)
         self.regressor_ = make_regressor(self.model, self.seed)
@@ -229,7 +238,7 @@ class CostForecaster:
             return out
         x, _ = _examples(panel, t, np.arange(1, days + 1), self._codes(panel), self.level_ref_, with_target=False)
         if len(x):
-            ratio = np.exp(self.regressor_.predict(x[FEATURES]))
+            ratio = np.clip(self.regressor_.predict(x[FEATURES]), 0.0, None)  # a linear model can go below 0
             out[x["_series"].to_numpy(), np.tile(np.arange(days), len(x) // days)] = ratio * x["_level"].to_numpy()
         return out
 
@@ -496,9 +505,10 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
     """Select by backtest, evaluate on the holdout from rolling origins, refit on all data and forecast ahead.
 
     Candidates: the configured models, the naive forecasts (last month repeated, seasonal naive) and the ensemble
-    of the two best on the backtest (their mean forecast); the best on the backtest (service x month accuracy from
-    the `backtest_origins` month ends before the cutoff, each forecasting up to it) is selected, so it is never
-    worse there than a naive forecast. Every candidate learns from the cost as billed (replacing the cells the
+    (the mean forecast of last month repeated and the two best configured models on the backtest: service x month
+    accuracy from the `backtest_origins` month ends before the cutoff, each forecasting up to it). The ensemble is
+    selected unless a single candidate beats it on the backtest by more than SELECTION_MARGIN.
+    Every candidate learns from the cost as billed (replacing the cells the
     anomaly detector flagged by their expected cost lowered backtest accuracy on every world measured: most flags
     on real-looking data are normal events or noise) and is scored against it; the naive candidates are exactly
     the baselines. The holdout is the last `holdout_months` full months: each candidate,
@@ -524,12 +534,17 @@ def train_and_evaluate(daily: pd.DataFrame, candidates: list[str], holdout_month
             model = CostForecaster(name, seed, horizon_days).fit(seen)
             windows[name].append(_window(panel, origin, model.predict_matrix(seen, cutoff - origin), panel))
     backtests = {name: _service_accuracy(ws) for name, ws in windows.items()}
-    # The ensemble: the mean forecast of the two best candidates on the backtest.
-    members = sorted(names, key=backtests.get, reverse=True)[:2]
+    # The ensemble: the mean forecast of last month repeated and the two best regressors on the backtest.
+    regressors = sorted((n for n in names if n not in NAIVE), key=backtests.get, reverse=True)
+    members = [*regressors[:2], "naive_last_month"]
     windows["ensemble"] = [w[0].assign(forecast=np.mean([w_.forecast.to_numpy() for w_ in w], axis=0))
                            for w in zip(*(windows[c] for c in members))]
     backtests["ensemble"] = _service_accuracy(windows["ensemble"])
-    best = max(backtests, key=backtests.get)
+    # The ensemble is the forecast unless a single candidate is clearly better on the backtest. The backtest's
+    # months often behave unlike the next ones (a migration wave ends): on realistic dev seeds 3-9 picking the
+    # best single candidate by backtest lost to the ensemble by 0.005 on average and to naive by up to 0.031.
+    single = max(names, key=backtests.get)
+    best = single if backtests[single] > backtests["ensemble"] + SELECTION_MARGIN else "ensemble"
 
     # Holdout: every candidate fitted on the training window only, forecasting from each holdout origin.
     fitted = {name: CostForecaster(name, seed, horizon_days).fit(panel.until(cutoff)) for name in names}
