@@ -108,6 +108,23 @@ def test_other_known_labels_are_used():
     assert model.predict(new.assign(cost_center=None)).plant_predicted.iloc[0] == "global"
 
 
+def test_the_project_consensus_yields_only_to_the_strongest_word_of_a_name():
+    res = organisation()
+    # "zz" is on two Stuttgart resources only: pure, but thin evidence beside Lyon's "lyn" on dozens.
+    res = pd.concat([res, pd.DataFrame([_row(f"zz-oee-engine-{n}", "acme-stg-mes-prd", "Compute Engine", "mes",
+                                             "j_wagner", "cc-4210", "stuttgart") for n in range(2)])],
+                    ignore_index=True)
+    model = ResourceLabeler(("plant",), seed=1).fit(res)
+    assert model.aliases_["plant"].plants("lyn-zz-engine-7") == ["lyon", "stuttgart"]
+    assert model.aliases_["plant"].strongest("lyn-zz-engine-7") == "lyon"
+    new = pd.DataFrame([_row(name, "acme-lyn-mes-prd", "Compute Engine", "mes", None, None, None)
+                        for name in ("lyn-zz-engine-7", "stg-oee-engine-7")])
+    classifier = np.array(["stuttgart", "stuttgart"], dtype=object)
+    pred, _ = model.consensus("plant", new, classifier, np.array([0.9, 0.9]))
+    # the Lyon project's agreed plant for the first; the second's name says Stuttgart only: a resource serving it
+    assert pred.tolist() == ["lyon", "stuttgart"]
+
+
 def test_train_and_evaluate_fills_missing_labels_and_measures_them():
     res = organisation(per_kind=4)
     truth = res.rename(columns={"resource_name": "resource"})[["resource", "project_id", "owner", "cost_center",

@@ -213,6 +213,20 @@ class PlantAliases:
         by_project = self.owners_.get((workload, service), {})
         return sorted(set().union(*(o for p, o in by_project.items() if p != project)) if by_project else set())
 
+    def strongest(self, name: str) -> str | None:
+        """The plant of the name's word with the most labelled resources behind it, among the words whose most
+        common plant has over half of them. An alias seen on many resources outweighs a rare word that passes
+        `plants`' purity by chance on two ("df", "ic"), while a real alias can miss that purity through a few wrong
+        carried labels ("lyo": 13 lyon, 2 pune)."""
+        best, support = None, 0
+        for w in set(_words(name)):
+            c = self.counts_.get(w)
+            if c:
+                plant, n = c.most_common(1)[0]
+                if 2 * n > sum(c.values()) and n > support:
+                    best, support = plant, n
+        return best
+
     def plants(self, name: str, own_plant=None) -> list[str]:
         """Plants the name's words say; `own_plant`: the resource's own label, left out of the evidence (a resource
         the aliases were learnt from must not vote for itself)."""
@@ -447,8 +461,8 @@ class ResourceLabeler(LabelApplier):
                   conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The project's agreed value (project_consensus) instead of the classifier's: in a project whose labelled
         resources agree, the classifier mostly adds the few wrong carried labels it learnt from neighbours. Not for
-        a resource whose name says another plant than the project's, or whose own other label is not the project's
-        (a shared project's resource serving a plant)."""
+        a resource whose name says another plant than the project's (its strongest word too, `strongest`), or whose
+        own other label is not the project's (a shared project's resource serving a plant)."""
         agreed_by = getattr(self, "project_values_", {}).get(target, {})  # none in a labeler pickled before
         if not agreed_by:
             return pred, conf
@@ -464,7 +478,8 @@ class ResourceLabeler(LabelApplier):
                 continue
             named = aliases.plants(name) if aliases is not None else []
             project_plant = plants.get(project, (None, 0.0))[0]
-            if named and project_plant is not None and named != [project_plant]:
+            if (named and project_plant is not None and named != [project_plant]
+                    and aliases.strongest(name) != project_plant):  # a rare word is not evidence enough
                 continue
             if any(isinstance(v[i], str) and v[i] != self.project_values_[other].get(project, (v[i], 0.0))[0]
                    for other, v in own_labels.items()):
