@@ -361,3 +361,14 @@ def test_the_prediction_server_weighs_an_instances_own_labels_as_the_library_doe
     new = pd.DataFrame([_row("x-77", "acme-lyn-mes-prd", "Cloud SQL", "mes", None, "cc-4220", None),
                         _row("x-78", "acme-lyn-mes-prd", "Cloud SQL", "mes", None, None, None)])
     _assert_served_as_the_library(model, new, tmp_path)
+
+
+def test_the_project_prior_weighs_the_classifier_by_the_projects_own_labels():
+    proba = np.array([[0.5, 0.5, 0.0], [0.6, 0.4, 0.0]])
+    counts = {"p1": {"b": 3}, "p2": {"zz-unknown": 5}}
+    out = labeler.with_project_prior(proba, ["a", "b", "c"], ["p1", "p2"], counts)
+    # p1: a x 1, b x 4 (Laplace), c stays impossible
+    assert np.allclose(out[0], [0.2, 0.8, 0.0])
+    # p2's labels are none the classifier knows: a flat prior, the classifier as it was
+    assert np.allclose(out[1], proba[1])
+    assert labeler.project_label_counts(organisation(), "plant")["acme-lyn-mes-prd"] == {"lyon": 12}

@@ -13,6 +13,8 @@ One classifier per label, a logistic regression over what a person reads to gues
   Rows are learnt both with and without them, since many unlabelled resources carry none;
 - words of the project's id and name that, in the other projects, go with one plant.
 Rows are learnt once more with the tokens naming their project removed, as a project never seen shows them.
+An owner's probabilities are then weighed by the shares of each owner among the project's labelled resources
+(`with_project_prior`), which those project-free rows dilute.
 For a project where no resource carries the label, the answer comes by analogy when there is one (`_Analogy`:
 the value that plays, in the resource's plant, the role its kind of resource gets in the other plants).
 
@@ -55,6 +57,11 @@ PEER_WEIGHT = 1.0
 ANALOG_MIN_SCORE = 0.1  # below this likeness a role has no counterpart in the plant: no analogy
 ANALOG_MIN_SUPPORT = 5  # analogies checked on the training resources before one is trusted
 PROJECT_DROPOUT = True
+PRIOR_SMOOTHING = 1.0  # Laplace: a value never seen in the project keeps some weight
+# Labels weighed by the project's own shares: an owner is "who runs things here". Not plant and cost center: the
+# project's agreed value is taken where it agrees (project_consensus), and in a shared project the name or the
+# resource's other label says which plant it serves, which the project's mix would outvote.
+PRIOR_TARGETS = ("owner",)
 # Labels that are the project's when its labelled resources agree (project_consensus): plant and cost center.
 PROJECT_LEVEL_TARGETS = ("plant", "cost_center")
 CONSENSUS_MIN_RESOURCES = 2
@@ -346,10 +353,37 @@ def _fit_target(resources: pd.DataFrame, target: str, seed: int):
     return model, aliases
 
 
-def _predict_target(model, aliases: PlantAliases, resources: pd.DataFrame,
-                    target: str) -> tuple[np.ndarray, np.ndarray]:
+def project_label_counts(resources: pd.DataFrame, target: str) -> dict[str, dict[str, int]]:
+    """project -> {value: resources carrying it} for `target`, over the labelled resources."""
+    known = resources[resources[target].notna()]
+    return {p: s.value_counts().to_dict() for p, s in known.groupby("project_id")[target]}
+
+
+def with_project_prior(proba: np.ndarray, classes, projects, counts: dict) -> np.ndarray:
+    """The classifier's probabilities times the project's own shares of each value (Laplace-smoothed), renormalised.
+
+    The classifier learns every row also as a project never seen would show it (and without the resource's other
+    labels), which dilutes "who labels this here": on development seeds it put a colleague from another project
+    where the project's own labels said otherwise. A project with no labelled resource leaves the probabilities
+    as they are (a flat prior).
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    prior = np.zeros_like(proba)
+    for row, project in enumerate(projects):
+        for value, n in counts.get(project, {}).items():
+            if value in index:
+                prior[row, index[value]] = n
+    prior += PRIOR_SMOOTHING
+    out = proba * prior / prior.sum(axis=1, keepdims=True)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def _predict_target(model, aliases: PlantAliases, resources: pd.DataFrame, target: str,
+                    counts: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     with threadpool_limits(1):
         proba = model.predict_proba(_design(resources, target, aliases, learning=False))
+    if counts:
+        proba = with_project_prior(proba, model.classes_, resources.project_id, counts)
     return model.classes_[proba.argmax(axis=1)], proba.max(axis=1)
 
 
@@ -369,7 +403,8 @@ def precision_threshold(resources: pd.DataFrame, target: str, floor: float, seed
         train = resources.drop(index=known.index[test_idx])
         model, aliases = _fit_target(train, target, seed)
         test = known.iloc[test_idx].assign(**{target: None})
-        pred, c = _predict_target(model, aliases, test, target)
+        counts = project_label_counts(train, target) if target in PRIOR_TARGETS else None
+        pred, c = _predict_target(model, aliases, test, target, counts)
         conf[test_idx], right[test_idx] = c, pred == y[test_idx]
     order = np.argsort(-conf, kind="stable")
     c, r = conf[order], right[order]
@@ -422,6 +457,7 @@ class ResourceLabeler(LabelApplier):
     projects_: dict = field(default_factory=dict)  # per target: the projects with resources that carry it
     analogy_precision_: dict = field(default_factory=dict)  # per target: how often an analogy was right (or NaN)
     project_values_: dict = field(default_factory=dict)  # per target: project -> (value, share) where they agree
+    project_counts_: dict = field(default_factory=dict)  # per target: project -> {value: labelled resources}
 
     def fit(self, resources: pd.DataFrame) -> "ResourceLabeler":
         for target in self.targets:
@@ -432,6 +468,8 @@ class ResourceLabeler(LabelApplier):
                 precision_threshold(resources, target, self.confidence_threshold, self.seed, self.target_precision))
             known = resources[resources[target].notna()]
             self.projects_[target] = set(known.project_id)
+            if target in PRIOR_TARGETS:
+                self.project_counts_[target] = project_label_counts(resources, target)
             # as for a new project: from the other projects only, the resource's labels unknown
             analog = analog_labels(known, target, self.aliases_[target], learning=True, own_labels=False)
             found = analog != None  # noqa: E711 (elementwise)
@@ -492,7 +530,8 @@ class ResourceLabeler(LabelApplier):
         out = resources[["resource_name", "project_id"]].copy()
         for target, model in self.models_.items():
             known = resources.assign(**{target: None}) if target in resources.columns else resources
-            pred, conf = _predict_target(model, self.aliases_[target], known, target)
+            counts = getattr(self, "project_counts_", {}).get(target)  # none in a labeler pickled before
+            pred, conf = _predict_target(model, self.aliases_[target], known, target, counts)
             use, analog, precision = self.analogy(target, known)
             pred, conf = np.where(use, analog, pred), np.where(use, precision, conf)
             pred, conf = self.consensus(target, resources, pred, conf)

@@ -387,6 +387,9 @@ class LabelerPredictor(Predictor):
                 else:  # softmax
                     e = np.exp(decision - decision.max())
                     proba = e / e.sum()
+                counts = getattr(self.model, "project_counts_", {}).get(target)
+                if counts:  # the project's own shares of each value, as the library weighs them
+                    proba = labeler_lib.with_project_prior(proba[None, :], classes, [inst.project_id], counts)[0]
                 k = int(proba.argmax())
                 known = getattr(inst, target)
                 predicted, confidence = str(classes[k]), float(proba[k])
