@@ -336,7 +336,28 @@ def test_the_prediction_server_answers_by_analogy_as_the_library_does(tmp_path):
                                                                              "Cloud SQL", "mes", None, None, None)])
     use, _, _ = model.analogy("owner", new)
     assert use[:4].any() and not use[4]
+    # a kind of resource never labelled anywhere, in a project where none is labelled: no counterpart, no answer
+    new = pd.concat([new, pd.DataFrame([_row("stg-qa-func-77", "acme-stg-quality-prd", "Cloud Functions", "quality",
+                                             None, None, None)])], ignore_index=True)
     _assert_served_as_the_library(model, new, tmp_path)
+
+
+def test_a_new_projects_resource_without_counterpart_is_left_for_review():
+    res = organisation(skip={("stuttgart", "quality", s) for s, _ in WORKLOADS["quality"]})
+    model = ResourceLabeler(seed=1).fit(res)
+    new = pd.DataFrame([_row("stg-qa-func-77", "acme-stg-quality-prd", "Cloud Functions", "quality", None, None,
+                             None),
+                        _row("lyn-qa-func-77", "acme-lyn-quality-prd", "Cloud Functions", "quality", None, None,
+                             None)])
+    pred = model.predict(new)
+    # the classifier's guess stays a suggestion, never applied, where the project has no labelled resource (owner:
+    # the label whose analogy is trusted here) ...
+    assert pred.owner_confidence.iloc[0] == 0.0
+    assert isinstance(pred.owner_predicted.iloc[0], str)
+    # ... not where the project's labelled resources say who and which cost center is usual there
+    assert pred.owner_confidence.iloc[1] > 0.5
+    labelled, review = model.apply(new)
+    assert not labelled.owner_applied.iloc[0] and labelled.owner_applied.iloc[1]
 
 
 def test_the_training_step_says_in_one_sentence_that_the_labels_are_too_few(tmp_path):

@@ -495,6 +495,20 @@ class ResourceLabeler(LabelApplier):
             values[new] = analog_labels(resources[new], target, self.aliases_[target])
         return values != None, values, precision  # noqa: E711
 
+    def by_analogy(self, target: str, resources: pd.DataFrame, pred: np.ndarray,
+                   conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The analogy's answer where it has one (`analogy`). In a project where no resource carries the label and
+        the analogy finds no counterpart of the resource's kind in its plant, the classifier's answer stays a
+        suggestion with confidence 0: it is then mostly another value of the plant, the one of a kind the
+        labels show (its ops cost center for an engineering project whose own was never labelled); on development
+        seeds right 3-5% of the time, against ~90% (cost center) and ~75% (owner) for the analogy."""
+        use, analog, precision = self.analogy(target, resources)
+        pred, conf = np.where(use, analog, pred), np.where(use, precision, conf)
+        if precision == precision:  # the analogy is trusted for this label, and found nothing for these
+            new = ~resources.project_id.isin(self.projects_[target]).to_numpy()
+            conf = np.where(new & ~use, 0.0, conf)
+        return pred, conf
+
     def consensus(self, target: str, resources: pd.DataFrame, pred: np.ndarray,
                   conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The project's agreed value (project_consensus) instead of the classifier's: in a project whose labelled
@@ -532,8 +546,7 @@ class ResourceLabeler(LabelApplier):
             known = resources.assign(**{target: None}) if target in resources.columns else resources
             counts = getattr(self, "project_counts_", {}).get(target)  # none in a labeler pickled before
             pred, conf = _predict_target(model, self.aliases_[target], known, target, counts)
-            use, analog, precision = self.analogy(target, known)
-            pred, conf = np.where(use, analog, pred), np.where(use, precision, conf)
+            pred, conf = self.by_analogy(target, known, pred, conf)
             pred, conf = self.consensus(target, resources, pred, conf)
             out[f"{target}_predicted"] = pred
             out[f"{target}_confidence"] = conf

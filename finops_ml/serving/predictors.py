@@ -394,9 +394,9 @@ class LabelerPredictor(Predictor):
                 known = getattr(inst, target)
                 predicted, confidence = str(classes[k]), float(proba[k])
                 if frame is not None:  # a project the labeler never saw labelled: the analogy answers, if any
-                    use, analog, precision = self.model.analogy(target, frame)
-                    if use[0]:
-                        predicted, confidence = str(analog[0]), float(precision)
+                    answer, sure = self.model.by_analogy(target, frame, np.array([predicted], dtype=object),
+                                                         np.array([confidence]))
+                    predicted, confidence = str(answer[0]), float(sure[0])
                     # the project's agreed value, judged on the instance with its own known labels, as the library
                     agreed, sure = self.model.consensus(target, frame, np.array([predicted], dtype=object),
                                                         np.array([confidence]))
