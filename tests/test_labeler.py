@@ -393,3 +393,16 @@ def test_the_project_prior_weighs_the_classifier_by_the_projects_own_labels():
     # p2's labels are none the classifier knows: a flat prior, the classifier as it was
     assert np.allclose(out[1], proba[1])
     assert labeler.project_label_counts(organisation(), "plant")["acme-lyn-mes-prd"] == {"lyon": 12}
+
+
+def test_the_plant_a_name_says_is_taken_over_the_classifiers():
+    res = organisation()
+    model = ResourceLabeler(("plant", "owner"), seed=1).fit(res)
+    assert model.name_precision_ == 1.0  # every labelled name with an alias says its own plant
+    new = pd.DataFrame([_row(name, "acme-corp-data-platform", "BigQuery", "data-platform", None, None, None)
+                        for name in ("pnq-lake-dwh-99", "x-99", "corp-lake-dwh-99")])
+    pred, conf = model.plant_by_name("plant", new, np.array(["global", "global", "global"], dtype=object),
+                                     np.array([0.7, 0.7, 0.95]))
+    assert pred.tolist() == ["pune", "global", "global"] and conf.tolist() == [1.0, 0.7, 1.0]
+    # not a label a name says
+    assert model.plant_by_name("owner", new, pred, conf)[0] is pred

@@ -396,6 +396,7 @@ class LabelerPredictor(Predictor):
                 if frame is not None:  # a project the labeler never saw labelled: the analogy answers, if any
                     answer, sure = self.model.by_analogy(target, frame, np.array([predicted], dtype=object),
                                                          np.array([confidence]))
+                    answer, sure = self.model.plant_by_name(target, frame, answer, sure)
                     predicted, confidence = str(answer[0]), float(sure[0])
                     # the project's agreed value, judged on the instance with its own known labels, as the library
                     agreed, sure = self.model.consensus(target, frame, np.array([predicted], dtype=object),
