@@ -406,3 +406,21 @@ def test_the_plant_a_name_says_is_taken_over_the_classifiers():
     assert pred.tolist() == ["pune", "global", "global"] and conf.tolist() == [1.0, 0.7, 1.0]
     # not a label a name says
     assert model.plant_by_name("owner", new, pred, conf)[0] is pred
+
+
+def test_a_shared_projects_resource_gets_the_cost_center_of_its_plant_there():
+    res = organisation()
+    res = pd.concat([res] + [pd.DataFrame([_row(f"{alias}-lake-dwh-{n:02d}", "acme-corp-data-platform", "BigQuery",
+                                                "data-platform", "n_fischer", cc, plant) for n in range(1, 3)])
+                             for alias, cc, plant in (("lyn", "cc-4120", "lyon"), ("stg", "cc-4220", "stuttgart"))],
+                    ignore_index=True)
+    model = ResourceLabeler(("cost_center",), seed=1).fit(res)
+    assert "acme-corp-data-platform" not in model.project_values_["cost_center"]  # 6 corp, 3 lyon, 3 stuttgart
+    new = pd.DataFrame([_row("lyn_dwh_lake_77", "acme-corp-data-platform", "BigQuery", "data-platform", None, None,
+                             None),
+                        _row("x-99", "acme-corp-data-platform", "BigQuery", "data-platform", None, None, "stuttgart"),
+                        _row("x-98", "acme-corp-data-platform", "BigQuery", "data-platform", None, None, None)])
+    pred, conf = model.cost_center_by_plant("cost_center", new, np.array(["cc-9010"] * 3, dtype=object),
+                                            np.array([0.5] * 3))
+    # by its name's plant, by its own plant label; a resource of no known plant is left to the classifier
+    assert pred.tolist() == ["cc-4120", "cc-4220", "cc-9010"] and conf.tolist() == [1.0, 1.0, 0.5]

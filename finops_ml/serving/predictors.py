@@ -397,6 +397,7 @@ class LabelerPredictor(Predictor):
                     answer, sure = self.model.by_analogy(target, frame, np.array([predicted], dtype=object),
                                                          np.array([confidence]))
                     answer, sure = self.model.plant_by_name(target, frame, answer, sure)
+                    answer, sure = self.model.cost_center_by_plant(target, frame, answer, sure)
                     predicted, confidence = str(answer[0]), float(sure[0])
                     # the project's agreed value, judged on the instance with its own known labels, as the library
                     agreed, sure = self.model.consensus(target, frame, np.array([predicted], dtype=object),
