@@ -530,8 +530,8 @@ class ResourceLabeler(LabelApplier):
         confidence: how often that was right on the labelled resources. The classifier weighs the alias against
         the project and kind of resource, and in a shared project (a data platform serving the plants) it
         learns the few labelled resources of a kind by heart: on development seeds, in projects whose resources do
-        not agree on a plant, the name's plant was right 81 times of 83, the classifier's 55. (Where the project
-        agrees, its consensus still comes after this.)"""
+        not agree on a plant, the name's plant was right 81 times of 83, the classifier's 55 (alias purity 0.9).
+        (Where the project agrees, its consensus still comes after this.)"""
         precision = getattr(self, "name_precision_", float("nan"))  # none in a labeler pickled before
         if target != "plant" or precision != precision:
             return pred, conf
@@ -546,7 +546,7 @@ class ResourceLabeler(LabelApplier):
         """In a project whose resources do not agree on a cost center (a shared one, serving plants), the cost center
         its resources of the same plant agree on (the plant: the resource's own label, else the one its name says);
         confidence: their share. On development seeds, in such projects, this was right 58 times of 62, the
-        classifier 39."""
+        classifier 39 (alias purity 0.9)."""
         by_plant = getattr(self, "plant_values_", {})  # none in a labeler pickled before
         if target != "cost_center" or not by_plant:
             return pred, conf
