@@ -108,6 +108,23 @@ def test_other_known_labels_are_used():
     assert model.predict(new.assign(cost_center=None)).plant_predicted.iloc[0] == "global"
 
 
+def test_the_project_consensus_yields_only_to_the_strongest_word_of_a_name():
+    res = organisation()
+    # "zz" is on two Stuttgart resources only: pure, but thin evidence beside Lyon's "lyn" on dozens.
+    res = pd.concat([res, pd.DataFrame([_row(f"zz-oee-engine-{n}", "acme-stg-mes-prd", "Compute Engine", "mes",
+                                             "j_wagner", "cc-4210", "stuttgart") for n in range(2)])],
+                    ignore_index=True)
+    model = ResourceLabeler(("plant",), seed=1).fit(res)
+    assert model.aliases_["plant"].plants("lyn-zz-engine-7") == ["lyon", "stuttgart"]
+    assert model.aliases_["plant"].strongest("lyn-zz-engine-7") == "lyon"
+    new = pd.DataFrame([_row(name, "acme-lyn-mes-prd", "Compute Engine", "mes", None, None, None)
+                        for name in ("lyn-zz-engine-7", "stg-oee-engine-7")])
+    classifier = np.array(["stuttgart", "stuttgart"], dtype=object)
+    pred, _ = model.consensus("plant", new, classifier, np.array([0.9, 0.9]))
+    # the Lyon project's agreed plant for the first; the second's name says Stuttgart only: a resource serving it
+    assert pred.tolist() == ["lyon", "stuttgart"]
+
+
 def test_train_and_evaluate_fills_missing_labels_and_measures_them():
     res = organisation(per_kind=4)
     truth = res.rename(columns={"resource_name": "resource"})[["resource", "project_id", "owner", "cost_center",
@@ -319,7 +336,28 @@ def test_the_prediction_server_answers_by_analogy_as_the_library_does(tmp_path):
                                                                              "Cloud SQL", "mes", None, None, None)])
     use, _, _ = model.analogy("owner", new)
     assert use[:4].any() and not use[4]
+    # a kind of resource never labelled anywhere, in a project where none is labelled: no counterpart, no answer
+    new = pd.concat([new, pd.DataFrame([_row("stg-qa-func-77", "acme-stg-quality-prd", "Cloud Functions", "quality",
+                                             None, None, None)])], ignore_index=True)
     _assert_served_as_the_library(model, new, tmp_path)
+
+
+def test_a_new_projects_resource_without_counterpart_is_left_for_review():
+    res = organisation(skip={("stuttgart", "quality", s) for s, _ in WORKLOADS["quality"]})
+    model = ResourceLabeler(seed=1).fit(res)
+    new = pd.DataFrame([_row("stg-qa-func-77", "acme-stg-quality-prd", "Cloud Functions", "quality", None, None,
+                             None),
+                        _row("lyn-qa-func-77", "acme-lyn-quality-prd", "Cloud Functions", "quality", None, None,
+                             None)])
+    pred = model.predict(new)
+    # the classifier's guess stays a suggestion, never applied, where the project has no labelled resource (owner:
+    # the label whose analogy is trusted here) ...
+    assert pred.owner_confidence.iloc[0] == 0.0
+    assert isinstance(pred.owner_predicted.iloc[0], str)
+    # ... not where the project's labelled resources say who and which cost center is usual there
+    assert pred.owner_confidence.iloc[1] > 0.5
+    labelled, review = model.apply(new)
+    assert not labelled.owner_applied.iloc[0] and labelled.owner_applied.iloc[1]
 
 
 def test_the_training_step_says_in_one_sentence_that_the_labels_are_too_few(tmp_path):
@@ -344,3 +382,45 @@ def test_the_prediction_server_weighs_an_instances_own_labels_as_the_library_doe
     new = pd.DataFrame([_row("x-77", "acme-lyn-mes-prd", "Cloud SQL", "mes", None, "cc-4220", None),
                         _row("x-78", "acme-lyn-mes-prd", "Cloud SQL", "mes", None, None, None)])
     _assert_served_as_the_library(model, new, tmp_path)
+
+
+def test_the_project_prior_weighs_the_classifier_by_the_projects_own_labels():
+    proba = np.array([[0.5, 0.5, 0.0], [0.6, 0.4, 0.0]])
+    counts = {"p1": {"b": 3}, "p2": {"zz-unknown": 5}}
+    out = labeler.with_project_prior(proba, ["a", "b", "c"], ["p1", "p2"], counts)
+    # p1: a x 1, b x 4 (Laplace), c stays impossible
+    assert np.allclose(out[0], [0.2, 0.8, 0.0])
+    # p2's labels are none the classifier knows: a flat prior, the classifier as it was
+    assert np.allclose(out[1], proba[1])
+    assert labeler.project_label_counts(organisation(), "plant")["acme-lyn-mes-prd"] == {"lyon": 12}
+
+
+def test_the_plant_a_name_says_is_taken_over_the_classifiers():
+    res = organisation()
+    model = ResourceLabeler(("plant", "owner"), seed=1).fit(res)
+    assert model.name_precision_ == 1.0  # every labelled name with an alias says its own plant
+    new = pd.DataFrame([_row(name, "acme-corp-data-platform", "BigQuery", "data-platform", None, None, None)
+                        for name in ("pnq-lake-dwh-99", "x-99", "corp-lake-dwh-99")])
+    pred, conf = model.plant_by_name("plant", new, np.array(["global", "global", "global"], dtype=object),
+                                     np.array([0.7, 0.7, 0.95]))
+    assert pred.tolist() == ["pune", "global", "global"] and conf.tolist() == [1.0, 0.7, 1.0]
+    # not a label a name says
+    assert model.plant_by_name("owner", new, pred, conf)[0] is pred
+
+
+def test_a_shared_projects_resource_gets_the_cost_center_of_its_plant_there():
+    res = organisation()
+    res = pd.concat([res] + [pd.DataFrame([_row(f"{alias}-lake-dwh-{n:02d}", "acme-corp-data-platform", "BigQuery",
+                                                "data-platform", "n_fischer", cc, plant) for n in range(1, 3)])
+                             for alias, cc, plant in (("lyn", "cc-4120", "lyon"), ("stg", "cc-4220", "stuttgart"))],
+                    ignore_index=True)
+    model = ResourceLabeler(("cost_center",), seed=1).fit(res)
+    assert "acme-corp-data-platform" not in model.project_values_["cost_center"]  # 6 corp, 3 lyon, 3 stuttgart
+    new = pd.DataFrame([_row("lyn_dwh_lake_77", "acme-corp-data-platform", "BigQuery", "data-platform", None, None,
+                             None),
+                        _row("x-99", "acme-corp-data-platform", "BigQuery", "data-platform", None, None, "stuttgart"),
+                        _row("x-98", "acme-corp-data-platform", "BigQuery", "data-platform", None, None, None)])
+    pred, conf = model.cost_center_by_plant("cost_center", new, np.array(["cc-9010"] * 3, dtype=object),
+                                            np.array([0.5] * 3))
+    # by its name's plant, by its own plant label; a resource of no known plant is left to the classifier
+    assert pred.tolist() == ["cc-4120", "cc-4220", "cc-9010"] and conf.tolist() == [1.0, 1.0, 0.5]

@@ -387,13 +387,18 @@ class LabelerPredictor(Predictor):
                 else:  # softmax
                     e = np.exp(decision - decision.max())
                     proba = e / e.sum()
+                counts = getattr(self.model, "project_counts_", {}).get(target)
+                if counts:  # the project's own shares of each value, as the library weighs them
+                    proba = labeler_lib.with_project_prior(proba[None, :], classes, [inst.project_id], counts)[0]
                 k = int(proba.argmax())
                 known = getattr(inst, target)
                 predicted, confidence = str(classes[k]), float(proba[k])
                 if frame is not None:  # a project the labeler never saw labelled: the analogy answers, if any
-                    use, analog, precision = self.model.analogy(target, frame)
-                    if use[0]:
-                        predicted, confidence = str(analog[0]), float(precision)
+                    answer, sure = self.model.by_analogy(target, frame, np.array([predicted], dtype=object),
+                                                         np.array([confidence]))
+                    answer, sure = self.model.plant_by_name(target, frame, answer, sure)
+                    answer, sure = self.model.cost_center_by_plant(target, frame, answer, sure)
+                    predicted, confidence = str(answer[0]), float(sure[0])
                     # the project's agreed value, judged on the instance with its own known labels, as the library
                     agreed, sure = self.model.consensus(target, frame, np.array([predicted], dtype=object),
                                                         np.array([confidence]))
