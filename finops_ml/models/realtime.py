@@ -42,6 +42,7 @@ from finops_ml.models.anomaly import (
     CostAnomalyDetector,
     _fill_factors,
     anomaly_id,
+    cell_z,
 )
 
 STATE_VERSION = 4  # 3: days close on export time; closed days kept to be re-judged. 4: quarter-end factors
@@ -236,7 +237,7 @@ class RealtimeModel:
         """(is anomaly, direction, score, deviation %) of a cell's day, as `CostAnomalyDetector.decide`."""
         excess = cost_judged - expected_judged
         direction = "down" if excess < 0 else "up"
-        z = min(max(excess / math.sqrt(variance + self.eps ** 2), -1e6), 1e6)
+        z = min(max(float(cell_z(excess, expected_judged, variance, self.eps)), -1e6), 1e6)
         expected = expected_judged + cost_new
         deviation = 100.0 * excess / expected if expected > 0 else math.nan
         eligible = (n_judged > 0 and excess != 0 and abs(excess) >= self.min_impact(cell)
