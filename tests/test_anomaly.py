@@ -15,7 +15,9 @@ from finops_ml.models.anomaly import (
     ResourcePanel,
     best_threshold,
     cell_z,
+    persistent_z,
     refine_threshold,
+    same_way,
     train_and_evaluate,
 )
 from finops_ml.training import gates
@@ -209,6 +211,35 @@ def test_smoothed_best_threshold_prefers_a_broad_good_region_to_a_needle():
     assert 11.9 < best_threshold(scores, labels) < 12
     assert 4.5 < best_threshold(scores, labels, smooth=0.25) < 7
     assert best_threshold(np.zeros(3), np.ones(3, bool), smooth=0.25) == float("inf")
+
+
+def test_persistent_z_adds_up_a_lasting_change_and_not_a_spike_that_ended():
+    def score(today, past, var=1.0):
+        z = today / np.sqrt(var)
+        return float(persistent_z(z, today, var, sum(float(same_way(today, p)) for p in past), var * len(past), 0.0))
+
+    # Two sigmas five days running: 0.6 * 10 / sqrt(5) = 2.68 sigmas.
+    assert score(2.0, [2.0] * 4) == pytest.approx(0.6 * 10 / np.sqrt(5))
+    # A quiet day after a spike: the spike counts no more than today's own excess, so today's score stands.
+    assert score(0.5, [10.0, 10.0, 0.0, 0.0]) == 0.5
+    # A drop: earlier drops count as far as today's, a rise not at all; here today's score is larger.
+    assert float(same_way(-3.0, -5.0)) == -3.0 and float(same_way(-3.0, 1.0)) == 0.0
+    assert score(-3.0, [-5.0, 1.0]) == -3.0
+
+
+def test_a_modest_rise_over_a_whole_cell_for_days_is_flagged_on_more_of_its_days_with_persistence():
+    org = Org(n_cells=4, seed=1)
+    for r in ("r2-0", "r2-1", "r2-2"):  # +12% on every resource of p2 for 10 days: under 3 sigmas each
+        org.scale(2, r, 280, 10, 1.12)
+    daily = org.daily()
+    flagged = {}
+    for k in (1, 5):
+        det = CostAnomalyDetector(28, 50, 0, threshold_up=6.0, threshold_down=6.0, min_pct_deviation=5.0,
+                                  persist_days=k).fit(daily[daily.day <= CUTOFF])
+        cells = det.score(daily)
+        flagged[k] = set(cells[cells.is_anomaly & (cells.day > CUTOFF)][["project_id", "day"]].itertuples(index=False))
+    window = {("p2", _day(280 + i)) for i in range(10)}
+    assert flagged[1] < flagged[5] <= window
 
 
 def test_cell_z_scores_a_drop_in_log_space_and_a_rise_linearly():

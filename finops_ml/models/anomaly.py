@@ -24,10 +24,10 @@ resource_daily_cost view; given daily cost per cell only, a cell is one resource
 Everything is causal (a recursive filter over days: a cell only sees its past, with factors fixed in `fit`), so the
 same detector runs event by event (`finops_ml.models.realtime`). A cell's excess is the sum of its judged resources'
 excesses (a price change spread over every resource adds up at the cell), its score the robust z of that excess
-against the resources' noise scales (a drop in log space: `cell_z`), and its deviation the excess in % of the
-expected cost. A cell is an anomaly, direction up or down, when its score reaches that direction's threshold, its
-deviation reaches `min_pct_deviation` and its dollar impact reaches the minimum of its scope (a default, per service,
-per project).
+against the resources' noise scales (a drop in log space: `cell_z`; over its last `persist_days` days where that is
+larger: `persistent_z`), and its deviation the excess in % of the expected cost. A cell is an anomaly, direction
+up or down, when its score reaches that direction's threshold, its deviation reaches `min_pct_deviation` and its
+dollar impact reaches the minimum of its scope (a default, per service, per project).
 
 The thresholds need no labels: on the training cells the score's robust body (median and 10% / 90% quantiles, which
 anomalies hardly move) is extrapolated as a normal tail to the alarm budget of each direction (the share of normal
@@ -319,6 +319,26 @@ def cell_z(excess, expected_judged, variance, eps):
     return np.where(excess < 0, np.minimum(down, excess / noise), excess / noise)
 
 
+PERSIST_DISCOUNT = 0.6  # a sum of k days of noise spreads wider than sqrt(k) days: busy days come in runs
+
+
+def same_way(excess, past_excess):
+    """An earlier day's excess as far as it moved the same way as today's `excess`, and at most as much."""
+    excess = np.asarray(excess, float)
+    return np.where(excess >= 0, np.clip(past_excess, 0.0, np.maximum(excess, 0.0)),
+                    np.clip(past_excess, np.minimum(excess, 0.0), 0.0))
+
+
+def persistent_z(z, excess, variance, past_excess, past_variance, eps):
+    """A cell's score `z` (`cell_z`), or its persistent score when that is larger: the excess of its last days
+    (today's and the sums over its previous days of `same_way` and of the variance) over their noise, discounted by
+    PERSIST_DISCOUNT. A change that lasts (a spread over a service's resources, a drift, a level shift) adds up over
+    its days, while a spike that ended or a step back adds nothing to a quiet day."""
+    total = np.asarray(excess, float) + past_excess
+    zk = PERSIST_DISCOUNT * total / np.sqrt(np.asarray(variance, float) + past_variance + eps ** 2)
+    return np.where(np.abs(zk) > np.abs(z), zk, z)
+
+
 def cell_costs(daily: pd.DataFrame) -> pd.DataFrame:
     """Daily cost per cell (day, service, project_id, net_cost) from cost per resource, or as it is."""
     if "resource_name" not in daily.columns:
@@ -373,6 +393,7 @@ class CostAnomalyDetector:
     stop_days: int = 3  # days an always-on resource without cost is judged at 0 before it is taken as gone
     runaway_factor: float = 1.5  # a new resource that grew this much since its first day ...
     runaway_rate: float = 0.10  # ... at this rate a day or faster runs away (a usual ramp-up is slower)
+    persist_days: int = 5  # a cell's score is also judged over its last days (`persistent_z`); 1: today only
     threshold_up_: float = float("nan")
     threshold_down_: float = float("nan")
     eps_: float = float("nan")
@@ -451,6 +472,12 @@ class CostAnomalyDetector:
         expected_c, excess_c, var_c, new_c = to_cells(expected_r), to_cells(excess_r), to_cells(var_r), to_cells(new_r)
         judged_c = to_cells(np.where(judged, expected_r, 0.0))
         z = np.clip(cell_z(excess_c, judged_c, var_c, self.eps_), -1e6, 1e6)
+        if self.persist_days > 1:  # the cell's previous days (none before the first)
+            past_excess, past_var = np.zeros_like(excess_c), np.zeros_like(var_c)
+            for j in range(1, self.persist_days):
+                past_excess[:, j:] += same_way(excess_c[:, j:], excess_c[:, :-j])
+                past_var[:, j:] += var_c[:, :-j]
+            z = np.clip(persistent_z(z, excess_c, var_c, past_excess, past_var, self.eps_), -1e6, 1e6)
         with np.errstate(divide="ignore", invalid="ignore"):
             deviation = np.where(expected_c > 0, 100.0 * excess_c / expected_c, np.nan)
 
