@@ -380,7 +380,7 @@ class CostAnomalyDetector:
     window_days: int = 28  # a resource's history window: its warm-up, and (half of it) its baseline
     n_estimators: int = 200  # unused: the detector has no forest any more; kept so that configs still validate
     seed: int = 42
-    reject_sigmas: float = 3.0
+    reject_sigmas: float = 2.0  # at 3, a drift of 2-5% a day crept into the baseline for days before it was rejected
     accept_after_days: int = 21
     alarm_budget_up: float = 0.002  # share of normal cells allowed to alarm, per direction (label-free thresholds)
     alarm_budget_down: float = 0.002
