@@ -218,13 +218,15 @@ def test_persistent_z_adds_up_a_lasting_change_and_not_a_spike_that_ended():
         z = today / np.sqrt(var)
         return float(persistent_z(z, today, var, sum(float(same_way(today, p)) for p in past), var * len(past), 0.0))
 
-    # Two sigmas five days running: 0.6 * 10 / sqrt(5) = 2.68 sigmas.
-    assert score(2.0, [2.0] * 4) == pytest.approx(0.6 * 10 / np.sqrt(5))
-    # A quiet day after a spike: the spike counts no more than today's own excess, so today's score stands.
-    assert score(0.5, [10.0, 10.0, 0.0, 0.0]) == 0.5
-    # A drop: earlier drops count as far as today's, a rise not at all; here today's score is larger.
+    # Two sigmas five days running: 10 / sqrt(5) = 4.47 sigmas.
+    assert score(2.0, [2.0] * 4) == pytest.approx(10 / np.sqrt(5))
+    # A quiet day after a spike: the spike counts no more than today's own excess (1.5 / sqrt(5) = 0.67).
+    assert score(0.5, [10.0, 10.0, 0.0, 0.0]) == pytest.approx(1.5 / np.sqrt(5))
+    # A drop: earlier drops count as far as today's, a rise not at all (-6 / sqrt(3)).
     assert float(same_way(-3.0, -5.0)) == -3.0 and float(same_way(-3.0, 1.0)) == 0.0
-    assert score(-3.0, [-5.0, 1.0]) == -3.0
+    assert score(-3.0, [-5.0, 1.0]) == pytest.approx(-6 / np.sqrt(3))
+    # A single day's excess among quiet days: today's own score stands (the persistent one is smaller).
+    assert score(3.0, [0.0] * 4) == 3.0
 
 
 def test_a_modest_rise_over_a_whole_cell_for_days_is_flagged_on_more_of_its_days_with_persistence():
