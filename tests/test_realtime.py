@@ -109,9 +109,9 @@ def test_a_state_of_an_older_format_is_refused_with_one_sentence(fitted, tmp_pat
     from finops_ml.errors import FinopsError
 
     state = RealtimeState.from_detector(fitted[0])
-    state.version = 3  # resources without a quarter-end factor
+    state.version = 4  # cells without their last days' excess
     state.save(tmp_path / "old.pkl")
-    with pytest.raises(FinopsError, match="has format version 3, and this finops-ml reads version 4 only.*move the "
+    with pytest.raises(FinopsError, match="has format version 4, and this finops-ml reads version 5 only.*move the "
                                           "state directory away"):
         RealtimeState.load(tmp_path / "old.pkl")
 
@@ -289,3 +289,44 @@ def test_realtime_reaches_the_batch_decisions_across_quarter_ends():
         final = raised[aid][-1]
         assert final["expected"] == pytest.approx(by_id.loc[aid, "expected"], rel=1e-6)
         assert final["score"] == pytest.approx(by_id.loc[aid, "score"], rel=1e-6)
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_realtime_reaches_the_batch_persistent_scores(late):
+    """A modest rise over a whole cell for ten days, flagged on some days only by its persistent score: event by
+    event the same anomalies and scores, also when a row of the rise comes late and its days are re-judged."""
+    from tests.test_anomaly import CUTOFF, Org
+
+    org = Org(n_cells=4, seed=1)
+    for r in ("r2-0", "r2-1", "r2-2"):
+        org.scale(2, r, 280, 10, 1.12)
+    daily = org.daily()
+    detector = CostAnomalyDetector(28, 50, 0, threshold_up=6.0, threshold_down=6.0, min_pct_deviation=5.0)
+    detector.fit(daily[daily.day <= CUTOFF])
+    cells = detector.score(daily)
+    batch = set(cells.loc[cells.is_anomaly, "anomaly_id"])
+    today_only = CostAnomalyDetector(28, 50, 0, threshold_up=6.0, threshold_down=6.0, min_pct_deviation=5.0,
+                                     persist_days=1).fit(daily[daily.day <= CUTOFF]).score(daily)
+    assert set(today_only.loc[today_only.is_anomaly, "anomaly_id"]) < batch
+    rows = daily.sort_values("day").reset_index(drop=True)
+    held = rows[(rows.day == org.days[283]) & (rows.resource_name == "r2-1")].index if late else []
+    state = RealtimeState.from_detector(detector, lateness_days=0)
+    raised: dict[str, list[dict]] = {}
+
+    def add(row):
+        for a in state.add_cost(row.day.toordinal(), row.service, row.project_id, row.resource_name, "sku",
+                                row.net_cost):
+            raised.setdefault(a["anomaly_id"], []).append(a)
+
+    for i, row in enumerate(rows.itertuples()):
+        if i not in held:
+            add(row)
+        if late and row.day == org.days[287] and i + 1 < len(rows) and rows.day[i + 1] > row.day:
+            add(next(rows.loc[held].itertuples()))  # days 283-286 closed: re-judged
+    for a in state.flush():
+        raised.setdefault(a["anomaly_id"], []).append(a)
+    assert state.counters["rejudged_days"] > 0 if late else state.counters["rejudged_days"] == 0
+    assert _decided(raised) == batch
+    by_id = cells.set_index("anomaly_id")
+    for aid in batch if not late else ():  # a re-judged day that stays anomalous publishes nothing new
+        assert raised[aid][-1]["score"] == pytest.approx(by_id.loc[aid, "score"], rel=1e-6)

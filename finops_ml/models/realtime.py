@@ -12,7 +12,9 @@ per open day, the running cost of each resource and cell.
 - A day closes when an event `lateness_days` + 1 days newer arrives (or at `flush`); every day in between closes,
   with or without events. Closing judges each cell of the day from the complete day (an always-on resource without
   cost that day counts at 0: a drop; a new resource is judged if it runs away), then applies the batch detector's
-  update to every resource: these decisions are the batch detector's (tests compare them). A cell the day closes as
+  update to every resource: these decisions are the batch detector's (tests compare them). A closed cell's score
+  takes its previous closed days into account as the batch one does (`anomaly.persistent_z`); an open judgement
+  sees today alone. A cell the day closes as
   anomalous that was not alerted yet is returned then (`status` "confirmed"); an open alert the complete day does
   not confirm is returned once more with `status` "retracted".
 - Events of a closed day are late: counted, not judged.
@@ -42,9 +44,13 @@ from finops_ml.models.anomaly import (
     CostAnomalyDetector,
     _fill_factors,
     anomaly_id,
+    cell_z,
+    persistent_z,
+    same_way,
 )
 
-STATE_VERSION = 4  # 3: days close on export time; closed days kept to be re-judged. 4: quarter-end factors
+STATE_VERSION = 5  # 3: days close on export time; closed days kept to be re-judged. 4: quarter-end factors.
+# 5: each cell's excess and variance on its last closed days (the persistent score)
 DEFAULT_LATENESS_DAYS = 2  # the export delivers a day's rows up to ~29 h after it ends
 DEFAULT_REJUDGE_DAYS = 35
 
@@ -211,6 +217,7 @@ class RealtimeModel:
         self.stop_days = detector.stop_days
         self.runaway_factor = detector.runaway_factor
         self.runaway_rate = detector.runaway_rate
+        self.persist_days = detector.persist_days
         self.eps = detector.eps_
         self._min_impact: dict[tuple, float] = {}
         known = detector.factors_[["service", "project_id", "resource"]]
@@ -232,11 +239,20 @@ class RealtimeModel:
         return v
 
     def decide(self, cell: tuple, expected_judged: float, variance: float, cost_judged: float, cost_new: float,
-               n_judged: int) -> tuple[bool, str, float, float]:
-        """(is anomaly, direction, score, deviation %) of a cell's day, as `CostAnomalyDetector.decide`."""
+               n_judged: int, past: list | None = None) -> tuple[bool, str, float, float]:
+        """(is anomaly, direction, score, deviation %) of a cell's day, as `CostAnomalyDetector.decide`; `past`:
+        the cell's (excess, variance) on each of its persist_days - 1 previous days, None where it had none (not
+        given: today alone, as an open day's first judgement)."""
         excess = cost_judged - expected_judged
         direction = "down" if excess < 0 else "up"
-        z = min(max(excess / math.sqrt(variance + self.eps ** 2), -1e6), 1e6)
+        z = min(max(float(cell_z(excess, expected_judged, variance, self.eps)), -1e6), 1e6)
+        if past is not None and self.persist_days > 1:
+            past_excess = past_var = 0.0
+            for p in past:
+                if p is not None:
+                    past_excess += float(same_way(excess, p[0]))
+                    past_var += p[1]
+            z = min(max(float(persistent_z(z, excess, variance, past_excess, past_var, self.eps)), -1e6), 1e6)
         expected = expected_judged + cost_new
         deviation = 100.0 * excess / expected if expected > 0 else math.nan
         eligible = (n_judged > 0 and excess != 0 and abs(excess) >= self.min_impact(cell)
@@ -275,6 +291,8 @@ class RealtimeState:
         self.closed_days: dict[int, _Day | None] = {}
         self.history: dict[int, dict[tuple, _Resource]] = {}
         self.verdicts: dict[int, dict[tuple, list]] = {}
+        # Each closed day's (excess, variance) per cell judged that day: the persistent score's previous days.
+        self.cell_days: dict[int, dict[tuple, tuple[float, float]]] = {}
         self.late = ""  # the last event: "" in time, "rejudged" (its closed day re-judged) or "too_late"
         self.counters = {"events": 0, "skipped_events": 0, "late_events": 0, "too_late_events": 0,
                          "rejudged_days": 0, "anomalies": 0, "confirmed": 0, "retracted": 0, "revisions": 0,
@@ -318,9 +336,10 @@ class RealtimeState:
         version = getattr(state, "version", None)
         if not isinstance(state, cls) or version != STATE_VERSION:
             raise FinopsError(f"Real-time state {path} has format version {version}, and this finops-ml reads "
-                              f"version {STATE_VERSION} only (resources now carry a quarter-end factor, days close "
-                              "on export time and closed days are re-judged); move the state directory away to "
-                              "replay the topic from its start.")
+                              f"version {STATE_VERSION} only (cells now keep their last days' excess for the "
+                              "persistent score, resources carry a quarter-end factor, days close on export time and "
+                              "closed days are re-judged); move the state directory away to replay the topic from its "
+                              "start.")
         return state
 
     def __getstate__(self):
@@ -545,6 +564,8 @@ class RealtimeState:
         for kept in (self.closed_days, self.history, self.verdicts):
             for old in [d for d in kept if d < keep_from]:
                 del kept[old]
+        for old in [d for d in self.cell_days if d <= keep_from - self.model.persist_days]:
+            del self.cell_days[old]  # a re-judged day needs its cell's previous days
         return out
 
     def flush(self) -> list[dict]:
@@ -593,9 +614,14 @@ class RealtimeState:
         f = self._complete(day, self.days.get(day), (cell,)).get(cell)
         if f is None:
             return None
-        found, direction, score, deviation = self.model.decide(cell, f[0], f[1], f[2], f[3], f[9])
+        found, direction, score, deviation = self.model.decide(cell, f[0], f[1], f[2], f[3], f[9],
+                                                               self._past(day, cell))
         verdict = self._anomaly(day, cell, f, score, deviation, direction, "judged")
         return {**verdict, "is_anomaly": found, "new_cost": f[3]}
+
+    def _past(self, day: int, cell: tuple) -> list:
+        """The cell's (excess, variance) on its persist_days - 1 closed days before `day` (None: not judged)."""
+        return [self.cell_days.get(day - j, {}).get(cell) for j in range(1, self.model.persist_days)]
 
     def _settle(self, day: int, cell: tuple, found: dict | None, was: dict | None) -> list[dict]:
         """Publish what a (re-)judged cell's day decides against what was published of it: `confirmed` when it is an
@@ -645,8 +671,11 @@ class RealtimeState:
         m = self.model
         finals = self._complete(day, d, cells)
         day_iso = date.fromordinal(day).isoformat()
+        judged = self.cell_days.setdefault(day, {})
         for cell, f in finals.items():
-            is_anomaly, direction, score, deviation = m.decide(cell, f[0], f[1], f[2], f[3], f[9])
+            is_anomaly, direction, score, deviation = m.decide(cell, f[0], f[1], f[2], f[3], f[9],
+                                                               self._past(day, cell))
+            judged[cell] = (f[2] - f[0], f[1])
             found = self._anomaly(day, cell, f, score, deviation, direction, "confirmed") if is_anomaly else None
             was = self.alerted.pop(anomaly_id(day_iso, *cell), None)
             out.extend(self._settle(day, cell, found, was))
