@@ -424,3 +424,39 @@ def test_a_shared_projects_resource_gets_the_cost_center_of_its_plant_there():
                                             np.array([0.5] * 3))
     # by its name's plant, by its own plant label; a resource of no known plant is left to the classifier
     assert pred.tolist() == ["cc-4120", "cc-4220", "cc-9010"] and conf.tolist() == [1.0, 1.0, 0.5]
+
+
+def test_a_stronger_project_prior_raises_the_projects_own_shares_to_its_power():
+    proba = np.array([[0.5, 0.5, 0.0]])
+    out = labeler.with_project_prior(proba, ["a", "b", "c"], ["p1"], {"p1": {"b": 3}}, strength=2.0)
+    assert np.allclose(out[0], [1 / 17, 16 / 17, 0.0])  # a x 1, b x 4^2
+
+
+class _Fixed:
+    classes_ = np.array(["a", "b"])
+
+
+def test_the_prior_strength_is_chosen_out_of_fold_on_the_labelled_resources(monkeypatch):
+    # 10 projects whose 4 resources are all owned by b; a classifier that says a at 0.8 is outweighed by the
+    # project's share of b (~3 other resources: 4 x 0.2 ties 1 x 0.8 at strength 1) only with a stronger prior
+    res = pd.DataFrame({"project_id": [f"p{i}" for i in range(10) for _ in range(4)], "owner": "b"})
+    monkeypatch.setattr(labeler, "_fit_target", lambda train, target, seed: (_Fixed(), None))
+    monkeypatch.setattr(labeler, "_target_proba", lambda m, a, test, t: np.tile([0.8, 0.2], (len(test), 1)))
+    assert labeler.prior_strength(res, "owner", seed=0) > 1.0
+    # a classifier already right: no strength does better, the plain prior stays
+    monkeypatch.setattr(labeler, "_target_proba", lambda m, a, test, t: np.tile([0.2, 0.8], (len(test), 1)))
+    assert labeler.prior_strength(res, "owner", seed=0) == labeler.PRIOR_STRENGTH
+    # too few labelled resources to judge: the plain prior
+    assert labeler.prior_strength(res.head(12), "owner", seed=0) == labeler.PRIOR_STRENGTH
+
+
+def test_a_labeler_pickled_before_the_prior_strength_weighs_the_project_as_before():
+    res = organisation()
+    model = ResourceLabeler(("owner",), seed=1).fit(res)
+    assert model.prior_strength_["owner"] in labeler.PRIOR_STRENGTHS
+    new = res.head(6).assign(owner=None)
+    model.prior_strength_ = {"owner": 1.0}
+    plain = model.predict(new)
+    del model.prior_strength_
+    assert model.strength("owner") == 1.0
+    pd.testing.assert_frame_equal(model.predict(new), plain)

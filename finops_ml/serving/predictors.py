@@ -389,7 +389,8 @@ class LabelerPredictor(Predictor):
                     proba = e / e.sum()
                 counts = getattr(self.model, "project_counts_", {}).get(target)
                 if counts:  # the project's own shares of each value, as the library weighs them
-                    proba = labeler_lib.with_project_prior(proba[None, :], classes, [inst.project_id], counts)[0]
+                    proba = labeler_lib.with_project_prior(proba[None, :], classes, [inst.project_id], counts,
+                                                           self.model.strength(target))[0]
                 k = int(proba.argmax())
                 known = getattr(inst, target)
                 predicted, confidence = str(classes[k]), float(proba[k])
