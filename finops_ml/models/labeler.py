@@ -624,6 +624,16 @@ class ResourceLabeler(LabelApplier):
                 pred[i], conf[i] = by_plant[(project, plant)]
         return pred, conf
 
+    def refine(self, target: str, known: pd.DataFrame, resources: pd.DataFrame, pred: np.ndarray,
+               conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier's answers after the back-offs, in their order (the library and the server both call
+        this): the analogy, the name's plant, the cost center by plant (on `known`: the resources without the
+        target's label), then the project's agreed value (on `resources`, with their own other labels)."""
+        pred, conf = self.by_analogy(target, known, pred, conf)
+        pred, conf = self.plant_by_name(target, known, pred, conf)
+        pred, conf = self.cost_center_by_plant(target, known, pred, conf)
+        return self.consensus(target, resources, pred, conf)
+
     def consensus(self, target: str, resources: pd.DataFrame, pred: np.ndarray,
                   conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The project's agreed value (project_consensus) instead of the classifier's: in a project whose labelled
@@ -662,10 +672,7 @@ class ResourceLabeler(LabelApplier):
             counts = getattr(self, "project_counts_", {}).get(target)  # none in a labeler pickled before
             pred, conf = _predict_target(model, self.aliases_[target], known, target, counts,
                                          self.strength(target))
-            pred, conf = self.by_analogy(target, known, pred, conf)
-            pred, conf = self.plant_by_name(target, known, pred, conf)
-            pred, conf = self.cost_center_by_plant(target, known, pred, conf)
-            pred, conf = self.consensus(target, resources, pred, conf)
+            pred, conf = self.refine(target, known, resources, pred, conf)
             out[f"{target}_predicted"] = pred
             out[f"{target}_confidence"] = conf
         return out

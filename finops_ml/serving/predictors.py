@@ -394,16 +394,10 @@ class LabelerPredictor(Predictor):
                 k = int(proba.argmax())
                 known = getattr(inst, target)
                 predicted, confidence = str(classes[k]), float(proba[k])
-                if frame is not None:  # a project the labeler never saw labelled: the analogy answers, if any
-                    answer, sure = self.model.by_analogy(target, frame, np.array([predicted], dtype=object),
-                                                         np.array([confidence]))
-                    answer, sure = self.model.plant_by_name(target, frame, answer, sure)
-                    answer, sure = self.model.cost_center_by_plant(target, frame, answer, sure)
+                if frame is not None:  # the library's back-offs (analogy, name's plant, ..., project consensus)
+                    answer, sure = self.model.refine(target, frame, frame, np.array([predicted], dtype=object),
+                                                     np.array([confidence]))
                     predicted, confidence = str(answer[0]), float(sure[0])
-                    # the project's agreed value, judged on the instance with its own known labels, as the library
-                    agreed, sure = self.model.consensus(target, frame, np.array([predicted], dtype=object),
-                                                        np.array([confidence]))
-                    predicted, confidence = str(agreed[0]), float(sure[0])
                 o[target] = {"predicted": predicted, "confidence": confidence, "known": known,
                              "apply": known is None and confidence >= threshold}
             out.append(o)
